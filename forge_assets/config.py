@@ -1,0 +1,218 @@
+"""forge.yaml: one validated pydantic model of everything a Forge run is told."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG = "forge.yaml"
+
+
+class ConfigError(ValueError):
+    """forge.yaml is missing or wrong; the message names the file, the key and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RepoSource(_Strict):
+    """A git repository to mine: a local path or a URL Forge clones."""
+
+    path: str | None = None
+    url: str | None = None
+    branch: str | None = None
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "RepoSource":
+        if bool(self.path) == bool(self.url):
+            raise ValueError("give exactly one of `path` (a local repository) or `url` (a git URL)")
+        return self
+
+    @property
+    def name(self) -> str:
+        """A short human name for the repository (its folder or URL stem)."""
+        ref = (self.path or self.url or "").rstrip("/")
+        stem = ref.rsplit("/", 1)[-1].removesuffix(".git")
+        return stem if stem not in ("", ".") else Path(ref).resolve().name
+
+
+class SessionSource(_Strict):
+    """Coding-agent session logs: an opencode database / storage folder, or Claude Code transcripts."""
+
+    opencode: str | None = None
+    claude_code: str | None = None
+    on_error: Literal["fail", "skip"] = "fail"
+    agents: list[str] | None = None  # None: the coding agents (build, general, custom), not plan
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SessionSource":
+        if bool(self.opencode) == bool(self.claude_code):
+            raise ValueError("give exactly one of `opencode` (opencode.db or storage/ folder) or `claude_code` (a projects/ folder of .jsonl transcripts)")
+        return self
+
+
+class MiningConfig(_Strict):
+    """How the dataset stage turns code into samples."""
+
+    max_file_bytes: int = Field(200_000, gt=0)
+    fim_rate: float = Field(0.5, ge=0, le=1)
+    spm_rate: float = Field(0.5, ge=0, le=1)
+    near_dup_threshold: float = Field(0.85, gt=0, le=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    synthetic_per_language: int = Field(0, ge=0)
+    max_commit_diff_lines: int = Field(400, gt=0)
+    seed: int = 0
+
+
+class TinyModelConfig(_Strict):
+    """Shape of forge-tiny, the embedded default base model built from the corpus."""
+
+    vocab_size: int = Field(2048, ge=512)
+    hidden_size: int = Field(256, gt=0, multiple_of=256)
+    intermediate_size: int = Field(512, gt=0, multiple_of=256)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    num_kv_heads: int = Field(2, gt=0)
+    context_length: int = Field(512, ge=64)
+    pretrain_steps: int = Field(150, ge=0)
+    seed: int = 0
+
+
+class TrainingConfig(_Strict):
+    """LoRA fine-tuning of the base model, per language."""
+
+    backend: Literal["auto", "peft", "mlx"] = "auto"
+    method: Literal["lora", "rslora"] = "lora"
+    rank: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    max_steps: int | None = Field(60, gt=0)
+    epochs: float | None = Field(None, gt=0)
+    batch_size: int = Field(4, gt=0)
+    seq_len: int = Field(256, ge=16)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> "TrainingConfig":
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set `max_steps` or `epochs`")
+        return self
+
+
+class DeployConfig(_Strict):
+    """Where a language's model is served, and under what tag."""
+
+    target: Literal["llama-server", "ollama"] = "llama-server"
+    host: str = "127.0.0.1"
+    port: int = Field(8088, gt=0, lt=65536)  # llama-server: first port; a language gets port + its index
+    ollama_host: str = "http://127.0.0.1:11434"
+    tag_prefix: str = Field("forge", pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    quantization: Literal["Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K", "F16"] = "Q8_0"
+
+
+class ForgeConfig(_Strict):
+    """The whole of forge.yaml."""
+
+    artifact_root: str = "data/artifacts"
+    repos: list[RepoSource] = Field(default_factory=list)
+    sessions: list[SessionSource] = Field(default_factory=list)
+    languages: list[str] | None = None
+    base_model: str = "forge-tiny"
+    tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+    # Where relative paths in the file are resolved from (the file's folder); not a key.
+    base_dir: str = Field(".", exclude=True)
+
+    def resolve(self, path: str) -> Path:
+        """An absolute path for a path written in forge.yaml (relative to the file's folder)."""
+        p = Path(os.path.expanduser(path))
+        return p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
+
+    @property
+    def artifact_path(self) -> Path:
+        return self.resolve(self.artifact_root)
+
+
+_HINTS = {
+    "extra_forbidden": "remove it or fix its spelling",
+    "missing": "add it",
+    "literal_error": "use one of the allowed values",
+    "int_parsing": "write a whole number",
+    "float_parsing": "write a number",
+    "multiple_of": "pick a multiple of 256 so llama.cpp's K-quants apply",
+}
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        for cand in getattr(ann, "__args__", (ann,)):
+            inner = getattr(cand, "__args__", (cand,))
+            for c in (cand, *inner):
+                if isinstance(c, type) and issubclass(c, BaseModel):
+                    model = c
+                    break
+    return list(model.model_fields)
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"{source} is not a valid Forge configuration:"]
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in ("function-after",)))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        hint = _HINTS.get(e["type"], "see the configuration reference in README.md")
+        if e["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(str(loc[-1]), _field_names(ForgeConfig, loc), n=1)
+            if near:
+                hint = f"did you mean `{near[0]}`?"
+        got = e.get("input")
+        shown = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  - key `{key}`: {msg}{shown}. Fix: {hint}.")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict | None, source: str = "forge.yaml", base_dir: str | Path = ".") -> ForgeConfig:
+    """Validate a forge.yaml mapping; raise ConfigError naming the key, the problem and the fix."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys (artifact_root, repos, ...), not {type(data).__name__}.")
+    try:
+        cfg = ForgeConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+    cfg.base_dir = str(Path(base_dir).resolve())
+    return cfg
+
+
+def config_path() -> Path:
+    """The forge.yaml in use: $FORGE_CONFIG, else ./forge.yaml."""
+    return Path(os.environ.get("FORGE_CONFIG", DEFAULT_CONFIG)).resolve()
+
+
+def load_config(path: str | Path | None = None) -> ForgeConfig:
+    """Read and validate forge.yaml (default: $FORGE_CONFIG or ./forge.yaml)."""
+    p = Path(path).resolve() if path else config_path()
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such configuration file. Fix: create it (see README.md) or point FORGE_CONFIG at one.")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}. Fix: correct the syntax at the line shown.") from None
+    return parse_config(data, source=str(p), base_dir=p.parent)

@@ -1,0 +1,1 @@
+"""Export: Hugging Face model folders to GGUF, quantized with llama.cpp. Imports no Dagster."""

@@ -1,0 +1,145 @@
+"""Repository snapshots: which file blobs at which commit make up each language's corpus."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import git
+
+from forge_assets.config import RepoSource
+from forge_assets.languages import language_of_path
+from forge_assets.mining.filters import path_skip_reason
+
+
+class RepoError(ValueError):
+    """A configured repository cannot be read; the message names it and the fix."""
+
+
+@dataclass(frozen=True, order=True)
+class FileEntry:
+    """One file of a snapshot: where it lives and the blob git stores it as."""
+
+    repo: str
+    path: str
+    blob: str
+    size: int
+    commit: str
+    repo_dir: str
+
+
+@dataclass
+class RepoState:
+    """A repository as Forge found it: resolved folder, commit and warnings."""
+
+    name: str
+    repo_dir: str
+    commit: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Snapshot:
+    """Every kept file of the configured repositories, grouped by language, with skip counts."""
+
+    repos: list[RepoState]
+    files: dict[str, list[FileEntry]]
+    skipped: Counter
+
+    def manifest(self, language: str) -> dict:
+        """The partition's manifest: (repo, commit, path, blob) rows, sorted; content-addressed."""
+        rows = [asdict(f) for f in sorted(self.files.get(language, []))]
+        for row in rows:
+            row.pop("repo_dir")
+        return {"language": language, "repos": {r.name: r.commit for r in self.repos}, "files": rows}
+
+    def fingerprint(self, language: str) -> str:
+        """A content hash of the language's files: changes exactly when one of them does."""
+        rows = sorted((f.repo, f.path, f.blob) for f in self.files.get(language, []))
+        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+    def languages(self) -> list[str]:
+        return sorted(lang for lang, files in self.files.items() if files)
+
+
+def open_repo(source: RepoSource, base_dir: Path, clone_root: Path, index: int = 0) -> git.Repo:
+    """Open a configured repository; clone or fetch a URL into clone_root first."""
+    where = f"forge.yaml repos[{index}]"
+    if source.url:
+        target = clone_root / (hashlib.sha1(source.url.encode()).hexdigest()[:10] + "-" + source.name)
+        try:
+            if (target / ".git").exists() or (target / "HEAD").exists():
+                repo = git.Repo(target)
+                repo.remotes.origin.fetch()
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                kwargs = {"branch": source.branch} if source.branch else {}
+                repo = git.Repo.clone_from(source.url, target, **kwargs)
+        except git.GitCommandError as exc:
+            raise RepoError(f"{where}.url: cannot clone or fetch {source.url}: {exc.stderr.strip() or exc}. Fix: check the URL and your access to it.") from None
+        return repo
+    path = Path(source.path).expanduser()
+    path = path if path.is_absolute() else (base_dir / path)
+    if not path.exists():
+        raise RepoError(f"{where}.path: {path} does not exist. Fix: point it at a local git repository.")
+    try:
+        return git.Repo(path, search_parent_directories=False)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise RepoError(f"{where}.path: {path} is not a git repository (no .git there). Fix: point it at the repository's top folder, or run `git init` and commit.") from None
+
+
+def _head_commit(repo: git.Repo, source: RepoSource, where: str) -> git.Commit | None:
+    ref = source.branch
+    try:
+        if ref:
+            return repo.commit(f"origin/{ref}") if source.url else repo.commit(ref)
+        return repo.head.commit
+    except ValueError:  # an empty repository: HEAD points at an unborn branch
+        return None
+    except (git.BadName, git.GitCommandError):
+        raise RepoError(f"{where}.branch: no branch or ref `{ref}` in {repo.working_dir or repo.git_dir}. Fix: name an existing branch.") from None
+
+
+def take_snapshot(sources: list[RepoSource], base_dir: Path, clone_root: Path, max_file_bytes: int = 200_000) -> Snapshot:
+    """Walk each repository's tree at its branch head; keep source files of known languages."""
+    files: dict[str, list[FileEntry]] = {}
+    skipped: Counter = Counter()
+    states: list[RepoState] = []
+    names: Counter = Counter()
+    for i, source in enumerate(sources):
+        repo = open_repo(source, base_dir, clone_root, i)
+        name = source.name
+        names[name] += 1
+        if names[name] > 1:
+            name = f"{name}-{names[name]}"
+        repo_dir = str(Path(repo.working_dir or repo.git_dir).resolve())
+        commit = _head_commit(repo, source, f"forge.yaml repos[{i}]")
+        state = RepoState(name, repo_dir, commit.hexsha if commit else None)
+        states.append(state)
+        if commit is None:
+            state.warnings.append(f"{repo_dir}: the repository has no commits yet; nothing to mine.")
+            continue
+        for item in commit.tree.traverse():
+            if item.type == "submodule":
+                skipped["submodule"] += 1
+                continue
+            if item.type != "blob":
+                continue
+            if item.mode == 0o120000:
+                skipped["symlink"] += 1
+                continue
+            language = language_of_path(item.path)
+            if language is None:
+                skipped["not_source"] += 1
+                continue
+            reason = path_skip_reason(item.path, item.size, max_file_bytes)
+            if reason:
+                skipped[reason] += 1
+                continue
+            files.setdefault(language, []).append(FileEntry(name, item.path, item.hexsha, item.size, commit.hexsha, repo_dir))
+    for entries in files.values():
+        entries.sort()
+    return Snapshot(states, files, skipped)

@@ -1,0 +1,1 @@
+"""Training: the base model (forge-tiny or a real one) and LoRA adapters. Imports no Dagster."""

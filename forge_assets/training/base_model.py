@@ -1,0 +1,172 @@
+"""Base models: forge-tiny, built offline from the corpus, or a real Hugging Face model.
+
+forge-tiny is a byte-level BPE tokenizer with Qwen2's pre-tokenizer split and Qwen's special
+tokens, and a small Qwen2-architecture model briefly pretrained on the corpus, saved in Hugging
+Face format, so every later stage (PEFT, mlx-lm, GGUF, llama.cpp) runs on it as on a real Qwen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Iterable
+
+from forge_assets.chat import CHAT_TEMPLATE, EOT, FIM_PAD, IM_END, SPECIAL_TOKENS
+from forge_assets.config import TinyModelConfig
+
+TINY = "forge-tiny"
+
+# The split Qwen2's tokenizer.json uses; llama.cpp's `qwen2` pre-tokenizer implements the same regex.
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+class BaseModelError(ValueError):
+    """A configured base model cannot be loaded; the message names it and the fix."""
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE tokenizer (Qwen2 split, ChatML + FIM special tokens) trained on texts."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=IM_END, pad_token=FIM_PAD, bos_token=None, unk_token=None,
+        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in (IM_END, FIM_PAD)],
+        model_max_length=32768, clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _token_stream(tokenizer, texts: list[str]) -> list[int]:
+    eot = tokenizer.convert_tokens_to_ids(EOT)
+    ids: list[int] = []
+    for t in texts:
+        ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
+        ids.append(eot)
+    return ids
+
+
+def build_tiny_model(texts: list[str], out: Path, cfg: TinyModelConfig, log=print) -> dict:
+    """Train forge-tiny's tokenizer and pretrain its Qwen2 model on texts; save it in HF format to out.
+
+    Returns figures for metadata (parameters, tokens, loss before and after pretraining).
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    if not texts:
+        raise BaseModelError("forge-tiny needs a corpus to be built from, and the configured repositories hold no source files. Fix: add a repository with code under `repos:` in forge.yaml.")
+    texts = sorted(texts)
+    torch.manual_seed(cfg.seed)
+    tokenizer = train_tokenizer(texts + [CHAT_TEMPLATE], cfg.vocab_size)
+    eot, im_end, pad = (tokenizer.convert_tokens_to_ids(t) for t in (EOT, IM_END, FIM_PAD))
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.context_length, rope_theta=10000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, bos_token_id=None, eos_token_id=im_end, pad_token_id=pad,
+        use_sliding_window=False, torch_dtype="float32",
+    )
+    model = Qwen2ForCausalLM(config)
+    stream = torch.tensor(_token_stream(tokenizer, texts), dtype=torch.long)
+    seq = min(128, cfg.context_length)
+    losses: list[float] = []
+    if cfg.pretrain_steps and len(stream) > seq + 1:
+        rng = random.Random(cfg.seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
+        model.train()
+        for step in range(cfg.pretrain_steps):
+            starts = [rng.randrange(0, len(stream) - seq - 1) for _ in range(8)]
+            batch = torch.stack([stream[s:s + seq] for s in starts])
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step(), sched.step(), opt.zero_grad()
+            losses.append(round(loss.item(), 4))
+            if step % 50 == 0:
+                log(f"forge-tiny pretraining step {step}: loss {loss.item():.3f}")
+    model.eval()
+    model.generation_config = GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=pad, do_sample=False)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tokenizer),
+        "corpus_tokens": int(len(stream)),
+        "corpus_texts": len(texts),
+        "pretrain_steps": cfg.pretrain_steps,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+    }
+
+
+def resolve_base_model(name: str, base_dir: Path) -> Path:
+    """A local folder for a configured base model: a path as given, or a Hugging Face id downloaded.
+
+    Downloading happens only for a Hugging Face id that is not already in the local cache.
+    """
+    p = Path(name).expanduser()
+    p = p if p.is_absolute() else base_dir / p
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise BaseModelError(f"base_model: {p} has no config.json, so it is not a saved Hugging Face model. Fix: point it at a folder written by save_pretrained (config.json, tokenizer files, *.safetensors).")
+        return p.resolve()
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise BaseModelError(f"base_model: `{name}` is neither an existing folder nor a Hugging Face id (owner/name). Fix: use `forge-tiny`, a local model folder, or an id such as Qwen/Qwen2.5-Coder-0.5B.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
+    except Exception as exc:  # noqa: BLE001 - the hub raises many kinds; all mean the same to the user
+        raise BaseModelError(f"base_model: cannot fetch `{name}` from the Hugging Face hub ({type(exc).__name__}: {exc}). Fix: check the id and the network, or download it once and give its local path.") from None
+
+
+def check_base_model(folder: Path) -> dict:
+    """Load a saved model's config and tokenizer; return what later stages need to know about it."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise BaseModelError(f"base_model: {folder} could not be loaded by transformers ({type(exc).__name__}: {exc}). Fix: re-save it with save_pretrained, or choose another model.") from None
+    if not any(folder.glob("*.safetensors")):
+        raise BaseModelError(f"base_model: {folder} has no *.safetensors weights. Fix: save the model with safe_serialization=True.")
+    return {
+        "architecture": (config.architectures or [config.model_type])[0],
+        "model_type": config.model_type,
+        "vocab_size": len(tokenizer),
+        "hidden_size": getattr(config, "hidden_size", None),
+        "layers": getattr(config, "num_hidden_layers", None),
+        "has_chat_template": bool(getattr(tokenizer, "chat_template", None)),
+    }
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A cheap version of a model folder: names, sizes and the bytes of its small files."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(f"{p.relative_to(folder)}:{p.stat().st_size}".encode())
+            if p.stat().st_size < (1 << 22):
+                h.update(p.read_bytes())
+    return h.hexdigest()

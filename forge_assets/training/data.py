@@ -1,0 +1,42 @@
+"""Reading a dataset folder's JSONL splits for training and evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_texts(folder: Path, split: str) -> list[str]:
+    """The `text` of every record in <folder>/<split>.jsonl, in file order."""
+    path = folder / f"{split}.jsonl"
+    if not path.is_file():
+        return []
+    texts = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                texts.append(json.loads(line)["text"])
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise ValueError(f"{path}:{n}: not a dataset record ({exc}). Fix: rebuild the dataset; each line must be a JSON object with a `text` key.") from None
+    return texts
+
+
+def batches(tokenizer, texts: list[str], seq_len: int, batch_size: int):
+    """Padded (input_ids, attention_mask, labels) tensors; padding positions are ignored by the loss."""
+    import torch
+
+    pad = tokenizer.pad_token_id
+    enc = [tokenizer(t, add_special_tokens=False)["input_ids"][:seq_len] for t in texts]
+    enc = [e for e in enc if len(e) > 1]
+    for i in range(0, len(enc), batch_size):
+        chunk = enc[i:i + batch_size]
+        width = max(len(e) for e in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for j, e in enumerate(chunk):
+            ids[j, : len(e)] = torch.tensor(e)
+            mask[j, : len(e)] = 1
+        labels = ids.masked_fill(mask == 0, -100)
+        yield ids, mask, labels
