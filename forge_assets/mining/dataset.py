@@ -159,3 +159,15 @@ def write_dataset(dataset: Dataset, folder: Path) -> None:
             for r in records:
                 fh.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
     (folder / "stats.json").write_text(json.dumps(dataset.stats, indent=2, sort_keys=True))
+
+
+def dataset_card(dataset: Dataset) -> str:
+    """A Markdown card: what the dataset holds and what was dropped on the way."""
+    s = dataset.stats
+    lines = [f"# Dataset card: {dataset.language}", "",
+             f"{s.get('samples', 0)} samples ({s.get('train_samples', 0)} train / {s.get('valid_samples', 0)} valid / {s.get('test_samples', 0)} test) "
+             f"from {s.get('files', 0)} files in {s.get('repos', 0)} repositories.", "", "| kind | samples |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in s.get("samples_by_kind", {}).items()]
+    lines += ["", "| skipped because | files |", "|---|---|"] + [f"| {k} | {v} |" for k, v in s.get("skipped", {}).items()]
+    lines += ["", f"Exact duplicates removed: {s.get('duplicates_removed', 0)}."]
+    return "\n".join(lines)

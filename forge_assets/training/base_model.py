@@ -170,3 +170,9 @@ def folder_fingerprint(folder: Path) -> str:
             if p.stat().st_size < (1 << 22):
                 h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def model_folder(artifact_path: Path) -> Path:
+    """The Hugging Face model folder a base_model artifact stands for (itself, or the model it references)."""
+    ref = artifact_path / "model.json"
+    return Path(json.loads(ref.read_text())["path"]) if ref.is_file() else artifact_path

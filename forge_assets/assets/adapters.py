@@ -1,0 +1,44 @@
+"""Stage 5: adapter, a LoRA adapter per language trained on its dataset (PEFT or mlx-lm)."""
+
+from dagster import AssetExecutionContext, MetadataValue, asset
+
+from forge_assets.artifacts import input_key
+from forge_assets.assets.common import materialized
+from forge_assets.partitions import language_partitions
+from forge_assets.resources import ForgeResource
+from forge_assets.training.adapter import train_adapter
+from forge_assets.training.base_model import model_folder
+
+CODE_VERSION = "1"
+
+
+@asset(partitions_def=language_partitions, group_name="training", deps=["dataset", "base_model"], code_version=CODE_VERSION, pool="train")
+def adapter(context: AssetExecutionContext, forge: ForgeResource):
+    """A LoRA adapter that specialises the base model in one language's code and sessions."""
+    cfg = forge.load()
+    store = forge.store(cfg)
+    language = context.partition_key
+    data = store.require("dataset", language)
+    base = store.require("base_model", "all")
+    key = input_key(dataset=data.version, base=base.version, training=cfg.training.model_dump(), code=CODE_VERSION)
+    if (art := store.reusable("adapter", language, key)) is not None:
+        context.log.info(f"adapter {art.version} was trained on these very inputs; reusing it.")
+        return materialized(art, _figures(art.manifest()["result"]), reused=True)
+    manifest = {"input_key": key, "inputs": {"dataset": data.version, "base_model": base.version}, "training": cfg.training.model_dump()}
+    with store.write("adapter", language, manifest) as out:
+        result = train_adapter(model_folder(base.path), data.path, out.path, cfg.training, log=context.log.info)
+        manifest["result"] = result
+    return materialized(out.artifact, _figures(result))
+
+
+def _figures(result: dict) -> dict:
+    curve = result.get("loss_curve", [])
+    return {
+        "backend": result["backend"],
+        "steps": result["steps"],
+        "train_samples": result["train_samples"],
+        "first_loss": curve[0][1] if curve else float("nan"),
+        "final_loss": curve[-1][1] if curve else float("nan"),
+        "training_seconds": result["seconds"],
+        "loss_curve": MetadataValue.json({"step": [s for s, _ in curve], "loss": [l for _, l in curve]}),
+    }

@@ -1,0 +1,51 @@
+"""Stage 4: base_model, forge-tiny built from the corpus, or a configured Hugging Face model."""
+
+import json
+
+from dagster import AssetExecutionContext, asset
+
+from forge_assets.artifacts import input_key
+from forge_assets.assets.common import materialized
+from forge_assets.mining.dataset import read_blob
+from forge_assets.mining.snapshot import take_snapshot
+from forge_assets.resources import ForgeResource
+from forge_assets.training.base_model import TINY, build_tiny_model, check_base_model, folder_fingerprint, resolve_base_model
+
+CODE_VERSION = "1"
+ALL = "all"  # the base model is shared by every language partition
+
+
+@asset(group_name="training", code_version=CODE_VERSION)
+def base_model(context: AssetExecutionContext, forge: ForgeResource):
+    """The model every language's adapter is trained on, as a Hugging Face model folder."""
+    cfg = forge.load()
+    store = forge.store(cfg)
+    if cfg.base_model == TINY:
+        snap = take_snapshot(cfg.repos, cfg.resolve("."), cfg.artifact_path / "clones", cfg.mining.max_file_bytes)
+        key = input_key(corpus={lang: snap.fingerprint(lang) for lang in snap.languages()}, tiny=cfg.tiny_model.model_dump(), code=CODE_VERSION)
+        if (art := store.reusable("base_model", ALL, key)) is not None:
+            return materialized(art, art.manifest()["figures"], reused=True)
+        texts = [_text(f) for files in snap.files.values() for f in files]
+        texts = [t for t in texts if t]
+        manifest = {"input_key": key, "source": TINY, "figures": {}}
+        with store.write("base_model", ALL, manifest) as out:
+            figures = build_tiny_model(texts, out.path, cfg.tiny_model, log=context.log.info)
+            manifest["figures"] = figures  # the manifest is written when the block ends
+    else:
+        folder = resolve_base_model(cfg.base_model, cfg.resolve("."))
+        figures = check_base_model(folder)
+        key = input_key(source=str(folder), fingerprint=folder_fingerprint(folder))
+        if (art := store.reusable("base_model", ALL, key)) is not None:
+            return materialized(art, art.manifest()["figures"], reused=True)
+        with store.write("base_model", ALL, {"input_key": key, "source": cfg.base_model, "figures": figures}) as out:
+            # A real model is referenced in place, not copied: its weights can be tens of GB.
+            (out.path / "model.json").write_text(json.dumps({"source": cfg.base_model, "path": str(folder), "fingerprint": key}, indent=2))
+    return materialized(out.artifact, {"source": cfg.base_model, **{k: v for k, v in figures.items() if v is not None}})
+
+
+def _text(entry) -> str:
+    try:
+        return read_blob(entry.repo_dir, entry.blob).decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+

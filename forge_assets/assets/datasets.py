@@ -1,0 +1,52 @@
+"""Stage 3: dataset, one language's train/valid/test JSONL built from its snapshot and sessions."""
+
+import json
+
+from dagster import AssetExecutionContext, MetadataValue, asset
+
+from forge_assets.artifacts import input_key
+from forge_assets.assets.common import materialized, md_table
+from forge_assets.mining.dataset import build_dataset, dataset_card, write_dataset
+from forge_assets.mining.snapshot import FileEntry
+from forge_assets.partitions import language_partitions
+from forge_assets.resources import ForgeResource
+
+CODE_VERSION = "1"
+
+
+@asset(partitions_def=language_partitions, group_name="mining", deps=["repo_snapshot", "session_logs"], code_version=CODE_VERSION)
+def dataset(context: AssetExecutionContext, forge: ForgeResource):
+    """Training samples for one language (code units, fill-in-the-middle, session chats) in mlx-lm JSONL."""
+    cfg = forge.load()
+    store = forge.store(cfg)
+    language = context.partition_key
+    snapshot = store.require("repo_snapshot", language)
+    sessions = store.require("session_logs", language)
+    key = input_key(snapshot=snapshot.version, sessions=sessions.version, mining=cfg.mining.model_dump(), code=CODE_VERSION)
+    if (art := store.reusable("dataset", language, key)) is not None:
+        context.log.info(f"dataset {art.version} was built from these very inputs; reusing it.")
+        return materialized(art, _figures(art.manifest()["stats"]), reused=True)
+    files = _files(snapshot)
+    conversations = [json.loads(line) for line in (sessions.path / "records.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    data = build_dataset(language, files, conversations, cfg.mining)
+    if data.stats.get("samples", 0) == 0:
+        context.log.warning(f"The `{language}` dataset is empty: no files or sessions produced samples.")
+    manifest = {"input_key": key, "inputs": {"repo_snapshot": snapshot.version, "session_logs": sessions.version}, "stats": data.stats}
+    with store.write("dataset", language, manifest) as out:
+        write_dataset(data, out.path)
+        (out.path / "README.md").write_text(dataset_card(data))
+    return materialized(out.artifact, {**_figures(data.stats), "card": MetadataValue.md(dataset_card(data))})
+
+
+def _files(snapshot) -> list[FileEntry]:
+    body = json.loads((snapshot.path / "snapshot.json").read_text())
+    commits = snapshot.manifest()["commits"]
+    return [FileEntry(repo, path, blob, size, commits[repo], body["repo_dirs"][repo]) for repo, path, blob, size in body["files"]]
+
+
+def _figures(stats: dict) -> dict:
+    figures = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
+    for k, v in stats.items():
+        if isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()):
+            figures[k] = md_table(v)
+    return figures

@@ -1,0 +1,38 @@
+"""Stage 1: repo_snapshot, the (repo, path, blob) rows of one language at the repositories' heads."""
+
+import json
+
+from dagster import AssetExecutionContext, asset
+
+from forge_assets.assets.common import materialized, md_table
+from forge_assets.mining.snapshot import take_snapshot
+from forge_assets.partitions import language_partitions
+from forge_assets.resources import ForgeResource
+
+
+@asset(partitions_def=language_partitions, group_name="mining", code_version="1")
+def repo_snapshot(context: AssetExecutionContext, forge: ForgeResource):
+    """The source files of one language in the configured git repositories, pinned to blob shas."""
+    cfg = forge.load()
+    store = forge.store(cfg)
+    language = context.partition_key
+    snap = take_snapshot(cfg.repos, cfg.resolve("."), cfg.artifact_path / "clones", cfg.mining.max_file_bytes)
+    for state in snap.repos:
+        for warning in state.warnings:
+            context.log.warning(warning)
+    files = snap.files.get(language, [])
+    if not files:
+        context.log.warning(f"No `{language}` files in the configured repositories; the snapshot is empty.")
+    commits = {r.name: r.commit for r in snap.repos}
+    with store.write("repo_snapshot", language, {"commits": commits}) as out:
+        # Only language-specific content is hashed, so a push touching other languages keeps this version.
+        rows = [[f.repo, f.path, f.blob, f.size] for f in files]
+        body = {"language": language, "files": rows, "repo_dirs": {r.name: r.repo_dir for r in snap.repos}}
+        (out.path / "snapshot.json").write_text(json.dumps(body, indent=1, sort_keys=True))
+    return materialized(out.artifact, {
+        "files": len(files),
+        "repos": len({f.repo for f in files}),
+        "bytes": sum(f.size for f in files),
+        "commits": commits,
+        "skipped (all languages)": md_table(dict(snap.skipped), "reason"),
+    })

@@ -1,0 +1,40 @@
+"""Forge's Dagster definitions: the asset chain per language, the git push sensor, resources per deployment."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import AssetSelection, Definitions, EnvVar, define_asset_job, load_assets_from_modules
+from dagster_aws.s3 import S3Resource
+
+from forge_assets.assets import adapters, base_model, datasets, deploy, evals, export, sessions, snapshots
+from forge_assets.partitions import language_partitions
+from forge_assets.resources import ForgeResource
+from forge_assets.sensors import LANGUAGE_ASSETS, git_push_sensor
+
+all_assets = load_assets_from_modules([snapshots, sessions, datasets, base_model, adapters, evals, export, deploy])
+
+# The main job: one language's whole chain, commit to deployed tag (base_model is built or reused first).
+forge_job = define_asset_job("forge", selection=AssetSelection.all(), partitions_def=language_partitions)
+language_job = define_asset_job("language_chain", selection=LANGUAGE_ASSETS, partitions_def=language_partitions)
+
+RESOURCES = {
+    "local": {"forge": ForgeResource()},
+    "s3": {"forge": ForgeResource(s3_bucket=EnvVar("FORGE_S3_BUCKET"), s3_prefix=os.environ.get("FORGE_S3_PREFIX", "forge"), s3=S3Resource())},
+}
+
+
+def deployment_name() -> str:
+    """Which resource set to use: $FORGE_DEPLOYMENT (local or s3), default local."""
+    name = os.environ.get("FORGE_DEPLOYMENT", "local")
+    if name not in RESOURCES:
+        raise ValueError(f"FORGE_DEPLOYMENT={name!r} is not one of {sorted(RESOURCES)}. Fix: unset it or use one of those.")
+    return name
+
+
+defs = Definitions(
+    assets=all_assets,
+    jobs=[forge_job, language_job],
+    sensors=[git_push_sensor],
+    resources=RESOURCES[deployment_name()],
+)

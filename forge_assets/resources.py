@@ -1,0 +1,46 @@
+"""Resources: forge.yaml and the artifact store, chosen per deployment (local disk, or S3 mirror)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import ConfigurableResource
+from dagster_aws.s3 import S3Resource
+
+from forge_assets.artifacts import ArtifactStore
+from forge_assets.config import ForgeConfig, load_config
+
+
+class S3Mirror:
+    """Copies each completed artifact version to s3://bucket/prefix/<asset>/<language>/<version>/."""
+
+    def __init__(self, client, bucket: str, prefix: str):
+        self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
+
+    def _key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def upload_folder(self, local: Path, key_prefix: str) -> None:
+        for p in sorted(local.rglob("*")):
+            if p.is_file():
+                self.client.upload_file(str(p), self.bucket, self._key(f"{key_prefix}/{p.relative_to(local).as_posix()}"))
+
+    def put_text(self, rel: str, text: str) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(rel), Body=text.encode())
+
+
+class ForgeResource(ConfigurableResource):
+    """Forge's configuration (forge.yaml) and artifact store for a deployment."""
+
+    config_path: str = ""  # empty: $FORGE_CONFIG, else ./forge.yaml
+    s3_bucket: str = ""  # set to mirror every artifact version to S3
+    s3_prefix: str = "forge"
+    s3: S3Resource | None = None
+
+    def load(self) -> ForgeConfig:
+        return load_config(self.config_path or None)
+
+    def store(self, cfg: ForgeConfig | None = None) -> ArtifactStore:
+        cfg = cfg or self.load()
+        mirror = S3Mirror(self.s3.get_client(), self.s3_bucket, self.s3_prefix) if (self.s3_bucket and self.s3) else None
+        return ArtifactStore(cfg.artifact_path, mirror=mirror)
