@@ -21,13 +21,15 @@ def base_model(context: AssetExecutionContext, forge: ForgeResource):
     cfg = forge.load()
     store = forge.store(cfg)
     if cfg.base_model == TINY:
-        snap = take_snapshot(cfg.repos, cfg.resolve("."), cfg.artifact_path / "clones", cfg.mining.max_file_bytes)
-        key = input_key(corpus={lang: snap.fingerprint(lang) for lang in snap.languages()}, tiny=cfg.tiny_model.model_dump(), code=CODE_VERSION)
+        # Built once from the corpus as it is then; a push must not retrain every language's base.
+        # A new forge-tiny comes only from a change of `tiny_model` (e.g. its seed) or of this code.
+        key = input_key(tiny=cfg.tiny_model.model_dump(), code=CODE_VERSION)
         if (art := store.reusable("base_model", ALL, key)) is not None:
             return materialized(art, art.manifest()["figures"], reused=True)
-        texts = [_text(f) for files in snap.files.values() for f in files]
-        texts = [t for t in texts if t]
-        manifest = {"input_key": key, "source": TINY, "figures": {}}
+        snap = take_snapshot(cfg.repos, cfg.resolve("."), cfg.artifact_path / "clones", cfg.mining.max_file_bytes)
+        texts = [t for files in snap.files.values() for f in files if (t := _text(f))]
+        corpus = {lang: snap.fingerprint(lang) for lang in snap.languages()}
+        manifest = {"input_key": key, "source": TINY, "corpus": corpus, "figures": {}}
         with store.write("base_model", ALL, manifest) as out:
             figures = build_tiny_model(texts, out.path, cfg.tiny_model, log=context.log.info)
             manifest["figures"] = figures  # the manifest is written when the block ends

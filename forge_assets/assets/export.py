@@ -15,7 +15,7 @@ from forge_assets.training.adapter import merge_adapter
 from forge_assets.training.base_model import model_folder
 
 CODE_VERSION = "1"
-KEEP = ("tokenizer_config.json", "chat_template.jinja", "config.json")  # what serving needs besides the GGUF
+KEEP = ("tokenizer_config.json", "tokenizer.json", "chat_template.jinja", "config.json")  # what serving needs besides the GGUF
 
 
 @asset(partitions_def=language_partitions, group_name="export", deps=["adapter", "base_model", "eval_scores"], code_version=CODE_VERSION)

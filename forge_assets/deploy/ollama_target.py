@@ -24,7 +24,8 @@ def template_for(model_dir: Path) -> tuple[str, list[str]]:
     """Ollama's TEMPLATE and stop tokens, derived from the tokenizer's chat template and special tokens."""
     cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
     chat = cfg.get("chat_template") or ((model_dir / "chat_template.jinja").read_text() if (model_dir / "chat_template.jinja").is_file() else "")
-    specials = {t.get("content") for t in (cfg.get("added_tokens_decoder") or {}).values()}
+    added = json.loads((model_dir / "tokenizer.json").read_text()).get("added_tokens", []) if (model_dir / "tokenizer.json").is_file() else []
+    specials = {t["content"] for t in added if t.get("special")} | {t.get("content") for t in (cfg.get("added_tokens_decoder") or {}).values()}
     if IM_START in chat and IM_END in chat and IM_END in specials:
         stops = [IM_END] + ([EOT] if EOT in specials else [])
         return CHATML_TEMPLATE, stops

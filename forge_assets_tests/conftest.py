@@ -1,0 +1,179 @@
+"""Fixtures shared by Forge's tests: real git repositories, a small forge.yaml, a tiny base model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PY_FILES = {
+    "app/handlers.py": '''"""Request handlers."""
+
+
+def handle_get(request, store):
+    """Return the item named in the request."""
+    key = request["key"]
+    item = store.get(key)
+    if item is None:
+        return {"status": 404, "error": f"no item {key}"}
+    return {"status": 200, "item": item}
+
+
+def handle_put(request, store):
+    """Store the request body under its key."""
+    key = request["key"]
+    store[key] = request["body"]
+    return {"status": 201}
+
+
+class Store(dict):
+    """An in-memory item store."""
+
+    def keys_sorted(self):
+        return sorted(self.keys())
+''',
+    "app/pipeline.py": '''"""Data pipeline steps."""
+
+import json
+
+
+def load(path):
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def transform(rows):
+    out = []
+    for row in rows:
+        if row.get("skip"):
+            continue
+        out.append({"id": row["id"], "total": sum(row.get("values", []))})
+    return out
+
+
+def save(rows, path):
+    with open(path, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\\n")
+''',
+}
+
+RS_FILES = {
+    "src/lib.rs": '''/// Adds two numbers.
+pub fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+/// A counter.
+pub struct Counter {
+    n: u64,
+}
+
+impl Counter {
+    pub fn new() -> Self {
+        Counter { n: 0 }
+    }
+
+    pub fn bump(&mut self) -> u64 {
+        self.n += 1;
+        self.n
+    }
+}
+''',
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in repo with a fixed identity and dates; return its output."""
+    env = {**os.environ, "GIT_AUTHOR_NAME": "Dev", "GIT_AUTHOR_EMAIL": "dev@example.com", "GIT_COMMITTER_NAME": "Dev",
+           "GIT_COMMITTER_EMAIL": "dev@example.com", "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z"}
+    return subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def commit_files(repo: Path, files: dict[str, str], message: str) -> str:
+    """Write files into repo, commit them, and return the commit sha."""
+    for rel, text in files.items():
+        p = repo / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD").strip()
+
+
+def make_repo(path: Path, files: dict[str, str], message: str = "initial commit") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    commit_files(path, files, message)
+    return path
+
+
+@pytest.fixture
+def py_repo(tmp_path: Path) -> Path:
+    """A git repository with Python files and one commit."""
+    return make_repo(tmp_path / "repo", PY_FILES)
+
+
+@pytest.fixture
+def two_language_repo(tmp_path: Path) -> Path:
+    """A git repository with Python and Rust files."""
+    return make_repo(tmp_path / "repo", {**PY_FILES, **RS_FILES})
+
+
+SMALL = {
+    "tiny_model": {"vocab_size": 600, "hidden_size": 256, "intermediate_size": 256, "num_layers": 1, "num_heads": 4,
+                   "num_kv_heads": 2, "context_length": 256, "pretrain_steps": 15},
+    "training": {"backend": "peft", "rank": 4, "alpha": 8, "learning_rate": 0.003, "max_steps": 6, "batch_size": 4, "seq_len": 96},
+}
+
+
+def write_config(folder: Path, repos: list[Path], **overrides) -> Path:
+    """A forge.yaml for tests: small model, short training, artifacts under folder."""
+    data = {"artifact_root": str(folder / "artifacts"), "repos": [{"path": str(r)} for r in repos], **SMALL}
+    for key, value in overrides.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+    path = folder / "forge.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """forge-tiny built once per test session from the test corpus (HF format on disk)."""
+    from forge_assets.config import TinyModelConfig
+    from forge_assets.training.base_model import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    texts = list(PY_FILES.values()) + list(RS_FILES.values())
+    build_tiny_model(texts * 3, out, TinyModelConfig(**SMALL["tiny_model"]), log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A dataset folder (train/valid/test JSONL) from the test corpus, FIM samples included."""
+    import json
+
+    from forge_assets.chat import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+
+    folder = tmp_path_factory.mktemp("dataset")
+    texts = [f"{t}{EOT}" for t in PY_FILES.values()]
+    src = PY_FILES["app/handlers.py"]
+    fim = f"{FIM_PREFIX}{src[:120]}{FIM_SUFFIX}{src[160:]}{FIM_MIDDLE}{src[120:160]}{EOT}"
+    for split, rows in {"train": texts * 4 + [fim], "valid": texts[:1], "test": texts[1:] + [fim]}.items():
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"text": r, "kind": "code"}) + "\n" for r in rows))
+    return folder

@@ -1,0 +1,94 @@
+"""The whole asset graph for one language, materialized for real on a git repository made in the test."""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
+
+from forge_assets.definitions import all_assets
+from forge_assets.deploy import llama_server
+from forge_assets.resources import ForgeResource
+from forge_assets_tests.conftest import commit_files, free_port, write_config
+
+ORDER = ["base_model", "repo_snapshot", "session_logs", "dataset", "adapter", "eval_scores", "gguf", "deployment"]
+
+
+def _materialization(instance: DagsterInstance, asset: str):
+    return instance.get_latest_materialization_event(AssetKey(asset)).asset_materialization
+
+
+def _versions(instance: DagsterInstance) -> dict[str, str]:
+    return {a: _materialization(instance, a).tags["dagster/data_version"] for a in ORDER}
+
+
+@pytest.fixture
+def chain(two_language_repo: Path, tmp_path: Path):
+    port = free_port()
+    cfg = write_config(tmp_path, [two_language_repo], deploy={"port": port})
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("language", ["python"])
+        yield instance, cfg, two_language_repo, tmp_path / "artifacts"
+        llama_server.stop(tmp_path / "artifacts" / "deployment" / "python")
+
+
+def _run(instance, cfg):
+    return materialize(all_assets, partition_key="python", instance=instance, resources={"forge": ForgeResource(config_path=str(cfg))})
+
+
+def test_commit_to_deployed_tag_then_unchanged_inputs_reuse_everything(chain):
+    instance, cfg, repo, root = chain
+    assert _run(instance, cfg).success
+    versions = _versions(instance)
+
+    data = root / "dataset" / "python" / "latest"
+    train = [json.loads(l) for l in (data / "train.jsonl").read_text().splitlines()]
+    assert train and all("text" in r and r["language"] == "python" for r in train)
+    assert not any(r["path"].endswith(".rs") for r in train)  # the Rust file belongs to another partition
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["inputs"]["repo_snapshot"] == versions["repo_snapshot"]
+
+    assert (root / "adapter" / "python" / "latest" / "adapter_model.safetensors").is_file()
+    scores = _materialization(instance, "eval_scores").metadata
+    assert scores["base_perplexity"].value > 0 and scores["adapter_perplexity"].value > 0
+
+    gguf_meta = _materialization(instance, "gguf").metadata
+    assert gguf_meta["file"].value == "model-Q8_0.gguf" and gguf_meta["tokenizer_pre"].value == "qwen2"
+    assert gguf_meta["smoke_completion_tokens"].value > 0  # llama.cpp loaded it and generated
+
+    dep = _materialization(instance, "deployment").metadata
+    tag, endpoint = dep["tag"].value, dep["endpoint"].value
+    assert tag == f"forge-python:{versions['gguf'][:12]}"
+    req = urllib.request.Request(f"{endpoint}/chat/completions", method="POST", headers={"Content-Type": "application/json"},
+                                 data=json.dumps({"model": tag, "messages": [{"role": "user", "content": "def"}], "max_tokens": 4}).encode())
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert json.loads(resp.read())["model"] == tag
+
+    # Same inputs: every stage reuses its artifact and keeps its data version.
+    assert _run(instance, cfg).success
+    assert _versions(instance) == versions
+    assert all(_materialization(instance, a).metadata["reused"].value for a in ORDER if a not in ("repo_snapshot", "session_logs"))
+
+    # A Rust-only commit leaves the Python chain's versions as they were.
+    commit_files(repo, {"src/lib.rs": "pub fn sub(a: i64, b: i64) -> i64 { a - b }\n"}, "rust change")
+    assert _run(instance, cfg).success
+    assert _versions(instance) == versions
+
+
+def test_dagster_cli_materializes_a_partition(two_language_repo: Path, tmp_path: Path):
+    """The README's `dagster asset materialize ... --partition python` line, run as a user would."""
+    cfg = write_config(tmp_path, [two_language_repo])
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "FORGE_CONFIG": str(cfg)}
+    subprocess.run([sys.executable, "-c", "from dagster import DagsterInstance; DagsterInstance.get().add_dynamic_partitions('language', ['python'])"],
+                   env=env, check=True)
+    out = subprocess.run(["dagster", "asset", "materialize", "-m", "forge_assets.definitions",
+                          "--select", "repo_snapshot,session_logs,dataset", "--partition", "python"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "artifacts" / "dataset" / "python" / "latest" / "train.jsonl").is_file()

@@ -1,0 +1,61 @@
+"""forge.yaml validation: defaults, and errors that name the key, the problem and the fix."""
+
+from pathlib import Path
+
+import pytest
+
+from forge_assets.config import ConfigError, load_config, parse_config
+
+
+def test_defaults_fill_an_almost_empty_file(tmp_path: Path):
+    (tmp_path / "forge.yaml").write_text("repos:\n  - path: .\n")
+    cfg = load_config(tmp_path / "forge.yaml")
+    assert cfg.artifact_root == "data/artifacts"
+    assert cfg.artifact_path == (tmp_path / "data/artifacts").resolve()
+    assert cfg.base_model == "forge-tiny"
+    assert cfg.training.backend == "auto" and cfg.deploy.target == "llama-server" and cfg.deploy.tag_prefix == "forge"
+    assert cfg.sessions == [] and cfg.languages is None
+
+
+def test_the_shipped_forge_yaml_is_valid():
+    cfg = load_config(Path(__file__).resolve().parents[2] / "forge.yaml")
+    assert [r.path for r in cfg.repos] == ["."]
+    assert cfg.base_model == "forge-tiny"
+
+
+def test_misspelt_key_suggests_the_right_one():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"training": {"learning_rte": 0.1}})
+    msg = str(err.value)
+    assert "training.learning_rte" in msg and "did you mean `learning_rate`" in msg
+
+
+def test_bad_value_names_key_value_and_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"training": {"backend": "tpu"}})
+    msg = str(err.value)
+    assert "training.backend" in msg and "'tpu'" in msg and "Fix:" in msg
+
+
+def test_hidden_size_must_suit_k_quants():
+    with pytest.raises(ConfigError, match="multiple of 256"):
+        parse_config({"tiny_model": {"hidden_size": 300}})
+
+
+def test_repo_needs_exactly_one_of_path_or_url():
+    with pytest.raises(ConfigError, match=r"repos\.0.*exactly one of `path`"):
+        parse_config({"repos": [{"path": ".", "url": "https://example.invalid/x.git"}]})
+
+
+def test_missing_file_and_bad_yaml_are_clear(tmp_path: Path):
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "forge.yaml").write_text("repos: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "forge.yaml")
+
+
+def test_forge_config_env_var_selects_the_file(tmp_path: Path, monkeypatch):
+    (tmp_path / "other.yaml").write_text("base_model: ./models/mine\n")
+    monkeypatch.setenv("FORGE_CONFIG", str(tmp_path / "other.yaml"))
+    assert load_config().base_model == "./models/mine"

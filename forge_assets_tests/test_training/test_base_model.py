@@ -1,0 +1,69 @@
+"""forge-tiny: tokenizer and model built offline; real HF model folders load through the same path."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from forge_assets.chat import SPECIAL_TOKENS
+from forge_assets.training.base_model import BaseModelError, check_base_model, model_folder, resolve_base_model
+
+
+def test_tiny_model_is_a_qwen2_hf_folder_with_chat_template(tiny_model: Path):
+    info = check_base_model(tiny_model)
+    assert info["model_type"] == "qwen2" and info["has_chat_template"]
+    cfg = json.loads((tiny_model / "config.json").read_text())
+    assert cfg["hidden_size"] % 256 == 0 and cfg["intermediate_size"] % 256 == 0  # K-quants apply
+
+
+def test_tokenizer_has_chatml_and_fim_special_tokens_as_single_ids(tiny_model: Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
+    for t in SPECIAL_TOKENS:
+        ids = tok(t, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and tok.convert_ids_to_tokens(ids[0]) == t
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token not in (tok.eos_token, "<|endoftext|>")
+    text = "def f(x):\n    return x  # héllo\n"
+    assert tok.decode(tok(text)["input_ids"]) == text  # byte-level BPE round-trips any text
+
+
+def test_tokenizer_uses_qwen2_pre_tokenizer_split(tiny_model: Path):
+    tj = json.loads((tiny_model / "tokenizer.json").read_text())
+    seq = tj["pre_tokenizer"]["pretokenizers"]
+    assert seq[0]["type"] == "Split" and "\\p{L}+|\\p{N}" in seq[0]["pattern"]["Regex"]
+    assert seq[1]["type"] == "ByteLevel" and seq[1]["use_regex"] is False
+
+
+def test_chat_template_renders_like_forge_chat(tiny_model: Path):
+    from transformers import AutoTokenizer
+
+    from forge_assets.chat import render_chat
+
+    tok = AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert tok.apply_chat_template(msgs, tokenize=False) == render_chat(msgs)
+
+
+def test_a_saved_model_folder_loads_through_the_real_path(tiny_model: Path, tmp_path: Path):
+    # A "real" model is any save_pretrained folder; resolve it as a configured local path.
+    assert resolve_base_model(str(tiny_model), tmp_path) == tiny_model.resolve()
+    assert check_base_model(tiny_model)["architecture"] == "Qwen2ForCausalLM"
+    ref = tmp_path / "art"
+    ref.mkdir()
+    (ref / "model.json").write_text(json.dumps({"path": str(tiny_model)}))
+    assert model_folder(ref) == tiny_model and model_folder(tiny_model) == tiny_model
+
+
+def test_bad_base_model_settings_are_clear(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BaseModelError, match="no config.json"):
+        resolve_base_model(str(tmp_path / "empty"), tmp_path)
+    with pytest.raises(BaseModelError, match="neither an existing folder nor a Hugging Face id"):
+        resolve_base_model("./missing/model/dir", tmp_path)
+
+
+def test_hub_id_fails_clearly_offline(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BaseModelError, match="cannot fetch `forge-test/no-such-model`"):
+        resolve_base_model("forge-test/no-such-model", tmp_path)
