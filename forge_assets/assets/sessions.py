@@ -32,5 +32,7 @@ def session_logs(context: AssetExecutionContext, forge: ForgeResource):
         "records": len(records),
         **numeric,
         "redactions": md_table(stats.get("redactions", {}), "secret type"),
+        "skipped_sources": len(stats.get("skipped", [])),
+        "skipped": "\n".join(f"{s['source']}: {s['error']}" for s in stats.get("skipped", [])) or "none",
         "warnings": "\n".join(warnings) or "none",
     })
