@@ -69,6 +69,11 @@ class MiningConfig(_Strict):
     synthetic_per_language: int = Field(0, ge=0)
     max_commit_diff_lines: int = Field(400, gt=0)
     seed: int = 0
+    # A language with fewer real samples than this is under-represented and gets synthetic tasks.
+    synthetic_below: int = Field(5000, ge=0)
+    max_commits: int = Field(1000, ge=0)  # newest commits walked per repository and language (0: none)
+    fim_context_chars: int = Field(4000, gt=0)  # prefix and suffix are each trimmed to this many characters
+    workers: int = Field(0, ge=0)  # processes for mining and de-duplication; 0: one per CPU, at most 4
 
 
 class TinyModelConfig(_Strict):
@@ -116,6 +121,8 @@ class DeployConfig(_Strict):
     ollama_host: str = "http://127.0.0.1:11434"
     tag_prefix: str = Field("forge", pattern=r"^[a-z0-9][a-z0-9._-]*$")
     quantization: Literal["Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K", "F16"] = "Q8_0"
+    # Export and deploy only an adapter whose held-out perplexity is at most this times the base model's.
+    max_perplexity_ratio: float = Field(1.05, gt=0)
 
 
 class ForgeConfig(_Strict):

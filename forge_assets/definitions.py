@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from dagster import AssetSelection, Definitions, EnvVar, define_asset_job, load_assets_from_modules
+from dagster import AssetSelection, Definitions, EnvVar, define_asset_job, load_asset_checks_from_modules, load_assets_from_modules
 from dagster_aws.s3 import S3Resource
 
 from forge_assets.assets import adapters, base_model, datasets, deploy, evals, export, sessions, snapshots
@@ -12,7 +12,9 @@ from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
 from forge_assets.sensors import LANGUAGE_ASSETS, git_push_sensor
 
-all_assets = load_assets_from_modules([snapshots, sessions, datasets, base_model, adapters, evals, export, deploy])
+STAGES = [snapshots, sessions, datasets, base_model, adapters, evals, export, deploy]
+all_assets = load_assets_from_modules(STAGES)
+all_checks = load_asset_checks_from_modules(STAGES)
 
 # The main job: one language's whole chain, commit to deployed tag (base_model is built or reused first).
 forge_job = define_asset_job("forge", selection=AssetSelection.all(), partitions_def=language_partitions)
@@ -34,6 +36,7 @@ def deployment_name() -> str:
 
 defs = Definitions(
     assets=all_assets,
+    asset_checks=all_checks,
     jobs=[forge_job, language_job],
     sensors=[git_push_sensor],
     resources=RESOURCES[deployment_name()],

@@ -2,7 +2,7 @@
 
 import json
 
-from dagster import AssetExecutionContext, MetadataValue, asset
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, MetadataValue, asset, asset_check
 
 from forge_assets.artifacts import input_key
 from forge_assets.assets.common import materialized
@@ -33,3 +33,19 @@ def eval_scores(context: AssetExecutionContext, forge: ForgeResource):
 def _figures(scores: dict) -> dict:
     # Numbers become MetadataValue floats, which the UI plots over time on the Plots tab.
     return {k: MetadataValue.float(float(v)) if isinstance(v, float) else v for k, v in scores.items() if v is not None}
+
+
+@asset_check(asset=eval_scores, blocking=True, partitions_def=language_partitions)
+def adapter_beats_base(context, forge: ForgeResource) -> AssetCheckResult:
+    """Blocks export and deploy of an adapter that does worse than the base model on held-out code."""
+    cfg = forge.load()
+    scores = json.loads((forge.store(cfg).require("eval_scores", context.partition_key).path / "scores.json").read_text())
+    ratio, limit = scores["perplexity_ratio"], cfg.deploy.max_perplexity_ratio
+    return AssetCheckResult(
+        passed=bool(ratio <= limit),
+        severity=AssetCheckSeverity.ERROR,
+        description=None if ratio <= limit else (
+            f"The adapter's held-out perplexity is {ratio:.3f}x the base model's (limit {limit}), so it is not exported or deployed. "
+            "Fix: train longer or on more data, or raise deploy.max_perplexity_ratio in forge.yaml."),
+        metadata={"perplexity_ratio": float(ratio), "limit": float(limit)},
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
 
-from forge_assets.definitions import all_assets
+from forge_assets.definitions import all_assets, all_checks
 from forge_assets.deploy import llama_server
 from forge_assets.resources import ForgeResource
 from forge_assets_tests.conftest import commit_files, free_port, write_config
@@ -37,7 +37,8 @@ def chain(two_language_repo: Path, tmp_path: Path):
 
 
 def _run(instance, cfg):
-    return materialize(all_assets, partition_key="python", instance=instance, resources={"forge": ForgeResource(config_path=str(cfg))})
+    return materialize([*all_assets, *all_checks], partition_key="python", instance=instance,
+                       resources={"forge": ForgeResource(config_path=str(cfg))}, raise_on_error=False)
 
 
 def test_commit_to_deployed_tag_then_unchanged_inputs_reuse_everything(chain):
@@ -77,6 +78,20 @@ def test_commit_to_deployed_tag_then_unchanged_inputs_reuse_everything(chain):
     commit_files(repo, {"src/lib.rs": "pub fn sub(a: i64, b: i64) -> i64 { a - b }\n"}, "rust change")
     assert _run(instance, cfg).success
     assert _versions(instance) == versions
+
+
+def test_an_adapter_worse_than_the_limit_is_not_exported_or_deployed(two_language_repo: Path, tmp_path: Path):
+    cfg = write_config(tmp_path, [two_language_repo], deploy={"port": free_port(), "max_perplexity_ratio": 0.01})
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("language", ["python"])
+        result = _run(instance, cfg)
+        assert not result.success
+        check = [e for e in result.get_asset_check_evaluations() if e.check_name == "adapter_beats_base"][0]
+        assert not check.passed and check.metadata["limit"].value == 0.01
+        assert _materialization(instance, "eval_scores") is not None
+        assert instance.get_latest_materialization_event(AssetKey("gguf")) is None
+        assert instance.get_latest_materialization_event(AssetKey("deployment")) is None
+    assert not (tmp_path / "artifacts" / "deployment" / "python").exists()
 
 
 def test_dagster_cli_materializes_a_partition(two_language_repo: Path, tmp_path: Path):
