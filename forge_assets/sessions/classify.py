@@ -1,4 +1,5 @@
-"""Which programming languages a session is about: multi-label, weighted, from what the agent did.
+"""Which programming languages a session, and each exchange in it, is about: multi-label, weighted,
+from what the agent did.
 
 Signals, strongest first: files the agent edited (tool `filePath`, `apply_patch` headers, patch
 parts), build and test commands it ran (`cargo`, `pytest`, `go test`, …), what those tools printed
@@ -9,6 +10,13 @@ Shell scripts and project files (Cargo.toml, package.json…) count half: every 
 A session with no signal is `general`. A subagent session (parent set) inherits its parent's
 labels besides its own; a parent with no signal of its own (it only delegated) is classified by
 its subagents' work.
+
+An exchange (one user turn and the assistant steps answering it) is scored by the same code
+(`evidence_of` over its messages) and classified by `classify_exchange`: with a decisive signal
+of its own (at least MIN_POINTS, and a language holding THRESHOLD of them) it gets the languages
+its own weights select, whatever its session's are; with none (e.g. "thanks, now explain") it
+inherits its session's weights and labels, and `decided_by` is INHERITED. npm-style evidence in an
+exchange that shows neither TypeScript nor JavaScript files goes to the session's choice of the two.
 """
 
 from __future__ import annotations
@@ -22,10 +30,11 @@ from typing import Any
 
 from forge_assets.languages import EXTENSIONS, language_of_fence, language_of_path
 
-from .model import LoadResult, Session
+from .model import LoadResult, Message, Session
 from .patches import patch_files
 
 GENERAL = "general"
+INHERITED = "session"  # decided_by of an exchange without a decisive signal of its own
 THRESHOLD = 0.2  # share of a session's points a language needs to be one of its labels
 MIN_POINTS = 1.0  # fewer points than this in total and the session is `general`
 _JS = "javascript|typescript"  # npm & co.: resolved to typescript or javascript per session
@@ -103,10 +112,12 @@ class Evidence:
             out.update(counts)
         return out
 
-    def resolved(self) -> "Evidence":
-        """A copy where npm-style evidence goes to typescript when the session shows more of it, else javascript."""
+    def resolved(self, prefer: str | None = None) -> "Evidence":
+        """A copy where npm-style evidence goes to typescript when this evidence shows more of it than of
+        javascript, to javascript when it shows more javascript, and on a tie to `prefer` (default javascript)."""
         totals = self.totals()
-        target = "typescript" if totals["typescript"] > totals["javascript"] else "javascript"
+        ts, js = totals["typescript"], totals["javascript"]
+        target = "typescript" if ts > js else "javascript" if js > ts else prefer or "javascript"
         out = Evidence()
         for kind, counts in self.points.items():
             c = Counter()
@@ -118,12 +129,12 @@ class Evidence:
 
 @dataclass
 class Classification:
-    """A session's languages: normalised weights, the labels kept, and which signals decided."""
+    """A session's (or an exchange's) languages: normalised weights, the labels kept, and which signals decided."""
 
     weights: dict[str, float]
     signals: Counter  # kind of signal → points it gave (all languages)
     languages: frozenset[str]
-    decided_by: str  # the signal kind that gave the labels most points; "parent" or "none" otherwise
+    decided_by: str  # the signal kind that gave the labels most points; "parent", "none" or (exchanges) INHERITED otherwise
 
     def __contains__(self, language: str) -> bool:
         return language in self.languages
@@ -202,11 +213,11 @@ def _add_tool(ev: Evidence, seen: set[tuple[str, str]], part: dict[str, Any]) ->
         _add_output(ev, out)
 
 
-def evidence(session: Session) -> Evidence:
-    """Every language signal in one session's own messages."""
+def evidence_of(messages: Iterable[Message]) -> Evidence:
+    """Every language signal in some messages: a whole session's, or one exchange's."""
     ev = Evidence()
     seen: set[tuple[str, str]] = set()
-    for message in session.messages:
+    for message in messages:
         for part in message.parts:
             ptype = part.get("type")
             if ptype == "tool":
@@ -219,6 +230,11 @@ def evidence(session: Session) -> Evidence:
             elif ptype == "file":
                 _add_path(ev, seen, "read", part.get("filename") or part.get("url"))
     return ev
+
+
+def evidence(session: Session) -> Evidence:
+    """Every language signal in one session's own messages."""
+    return evidence_of(session.messages)
 
 
 def _weights(ev: Evidence) -> dict[str, float]:
@@ -262,6 +278,22 @@ def classify(session: Session, parent: Classification | None = None) -> Classifi
     Use `classify_all` to classify sessions together with their subagents.
     """
     return from_evidence(evidence(session), parent)
+
+
+def classify_exchange(messages: Iterable[Message], session: Classification) -> Classification:
+    """One exchange's languages (a user message and the assistant steps answering it), given its session's.
+
+    With a decisive signal of its own the exchange gets the labels its own weights select (THRESHOLD,
+    MIN_POINTS as for sessions); without one it inherits the session's weights and labels
+    (`decided_by` = INHERITED, `signals` still its own, weak, ones).
+    """
+    w = session.weights
+    ev = evidence_of(messages).resolved("typescript" if w.get("typescript", 0.0) > w.get("javascript", 0.0) else "javascript")
+    own = _weights(ev)
+    labels = {lang for lang, weight in own.items() if weight >= THRESHOLD}
+    if labels:
+        return Classification(own, _signals(ev), frozenset(labels), _decider(ev, labels))
+    return Classification(dict(session.weights), _signals(ev), session.languages, INHERITED)
 
 
 def classify_all(sessions: Iterable[Session]) -> dict[str, Classification]:

@@ -6,6 +6,20 @@ the OpenAI/mlx-lm form `forge_assets.chat.render_chat` renders:
 "function": {"name", "arguments": {...}}}]}`, a tool result being `{"role": "tool", "name", "content"}`.
 Each turn stands alone (earlier turns are not repeated as context). Every string written into a
 record goes through `forge_assets.scrub.scrub_text` first.
+
+Which chat records a language's partition holds is decided per exchange (a turn; see
+`forge_assets.sessions.classify`). Only exchanges of sessions with at least one language label
+(not `general`) are considered. An exchange with a decisive signal of its own (at least MIN_POINTS,
+a language holding THRESHOLD of them, as for sessions) belongs to the languages its own weights
+select, whatever its session's labels; an exchange with no signal of its own (e.g. "thanks, now
+explain") inherits its session's labels. So in a session that first fixes a Rust bug and then
+writes a Python script, the Rust exchange goes to `rust`, the Python one to `python`, and neither
+to the other; a following "now explain" exchange goes to both if the session is labelled both.
+A chat record carries its exchange's weights, `"weights": {language: float}` (3 decimals; the
+session's when inherited). An exchange's code_change records go with it, each only to the
+partition of its file's language. Asked for `general`, the exchanges of `general` sessions are
+returned. Stats count the chat records written by own signal (`exchanges_by_own_signal`) and by
+inheritance (`exchanges_inherited`); `sessions` counts the sessions with an exchange in the partition.
 """
 
 from __future__ import annotations
@@ -20,7 +34,7 @@ from forge_assets.config import SessionSource
 from forge_assets.languages import language_of_path
 from forge_assets.scrub import scrub_text
 
-from .classify import GENERAL, classifications
+from .classify import GENERAL, INHERITED, Classification, classifications, classify_exchange
 from .load import load_sources
 from .model import LoadResult, Message, Session
 from .patches import patch_hunks
@@ -28,6 +42,9 @@ from .patches import patch_hunks
 # Agents that are not coding work: planning, and opencode's hidden compaction/title/summary agents.
 NON_CODING_AGENTS = frozenset({"plan", "compaction", "title", "summary"})
 CHANGE_TOOLS = frozenset({"edit", "write", "multiedit", "apply_patch"})
+
+# A turn with its compaction summaries left out, and its exchange classification.
+Exchange = tuple[Message, list[Message], Classification]
 
 
 class _Scrubber:
@@ -71,6 +88,34 @@ def turns(session: Session) -> list[tuple[Message, list[Message]]]:
     return out
 
 
+def exchanges(session: Session, classification: Classification) -> list[Exchange]:
+    """A session's turns, compaction summary steps left out, each classified given the session's classification."""
+    out: list[Exchange] = []
+    for user, steps in turns(session):
+        steps = [s for s in steps if not s.summary and s.agent != "compaction"]
+        out.append((user, steps, classify_exchange([user, *steps], classification)))
+    return out
+
+
+def _considered(classification: Classification, language: str) -> bool:
+    """Whether a session's exchanges are candidates for a language's partition."""
+    if language == GENERAL:
+        return GENERAL in classification.languages
+    return bool(classification.languages - {GENERAL})
+
+
+def _session_exchanges(result: LoadResult, session: Session, classification: Classification) -> list[Exchange]:
+    """`exchanges(session)`, computed once per LoadResult and reused across languages."""
+    cached = result.cache.get("exchanges")
+    if cached is None or cached[0] != len(result.sessions):
+        cached = (len(result.sessions), {})
+        result.cache["exchanges"] = cached
+    by_id: dict[str, list[Exchange]] = cached[1]
+    if session.id not in by_id:
+        by_id[session.id] = exchanges(session, classification)
+    return by_id[session.id]
+
+
 def _user_text(message: Message) -> str:
     texts = [str(p.get("text") or "") for p in message.parts
              if p.get("type") == "text" and not p.get("synthetic") and not p.get("ignored")]
@@ -106,7 +151,7 @@ def _changes(tool: str, inp: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def conversations(result: LoadResult, language: str, agents: list[str] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Chat and code_change records of one language's sessions, and stats about them.
+    """Chat and code_change records of one language's exchanges (see the module docstring), and stats about them.
 
     `agents`: None keeps the coding agents (a source's own `agents:` setting applies if it has
     one); a list keeps exactly those agents. Turns that were aborted or errored, failed tool calls,
@@ -121,12 +166,15 @@ def conversations(result: LoadResult, language: str, agents: list[str] | None = 
     contributing: set[str] = set()
     for session in result.sessions:
         cls = labels.get(session.id)
-        if cls is None or language not in cls.languages:
+        if cls is None or not _considered(cls, language):
+            continue
+        mine = [ex for ex in _session_exchanges(result, session, cls) if language in ex[2].languages]
+        if not mine:
             continue
         counts["sessions"] += 1
         decided[cls.decided_by] += 1
         allowed = agents if agents is not None else result.agents_by_source.get(session.source)
-        for rec in _session_records(session, language, allowed, scrub, dropped, counts):
+        for rec in _session_records(session, mine, language, allowed, scrub, dropped, counts):
             records.append(rec)
             contributing.add(session.id)
     samples = Counter(r["kind"] for r in records)
@@ -140,20 +188,21 @@ def conversations(result: LoadResult, language: str, agents: list[str] | None = 
         "dropped": dict(dropped),
         "redactions": dict(scrub.counts),
         "classification": dict(decided),
+        "exchanges_by_own_signal": counts["exchanges_by_own_signal"],
+        "exchanges_inherited": counts["exchanges_inherited"],
         "general_sessions": sum(1 for c in labels.values() if GENERAL in c.languages),
         "skipped": list(result.skipped),
     }
     return records, stats
 
 
-def _session_records(session: Session, language: str, agents: list[str] | None, scrub: _Scrubber,
-                     dropped: Counter, counts: Counter) -> Iterable[dict[str, Any]]:
+def _session_records(session: Session, chosen: list[Exchange], language: str, agents: list[str] | None,
+                     scrub: _Scrubber, dropped: Counter, counts: Counter) -> Iterable[dict[str, Any]]:
     source = scrub.text(session.source)
-    for user, steps in turns(session):
+    for user, steps, cls in chosen:
         if any(p.get("type") == "compaction" for p in user.parts):
             dropped["compaction"] += 1
             continue
-        steps = [s for s in steps if not s.summary and s.agent != "compaction"]
         prompt = _user_text(user)
         if not prompt:
             dropped["no_prompt"] += 1
@@ -203,7 +252,10 @@ def _session_records(session: Session, language: str, agents: list[str] | None, 
             dropped["empty"] += 1
             continue
         counts["messages"] += len(messages)
-        yield {"kind": "chat", "language": language, "session": session.id, "source": source, "messages": messages}
+        counts["exchanges_inherited" if cls.decided_by == INHERITED else "exchanges_by_own_signal"] += 1
+        weights = {lang: round(w, 3) for lang, w in cls.weights.items() if round(w, 3) > 0}
+        yield {"kind": "chat", "language": language, "session": session.id, "source": source, "messages": messages,
+               "weights": weights}
         yield from changes
 
 

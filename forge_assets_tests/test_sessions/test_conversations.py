@@ -41,7 +41,8 @@ def test_chat_record_shape_and_rendering(tmp_path: Path) -> None:
     chats = [r for r in records if r["kind"] == "chat"]
     assert len(chats) == 1
     rec = chats[0]
-    assert set(rec) == {"kind", "language", "session", "source", "messages"}
+    assert set(rec) == {"kind", "language", "session", "source", "messages", "weights"}
+    assert rec["weights"] == {"rust": 1.0}  # the exchange's own weights
     assert (rec["language"], rec["session"]) == ("rust", spec.id) and rec["source"].endswith("opencode.db")
     msgs = rec["messages"]
     assert [m["role"] for m in msgs] == ["user", "assistant", "tool", "assistant", "tool", "assistant", "tool", "assistant"]
@@ -58,6 +59,7 @@ def test_chat_record_shape_and_rendering(tmp_path: Path) -> None:
     assert stats["messages"] == 8 and stats["tool_calls"] == 3
     assert stats["dropped"]["failed_tool_calls"] == 1
     assert stats["sessions"] == 1 and stats["general_sessions"] == 0 and stats["classification"] == {"edit": 1}
+    assert stats["exchanges_by_own_signal"] == 1 and stats["exchanges_inherited"] == 0
 
 
 def test_code_change_records(tmp_path: Path) -> None:
