@@ -1,11 +1,16 @@
 """Secret scrubbing: every text bound for a dataset or a session record passes through here first.
 
-Two layers, both in-process:
+Two layers, both in-process and fast enough to run over every mined file:
 
-1. High-signal patterns over the whole text (private key blocks, vendor token formats, credentials
-   in URLs and connection strings, secret-named assignments in code, config and .env files).
-2. detect-secrets 1.5.0 plugins run line by line on the lines a cheap gate regex flags, with its
-   heuristic false-positive filters; its entropy plugins count only on lines naming a key.
+1. High-signal patterns over the whole text: private key blocks, vendor token formats (AWS,
+   GitHub, GitLab, OpenAI, Anthropic, Slack, Stripe, Google, Hugging Face, npm, PyPI, SendGrid,
+   JWT), credentials in URLs and connection strings, and secret-named assignments in code,
+   config and .env files (``DB_PASSWORD=...``, ``api_key: "..."``). Each pattern is skipped
+   unless one of its literal needles occurs in the text, so most patterns cost a substring test.
+2. detect-secrets 1.5.0's plugins, run line by line on the candidate lines cheap scans flag (a
+   secret-sounding word, a long token, a URL with credentials, a quoted high-entropy string),
+   with its heuristic false-positive filters. Its entropy plugins count only on lines that name a
+   key (token, secret, password, ...): a bare hash or test vector is not a secret.
 
 Every secret is replaced by ``[REDACTED_<TYPE>]`` and counted by type; the original never leaves.
 """
@@ -19,63 +24,98 @@ from typing import Callable, Iterable
 
 REDACTED = "[REDACTED_"
 
-# Names a value is a credential under (matched case-insensitively, at the end of a key name).
-_KEY_WORDS = (
-    r"pass(?:word|wd|phrase)?|pwd|secret|token|api[_\-]?key|apikey|access[_\-]?key|"
-    r"private[_\-]?key|secret[_\-]?key|signing[_\-]?key|encryption[_\-]?key|client[_\-]?secret|"
-    r"credentials?|auth|authorization|bearer|contrase[nñ]a"
-)
-_PASSWORD_WORDS = re.compile(r"(?i)pass|pwd|contrase")
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
-# (type, pattern); a pattern's group "secret" (or the whole match) is what gets replaced.
-PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    ("private_key", re.compile(
-        r"-{4,5} ?BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-? ?-{3,5}"
+
+def _ascii_lower(text: str) -> str:
+    """Lower-case ASCII letters only, so offsets into the result are offsets into the text."""
+    if text.isascii():
+        return text.lower()
+    try:  # bytes.lower() touches ASCII only and keeps UTF-8 intact: far faster than str.translate
+        return text.encode("utf-8").lower().decode("utf-8")
+    except UnicodeError:  # lone surrogates
+        return text.translate(_ASCII_LOWER)
+
+
+# (type, literal needles, pattern): the pattern runs only when a needle occurs in the text; its
+# group "secret" (or the whole match) is what gets replaced. Literal-first patterns keep re fast.
+PATTERNS: list[tuple[str, tuple[str, ...], re.Pattern[str]]] = [
+    ("private_key", ("PRIVATE KEY",), re.compile(
+        r"-{4,5} ?BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)? ?-{4,5}"
         r"(?:[\s\S]*?-{4,5} ?END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)? ?-{4,5}|[A-Za-z0-9+/=\s\\:,\-\"']*)")),
-    ("aws_access_key", re.compile(r"\b(?P<secret>(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16})\b")),
-    ("github_token", re.compile(r"\b(?P<secret>(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,}))\b")),
-    ("gitlab_token", re.compile(r"\b(?P<secret>glpat-[A-Za-z0-9_\-]{20,})")),
-    ("anthropic_key", re.compile(r"\b(?P<secret>sk-ant-[A-Za-z0-9_\-]{20,})")),
-    ("openai_key", re.compile(r"\b(?P<secret>sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,})")),
-    ("stripe_key", re.compile(r"\b(?P<secret>(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,})")),
-    ("slack_token", re.compile(r"\b(?P<secret>xox[abposr]-[A-Za-z0-9\-]{10,})")),
-    ("slack_webhook", re.compile(r"(?P<secret>https://hooks\.slack\.com/services/[A-Za-z0-9/_\-]{20,})")),
-    ("google_api_key", re.compile(r"\b(?P<secret>AIza[0-9A-Za-z_\-]{35})")),
-    ("huggingface_token", re.compile(r"\b(?P<secret>hf_[A-Za-z0-9]{30,})\b")),
-    ("npm_token", re.compile(r"\b(?P<secret>npm_[A-Za-z0-9]{36})\b")),
-    ("pypi_token", re.compile(r"\b(?P<secret>pypi-AgE[A-Za-z0-9_\-]{50,})")),
-    ("sendgrid_key", re.compile(r"\b(?P<secret>SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})")),
-    ("jwt", re.compile(r"\b(?P<secret>eyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})")),
-    # scheme://user:password@host — the password goes, the user and host stay.
-    ("url_credentials", re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@\"'<>]+:(?P<secret>[^\s@/\"'<>]+)@")),
+    ("aws_access_key", ("AKIA", "ASIA", "ABIA", "ACCA", "A3T"), re.compile(
+        r"(?<![A-Za-z0-9])(?P<secret>(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[0-9A-Z]{16})(?![A-Za-z0-9])")),
+    ("github_token", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), re.compile(
+        r"(?P<secret>(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,}))")),
+    ("gitlab_token", ("glpat-", "gldt-", "glrt-", "glptt-"), re.compile(r"(?P<secret>gl(?:pat|dt|rt|ptt)-[A-Za-z0-9_\-]{20,})")),
+    ("anthropic_key", ("sk-ant-",), re.compile(r"(?P<secret>sk-ant-[A-Za-z0-9_\-]{20,})")),
+    ("openai_key", ("sk-",), re.compile(r"(?P<secret>sk-(?<![A-Za-z0-9_]sk-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,})")),
+    ("stripe_key", ("_live_", "_test_"), re.compile(r"(?P<secret>(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,})")),
+    ("slack_token", ("xox",), re.compile(r"(?P<secret>xox[abposr]-[A-Za-z0-9\-]{10,})")),
+    ("slack_webhook", ("hooks.slack.com",), re.compile(r"(?P<secret>https://hooks\.slack\.com/services/[A-Za-z0-9/_\-]{20,})")),
+    ("google_api_key", ("AIza",), re.compile(r"(?P<secret>AIza[0-9A-Za-z_\-]{35})")),
+    ("huggingface_token", ("hf_",), re.compile(r"(?P<secret>hf_(?<![A-Za-z0-9_]hf_)[A-Za-z0-9]{30,})(?![A-Za-z0-9])")),
+    ("npm_token", ("npm_",), re.compile(r"(?P<secret>npm_[A-Za-z0-9]{36})(?![A-Za-z0-9])")),
+    ("pypi_token", ("pypi-",), re.compile(r"(?P<secret>pypi-AgE[A-Za-z0-9_\-]{50,})")),
+    ("sendgrid_key", ("SG.",), re.compile(r"(?P<secret>SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})")),
+    ("jwt", ("eyJ",), re.compile(r"(?P<secret>eyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})")),
+    # scheme://user:password@host: the password goes, the user and host stay.
+    ("url_credentials", ("://",), re.compile(r"://[^\s:/@\"'<>]+:(?P<secret>[^\s@/\"'<>]+)@")),
+    # Connection strings: "Server=...;User Id=...;Password=...;".
+    ("connection_string_password", ("assword=", "wd=", "ASSWORD=", "WD="), re.compile(
+        r"(?:(?<=;)|(?<=; )|(?<=[\"']))(?:[Pp]assword|PASSWORD|[Pp]wd|PWD)=(?P<secret>[^;\"'\s()]+)")),
 ]
 
-# key = value in code, config and .env files; the value is judged by _assignment_secret.
+# key = value in code, config and .env files, matched on ASCII-lower-cased text starting at the
+# keyword (fast); the key's full name is read backwards and the value judged by _assignment_secret.
+_KEY_WORDS = (
+    r"pass(?:word|wd|phrase)?|pwd|secret|token|"
+    r"(?:secret|api|access|private|signing|encryption|master|client|auth|app|account|service)[_\-]?key|"
+    r"credentials?|auth|authorization|contrase(?:n|ñ)a"
+)
 _ASSIGNMENT = re.compile(
-    r"(?i)(?P<key>(?<![\w])[\w.\-]*?(?:" + _KEY_WORDS + r"))(?![\w])"
-    r"[\"'\]]{0,2}(?:\s*:\s*[A-Za-z_][\w\[\]., |]*?)?"  # optional type annotation (password: str = ...)
+    r"(?:" + _KEY_WORDS + r")(?![\w])"
+    r"[\"'\]]{0,2}(?P<ann>\s*:\s*[a-z_][\w\[\]., |]*?)?"  # optional type annotation (password: str = ...)
     r"\s*(?P<op>=>|:=|===|==|!==|!=|=|:)\s*"
     r"(?:(?P<q>[\"'`])(?P<quoted>[^\"'`\n]{1,300}?)(?P=q)|(?P<bare>[^\s\"'`,;#&()\[\]{}<>]+))"
 )
-# Connection strings: "Server=...;User Id=...;Password=...;".
-_CONN_PASSWORD = re.compile(r"(?i)(?:(?<=;)|(?<=; )|(?<=[\"']))(?:password|pwd)=(?P<secret>[^;\"'\s()]+)")
-_IDENTIFIER = re.compile(r"[A-Za-z_$][\w$]*(?:(?:\.|::|->)[A-Za-z_$][\w$]*)*(?:\(\)?)?")
-_TYPE_WORDS = frozenset("str string bytes int bool float none null nil true false undefined optional any object secretstr string? &str".split())
-_LITERAL_LINE = re.compile(r"^\s*(?:export\s+|-\s+)?[\"']?[\w.\-]+[\"']?\s*(?:=|:)\s*[^\s].*$")
+_ASSIGN_NEEDLES = ("pass", "pwd", "secret", "token", "key", "cred", "auth", "contrase")
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+_PASSWORD_WORDS = re.compile(r"(?i)pass|pwd|contrase")
+_IDENTIFIER = re.compile(r"[A-Za-z_$][\w$]*(?:(?:\.|::|->)[A-Za-z_$][\w$]*)*")
+_TYPE_WORDS = frozenset(
+    "str string bytes int bool boolean float none null nil true false undefined optional any object "
+    "secretstr string? &str &'static password secret token".split())
+_TOKEN_VALUE = re.compile(r"[A-Za-z0-9+/=_\-.~:!@#%^*]{8,}")
+# A whole line that is configuration, not code: KEY=value (.env) or key: value (YAML), value to the end.
+_ENV_LINE = re.compile(r"^\s*(?:export\s+)?[A-Za-z_][A-Za-z0-9_.\-]*=[^\s=]")
+_YAML_LINE = re.compile(r"^\s*(?:-\s+)?[\"']?[\w.\-]+[\"']?:\s+[^\s]")
 
-# Lines worth running detect-secrets' plugins on: key-like words, URLs, or a long token.
-_GATE = re.compile(
-    r"(?i:pass|pwd|secret|key|token|auth|cred|bearer|contrase|account)|://|"
-    r"[A-Za-z0-9+/=_\-]{20,}|\d{8,10}:[A-Za-z0-9_\-]{30,}")
-_KEYLIKE_LINE = re.compile(r"(?i)pass|pwd|secret|key|token|auth|cred|bearer|signature|salt")
+# Candidate lines for detect-secrets: its keyword list (and the vendor plugins keyed on words) ...
+_DS_KEYWORDS = (
+    "pass", "pwd", "secret", "contrase", "api_key", "apikey", "api-key", "auth_key", "authkey",
+    "service_key", "account_key", "accountkey", "db_key", "database_key", "priv_key", "private_key",
+    "privatekey", "client_key", "cloudant", "ibm", "softlayer", "credential",
+)
+# ... and literal-first hints of the vendor formats layer 1 does not cover (Artifactory, Azure,
+# Discord, Mailchimp, Square, Telegram, Twilio), private keys and URLs with credentials.
+_VENDOR_HINTS = tuple(re.compile(p) for p in (
+    r"AKC[a-zA-Z0-9]{10}", r"AP(?<![A-Za-z0-9]AP)[\dA-F][a-zA-Z0-9]{8}", r"PRIVATE KEY", r"PuTTY-User-Key",
+    r"://[^\s/@]*@", r":[0-9A-Za-z_\-]{35}", r"AccountKey=", r"-us\d", r"sq0csp-", r"AC[a-z0-9]{32}",
+    r"SK[a-z0-9]{32}", r"\.[a-zA-Z\d_\-]{6}\.[a-zA-Z\d_\-]{27}",
+))
+# Quoted strings long enough for the entropy plugins to fire (base64 needs ~23 chars, hex ~9).
+_QUOTED = re.compile(r"[\"'`][A-Za-z0-9+/=_\-]{9,}[\"'`]")
+# A key-like name right before a quoted value: the only place a high-entropy string counts.
+_KEY_BEFORE_WORDS = ("pass", "pwd", "secret", "key", "token", "auth", "cred", "bearer", "sig", "salt", "api", "private")
+_KEY_BEFORE = re.compile(
+    r"(?<![a-z0-9])(?:pass|pwd|secret|key|token|auth|cred|bearer|signature|salt|sig|api|private)[\w\-]*[\"'\]]*\s*(?:=>|:=|[:=(,]|\s)\s*[\[{(]?\s*@?[\"'`]$")
 
-# detect-secrets types Forge does not treat as secrets (public IPs are not credentials).
-_DS_SKIP = frozenset({"Public IP (ipv4)"})
-_DS_ENTROPY = frozenset({"Base64 High Entropy String", "Hex High Entropy String"})
+_DS_SKIP = frozenset({"Public IP (ipv4)"})  # public IPs are not credentials
 _DS_NAMES = {
     "AWS Access Key": "aws_access_key", "Basic Auth Credentials": "url_credentials",
     "GitHub Token": "github_token", "GitLab Token": "gitlab_token", "JSON Web Token": "jwt",
-    "OpenAI Token": "openai_key", "Private Key": "private_key", "Secret Keyword": "password",
+    "OpenAI Token": "openai_key", "Private Key": "private_key", "Secret Keyword": "secret_keyword",
     "Slack Token": "slack_token", "Stripe Access Key": "stripe_key", "NPM tokens": "npm_token",
     "PyPI Token": "pypi_token", "SendGrid API Key": "sendgrid_key",
     "Base64 High Entropy String": "high_entropy_secret", "Hex High Entropy String": "high_entropy_secret",
@@ -92,90 +132,100 @@ def _is_placeholder(value: str) -> bool:
     v = value.strip()
     low = v.lower()
     return (
-        not v or REDACTED in v or low in _TYPE_WORDS or len(set(v)) == 1
+        not v or "REDACTED" in v or low in _TYPE_WORDS or len(set(v)) == 1
         or v[0] in "$%{<[*" or "${" in v or "{{" in v or "%(" in v or "%s" in v
         or low.startswith(("your", "env:", "os.environ", "process.env", "getenv", "<"))
     )
 
 
-def _assignment_secret(key: str, value: str, quoted: bool, line_is_literal: bool) -> bool:
+def _assignment_secret(key: str, value: str, quoted: bool, literal_line: bool) -> bool:
     """Whether a value assigned to a secret-sounding key is a credential worth redacting."""
-    if _is_placeholder(value) or " " in value.strip() and not quoted:
+    if _is_placeholder(value):
         return False
-    password = bool(_PASSWORD_WORDS.search(key))
-    if not quoted and not line_is_literal:
-        # Bare values in code are expressions (password = get_password()); only literal-looking ones count.
-        if _IDENTIFIER.fullmatch(value) or value.replace(".", "").replace("_", "").isdigit():
-            return False
-    if not quoted and line_is_literal and _IDENTIFIER.fullmatch(value) and value.lower() in _TYPE_WORDS:
-        return False
-    if password:
-        return len(value) >= 3
-    if len(value) < 8 or " " in value:
-        return False
-    # A token / key value is mixed: not a plain lower-case word or identifier (token = "input_ids").
-    return not re.fullmatch(r"[a-z_.\-]+|[A-Z_.\-]+", value)
+    if not quoted:
+        if not literal_line and (_IDENTIFIER.fullmatch(value) or re.fullmatch(r"[\d._]+", value)):
+            return False  # bare values in code are expressions: password = get_password()
+        if literal_line and value.lower() in _TYPE_WORDS:
+            return False  # a type annotation shaped like YAML: `password: str`
+    if _PASSWORD_WORDS.search(key):
+        return len(value) >= 3 and "\n" not in value
+    # A token / key value looks like one: a run of token characters, not a word (token = "input_ids").
+    return bool(_TOKEN_VALUE.fullmatch(value)) and not re.fullmatch(r"[a-z_.\-]+|[A-Z_.\-]+|[\d.]+", value)
 
 
-def _line_at(text: str, pos: int) -> str:
-    start = text.rfind("\n", 0, pos) + 1
-    end = text.find("\n", pos)
-    return text[start:end if end >= 0 else len(text)]
+def _replace_group(m: re.Match[str], group: str, kind: str) -> str:
+    s, e = m.span(group)
+    return m.group(0)[: s - m.start()] + placeholder(kind) + m.group(0)[e - m.start():]
 
 
 def _apply_patterns(text: str, counts: Counter) -> str:
-    for kind, pattern in PATTERNS:
-        if kind == "private_key" and "PRIVATE KEY" not in text:
-            continue  # the block pattern is the only multi-line one; skip it cheaply
+    """Layer 1a: vendor formats, private key blocks, URL and connection-string credentials."""
+    for kind, needles, pattern in PATTERNS:
+        if not any(n in text for n in needles):
+            continue
+
         def _sub(m: re.Match[str], kind: str = kind) -> str:
-            if "secret" in m.groupdict() and m.group("secret") is not None:
-                secret = m.group("secret")
-                if REDACTED in secret or secret.startswith("REDACTED"):
-                    return m.group(0)
+            group = "secret" if m.groupdict().get("secret") is not None else None
+            if group is None:
                 counts[kind] += 1
-                s, e = m.span("secret")
-                return m.group(0)[: s - m.start()] + placeholder(kind) + m.group(0)[e - m.start():]
+                return placeholder(kind)
+            secret = m.group(group)
+            if "REDACTED" in secret or (kind in ("url_credentials", "connection_string_password") and _is_placeholder(secret)):
+                return m.group(0)
             counts[kind] += 1
-            return placeholder(kind)
+            return _replace_group(m, group, kind)
         text = pattern.sub(_sub, text)
+    return text
 
-    def _conn(m: re.Match[str]) -> str:
-        secret = m.group("secret")
-        if _is_placeholder(secret):
-            return m.group(0)
-        counts["connection_string_password"] += 1
-        s, e = m.span("secret")
-        return m.group(0)[: s - m.start()] + placeholder("connection_string_password") + m.group(0)[e - m.start():]
-    if ";" in text:
-        text = _CONN_PASSWORD.sub(_conn, text)
 
-    def _assign(m: re.Match[str]) -> str:
+def _apply_assignments(text: str, counts: Counter) -> str:
+    """Layer 1b: secret-named keys assigned a literal value in code, config or .env lines."""
+    low = _ascii_lower(text)
+    if not any(n in low for n in _ASSIGN_NEEDLES):
+        return text
+    out: list[str] = []
+    last = 0
+    for m in _ASSIGNMENT.finditer(low):
+        start = m.start()
+        while start > 0 and text[start - 1] in _KEY_CHARS:
+            start -= 1
+        key = text[start:m.end("op")]
         quoted = m.group("quoted") is not None
-        value = m.group("quoted") if quoted else m.group("bare")
-        key = m.group("key")
-        literal = bool(_LITERAL_LINE.match(_line_at(m.string, m.start())))
+        group = "quoted" if quoted else "bare"
+        vs, ve = m.span(group)
+        value = text[vs:ve]
         if m.group("op") in ("==", "===", "!=", "!==") and not quoted:
-            return m.group(0)
-        if not _assignment_secret(key, value, quoted, literal):
-            return m.group(0)
+            continue
+        line_start = text.rfind("\n", 0, start) + 1
+        line_end = text.find("\n", ve)
+        line = text[line_start:line_end if line_end >= 0 else len(text)]
+        literal = False
+        if not quoted:
+            rest = line[ve - line_start:].strip()
+            literal = (bool(_ENV_LINE.match(line)) or bool(_YAML_LINE.match(line))) and (not rest or rest.startswith("#"))
+        if vs < last or not _assignment_secret(key, value, quoted, literal):
+            continue
         kind = "password" if _PASSWORD_WORDS.search(key) else "secret_assignment"
         counts[kind] += 1
-        group = "quoted" if quoted else "bare"
-        s, e = m.span(group)
-        return m.group(0)[: s - m.start()] + placeholder(kind) + m.group(0)[e - m.start():]
-    return _ASSIGNMENT.sub(_assign, text)
+        out.append(text[last:vs])
+        out.append(placeholder(kind))
+        last = ve
+    if not out:
+        return text
+    out.append(text[last:])
+    return "".join(out)
 
 
 class _Plugin:
-    """One detect-secrets plugin, adapted to return raw secret values from a line."""
+    """One detect-secrets plugin, adapted to return the raw secret values in a line."""
 
-    def __init__(self, plugin: object, name: str, analyze: Callable[[str], Iterable[str]]):
-        self.plugin, self.name, self.analyze = plugin, name, analyze
+    def __init__(self, plugin: object, name: str, group: str, analyze: Callable[[str], Iterable[str]]):
+        self.plugin, self.name, self.group, self.analyze = plugin, name, group, analyze
 
 
 @lru_cache(maxsize=1)
 def _plugins() -> tuple[_Plugin, ...]:
-    """detect-secrets' plugins, built once; verification (network) is never called."""
+    """detect-secrets' plugins, built once. Only analyze_string is called: never verification (network)."""
     from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
     from detect_secrets.plugins.high_entropy_strings import HighEntropyStringsPlugin
     from detect_secrets.plugins.keyword import KeywordDetector
@@ -193,11 +243,12 @@ def _plugins() -> tuple[_Plugin, ...]:
         if isinstance(plugin, HighEntropyStringsPlugin):
             def analyze(line: str, p: HighEntropyStringsPlugin = plugin) -> Iterable[str]:
                 return [s for s in p.analyze_string(line) if p.calculate_shannon_entropy(s) > p.entropy_limit]
-        elif isinstance(plugin, KeywordDetector):
-            analyze = plugin.analyze_string  # quotes required: the code flavour; bare config values are layer 1's
+            group = "entropy"
         else:
+            # The keyword plugin's default (quotes-required) flavour: bare config values are layer 1b's.
             analyze = plugin.analyze_string
-        out.append(_Plugin(plugin, secret_type, analyze))
+            group = "keyword" if isinstance(plugin, KeywordDetector) else "vendor"
+        out.append(_Plugin(plugin, secret_type, group, analyze))
     return tuple(out)
 
 
@@ -209,7 +260,11 @@ def _ds_false_positive(secret: str, line: str, plugin: _Plugin) -> bool:
         return True
     if plugin.name == "Private Key":
         return False
-    if plugin.name == "Secret Keyword" and (h.is_indirect_reference(line) or _is_placeholder(secret) or len(secret) < 3):
+    if plugin.group == "keyword" and (
+        h.is_indirect_reference(line) or _is_placeholder(secret) or len(secret) < 3
+        or " " in secret.strip()  # prose ("secret_name": "Dive Wilson"), not a credential
+        or secret.lower() in line[: line.find(secret)].lower()  # apiKey = "apiKey": a name, not a value
+    ):
         return True
     return (
         h.is_sequential_string(secret) or h.is_potential_uuid(secret)
@@ -218,9 +273,13 @@ def _ds_false_positive(secret: str, line: str, plugin: _Plugin) -> bool:
     )
 
 
-def _scan_line(line: str, counts: Counter) -> str:
-    keylike = None
+def _scan_line(line: str, groups: set[str], counts: Counter) -> str:
+    """Run the detect-secrets plugins of the given groups over one line and redact what they find."""
+    if "keyword" in groups and "'" not in line and '"' not in line and "`" not in line:
+        groups = groups - {"keyword"}  # the keyword plugin (code flavour) needs a quoted value
     for plugin in _plugins():
+        if plugin.group not in groups:
+            continue
         try:
             found = list(plugin.analyze(line))
         except Exception:  # a plugin bug must not stop scrubbing the rest of the line
@@ -228,16 +287,61 @@ def _scan_line(line: str, counts: Counter) -> str:
         for secret in found:
             if not secret or secret not in line or _ds_false_positive(secret, line, plugin):
                 continue
-            if plugin.name in _DS_ENTROPY:
-                if keylike is None:
-                    keylike = bool(_KEYLIKE_LINE.search(line))
-                if not keylike:
-                    continue  # high entropy alone (hashes, test vectors) is not a secret
+            if plugin.group == "entropy":
+                at = line.find(secret)
+                if not _KEY_BEFORE.search(_ascii_lower(line[max(0, at - 60):at])):
+                    continue  # high entropy alone (hashes, ids, test vectors) is not a secret
             kind = _DS_NAMES.get(plugin.name) or re.sub(r"\W+", "_", plugin.name).strip("_").lower()
-            n = line.count(secret)
-            counts[kind] += n
+            counts[kind] += line.count(secret)
             line = line.replace(secret, placeholder(kind))
     return line
+
+
+def _candidate_lines(text: str) -> dict[int, set[str]]:
+    """Start offsets of lines worth detect-secrets' plugins, with the plugin groups to run there."""
+    starts: dict[int, set[str]] = {}
+    low = _ascii_lower(text)
+
+    def mark(pos: int, *groups: str) -> None:
+        s = text.rfind("\n", 0, pos) + 1
+        starts.setdefault(s, set()).update(groups)
+
+    for word in _DS_KEYWORDS:
+        if word in low:
+            for m in re.finditer(re.escape(word), low):
+                mark(m.start(), "keyword", "vendor")
+    for pattern in _VENDOR_HINTS:
+        for m in pattern.finditer(text):
+            mark(m.start(), "vendor")
+    for m in _QUOTED.finditer(text):
+        window = low[max(0, m.start() - 60):m.start() + 1]
+        if any(w in window for w in _KEY_BEFORE_WORDS) and _KEY_BEFORE.search(window):
+            mark(m.start(), "entropy")
+    return starts
+
+
+def _apply_detect_secrets(text: str, counts: Counter) -> str:
+    """Layer 2: detect-secrets plugins over the candidate lines."""
+    candidates = _candidate_lines(text)
+    if not candidates:
+        return text
+    out: list[str] = []
+    last = 0
+    for start in sorted(candidates):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        line = text[start:end]
+        if len(line) > 20_000:
+            continue  # a line this long is data (embedded blobs), not configuration
+        new = _scan_line(line, candidates[start], counts)
+        if new != line:
+            out.append(text[last:start])
+            out.append(new)
+            last = end
+    if not out:
+        return text
+    out.append(text[last:])
+    return "".join(out)
 
 
 def scrub_text(text: str) -> tuple[str, Counter]:
@@ -246,13 +350,17 @@ def scrub_text(text: str) -> tuple[str, Counter]:
     if not text:
         return text, counts
     text = _apply_patterns(text, counts)
-    lines = text.splitlines(keepends=True)
-    changed = False
-    for i, line in enumerate(lines):
-        if len(line) > 20_000 or not _GATE.search(line):
-            continue  # very long lines are data, not config; the gate spares most code lines
-        new = _scan_line(line, counts)
-        if new != line:
-            lines[i] = new
-            changed = True
-    return ("".join(lines) if changed else text), counts
+    text = _apply_assignments(text, counts)
+    text = _apply_detect_secrets(text, counts)
+    return text, counts
+
+
+def scrub_many(texts: Iterable[str]) -> tuple[list[str], Counter]:
+    """scrub_text over several texts: the scrubbed texts and the summed counts."""
+    total: Counter = Counter()
+    out: list[str] = []
+    for t in texts:
+        s, c = scrub_text(t)
+        out.append(s)
+        total.update(c)
+    return out, total

