@@ -22,3 +22,12 @@ def md_table(rows: dict, key: str = "name", value: str = "count") -> MetadataVal
     """A two-column Markdown table for a mapping (skip reasons, redactions, sample kinds)."""
     lines = [f"| {key} | {value} |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(rows.items())]
     return MetadataValue.md("\n".join(lines) if rows else "(none)")
+
+
+def figures(stats: dict) -> dict:
+    """Metadata from a stats dict: numbers as they are (plotted by the UI), flat count tables as Markdown."""
+    out: dict = {k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for k, v in stats.items():
+        if isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()):
+            out[k] = md_table(v)
+    return out

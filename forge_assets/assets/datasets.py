@@ -5,7 +5,7 @@ import json
 from dagster import AssetExecutionContext, MetadataValue, asset
 
 from forge_assets.artifacts import input_key
-from forge_assets.assets.common import materialized, md_table
+from forge_assets.assets.common import figures, materialized
 from forge_assets.mining.dataset import build_dataset, dataset_card, write_dataset
 from forge_assets.mining.snapshot import FileEntry
 from forge_assets.partitions import language_partitions
@@ -25,7 +25,7 @@ def dataset(context: AssetExecutionContext, forge: ForgeResource):
     key = input_key(snapshot=snapshot.version, sessions=sessions.version, mining=cfg.mining.model_dump(exclude={"workers"}), code=CODE_VERSION)
     if (art := store.reusable("dataset", language, key)) is not None:
         context.log.info(f"dataset {art.version} was built from these very inputs; reusing it.")
-        return materialized(art, _figures(art.manifest()["stats"]), reused=True)
+        return materialized(art, figures(art.manifest()["stats"]), reused=True)
     files = _files(snapshot)
     conversations = [json.loads(line) for line in (sessions.path / "records.jsonl").read_text(encoding="utf-8").splitlines() if line]
     data = build_dataset(language, files, conversations, cfg.mining)
@@ -35,7 +35,7 @@ def dataset(context: AssetExecutionContext, forge: ForgeResource):
     with store.write("dataset", language, manifest) as out:
         write_dataset(data, out.path)
         (out.path / "README.md").write_text(dataset_card(data))
-    return materialized(out.artifact, {**_figures(data.stats), "card": MetadataValue.md(dataset_card(data))})
+    return materialized(out.artifact, {**figures(data.stats), "card": MetadataValue.md(dataset_card(data))})
 
 
 def _files(snapshot) -> list[FileEntry]:
@@ -43,10 +43,3 @@ def _files(snapshot) -> list[FileEntry]:
     commits = snapshot.manifest()["commits"]
     return [FileEntry(repo, path, blob, size, commits[repo], body["repo_dirs"][repo]) for repo, path, blob, size in body["files"]]
 
-
-def _figures(stats: dict) -> dict:
-    figures = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
-    for k, v in stats.items():
-        if isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()):
-            figures[k] = md_table(v)
-    return figures

@@ -4,7 +4,7 @@ import json
 
 from dagster import AssetExecutionContext, asset
 
-from forge_assets.assets.common import materialized, md_table
+from forge_assets.assets.common import figures, materialized, md_table
 from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
 from forge_assets.sessions import collect
@@ -27,10 +27,9 @@ def session_logs(context: AssetExecutionContext, forge: ForgeResource):
         with open(out.path / "records.jsonl", "w", encoding="utf-8") as fh:
             for r in records:
                 fh.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
-    numeric = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
     return materialized(out.artifact, {
         "records": len(records),
-        **numeric,
+        **figures(stats),
         "redactions": md_table(stats.get("redactions", {}), "secret type"),
         "skipped_sources": len(stats.get("skipped", [])),
         "skipped": "\n".join(f"{s['source']}: {s['error']}" for s in stats.get("skipped", [])) or "none",
