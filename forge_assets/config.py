@@ -66,7 +66,7 @@ class MiningConfig(_Strict):
     near_dup_threshold: float = Field(0.85, gt=0, le=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
     valid_fraction: float = Field(0.1, ge=0, lt=1)
-    synthetic_per_language: int = Field(0, ge=0)
+    synthetic_per_language: int = Field(200, ge=0)  # target synthetic tasks for an under-represented language
     max_commit_diff_lines: int = Field(400, gt=0)
     seed: int = 0
     # A language with fewer real samples than this is under-represented and gets synthetic tasks.
