@@ -12,6 +12,7 @@ from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
 
 from forge_assets.definitions import all_assets, all_checks
 from forge_assets.deploy import llama_server
+from forge_assets.training import mlx_backend
 from forge_assets.resources import ForgeResource
 from forge_assets_tests.conftest import commit_files, free_port, write_config
 
@@ -107,3 +108,20 @@ def test_dagster_cli_materializes_a_partition(two_language_repo: Path, tmp_path:
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "artifacts" / "dataset" / "python" / "latest" / "train.jsonl").is_file()
+
+
+@pytest.mark.skipif(not mlx_backend.available(), reason="mlx[cpu] / mlx-lm not installed")
+def test_mlx_backend_on_a_base_model_saved_to_disk(two_language_repo: Path, tiny_model: Path, tmp_path: Path):
+    """backend: mlx trains the same `adapter` asset with mlx-lm, on a configured local Hugging Face model folder."""
+    cfg = write_config(tmp_path, [two_language_repo], base_model=str(tiny_model), training={"backend": "mlx", "max_steps": 3})
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("language", ["python"])
+        selection = [a for a in all_assets if a.key.path[0] in ("base_model", "repo_snapshot", "session_logs", "dataset", "adapter", "eval_scores")]
+        result = materialize(selection, partition_key="python", instance=instance, resources={"forge": ForgeResource(config_path=str(cfg))})
+        assert result.success
+        assert _materialization(instance, "adapter").metadata["backend"].value == "mlx"
+        scores = _materialization(instance, "eval_scores").metadata
+    root = tmp_path / "artifacts"
+    assert json.loads((root / "base_model" / "all" / "latest" / "model.json").read_text())["path"] == str(tiny_model)
+    assert (root / "adapter" / "python" / "latest" / "adapters.safetensors").is_file()
+    assert scores["adapter_perplexity"].value > 0 and scores["base_perplexity"].value > 0
