@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import pytest
@@ -89,10 +88,8 @@ def test_empty_and_unicode_text():
     assert "pässwörd-ß" not in out and counts["password"] == 1 and "naïve café" in out
 
 
-def test_scrubbing_a_megabyte_of_code_is_fast():
+def test_a_megabyte_of_secret_free_code_is_left_unchanged():
     code = ('def handler(request, tokenizer, key_states):\n    token = tokenizer(request["text"])\n'
             '    value = key_states[0] * 2  # not a secret\n    return {"token": token, "value": value}\n\n') * 6000
-    start = time.perf_counter()
-    out, counts = scrub_text(code)
-    assert time.perf_counter() - start < 10  # ~1 MB; typically well under a second
+    out, counts = scrub_text(code)  # its speed is measured by bench/scrub.py, not here
     assert out == code and not counts
