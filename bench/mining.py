@@ -17,7 +17,6 @@ for each, the ratio baseline/forge, and the whole pipeline's seconds.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -27,38 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from forge_assets.config import MiningConfig, RepoSource  # noqa: E402
 from forge_assets.mining.dataset import _workers, assemble, content_view, mine_samples  # noqa: E402
-from forge_assets.mining.dedup import NUM_PERM, deduplicate, shingles  # noqa: E402
+from forge_assets.mining.dedup import deduplicate, reference_deduplicate  # noqa: E402
 from forge_assets.mining.snapshot import take_snapshot  # noqa: E402
-
-
-def baseline_dedup(texts: list[str], origins: list[str], threshold: float, num_perm: int = NUM_PERM) -> list[bool]:
-    """The textbook loop: per-document MinHash, update per shingle, LSH query then insert."""
-    from datasketch import MinHash, MinHashLSH
-
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    seen: set[bytes] = set()
-    kept: dict[int, MinHash] = {}
-    keep: list[bool] = []
-    for i, text in enumerate(texts):
-        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
-        if digest in seen:
-            keep.append(False)
-            continue
-        seen.add(digest)
-        grams = shingles(text)
-        if not grams:
-            keep.append(True)
-            continue
-        m = MinHash(num_perm=num_perm)
-        for g in grams:
-            m.update(g.encode("utf-8", "surrogatepass"))
-        if any(origins[k] != origins[i] and m.jaccard(kept[k]) >= threshold for k in lsh.query(m)):
-            keep.append(False)
-            continue
-        lsh.insert(i, m)
-        kept[i] = m
-        keep.append(True)
-    return keep
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         fast = deduplicate(texts, groups, cfg.near_dup_threshold, workers=_workers(cfg))
         forge_s += time.perf_counter() - t
         t = time.perf_counter()
-        slow = baseline_dedup(texts, groups, cfg.near_dup_threshold)
+        slow = reference_deduplicate(texts, groups, cfg.near_dup_threshold)
         baseline_s += time.perf_counter() - t
         same &= fast.keep == slow
         files += len(snap.files[language])

@@ -207,3 +207,33 @@ def deduplicate(texts: list[str], origins: list[str], threshold: float, num_perm
         "shingles": f"word {SHINGLE_WORDS}-grams", "num_perm": num_perm, "threshold": threshold,
         "bands": bands, "rows": rows,
     })
+
+
+def reference_deduplicate(texts: list[str], origins: list[str], threshold: float, num_perm: int = NUM_PERM) -> list[bool]:
+    """The textbook datasketch loop, one document at a time: the baseline bench/mining.py times and tests compare against."""
+    from datasketch import MinHash, MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    seen: set[bytes] = set()
+    kept: dict[int, MinHash] = {}
+    keep: list[bool] = []
+    for i, text in enumerate(texts):
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+        if digest in seen:
+            keep.append(False)
+            continue
+        seen.add(digest)
+        grams = shingles(text)
+        if not grams:
+            keep.append(True)
+            continue
+        m = MinHash(num_perm=num_perm)
+        for g in grams:
+            m.update(g.encode("utf-8", "surrogatepass"))
+        if any(origins[k] != origins[i] and m.jaccard(kept[k]) >= threshold for k in lsh.query(m)):
+            keep.append(False)
+            continue
+        lsh.insert(i, m)
+        kept[i] = m
+        keep.append(True)
+    return keep

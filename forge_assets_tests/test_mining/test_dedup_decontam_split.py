@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
+from datasketch import MinHash
 
 from forge_assets.mining.decontaminate import boilerplate, contains_any, humaneval_index, ngram_hashes
-from forge_assets.mining.dedup import deduplicate, shingles, signatures
+from forge_assets.mining.dedup import deduplicate, reference_deduplicate, shingles, signatures
 from forge_assets.mining.split import plan_splits
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon "
@@ -29,27 +28,6 @@ def corpus(n: int, seed: int = 7) -> tuple[list[str], list[str]]:
             texts.append(" ".join(rng.choice(WORDS) + str(rng.randrange(50)) for _ in range(120)))
         origins.append(f"file{i}")
     return texts, origins
-
-
-def baseline(texts: list[str], origins: list[str], threshold: float) -> list[bool]:
-    """The textbook datasketch loop: per-shingle update, LSH query then insert."""
-    lsh, kept, seen, keep = MinHashLSH(threshold=threshold, num_perm=128), {}, set(), []
-    for i, t in enumerate(texts):
-        h = hashlib.sha256(t.encode()).digest()
-        if h in seen:
-            keep.append(False)
-            continue
-        seen.add(h)
-        m = MinHash(num_perm=128)
-        for s in shingles(t):
-            m.update(s.encode())
-        if any(origins[k] != origins[i] and m.jaccard(kept[k]) >= threshold for k in lsh.query(m)):
-            keep.append(False)
-            continue
-        lsh.insert(i, m)
-        kept[i] = m
-        keep.append(True)
-    return keep
 
 
 def test_signatures_equal_plain_minhash():
@@ -81,7 +59,7 @@ def test_samples_of_one_origin_are_not_near_duplicates_of_each_other():
 
 def test_forge_keeps_exactly_what_the_baseline_keeps_with_one_or_two_workers():
     texts, origins = corpus(420)
-    expected = baseline(texts, origins, 0.85)
+    expected = reference_deduplicate(texts, origins, 0.85)
     assert 0 < expected.count(False) < 120
     for workers in (1, 2):
         assert deduplicate(texts, origins, 0.85, workers=workers).keep == expected
