@@ -5,7 +5,7 @@ import json
 from dagster import AssetSelection, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from forge_assets.config import ConfigError, load_config
-from forge_assets.mining.snapshot import RepoError, take_snapshot
+from forge_assets.mining.snapshot import RepoError, snapshot_of
 from forge_assets.partitions import language_partitions
 
 LANGUAGE_ASSETS = AssetSelection.assets("repo_snapshot", "session_logs", "dataset", "adapter", "eval_scores", "gguf", "deployment")
@@ -14,7 +14,7 @@ LANGUAGE_ASSETS = AssetSelection.assets("repo_snapshot", "session_logs", "datase
 def language_fingerprints(config_path: str | None = None) -> dict[str, str]:
     """A content fingerprint per language for the configured repositories as they are now."""
     cfg = load_config(config_path)
-    snap = take_snapshot(cfg.repos, cfg.resolve("."), cfg.artifact_path / "clones", cfg.mining.max_file_bytes)
+    snap = snapshot_of(cfg)
     wanted = cfg.languages or snap.languages()
     return {lang: snap.fingerprint(lang) for lang in wanted}
 

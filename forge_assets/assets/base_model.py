@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext, asset
 from forge_assets.artifacts import input_key
 from forge_assets.assets.common import materialized
 from forge_assets.mining.dataset import read_blob
-from forge_assets.mining.snapshot import take_snapshot
+from forge_assets.mining.snapshot import snapshot_of
 from forge_assets.resources import ForgeResource
 from forge_assets.training.base_model import TINY, build_tiny_model, check_base_model, folder_fingerprint, resolve_base_model
 
@@ -26,7 +26,7 @@ def base_model(context: AssetExecutionContext, forge: ForgeResource):
         key = input_key(tiny=cfg.tiny_model.model_dump(), code=CODE_VERSION)
         if (art := store.reusable("base_model", ALL, key)) is not None:
             return materialized(art, art.manifest()["figures"], reused=True)
-        snap = take_snapshot(cfg.repos, cfg.resolve("."), cfg.artifact_path / "clones", cfg.mining.max_file_bytes)
+        snap = snapshot_of(cfg)
         texts = [t for files in snap.files.values() for f in files if (t := _text(f))]
         corpus = {lang: snap.fingerprint(lang) for lang in snap.languages()}
         manifest = {"input_key": key, "source": TINY, "corpus": corpus, "figures": {}}

@@ -5,7 +5,7 @@ import json
 from dagster import AssetExecutionContext, asset
 
 from forge_assets.assets.common import materialized, md_table
-from forge_assets.mining.snapshot import take_snapshot
+from forge_assets.mining.snapshot import snapshot_of
 from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
 
@@ -16,7 +16,7 @@ def repo_snapshot(context: AssetExecutionContext, forge: ForgeResource):
     cfg = forge.load()
     store = forge.store(cfg)
     language = context.partition_key
-    snap = take_snapshot(cfg.repos, cfg.resolve("."), cfg.artifact_path / "clones", cfg.mining.max_file_bytes)
+    snap = snapshot_of(cfg)
     for state in snap.repos:
         for warning in state.warnings:
             context.log.warning(warning)

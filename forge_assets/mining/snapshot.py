@@ -10,7 +10,7 @@ from pathlib import Path
 
 import git
 
-from forge_assets.config import RepoSource
+from forge_assets.config import ForgeConfig, RepoSource
 from forge_assets.languages import language_of_path
 from forge_assets.mining.filters import path_skip_reason
 
@@ -143,3 +143,8 @@ def take_snapshot(sources: list[RepoSource], base_dir: Path, clone_root: Path, m
     for entries in files.values():
         entries.sort()
     return Snapshot(states, files, skipped)
+
+
+def snapshot_of(cfg: ForgeConfig) -> Snapshot:
+    """The snapshot of forge.yaml's repositories (URLs cloned under <artifact_root>/clones)."""
+    return take_snapshot(cfg.repos, cfg.resolve("."), cfg.artifact_path / "clones", cfg.mining.max_file_bytes)
