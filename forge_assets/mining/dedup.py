@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import os
 import re
 from dataclasses import dataclass, field
 

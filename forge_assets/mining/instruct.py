@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 from forge_assets.chat import EOT, render_chat
-from forge_assets.mining.units import ParsedFile, Unit
+from forge_assets.mining.units import ParsedFile
 
 DISPLAY = {
     "python": "Python", "rust": "Rust", "typescript": "TypeScript", "javascript": "JavaScript", "go": "Go",
