@@ -1,12 +1,20 @@
 """Artifacts: versioned, content-addressed folders under the artifact root, written atomically.
 
-Layout: <root>/<asset>/<language>/<version>/ (the files and manifest.json) and
-<root>/<asset>/<language>/latest -> <version>, moved only after a version is complete.
+Layout of one asset partition, <root>/<asset>/<language>/:
+
+- <version>/          the files and manifest.json; <version> is a hash of the content
+- candidate -> <v>    the newest version written (what the last materialization produced)
+- promoted  -> <v>    the newest version that passed its checks: what downstream stages, `forge status`
+                      and deploys use. A failed or rejected version never moves it.
+
+A version is written into a private `.tmp-<pid>-*` folder and renamed into place only when complete.
+Folders left behind by a killed process are removed the next time anything is written there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -15,10 +23,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 MANIFEST = "manifest.json"
-LATEST = "latest"
+CANDIDATE = "candidate"
+PROMOTED = "promoted"
+LEGACY_LATEST = "latest"  # stores written before promotion existed: their `latest` counts as promoted
+POINTERS = (CANDIDATE, PROMOTED, LEGACY_LATEST)
+TMP_PREFIX = ".tmp-"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact needed by a stage is missing or not allowed; the message names it and the fix."""
 
 
 @dataclass(frozen=True)
@@ -52,19 +68,31 @@ def input_key(**inputs: object) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ArtifactStore:
     """The local artifact root; optionally mirrored to S3 after each version is complete."""
 
     def __init__(self, root: Path | str, mirror=None):
         self.root = Path(root)
-        self.mirror = mirror  # an object with upload_folder(local: Path, key_prefix: str)
+        self.mirror = mirror  # an object with upload_folder(local: Path, key_prefix: str) and put_text(rel, text)
 
     def folder(self, asset: str, language: str) -> Path:
         return self.root / asset / language
 
-    def latest(self, asset: str, language: str) -> Artifact | None:
-        """The newest good version, or None if the asset partition was never materialized."""
-        link = self.folder(asset, language) / LATEST
+    # -- reading -----------------------------------------------------------------------------------
+
+    def _pointer(self, asset: str, language: str, name: str) -> Artifact | None:
+        link = self.folder(asset, language) / name
         if not link.is_symlink() and not link.exists():
             return None
         target = link.resolve()
@@ -72,32 +100,75 @@ class ArtifactStore:
             return None
         return Artifact(asset, language, target.name, target)
 
+    def promoted(self, asset: str, language: str) -> Artifact | None:
+        """The version downstream stages use: the newest one that passed its checks, or None."""
+        return self._pointer(asset, language, PROMOTED) or self._pointer(asset, language, LEGACY_LATEST)
+
+    def candidate(self, asset: str, language: str) -> Artifact | None:
+        """The newest version written, promoted or not."""
+        return self._pointer(asset, language, CANDIDATE) or self.promoted(asset, language)
+
+    def get(self, asset: str, language: str, version: str) -> Artifact:
+        """An exact version, or a clear error if it is gone (removed by `forge gc`, or never made)."""
+        path = self.folder(asset, language) / version
+        if not (path / MANIFEST).is_file():
+            raise ArtifactError(
+                f"`{asset}` version {version} for `{language}` is not under {self.folder(asset, language)} (removed or never completed). "
+                f"Fix: rematerialize `{asset}` for `{language}`.")
+        return Artifact(asset, language, version, path)
+
     def require(self, asset: str, language: str) -> Artifact:
-        """The latest version of an upstream artifact, or a clear error telling what to materialize."""
-        art = self.latest(asset, language)
+        """The promoted version of an upstream artifact, or a clear error telling what to materialize."""
+        art = self.promoted(asset, language)
         if art is None:
-            raise FileNotFoundError(
-                f"No `{asset}` artifact for partition `{language}` under {self.folder(asset, language)}. "
-                f"Fix: materialize `{asset}` for `{language}` first (dagster asset materialize --select {asset} --partition {language})."
-            )
+            hint = ""
+            if (cand := self._pointer(asset, language, CANDIDATE)) is not None:
+                hint = f" Its newest version {cand.version} was not promoted (it failed a check)."
+            raise ArtifactError(
+                f"No promoted `{asset}` artifact for partition `{language}` under {self.folder(asset, language)}.{hint} "
+                f"Fix: materialize `{asset}` for `{language}` first and make it pass its checks "
+                f"(dagster asset materialize -m forge_assets.definitions --select {asset} --partition {language}).")
         return art
 
     def reusable(self, asset: str, language: str, key: str) -> Artifact | None:
-        """The latest version if it was made from exactly these inputs (so nothing needs redoing)."""
-        art = self.latest(asset, language)
-        if art is not None and art.manifest().get("input_key") == key:
-            return art
+        """A stored version made from exactly these inputs (the candidate or the promoted one), so nothing needs redoing."""
+        for art in (self._pointer(asset, language, CANDIDATE), self.promoted(asset, language)):
+            if art is not None and art.manifest().get("input_key") == key:
+                return art
         return None
 
-    @contextlib.contextmanager
-    def write(self, asset: str, language: str, manifest: dict) -> Iterator["PendingArtifact"]:
-        """Yield a temp folder to fill; on success it becomes a content-addressed version and `latest`.
+    def versions(self, asset: str, language: str) -> list[Artifact]:
+        """Every complete version of an asset partition, oldest first."""
+        base = self.folder(asset, language)
+        if not base.is_dir():
+            return []
+        arts = [Artifact(asset, language, p.name, p) for p in base.iterdir()
+                if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and (p / MANIFEST).is_file()]
+        return sorted(arts, key=lambda a: ((a.path / MANIFEST).stat().st_mtime, a.version))
 
-        On any exception the temp folder is removed and `latest` is left as it was.
+    def partitions(self) -> Iterator[tuple[str, str]]:
+        """Every (asset, language) folder under the root."""
+        if not self.root.is_dir():
+            return
+        for asset_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for lang_dir in sorted(p for p in asset_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                if any(lang_dir.glob(f"*/{MANIFEST}")):
+                    yield asset_dir.name, lang_dir.name
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self, asset: str, language: str, manifest: dict, promote: bool = True) -> Iterator["PendingArtifact"]:
+        """Yield a temp folder to fill; on success it becomes a content-addressed version and the `candidate`.
+
+        With promote=True it is also `promoted` at once (stages without checks); otherwise the stage
+        calls promote() when its checks pass. On any exception the temp folder is removed and both
+        pointers stay as they were. The manifest dict may be filled in while the block runs.
         """
         base = self.folder(asset, language)
         base.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
+        self.remove_stale(base)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=base))
         pending = PendingArtifact(tmp)
         started = time.time()
         try:
@@ -107,27 +178,127 @@ class ArtifactStore:
             man = {**manifest, "asset": asset, "language": language, "version": version,
                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "seconds": round(time.time() - started, 3)}
-            if final.exists():  # identical content already stored: keep the first copy
+            if (final / MANIFEST).is_file():  # identical content already stored: keep the first copy
                 shutil.rmtree(tmp)
             else:
                 (tmp / MANIFEST).write_text(json.dumps(man, indent=2, sort_keys=True, default=str))
-                os.replace(tmp, final)
-            self._point_latest(base, version)
+                try:
+                    os.replace(tmp, final)
+                except OSError as exc:
+                    # Another writer stored the same content first (rename onto a non-empty folder): theirs stands.
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (final / MANIFEST).is_file():
+                        raise
+                    shutil.rmtree(tmp, ignore_errors=True)
             pending.artifact = Artifact(asset, language, version, final)
             if self.mirror is not None:
                 self.mirror.upload_folder(final, f"{asset}/{language}/{version}")
-                self.mirror.put_text(f"{asset}/{language}/{LATEST}", version)
+            self._point(base, CANDIDATE, version)
+            if promote:
+                self._point(base, PROMOTED, version)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    @staticmethod
-    def _point_latest(base: Path, version: str) -> None:
-        tmp_link = base / f".latest-{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            tmp_link.unlink()
+    @contextlib.contextmanager
+    def workdir(self, prefix: str) -> Iterator[Path]:
+        """A scratch folder under <root>/.work, removed afterwards (or by the next run, if this process is killed)."""
+        base = self.root / ".work"
+        base.mkdir(parents=True, exist_ok=True)
+        self.remove_stale(base)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-{prefix}-", dir=base))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def promote(self, art: Artifact) -> None:
+        """Make a stored version the one downstream stages use."""
+        self._point(self.folder(art.asset, art.language), PROMOTED, art.version)
+
+    def mark_candidate(self, art: Artifact) -> None:
+        """Make a stored version the candidate again (a stage reused it instead of writing a new one)."""
+        self._point(self.folder(art.asset, art.language), CANDIDATE, art.version)
+
+    def _point(self, base: Path, name: str, version: str) -> None:
+        tmp_link = base / f".{name}-{os.getpid()}-{time.monotonic_ns()}"
         os.symlink(version, tmp_link)
-        os.replace(tmp_link, base / LATEST)
+        os.replace(tmp_link, base / name)
+        if name == PROMOTED:
+            with contextlib.suppress(FileNotFoundError):
+                (base / LEGACY_LATEST).unlink()
+        if self.mirror is not None:
+            self.mirror.put_text(f"{base.parent.name}/{base.name}/{name}", version)
+
+    @staticmethod
+    def remove_stale(base: Path) -> list[str]:
+        """Remove temp folders and pointer links left by processes that no longer run (killed mid-write)."""
+        removed = []
+        if not base.is_dir():
+            return removed
+        for p in base.iterdir():
+            if not p.name.startswith("."):
+                continue
+            pid = _writer_pid(p.name)
+            if pid is None or pid_alive(pid):
+                continue
+            if p.is_symlink() or p.is_file():
+                p.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+        return removed
+
+    # -- garbage collection ------------------------------------------------------------------------
+
+    def gc(self, keep: int, protect: Iterable[tuple[str, str, str]] = (), dry_run: bool = False) -> list[Artifact]:
+        """Remove old versions: each partition keeps its `keep` newest, its candidate and promoted versions,
+        every version in `protect` (asset, language, version) such as what is deployed, and every version a
+        kept one names as an input in its manifest (an adapter's base model, a GGUF's adapter).
+        """
+        if keep < 0:
+            raise ValueError("keep must be 0 or more")
+        kept: set[tuple[str, str, str]] = set(protect)
+        everything: list[Artifact] = []
+        for asset, language in self.partitions():
+            versions = self.versions(asset, language)
+            everything += versions
+            kept |= {(asset, language, a.version) for a in versions[len(versions) - keep:]} if keep else set()
+            for name in POINTERS:
+                if (art := self._pointer(asset, language, name)) is not None:
+                    kept.add((asset, language, art.version))
+        by_key = {(a.asset, a.language, a.version): a for a in everything}
+        todo = [k for k in kept if k in by_key]
+        while todo:  # keep the inputs of what is kept, transitively
+            asset, language, version = todo.pop()
+            for dep in _manifest_inputs(by_key[(asset, language, version)], language):
+                if dep in by_key and dep not in kept:
+                    kept.add(dep)
+                    todo.append(dep)
+        removed = [a for k, a in sorted(by_key.items()) if k not in kept]
+        if not dry_run:
+            for art in removed:
+                shutil.rmtree(art.path, ignore_errors=True)
+        for asset, language in list(self.partitions()):
+            self.remove_stale(self.folder(asset, language))
+        self.remove_stale(self.root / ".work")
+        return removed
+
+
+def _writer_pid(name: str) -> int | None:
+    """The pid in a temp name `.tmp-<pid>-...` or `.<pointer>-<pid>-...`, else None."""
+    parts = name[1:].split("-")
+    if len(parts) >= 2 and parts[1].isdigit() and (parts[0] in ("tmp",) + POINTERS):
+        return int(parts[1])
+    return None
+
+
+def _manifest_inputs(art: Artifact, language: str) -> list[tuple[str, str, str]]:
+    """(asset, language, version) of each input a manifest names; base_model lives in partition `all`."""
+    try:
+        inputs = art.manifest().get("inputs", {}) or {}
+    except (OSError, ValueError):
+        return []
+    return [(asset, "all" if asset == "base_model" else language, v) for asset, v in inputs.items() if isinstance(v, str)]
 
 
 class PendingArtifact:

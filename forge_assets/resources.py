@@ -36,6 +36,21 @@ class ForgeResource(ConfigurableResource):
     s3_bucket: str = ""  # set to mirror every artifact version to S3
     s3_prefix: str = "forge"
     s3: S3Resource | None = None
+    # Where heavy steps (training, merging, GGUF export, llama.cpp) run: a local subprocess, or a Kubernetes pod.
+    step_runner: str = "subprocess"  # subprocess | k8s
+    k8s_image: str = ""  # an image with Forge installed (pip install forge_assets), for step_runner k8s
+    k8s_namespace: str = ""  # empty: the current namespace
+    k8s_pvc: str = ""  # a PersistentVolumeClaim holding the artifact root, mounted in the pod at the same path
+    k8s_gpus: int = 0  # nvidia.com/gpu limit of a step pod
+    k8s_memory: str = ""  # memory limit of a step pod, e.g. 64Gi
+
+    def setup_for_execution(self, context) -> None:
+        """Tag the run with the process group executing it, so `forge run` can fail it if that group is killed."""
+        from forge_assets.runs import PGID_TAG, owner_tags
+
+        run = getattr(context, "run", None)
+        if run is not None and context.instance is not None and PGID_TAG not in run.tags:
+            context.instance.add_run_tags(run.run_id, owner_tags())
 
     def load(self) -> ForgeConfig:
         return load_config(self.config_path or None)

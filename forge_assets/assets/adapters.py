@@ -1,12 +1,15 @@
-"""Stage 5: adapter, a LoRA adapter per language trained on its dataset (PEFT or mlx-lm)."""
+"""Stage 5: adapter, a LoRA adapter per language trained on its dataset (PEFT or mlx-lm).
+
+A new adapter is a *candidate*: it is promoted only when `eval_scores` finds it passes the gate.
+"""
 
 from dagster import AssetExecutionContext, MetadataValue, asset
 
 from forge_assets.artifacts import input_key
 from forge_assets.assets.common import materialized
+from forge_assets.assets.isolation import run_step
 from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
-from forge_assets.training.adapter import train_adapter
 from forge_assets.training.base_model import model_folder
 
 CODE_VERSION = "1"
@@ -23,10 +26,13 @@ def adapter(context: AssetExecutionContext, forge: ForgeResource):
     key = input_key(dataset=data.version, base=base.version, training=cfg.training.model_dump(), code=CODE_VERSION)
     if (art := store.reusable("adapter", language, key)) is not None:
         context.log.info(f"adapter {art.version} was trained on these very inputs; reusing it.")
+        store.mark_candidate(art)  # eval_scores judges what this run produced
         return materialized(art, _figures(art.manifest()["result"]), reused=True)
     manifest = {"input_key": key, "inputs": {"dataset": data.version, "base_model": base.version}, "training": cfg.training.model_dump()}
-    with store.write("adapter", language, manifest) as out:
-        result = train_adapter(model_folder(base.path), data.path, out.path, cfg.training, log=context.log.info)
+    with store.workdir("adapter") as work, store.write("adapter", language, manifest, promote=False) as out:
+        # Training runs torch / mlx in its own process (Dagster Pipes): a crash or OOM kill fails this step only.
+        result = run_step(context, forge, "train_adapter", {"base": str(model_folder(base.path)), "dataset": str(data.path),
+                                                           "out": str(out.path), "training": cfg.training.model_dump()}, work)
         manifest["result"] = result
     return materialized(out.artifact, _figures(result))
 
@@ -41,4 +47,5 @@ def _figures(result: dict) -> dict:
         "final_loss": curve[-1][1] if curve else float("nan"),
         "training_seconds": result["seconds"],
         "loss_curve": MetadataValue.json({"step": [s for s, _ in curve], "loss": [l for _, l in curve]}),
+        "promoted": False,  # until eval_scores' gate passes
     }

@@ -1,13 +1,17 @@
 """What every Forge asset returns: a MaterializeResult whose data version is the artifact's content hash."""
 
-from dagster import DataVersion, MaterializeResult, MetadataValue
+import json
 
-from forge_assets.artifacts import Artifact
+from dagster import DataVersion, Failure, MaterializeResult, MetadataValue
+
+from forge_assets.artifacts import Artifact, ArtifactStore
+from forge_assets.evaluation.gate import gate
 
 
-def materialized(art: Artifact, metadata: dict, reused: bool = False) -> MaterializeResult:
+def materialized(art: Artifact, metadata: dict, reused: bool = False, check_results: list | None = None) -> MaterializeResult:
     """The result for a stored artifact version, with its location and the stage's figures."""
     return MaterializeResult(
+        check_results=check_results or [],
         data_version=DataVersion(art.version),
         metadata={
             "version": art.version,
@@ -31,3 +35,17 @@ def figures(stats: dict) -> dict:
         if isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()):
             out[k] = md_table(v)
     return out
+
+
+def gated_adapter(store: ArtifactStore, language: str, limit: float, eval_version: str | None = None) -> tuple[Artifact, Artifact]:
+    """The eval_scores version (promoted, or the exact one given) and the adapter it judged, verified to pass the gate now.
+
+    Export and deploy call this, so materializing them on their own can never ship a rejected adapter.
+    """
+    ev = store.get("eval_scores", language, eval_version) if eval_version else store.require("eval_scores", language)
+    verdict = gate(json.loads((ev.path / "scores.json").read_text()), limit)
+    adapter_version = ev.manifest()["inputs"]["adapter"]
+    if not verdict.passed:
+        raise Failure(description=f"adapter {adapter_version} for `{language}` (eval_scores {ev.version}) does not pass adapter_beats_base: {verdict.message}",
+                      metadata={"perplexity_ratio": verdict.ratio, "limit": float(limit)})
+    return ev, store.get("adapter", language, adapter_version)

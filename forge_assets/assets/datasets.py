@@ -2,7 +2,7 @@
 
 import json
 
-from dagster import AssetExecutionContext, MetadataValue, asset
+from dagster import AssetExecutionContext, Failure, MetadataValue, asset
 
 from forge_assets.artifacts import input_key
 from forge_assets.assets.common import figures, materialized
@@ -29,8 +29,13 @@ def dataset(context: AssetExecutionContext, forge: ForgeResource):
     files = _files(snapshot)
     conversations = [json.loads(line) for line in (sessions.path / "records.jsonl").read_text(encoding="utf-8").splitlines() if line]
     data = build_dataset(language, files, conversations, cfg.mining)
-    if data.stats.get("samples", 0) == 0:
-        context.log.warning(f"The `{language}` dataset is empty: no files or sessions produced samples.")
+    if data.stats.get("samples", 0) == 0 or not data.splits.get("train"):
+        kept = store.promoted("dataset", language)
+        raise Failure(description=(
+            f"The `{language}` dataset would be empty: snapshot {snapshot.version} and session logs {sessions.version} produced no training samples "
+            f"(skipped: {dict(data.stats.get('skipped', {})) or 'nothing'}). It is not stored or promoted"
+            + (f"; the promoted dataset {kept.version} stays" if kept else "") +
+            ". Fix: check that the repositories hold this language's source files and that mining.max_file_bytes and filters keep them."))
     manifest = {"input_key": key, "inputs": {"repo_snapshot": snapshot.version, "session_logs": sessions.version}, "stats": data.stats}
     with store.write("dataset", language, manifest) as out:
         write_dataset(data, out.path)

@@ -5,7 +5,7 @@ import json
 from dagster import AssetExecutionContext, MetadataValue, asset
 
 from forge_assets.artifacts import input_key
-from forge_assets.assets.common import materialized
+from forge_assets.assets.common import gated_adapter, materialized
 from forge_assets.assets.export import gguf_file
 from forge_assets.deploy import llama_server, ollama_target
 from forge_assets.deploy.ports import port_for
@@ -22,6 +22,8 @@ def deployment(context: AssetExecutionContext, forge: ForgeResource):
     store = forge.store(cfg)
     language, d = context.partition_key, cfg.deploy
     model = store.require("gguf", language)
+    # The exact adapter and scores this GGUF was made from must pass the gate under today's limit.
+    gated_adapter(store, language, cfg.deploy.max_perplexity_ratio, eval_version=model.manifest()["inputs"].get("eval_scores"))
     tag = f"{d.tag_prefix}-{language}:{model.version[:12]}"
     state_dir = store.folder("deployment", language)
     key = input_key(gguf=model.version, deploy=d.model_dump(), code=CODE_VERSION)
@@ -35,7 +37,7 @@ def deployment(context: AssetExecutionContext, forge: ForgeResource):
     else:
         state = ollama_target.deploy(gguf_file(model.path), tag, model.path, d.ollama_host, latest_tag=f"{d.tag_prefix}-{language}:latest")
         record = {"target": d.target, "tag": tag, "endpoint": state["endpoint"], "gguf": model.version, "smoke": state["smoke"], "latest_tag": state["latest_tag"]}
-    with store.write("deployment", language, {"input_key": key, "inputs": {"gguf": model.version}}) as out:
+    with store.write("deployment", language, {"input_key": key, "inputs": {"gguf": model.version}}) as out:  # promoted: it is serving
         (out.path / "deployment.json").write_text(json.dumps({k: v for k, v in record.items() if k != "smoke"}, indent=2, sort_keys=True))
     return materialized(out.artifact, _figures(record))
 

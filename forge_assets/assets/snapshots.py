@@ -2,7 +2,7 @@
 
 import json
 
-from dagster import AssetExecutionContext, asset
+from dagster import AssetExecutionContext, Failure, asset
 
 from forge_assets.assets.common import materialized, md_table
 from forge_assets.mining.snapshot import snapshot_of
@@ -21,14 +21,21 @@ def repo_snapshot(context: AssetExecutionContext, forge: ForgeResource):
         for warning in state.warnings:
             context.log.warning(warning)
     files = snap.files.get(language, [])
-    if not files:
-        context.log.warning(f"No `{language}` files in the configured repositories; the snapshot is empty.")
     commits = {r.name: r.commit for r in snap.repos}
-    with store.write("repo_snapshot", language, {"commits": commits}) as out:
+    with store.write("repo_snapshot", language, {"commits": commits}, promote=False) as out:
         # Only language-specific content is hashed, so a push touching other languages keeps this version.
         rows = [[f.repo, f.path, f.blob, f.size] for f in files]
         body = {"language": language, "files": rows, "repo_dirs": {r.name: r.repo_dir for r in snap.repos}}
         (out.path / "snapshot.json").write_text(json.dumps(body, indent=1, sort_keys=True))
+    previous = store.promoted("repo_snapshot", language)
+    if not files and previous is not None and json.loads((previous.path / "snapshot.json").read_text())["files"]:
+        raise Failure(description=(
+            f"The configured repositories hold no `{language}` files now, so the empty snapshot {out.artifact.version} is not promoted; "
+            f"the promoted snapshot {previous.version} stays. Fix: check `repos:` and `branch:` in forge.yaml "
+            f"(a branch switched or a path moved?), or drop `{language}` from `languages:`."))
+    if not files:
+        context.log.warning(f"No `{language}` files in the configured repositories; the snapshot is empty (sessions may still feed the dataset).")
+    store.promote(out.artifact)
     return materialized(out.artifact, {
         "files": len(files),
         "repos": len({f.repo for f in files}),

@@ -47,14 +47,14 @@ def test_commit_to_deployed_tag_then_unchanged_inputs_reuse_everything(chain):
     assert _run(instance, cfg).success
     versions = _versions(instance)
 
-    data = root / "dataset" / "python" / "latest"
+    data = root / "dataset" / "python" / "promoted"
     train = [json.loads(l) for l in (data / "train.jsonl").read_text().splitlines()]
     assert train and all("text" in r and r["language"] == "python" for r in train)
     assert not any(r["path"].endswith(".rs") for r in train)  # the Rust file belongs to another partition
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["inputs"]["repo_snapshot"] == versions["repo_snapshot"]
 
-    assert (root / "adapter" / "python" / "latest" / "adapter_model.safetensors").is_file()
+    assert (root / "adapter" / "python" / "promoted" / "adapter_model.safetensors").is_file()
     scores = _materialization(instance, "eval_scores").metadata
     assert scores["base_perplexity"].value > 0 and scores["adapter_perplexity"].value > 0
 
@@ -107,7 +107,7 @@ def test_dagster_cli_materializes_a_partition(two_language_repo: Path, tmp_path:
                           "--select", "repo_snapshot,session_logs,dataset", "--partition", "python"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (tmp_path / "artifacts" / "dataset" / "python" / "latest" / "train.jsonl").is_file()
+    assert (tmp_path / "artifacts" / "dataset" / "python" / "promoted" / "train.jsonl").is_file()
 
 
 @pytest.mark.skipif(not mlx_backend.available(), reason="mlx[cpu] / mlx-lm not installed")
@@ -122,6 +122,6 @@ def test_mlx_backend_on_a_base_model_saved_to_disk(two_language_repo: Path, tiny
         assert _materialization(instance, "adapter").metadata["backend"].value == "mlx"
         scores = _materialization(instance, "eval_scores").metadata
     root = tmp_path / "artifacts"
-    assert json.loads((root / "base_model" / "all" / "latest" / "model.json").read_text())["path"] == str(tiny_model)
-    assert (root / "adapter" / "python" / "latest" / "adapters.safetensors").is_file()
+    assert json.loads((root / "base_model" / "all" / "promoted" / "model.json").read_text())["path"] == str(tiny_model)
+    assert (root / "adapter" / "python" / "promoted" / "adapters.safetensors").is_file()
     assert scores["adapter_perplexity"].value > 0 and scores["base_perplexity"].value > 0

@@ -38,7 +38,7 @@ def test_db_and_json_tree_together_without_duplicates_or_secrets(py_repo: Path, 
         instance.add_dynamic_partitions("language", ["python"])
         assert _run(instance, cfg).success
         meta = instance.get_latest_materialization_event(AssetKey("session_logs")).asset_materialization.metadata
-    body = (tmp_path / "artifacts" / "session_logs" / "python" / "latest" / "records.jsonl").read_text()
+    body = (tmp_path / "artifacts" / "session_logs" / "python" / "promoted" / "records.jsonl").read_text()
     records = [json.loads(line) for line in body.splitlines()]
     chats = [r for r in records if r["kind"] == "chat"]
     assert sorted({r["session"] for r in chats}) == sorted([shared.id, json_only.id]) and len(chats) == 2
@@ -55,19 +55,19 @@ def test_corrupt_source_fails_and_keeps_the_last_good_version_unless_skipped(py_
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("language", ["python"])
         assert _run(instance, write_config(tmp_path, [py_repo], sessions=[{"opencode": str(good)}])).success
-        before = (root / "latest").resolve()
+        before = (root / "promoted").resolve()
 
         failed = _run(instance, write_config(tmp_path, [py_repo], sessions=[{"opencode": str(good)}, {"opencode": str(bad)}]))
         assert not failed.success
         error = failed.get_step_failure_events()[0].event_specific_data.error.cause or failed.get_step_failure_events()[0].event_specific_data.error
         assert "bad.db" in (error.message or "") or "bad.db" in str(error)
-        assert (root / "latest").resolve() == before
+        assert (root / "promoted").resolve() == before
 
         skipped = _run(instance, write_config(tmp_path, [py_repo], sessions=[{"opencode": str(good)}, {"opencode": str(bad), "on_error": "skip"}]))
         assert skipped.success
         meta = instance.get_latest_materialization_event(AssetKey("session_logs")).asset_materialization.metadata
         assert meta["skipped_sources"].value == 1 and str(bad) in meta["skipped"].value
-        assert (root / "latest").resolve() == before  # the good source's records are unchanged
+        assert (root / "promoted").resolve() == before  # the good source's records are unchanged
 
 
 def test_no_sessions_configured_gives_empty_logs_and_a_warning(py_repo: Path, tmp_path: Path):
@@ -77,4 +77,4 @@ def test_no_sessions_configured_gives_empty_logs_and_a_warning(py_repo: Path, tm
         assert result.success
         logs = [e.message for e in instance.all_logs(result.run_id) if e.level >= 30]
     assert any("No `sessions:` configured" in m for m in logs)
-    assert (tmp_path / "artifacts" / "session_logs" / "python" / "latest" / "records.jsonl").read_text() == ""
+    assert (tmp_path / "artifacts" / "session_logs" / "python" / "promoted" / "records.jsonl").read_text() == ""

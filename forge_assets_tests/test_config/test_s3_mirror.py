@@ -36,5 +36,6 @@ def test_artifact_versions_are_mirrored_to_s3(s3_endpoint: str, tmp_path: Path):
     version = out.artifact.version
     client = s3.get_client()
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="forge-test")["Contents"])
-    assert keys == sorted(["team/dataset/python/latest", f"team/dataset/python/{version}/manifest.json", f"team/dataset/python/{version}/train.jsonl"])
-    assert client.get_object(Bucket="forge-test", Key="team/dataset/python/latest")["Body"].read().decode() == version
+    assert keys == sorted(["team/dataset/python/candidate", "team/dataset/python/promoted",
+                           f"team/dataset/python/{version}/manifest.json", f"team/dataset/python/{version}/train.jsonl"])
+    assert client.get_object(Bucket="forge-test", Key="team/dataset/python/promoted")["Body"].read().decode() == version
