@@ -46,7 +46,9 @@ class FileChange:
     removed: int = 0
     old_changed: list[int] = field(default_factory=list)  # 1-based pre-image lines removed or inserted before
     new_changed: list[int] = field(default_factory=list)  # 1-based post-image lines added
-    diff: list[str] = field(default_factory=list)  # the hunks, "@@ ..." lines included
+    # The hunks, "@@ ..." lines included, as git printed them: bytes that are not UTF-8 (a latin-1 file's)
+    # are kept as surrogate escapes until the file's encoding is known (encoding.recode_line).
+    diff: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -144,7 +146,7 @@ def iter_commits(repo: git.Repo, head: str, specs: list[str], max_count: int, ma
                         for f in commit.files:
                             f.diff.clear()
                     else:
-                        change.diff.append(line.decode("utf-8", "replace").rstrip("\n"))
+                        change.diff.append(line.decode("utf-8", "surrogateescape").rstrip("\n"))
                 continue
             if line.startswith(b"diff --git "):
                 old_left = new_left = 0
@@ -158,7 +160,7 @@ def iter_commits(repo: git.Repo, head: str, specs: list[str], max_count: int, ma
                     old_line, old_left = int(m.group(1)), int(m.group(2) or b"1")
                     new_line, new_left = int(m.group(3)), int(m.group(4) or b"1")
                     if not commit.truncated:
-                        change.diff.append(line.decode("utf-8", "replace").rstrip("\n"))
+                        change.diff.append(line.decode("utf-8", "surrogateescape").rstrip("\n"))
             elif line.startswith(b"+++ "):
                 path = _path_of(line)
                 if path != "/dev/null":
@@ -254,7 +256,7 @@ def last_touched(repo: git.Repo, head: str, specs: list[str], wanted: set[str]) 
 
 
 def read_blob_text(repo: git.Repo, blob: str | None) -> bytes:
-    """A blob's bytes (b"" for None: the side of a change that does not exist)."""
+    """A blob's bytes (b"" for None: the side of a change that does not exist); encoding.decode_source makes them text."""
     if not blob:
         return b""
     return repo.odb.stream(bytes.fromhex(blob)).read()

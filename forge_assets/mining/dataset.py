@@ -6,8 +6,9 @@ file holds every kind. No record carries "messages", "prompt" or "completion" ke
 
 The pipeline, in order (each step counted in ``Dataset.stats``):
 
-1. files: path/.gitignore/content filters -> secret scrubbing -> tree-sitter units (line windows
-   when the tree has errors) -> ``code``, ``fim`` and ``instruction`` samples; in worker processes;
+1. files: path/.gitignore/content filters -> decoding (encoding.decode_source: UTF-8, or the
+   encoding a coding cookie declares) -> secret scrubbing -> tree-sitter units (line windows when
+   the tree has errors) -> ``code``, ``fim`` and ``instruction`` samples; in worker processes;
 2. history: ``commit`` samples from ``git log --patch`` (see commits.py);
 3. sessions: ``chat`` and ``code_change`` records, scrubbed again;
 4. ``synthetic`` tasks from real units when the language is under-represented;
@@ -15,7 +16,9 @@ The pipeline, in order (each step counted in ``Dataset.stats``):
 6. HumanEval decontamination; 7. time-based split (split.py); 8. test-overlap decontamination;
 9. a seeded shuffle of each split.
 
-Same inputs and configuration give byte-identical files and identical stats.
+Same inputs and configuration give byte-identical files and identical stats, with or without
+worker processes. Workers come from a forkserver or are spawned, never forked from this (threaded)
+process, and get their inputs as arguments (workers.py); a worker that dies fails the build loudly.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import multiprocessing
 import os
 import random
 import re
@@ -42,12 +44,14 @@ from forge_assets.languages import language_of_path
 from forge_assets.mining import commits as history
 from forge_assets.mining.decontaminate import BOILERPLATE_ORIGINS, NGRAM, boilerplate, contains_any, humaneval_index, ngram_hashes_of
 from forge_assets.mining.dedup import NUM_PERM, chunks, deduplicate, minhash_rows, pool_workers
-from forge_assets.mining.filters import GitIgnore, content_skip_reason, path_skip_reason
+from forge_assets.mining.encoding import decode_source, encoding_of, recode_line
+from forge_assets.mining.filters import GitIgnore, content_check, path_skip_reason
 from forge_assets.mining.fim import fim_sample, header
 from forge_assets.mining.instruct import UnitText, code_block, display, instruction_pair, synthetic_samples, unit_texts
 from forge_assets.mining.snapshot import FileEntry
 from forge_assets.mining.split import plan_splits
 from forge_assets.mining.units import ParsedFile, ast_status, line_windows, parse_file
+from forge_assets.mining.workers import parallel_map, worker_pool
 from forge_assets.scrub import scrub_text
 
 SPLITS = ("train", "valid", "test")
@@ -90,7 +94,7 @@ _REPOS_PID = [os.getpid()]
 
 
 def _repo(repo_dir: str) -> git.Repo:
-    """A git.Repo per folder and process (a forked worker must not share its parent's cat-file pipes)."""
+    """A git.Repo per folder and process (a worker must not share another process's cat-file pipes)."""
     if _REPOS_PID[0] != os.getpid():
         _REPOS.clear()
         _REPOS_PID[0] = os.getpid()
@@ -177,10 +181,10 @@ def mine_file(entry: FileEntry, language: str, cfg: MiningConfig, ignored: bool,
         return FileResult(index, skip="unreadable")
     if len(raw) > cfg.max_file_bytes:
         return FileResult(index, skip="too_large")
-    reason = content_skip_reason(raw)
+    reason, decoded = content_check(raw, entry.path)
     if reason:
         return FileResult(index, skip=reason)
-    text, secrets = scrub_text(raw.decode("utf-8"))
+    text, secrets = scrub_text(decoded)
     pf = parse_file(text, language, entry.path)
     result = FileResult(index, secrets=secrets, parse_failed=pf.parse_failed, has_ast=pf.has_ast)
     group = f"{entry.repo}:{entry.path}"
@@ -207,29 +211,19 @@ def mine_file(entry: FileEntry, language: str, cfg: MiningConfig, ignored: bool,
     return result
 
 
-_TASKS: list[tuple[FileEntry, bool]] = []
-_TASK_CTX: dict = {}
-
-
-def _mine_task(i: int) -> FileResult:
-    entry, ignored = _TASKS[i]
+def _mine_task(task: tuple[int, FileEntry, bool, str, MiningConfig]) -> FileResult:
+    i, entry, ignored, language, cfg = task
     try:
-        return mine_file(entry, _TASK_CTX["language"], _TASK_CTX["cfg"], ignored, i)
+        return mine_file(entry, language, cfg, ignored, i)
     except Exception:  # one bad file never stops the dataset
         return FileResult(i, skip="error")
 
 
 def _mine_files(tasks: list[tuple[FileEntry, bool]], language: str, cfg: MiningConfig) -> list[FileResult]:
-    global _TASKS, _TASK_CTX
-    _TASKS, _TASK_CTX = tasks, {"language": language, "cfg": cfg}
-    workers = _workers(cfg)
-    try:
-        if workers > 1 and len(tasks) >= 64 and "fork" in multiprocessing.get_all_start_methods():
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                return pool.map(_mine_task, range(len(tasks)), chunksize=max(1, len(tasks) // (workers * 8)))
-        return [_mine_task(i) for i in range(len(tasks))]
-    finally:
-        _TASKS, _TASK_CTX = [], {}
+    """mine_file over every (entry, ignored) task, in worker processes for 64 files or more."""
+    workers = _workers(cfg) if len(tasks) >= 64 else 1
+    args = [(i, entry, ignored, language, cfg) for i, (entry, ignored) in enumerate(tasks)]
+    return parallel_map(_mine_task, args, workers, f"mining {language} files")
 
 
 def _gitignore(repo_dir: str, commit: str) -> GitIgnore:
@@ -252,26 +246,54 @@ def _gitignore(repo_dir: str, commit: str) -> GitIgnore:
 
 @dataclass
 class _ChangeJob:
-    """A file change whose sample is still to be made (in a worker): the commit and both images."""
+    """A file change whose sample is still to be made (in a worker): where to read both images, and the commit."""
 
     repo: str
-    commit: history.Commit
+    repo_dir: str
+    commit: history.Commit  # without its files: only sha, time and the (scrubbed) message are used
     change: history.FileChange
-    before: str
-    after: str
+    language: str
+    max_file_bytes: int
 
 
-_JOBS: list[_ChangeJob] = []
-
-
-def _change_job(i: int) -> tuple[str, str, Counter] | None:
-    job = _JOBS[i]
+def _change_images(job: _ChangeJob) -> tuple[str | None, str, str]:
+    """(skip reason, "", "") or (None, before, after): both images read and decoded (encoding.decode_source)."""
+    change = job.change
     try:
-        made = history.change_sample(job.commit, job.change, job.before, job.after, _TASK_CTX["language"])
+        repo = _repo(job.repo_dir)
+        before_raw = history.read_blob_text(repo, change.old_blob)
+        after_raw = history.read_blob_text(repo, change.new_blob)
+    except Exception:
+        return "unreadable", "", ""
+    if not after_raw.strip():
+        return "empty", "", ""
+    reason, after = content_check(after_raw, change.path)
+    if reason is None and before_raw and (b"\x00" in before_raw[:8192] or len(before_raw) > job.max_file_bytes):
+        reason = "binary"
+    if reason is None and len(after_raw) > job.max_file_bytes:
+        reason = "too_large"
+    if reason:
+        return reason, "", ""
+    before = decode_source(before_raw, change.path) if before_raw else ""
+    if before is None:
+        return "not_utf8", "", ""
+    # git printed the diff in the file's own bytes (kept as surrogate escapes): decode its lines like the images.
+    old_enc, new_enc = encoding_of(before_raw, change.path), encoding_of(after_raw, change.path)
+    change.diff = [recode_line(line, old_enc if line[:1] == "-" else new_enc) for line in change.diff]
+    return None, before, after
+
+
+def _change_job(job: _ChangeJob) -> tuple[str, str, Counter] | str:
+    """A change's (scope, scrubbed text, secrets found), or why it gave no sample ("no_change" when nothing to show)."""
+    try:
+        reason, before, after = _change_images(job)
+        if reason:
+            return reason
+        made = history.change_sample(job.commit, job.change, before, after, job.language)
     except Exception:  # an odd file never stops the dataset
-        return None
+        return "no_change"
     if made is None:
-        return None
+        return "no_change"
     text, found = scrub_text(made.text)  # the message was scrubbed already; the images are scrubbed as shown
     return made.scope, text, found
 
@@ -279,7 +301,6 @@ def _change_job(i: int) -> tuple[str, str, Counter] | None:
 def _commit_samples(language: str, files: list[FileEntry], cfg: MiningConfig, ignores: dict, stats: Counter,
                     commit_skips: Counter, secrets: Counter) -> tuple[list[Sample], dict[tuple[str, str], int]]:
     """Commit samples for every repository head, and each snapshot file's last-touching commit time."""
-    global _JOBS, _TASK_CTX
     touched: dict[tuple[str, str], int] = {}
     jobs: list[_ChangeJob] = []
     heads = sorted({(f.repo, f.repo_dir, f.commit) for f in files})
@@ -311,45 +332,22 @@ def _commit_samples(language: str, files: list[FileEntry], cfg: MiningConfig, ig
                 continue
             message, found_secrets = scrub_text(history.clean_message(commit.message))
             secrets.update(found_secrets)
-            commit = history.Commit(commit.sha, commit.parents, commit.time, commit.author, commit.email, message, commit.files)
+            bare = history.Commit(commit.sha, commit.parents, commit.time, commit.author, commit.email, message)
             for change in commit.files:
                 reason = _change_skip_reason(change, language, cfg, ignore)
-                if reason is None:
-                    try:
-                        before_raw = history.read_blob_text(repo, change.old_blob)
-                        after_raw = history.read_blob_text(repo, change.new_blob)
-                    except Exception:
-                        reason = "unreadable"
-                if reason is None:
-                    reason = content_skip_reason(after_raw) if after_raw.strip() else "empty"
-                    if reason is None and before_raw and (b"\x00" in before_raw[:8192] or len(before_raw) > cfg.max_file_bytes):
-                        reason = "binary"
-                if reason is None and len(after_raw) > cfg.max_file_bytes:
-                    reason = "too_large"
-                if reason is None:
-                    try:
-                        jobs.append(_ChangeJob(repo_name, commit, change, before_raw.decode("utf-8"), after_raw.decode("utf-8")))
-                    except UnicodeDecodeError:
-                        reason = "not_utf8"
                 if reason:
                     commit_skips[f"file_{reason}"] += 1
+                else:
+                    jobs.append(_ChangeJob(repo_name, repo_dir, bare, change, language, cfg.max_file_bytes))
 
-    # Making the samples (two parses and a scrub per change) is the slow part: spread it over workers.
-    _JOBS, _TASK_CTX = jobs, {"language": language, "cfg": cfg}
-    try:
-        workers = _workers(cfg)
-        if workers > 1 and len(jobs) >= 32 and "fork" in multiprocessing.get_all_start_methods():
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                made = pool.map(_change_job, range(len(jobs)), chunksize=max(1, len(jobs) // (workers * 8)))
-        else:
-            made = [_change_job(i) for i in range(len(jobs))]
-    finally:
-        _JOBS, _TASK_CTX = [], {}
+    # Reading both images, two parses and a scrub per change are the slow part: spread them over workers.
+    workers = _workers(cfg) if len(jobs) >= 32 else 1
+    made = parallel_map(_change_job, jobs, workers, f"mining {language} commits")
     samples: list[Sample] = []
     used: set[str] = set()
     for job, out in zip(jobs, made):
-        if out is None:
-            commit_skips["file_no_change"] += 1
+        if isinstance(out, str):
+            commit_skips[f"file_{out}"] += 1
             continue
         scope, text, found = out
         secrets.update(found)
@@ -525,41 +523,30 @@ def mine_samples(language: str, files: list[FileEntry], conversations: list[dict
                  real, generated, clock)
 
 
-_VIEWS: list[str] = []
-_TEXTS: list[str] = []
-
-
-def _featurize_chunk(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[int]]:
-    lo, hi = bounds
-    words = [_WORD.findall(v) for v in _VIEWS[lo:hi]]
+def _featurize_chunk(chunk: tuple[list[str], list[str]]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[int]]:
+    views, texts = chunk
+    words = [_WORD.findall(v) for v in views]
     sigs, has = minhash_rows(words)
     grams = [ngram_hashes_of(w) for w in words]
-    return sigs, has, grams, [approx_tokens(t) for t in _TEXTS[lo:hi]]
+    return sigs, has, grams, [approx_tokens(t) for t in texts]
 
 
 def featurize(views: list[str], texts: list[str], workers: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[int]]:
     """Per sample, tokenised once (in worker processes): MinHash signature, shingle flag, 13-gram hashes, token estimate."""
-    global _VIEWS, _TEXTS
     n = len(views)
     if n == 0:
         return np.empty((0, NUM_PERM), dtype=np.uint64), np.empty(0, dtype=bool), [], []
     workers = pool_workers(n, workers)
-    _VIEWS, _TEXTS = views, texts
-    try:
-        if workers > 1:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                parts = pool.map(_featurize_chunk, chunks(n, workers))
-        else:
-            parts = [_featurize_chunk(c) for c in chunks(n, 1)]
-    finally:
-        _VIEWS, _TEXTS = [], []
+    parts_in = [(views[lo:hi], texts[lo:hi]) for lo, hi in chunks(n, workers)]
+    parts = parallel_map(_featurize_chunk, parts_in, workers, "computing MinHash signatures", per_worker=4)
     return (np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
             [g for p in parts for g in p[2]], [t for p in parts for t in p[3]])
 
 
 def build_dataset(language: str, files: list[FileEntry], conversations: list[dict], cfg: MiningConfig) -> Dataset:
     """Samples for one language from its files, their history and session conversations (see the module doc)."""
-    return assemble(mine_samples(language, files, conversations, cfg), cfg)
+    with worker_pool(_workers(cfg)):  # one set of worker processes serves every stage
+        return assemble(mine_samples(language, files, conversations, cfg), cfg)
 
 
 def assemble(m: Mined, cfg: MiningConfig) -> Dataset:

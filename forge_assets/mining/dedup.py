@@ -17,7 +17,6 @@ documents at once with numpy; the result is the same set a one-at-a-time MinHash
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import re
 from dataclasses import dataclass, field
 
@@ -84,12 +83,9 @@ def minhash_rows(word_lists: list[list[str]], num_perm: int = NUM_PERM) -> tuple
     return sigs, np.array([bool(s) for s in sets], dtype=bool)
 
 
-_TEXTS: list[str] = []  # the texts worker processes read (inherited by fork, never pickled)
-
-
-def _signature_chunk(bounds: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi, num_perm = bounds
-    return minhash_rows([_WORD.findall(t) for t in _TEXTS[lo:hi]], num_perm)
+def _signature_chunk(chunk: tuple[list[str], int]) -> tuple[np.ndarray, np.ndarray]:
+    texts, num_perm = chunk
+    return minhash_rows([_WORD.findall(t) for t in texts], num_perm)
 
 
 def chunks(n: int, workers: int) -> list[tuple[int, int]]:
@@ -100,28 +96,19 @@ def chunks(n: int, workers: int) -> list[tuple[int, int]]:
 
 def pool_workers(n: int, workers: int) -> int:
     """How many processes are worth starting for n documents (a pool pays off for a few hundred)."""
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return 1
     return max(1, min(workers, n // 200 or 1))
 
 
 def signatures(texts: list[str], num_perm: int = NUM_PERM, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """MinHash signatures (n x num_perm) of the texts, and which texts had any shingle at all."""
-    global _TEXTS
+    from forge_assets.mining.workers import parallel_map
+
     n = len(texts)
     if n == 0:
         return np.empty((0, num_perm), dtype=np.uint64), np.empty(0, dtype=bool)
     workers = pool_workers(n, workers)
-    parts_in = [(lo, hi, num_perm) for lo, hi in chunks(n, workers)]
-    _TEXTS = texts
-    try:
-        if workers > 1:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                parts = pool.map(_signature_chunk, parts_in)
-        else:
-            parts = [_signature_chunk(c) for c in parts_in]
-    finally:
-        _TEXTS = []
+    parts_in = [(texts[lo:hi], num_perm) for lo, hi in chunks(n, workers)]
+    parts = parallel_map(_signature_chunk, parts_in, workers, "computing MinHash signatures", per_worker=4)
     return np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 

@@ -4,7 +4,8 @@ Every rejection names a reason (the keys of ``stats["skipped"]``):
 
 - by path: ``vendored`` (vendor/, node_modules/, ...), ``lock_file``, ``minified`` (``*.min.js``),
   ``generated`` (``*_pb2.py``, ``*.pb.go``, ...), ``too_large``, ``gitignored`` (see GitIgnore);
-- by content: ``binary`` (NUL bytes / control characters), ``not_utf8``, ``empty``, ``generated``
+- by content: ``binary`` (NUL bytes / control characters), ``not_utf8`` (not UTF-8 and no
+  coding cookie naming an encoding the bytes are valid in; see encoding.py), ``empty``, ``generated``
   (an "@generated" / "do not edit" marker near the top), ``minified`` (few, very long lines),
   ``data_file`` (mostly numbers: embedded tables, not code), ``license_only`` (nothing but a
   licence comment).
@@ -15,6 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+
+from forge_assets.mining.encoding import decode_source
 
 VENDORED_DIRS = frozenset({
     "vendor", "vendored", "node_modules", "third_party", "third-party", "thirdparty", "external",
@@ -85,37 +88,41 @@ def _is_license_only(text: str) -> bool:
     return True
 
 
-def content_skip_reason(data: bytes) -> str | None:
+def content_skip_reason(data: bytes, path: str = "") -> str | None:
     """Why a file is skipped judging by its content, or None to keep it."""
+    return content_check(data, path)[0]
+
+
+def content_check(data: bytes, path: str = "") -> tuple[str | None, str | None]:
+    """(why the file is skipped, None), or (None, its text as encoding.decode_source reads it)."""
     head = data[:8192]
     if b"\x00" in head:
-        return "binary"
+        return "binary", None
     if not data.strip():
-        return "empty"
+        return "empty", None
     # Control characters other than tab/newline/carriage return/form feed mark binary data.
     controls = len(head) - len(head.translate(None, _CONTROL_BYTES))
     if controls > len(head) * 0.01:
-        return "binary"
+        return "binary", None
     if _GENERATED_MARK.search(data[:2048]):
-        return "generated"
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return "not_utf8"
+        return "generated", None
+    text = decode_source(data, path)
+    if text is None:  # not UTF-8, and no coding cookie naming an encoding it is valid in
+        return "not_utf8", None
     if len(text) > 2000:
         head_text = text[:50_000]
         visible = len(head_text) - sum(head_text.count(c) for c in " \t\n\r\f\v")
         numeric = sum(head_text.count(c) for c in _NUMERIC_CHARS)
         if visible > 0 and numeric / visible > 0.7:
-            return "data_file"
+            return "data_file", None
     if len(data) > 1000:
         lines = data.count(b"\n") + 1
         longest = max(map(len, data.split(b"\n"))) if lines < 10 else 0
         if longest > 1000 or len(data) / lines > 300:
-            return "minified"
+            return "minified", None
     if _is_license_only(text):
-        return "license_only"
-    return None
+        return "license_only", None
+    return None, text
 
 
 def _translate(pattern: str) -> str:

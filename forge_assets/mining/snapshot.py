@@ -66,7 +66,11 @@ class Snapshot:
 
 
 def open_repo(source: RepoSource, base_dir: Path, clone_root: Path, index: int = 0) -> git.Repo:
-    """Open a configured repository; clone or fetch a URL into clone_root first."""
+    """Open a configured repository; clone or fetch a URL into clone_root first.
+
+    After a fetch, ``origin/HEAD`` is refreshed from the remote (``git remote set-head origin --auto``),
+    so a URL without ``branch:`` follows the remote's default branch, renames included.
+    """
     where = f"forge.yaml repos[{index}]"
     if source.url:
         target = clone_root / (hashlib.sha1(source.url.encode()).hexdigest()[:10] + "-" + source.name)
@@ -74,6 +78,11 @@ def open_repo(source: RepoSource, base_dir: Path, clone_root: Path, index: int =
             if (target / ".git").exists() or (target / "HEAD").exists():
                 repo = git.Repo(target)
                 repo.remotes.origin.fetch()
+                if not source.branch:
+                    try:
+                        repo.git.remote("set-head", "origin", "--auto")
+                    except git.GitCommandError:
+                        pass  # the remote has no HEAD (empty, or a bare repository without one): _head_commit says so
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 kwargs = {"branch": source.branch} if source.branch else {}
@@ -91,23 +100,44 @@ def open_repo(source: RepoSource, base_dir: Path, clone_root: Path, index: int =
         raise RepoError(f"{where}.path: {path} is not a git repository (no .git there). Fix: point it at the repository's top folder, or run `git init` and commit.") from None
 
 
-def _head_commit(repo: git.Repo, source: RepoSource, where: str) -> git.Commit | None:
+def _head_commit(repo: git.Repo, source: RepoSource, where: str, warnings: list[str] | None = None) -> git.Commit | None:
+    """The commit to mine: `branch:` (origin/<branch> for a URL), else the remote's default branch
+    (origin/HEAD) for a URL, else the local HEAD (with a warning in `warnings` when it is detached)."""
     ref = source.branch
+    warnings = warnings if warnings is not None else []
     try:
         if ref:
             return repo.commit(f"origin/{ref}") if source.url else repo.commit(ref)
-        return repo.head.commit
+        if source.url:
+            try:
+                return repo.commit("refs/remotes/origin/HEAD")
+            except (git.BadName, ValueError, git.GitCommandError):
+                warnings.append(f"{where}.url: {source.url} names no default branch (no HEAD on the remote); mining the clone's "
+                                f"HEAD. Fix: set `branch:` for this repository in forge.yaml.")
+        commit = repo.head.commit
+        if repo.head.is_detached:
+            warnings.append(f"{where} ({source.name}): HEAD of {repo.working_dir or repo.git_dir} is detached; mining commit {commit.hexsha}. "
+                            f"Fix: check out a branch there, or set `branch:` for this repository in forge.yaml.")
+        return commit
     except ValueError:  # an empty repository: HEAD points at an unborn branch
         return None
     except (git.BadName, git.GitCommandError):
         raise RepoError(f"{where}.branch: no branch or ref `{ref}` in {repo.working_dir or repo.git_dir}. Fix: name an existing branch.") from None
 
 
-def take_snapshot(sources: list[RepoSource], base_dir: Path, clone_root: Path, max_file_bytes: int = 200_000) -> Snapshot:
-    """Walk each repository's tree at its branch head; keep source files of known languages."""
-    files: dict[str, list[FileEntry]] = {}
-    skipped: Counter = Counter()
-    states: list[RepoState] = []
+@dataclass
+class OpenedRepo:
+    """A configured repository opened (URLs fetched) and its head resolved: what a snapshot walks."""
+
+    source: RepoSource
+    repo: git.Repo
+    state: RepoState
+    head: git.Commit | None
+
+
+def open_repos(sources: list[RepoSource], base_dir: Path, clone_root: Path) -> list[OpenedRepo]:
+    """Open every configured repository and resolve the commit to mine; no tree is walked (cheap)."""
+    opened: list[OpenedRepo] = []
     names: Counter = Counter()
     for i, source in enumerate(sources):
         repo = open_repo(source, base_dir, clone_root, i)
@@ -116,11 +146,22 @@ def take_snapshot(sources: list[RepoSource], base_dir: Path, clone_root: Path, m
         if names[name] > 1:
             name = f"{name}-{names[name]}"
         repo_dir = str(Path(repo.working_dir or repo.git_dir).resolve())
-        commit = _head_commit(repo, source, f"forge.yaml repos[{i}]")
-        state = RepoState(name, repo_dir, commit.hexsha if commit else None)
-        states.append(state)
+        warnings: list[str] = []
+        commit = _head_commit(repo, source, f"forge.yaml repos[{i}]", warnings)
+        state = RepoState(name, repo_dir, commit.hexsha if commit else None, warnings)
         if commit is None:
             state.warnings.append(f"{repo_dir}: the repository has no commits yet; nothing to mine.")
+        opened.append(OpenedRepo(source, repo, state, commit))
+    return opened
+
+
+def snapshot_repos(opened: list[OpenedRepo], max_file_bytes: int = 200_000) -> Snapshot:
+    """Walk each opened repository's tree at its head; keep source files of known languages."""
+    files: dict[str, list[FileEntry]] = {}
+    skipped: Counter = Counter()
+    for o in opened:
+        commit, name, repo_dir = o.head, o.state.name, o.state.repo_dir
+        if commit is None:
             continue
         for item in commit.tree.traverse():
             if item.type == "submodule":
@@ -142,7 +183,17 @@ def take_snapshot(sources: list[RepoSource], base_dir: Path, clone_root: Path, m
             files.setdefault(language, []).append(FileEntry(name, item.path, item.hexsha, item.size, commit.hexsha, repo_dir))
     for entries in files.values():
         entries.sort()
-    return Snapshot(states, files, skipped)
+    return Snapshot([o.state for o in opened], files, skipped)
+
+
+def take_snapshot(sources: list[RepoSource], base_dir: Path, clone_root: Path, max_file_bytes: int = 200_000) -> Snapshot:
+    """Walk each repository's tree at its branch head; keep source files of known languages."""
+    return snapshot_repos(open_repos(sources, base_dir, clone_root), max_file_bytes)
+
+
+def opened_repos_of(cfg: ForgeConfig) -> list[OpenedRepo]:
+    """forge.yaml's repositories opened (URLs cloned or fetched under <artifact_root>/clones), heads resolved."""
+    return open_repos(cfg.repos, cfg.resolve("."), cfg.artifact_path / "clones")
 
 
 def snapshot_of(cfg: ForgeConfig) -> Snapshot:
