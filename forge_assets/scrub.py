@@ -7,12 +7,21 @@ Two layers, both in-process and fast enough to run over every mined file:
    JWT), credentials in URLs and connection strings, and secret-named assignments in code,
    config and .env files (``DB_PASSWORD=...``, ``api_key: "..."``). Each pattern is skipped
    unless one of its literal needles occurs in the text, so most patterns cost a substring test.
+   Tokens with a vendor prefix (``ghp_ gho_ ghu_ ghs_ ghr_ github_pat_ glpat- sk- sk-proj- sk-ant-
+   hf_ npm_``) are caught at any length once 16 of the vendor's token characters follow the
+   prefix, provided the prefix starts a token (no letter, digit or ``_`` before it) and the run
+   looks machine-made (8+ letters/digits with a digit or both cases): ``task-list``,
+   ``hf_hub_download`` and ``npm_config_cache`` stay. AWS key ids (``AKIA``/``ASIA``... + 16 or
+   more of ``[A-Z0-9]``), Slack tokens (``xox[abposr]-`` + 10 or more) and webhook URLs
+   (``hooks.slack.com/services|workflows|triggers/`` + 16 or more) need no such test.
 2. detect-secrets 1.5.0's plugins, run line by line on the candidate lines cheap scans flag (a
    secret-sounding word, a long token, a URL with credentials, a quoted high-entropy string),
    with its heuristic false-positive filters. Its entropy plugins count only on lines that name a
    key (token, secret, password, ...): a bare hash or test vector is not a secret.
 
 Every secret is replaced by ``[REDACTED_<TYPE>]`` and counted by type; the original never leaves.
+``scrub_field`` also judges a value by the key it is stored under (``{"password": "hunter2"}`` in a
+tool call's arguments, where the key is not part of the text).
 """
 
 from __future__ import annotations
@@ -37,6 +46,29 @@ def _ascii_lower(text: str) -> str:
         return text.translate(_ASCII_LOWER)
 
 
+# Credentials with a known vendor prefix (ghp_, github_pat_, glpat-, sk-, sk-proj-, hf_, npm_, ...):
+# the prefix must start a token (no letter, digit or "_" right before it: not "task-", "pnpm_"), be
+# followed by at least MIN_TOKEN_BODY of the vendor's token characters (group "body"; the whole run
+# is redacted, however long), and that run must look random (_random_body): a vendor's real token
+# of any length qualifies, an identifier such as hf_hub_download or npm_config_cache does not.
+MIN_TOKEN_BODY = 16
+_RANDOM_SEGMENT = re.compile(r"[A-Za-z0-9]{8,}")
+
+
+def _random_body(body: str) -> bool:
+    """Whether a token body looks machine-made: a run of 8+ letters/digits (between "-"/"_") that holds
+    a digit or both upper- and lower-case letters. Words ("learn-compatibility-shim") do not."""
+    for m in _RANDOM_SEGMENT.finditer(body):
+        seg = m.group(0)
+        if any(c.isdigit() for c in seg) or (any(c.isupper() for c in seg) and any(c.islower() for c in seg)):
+            return True
+    return False
+
+
+def _prefixed(prefix: str, alphabet: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![A-Za-z0-9_])(?P<secret>(?:{prefix})(?P<body>[{alphabet}]{{{MIN_TOKEN_BODY},}}))")
+
+
 # (type, literal needles, pattern): the pattern runs only when a needle occurs in the text; its
 # group "secret" (or the whole match) is what gets replaced. Literal-first patterns keep re fast.
 PATTERNS: list[tuple[str, tuple[str, ...], re.Pattern[str]]] = [
@@ -44,18 +76,19 @@ PATTERNS: list[tuple[str, tuple[str, ...], re.Pattern[str]]] = [
         r"-{4,5} ?BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)? ?-{4,5}"
         r"(?:[\s\S]*?-{4,5} ?END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)? ?-{4,5}|[A-Za-z0-9+/=\s\\:,\-\"']*)")),
     ("aws_access_key", ("AKIA", "ASIA", "ABIA", "ACCA", "A3T"), re.compile(
-        r"(?<![A-Za-z0-9])(?P<secret>(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[0-9A-Z]{16})(?![A-Za-z0-9])")),
-    ("github_token", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), re.compile(
-        r"(?P<secret>(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,}))")),
-    ("gitlab_token", ("glpat-", "gldt-", "glrt-", "glptt-"), re.compile(r"(?P<secret>gl(?:pat|dt|rt|ptt)-[A-Za-z0-9_\-]{20,})")),
-    ("anthropic_key", ("sk-ant-",), re.compile(r"(?P<secret>sk-ant-[A-Za-z0-9_\-]{20,})")),
-    ("openai_key", ("sk-",), re.compile(r"(?P<secret>sk-(?<![A-Za-z0-9_]sk-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,})")),
+        r"(?<![A-Za-z0-9])(?P<secret>(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[0-9A-Z]{16,})(?![A-Za-z0-9])")),
+    ("github_token", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), _prefixed(r"gh[pousr]_", "A-Za-z0-9")),
+    ("github_token", ("github_pat_",), _prefixed(r"github_pat_", "A-Za-z0-9_")),
+    ("gitlab_token", ("glpat-", "gldt-", "glrt-", "glptt-"), _prefixed(r"gl(?:pat|dt|rt|ptt)-", r"A-Za-z0-9_\-")),
+    ("anthropic_key", ("sk-ant-",), _prefixed(r"sk-ant-", r"A-Za-z0-9_\-")),
+    ("openai_key", ("sk-",), _prefixed(r"sk-(?:proj-|svcacct-|admin-)?", r"A-Za-z0-9_\-")),
     ("stripe_key", ("_live_", "_test_"), re.compile(r"(?P<secret>(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,})")),
     ("slack_token", ("xox",), re.compile(r"(?P<secret>xox[abposr]-[A-Za-z0-9\-]{10,})")),
-    ("slack_webhook", ("hooks.slack.com",), re.compile(r"(?P<secret>https://hooks\.slack\.com/services/[A-Za-z0-9/_\-]{20,})")),
+    ("slack_webhook", ("hooks.slack.com",), re.compile(
+        r"(?P<secret>https?://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9/_\-]{16,})")),
     ("google_api_key", ("AIza",), re.compile(r"(?P<secret>AIza[0-9A-Za-z_\-]{35})")),
-    ("huggingface_token", ("hf_",), re.compile(r"(?P<secret>hf_(?<![A-Za-z0-9_]hf_)[A-Za-z0-9]{30,})(?![A-Za-z0-9])")),
-    ("npm_token", ("npm_",), re.compile(r"(?P<secret>npm_[A-Za-z0-9]{36})(?![A-Za-z0-9])")),
+    ("huggingface_token", ("hf_",), _prefixed(r"hf_", "A-Za-z0-9")),
+    ("npm_token", ("npm_",), _prefixed(r"npm_", "A-Za-z0-9")),
     ("pypi_token", ("pypi-",), re.compile(r"(?P<secret>pypi-AgE[A-Za-z0-9_\-]{50,})")),
     ("sendgrid_key", ("SG.",), re.compile(r"(?P<secret>SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})")),
     ("jwt", ("eyJ",), re.compile(r"(?P<secret>eyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})")),
@@ -170,6 +203,9 @@ def _apply_patterns(text: str, counts: Counter) -> str:
                 counts[kind] += 1
                 return placeholder(kind)
             secret = m.group(group)
+            body = m.groupdict().get("body")
+            if body is not None and not _random_body(body):
+                return m.group(0)  # an identifier that happens to start like a token
             if "REDACTED" in secret or (kind in ("url_credentials", "connection_string_password") and _is_placeholder(secret)):
                 return m.group(0)
             counts[kind] += 1
@@ -364,3 +400,28 @@ def scrub_many(texts: Iterable[str]) -> tuple[list[str], Counter]:
         out.append(s)
         total.update(c)
     return out, total
+
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_FIELD_KEY = re.compile(r"(?:^|[^a-z0-9])(?:" + _KEY_WORDS + r")$")
+_AUTH_SCHEME = re.compile(r"(?i)^(?:bearer|basic|token|bot)\s+(?P<credential>\S+)$")
+
+
+def scrub_field(key: str, value: str) -> tuple[str, Counter]:
+    """A string stored under a key (a tool argument, a JSON or environment field), scrubbed.
+
+    scrub_text over the value, and the whole value redacted when the key names a secret
+    (``password``, ``DB_PASSWORD``, ``apiKey``, ``Authorization``...) and the value is a credential by
+    the same test a ``key = "value"`` assignment gets in code.
+    """
+    text, counts = scrub_text(value)
+    name = _CAMEL.sub("_", key).lower().strip()
+    if not text or "\n" in text or not _FIELD_KEY.search(name):
+        return text, counts
+    scheme = _AUTH_SCHEME.match(text.strip())
+    candidate = scheme.group("credential") if scheme else text.strip()
+    if "REDACTED" not in candidate and _assignment_secret(name, candidate, quoted=True, literal_line=True):
+        kind = "password" if _PASSWORD_WORDS.search(name) else "secret_assignment"
+        counts[kind] += 1
+        text = text.replace(candidate, placeholder(kind))
+    return text, counts

@@ -32,7 +32,7 @@ from typing import Any
 
 from forge_assets.config import SessionSource
 from forge_assets.languages import language_of_path
-from forge_assets.scrub import scrub_text
+from forge_assets.scrub import scrub_field, scrub_text
 
 from .classify import GENERAL, INHERITED, Classification, classifications, classify_exchange
 from .load import load_sources
@@ -58,13 +58,20 @@ class _Scrubber:
         self.counts.update(counts)
         return clean
 
-    def value(self, value: Any) -> Any:
+    def value(self, value: Any, key: str | None = None) -> Any:
+        """A tool argument: strings scrubbed, a string under a secret-named key judged with its key
+        (`{"password": "hunter2"}`), dict keys scrubbed too; nested dicts and lists alike."""
         if isinstance(value, str):
-            return self.text(value)
+            if key is None:
+                return self.text(value)
+            clean, counts = scrub_field(key, value)
+            self.counts.update(counts)
+            return clean
         if isinstance(value, dict):
-            return {k: self.value(v) for k, v in value.items()}
+            return {self.text(k) if isinstance(k, str) else k: self.value(v, k if isinstance(k, str) else None)
+                    for k, v in value.items()}
         if isinstance(value, list):
-            return [self.value(v) for v in value]
+            return [self.value(v, key) for v in value]
         return value
 
 

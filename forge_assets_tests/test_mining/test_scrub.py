@@ -93,3 +93,95 @@ def test_a_megabyte_of_secret_free_code_is_left_unchanged():
             '    value = key_states[0] * 2  # not a secret\n    return {"token": token, "value": value}\n\n') * 6000
     out, counts = scrub_text(code)  # its speed is measured by bench/scrub.py, not here
     assert out == code and not counts
+
+
+# Known-prefix tokens: caught at any length once 16 of the vendor's token characters follow the
+# prefix (ghp_ + 34 included, which the old 36+ rule missed); one short of that, or an identifier
+# that merely starts like a token, stays.
+_B62 = "R8kTz2mXw9QvL4pN7cYb1HsJd6FgA3eU0oWiZq5Vn"  # base62-looking filler, sliced to each length
+_LETTERS = "ZaMzQXLvgEtYQzhQFxYwcOkReFqGZxwGbnPsDu"  # Hugging Face tokens are letters only
+PREFIXED = [
+    ("github_token", "ghp_", _B62[:34]), ("github_token", "ghp_", _B62[:16]), ("github_token", "ghp_", _B62[:36]),
+    ("github_token", "gho_", _B62[:16]), ("github_token", "ghu_", _B62[:20]), ("github_token", "ghs_", _B62[:36]),
+    ("github_token", "ghr_", _B62[:16]),
+    ("github_token", "github_pat_", "11ABCDEFG0" + _B62[:6]),
+    ("github_token", "github_pat_", "11ABCDEFG0123456789_" + _B62[:30] + _B62[:29]),
+    ("gitlab_token", "glpat-", "xR4-" + _B62[:12]), ("gitlab_token", "glpat-", _B62[:20]),
+    ("openai_key", "sk-", _B62[:16]), ("openai_key", "sk-", _B62[:40] + _B62[:8]),
+    ("openai_key", "sk-proj-", _B62[:16]), ("openai_key", "sk-proj-", "Zt7Qw2Xr9Lm4Kp8N_v3Bc6Hd1Fg5Js0YtRe-" + _B62),
+    ("slack_token", "xoxb-", "2048-4096-" + _B62[:6]), ("slack_token", "xoxa-", _B62[:16]),
+    ("slack_token", "xoxp-", "1234-5678-" + _B62[:24]), ("slack_token", "xoxr-", _B62[:16]),
+    ("aws_access_key", "AKIA", "Z7QXKW3M9PLR2TUV"), ("aws_access_key", "ASIA", "QWERTYUIOPASDFGH"),
+    ("aws_access_key", "AKIA", "Z7QXKW3M9PLR2TUVW"),
+    ("huggingface_token", "hf_", _LETTERS[:16]), ("huggingface_token", "hf_", _LETTERS[:34]),
+    ("npm_token", "npm_", _B62[:16]), ("npm_token", "npm_", _B62[:36]),
+    ("slack_webhook", "https://hooks.slack.com/services/", "T0123ABCD/B4567EFGH/" + _B62[:24]),
+    ("slack_webhook", "https://hooks.slack.com/services/", "T0123ABCD/B4567EF"),
+    ("slack_webhook", "https://hooks.slack.com/workflows/", "T0123ABCD/A4567EFGH/123/" + _B62[:12]),
+]
+
+
+@pytest.mark.parametrize("kind,prefix,body", PREFIXED, ids=[f"{p}{len(b)}" for _, p, b in PREFIXED])
+@pytest.mark.parametrize("context", ['TOKEN = "{}"\n', "export TOKEN={}\n", "curl -H 'Authorization: token {}' ...", "see {}."])
+def test_prefixed_tokens_are_redacted_at_every_length_from_16(kind, prefix, body, context):
+    token = prefix + body
+    out, counts = scrub_text(context.format(token))
+    assert token not in out and body[:12] not in out
+    assert counts[kind] >= 1 and placeholder(kind) in out
+
+
+# Slack (10+) and AWS ids have rules of their own; sk-proj- + 15 is still sk- + 20, an OpenAI key.
+SHORT = [c for c in PREFIXED if c[0] not in ("slack_token", "slack_webhook", "aws_access_key") and c[1] != "sk-proj-"]
+
+
+@pytest.mark.parametrize("kind,prefix,body", SHORT, ids=[f"{p}{len(b)}" for _, p, b in SHORT])
+def test_fifteen_characters_after_a_prefix_are_not_a_token(kind, prefix, body):
+    text = f"see {prefix}{body[:15]}."
+    out, counts = scrub_text(text)
+    assert counts[kind] == 0
+
+
+@pytest.mark.parametrize("code", [
+    "items = task-list-renderer-component-v2",  # sk- inside a word
+    "result = risk-0123456789abcdefghij",
+    "from huggingface_hub import hf_hub_download",
+    "path = hf_hub_download(repo_id, filename)",
+    "cache = os.environ['npm_config_cache']",
+    "npm_package_version_1234567890",
+    "pip install sk-learn-compatibility-shim-layer",  # words after sk-, no digit or mixed case in a long run
+    "hf_transformersmodelcachepath = 1",  # one long lower-case word
+    "name = 'ghp_placeholder_token_value_here'",  # underscores cut the run short: ghp_placeholder is 11
+    "ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",  # a documentation mask
+    "docs: the ghp_ prefix marks a personal access token; sk- marks OpenAI keys",
+    "ASIA_PACIFIC_REGION_CODES = ['ap-south-1']",
+    "glpat-documentation-example",
+    "see https://hooks.slack.com/services/ for setup",
+])
+def test_identifiers_that_start_like_tokens_are_left_alone(code):
+    out, counts = scrub_text(code)
+    assert out == code, counts
+    assert sum(counts.values()) == 0
+
+
+@pytest.mark.parametrize("key,value,secret", [
+    ("password", "Tr0ub4dor&3xyzzy-plugh", "Tr0ub4dor&3xyzzy-plugh"),
+    ("DB_PASSWORD", "hunter2-db", "hunter2-db"),
+    ("apiKey", "f3a9c1e7b5d24f6890ab1cd2ef34a5b6", "f3a9c1e7b5d24f6890ab1cd2ef34a5b6"),
+    ("Authorization", "Bearer Zk8Qw2Xr9Lm4Kp8Nv3Bc6Hd1", "Zk8Qw2Xr9Lm4Kp8Nv3Bc6Hd1"),
+    ("command", "export GITHUB_TOKEN=ghp_" + _B62[:34], "ghp_" + _B62[:34]),
+])
+def test_a_field_is_judged_with_its_key(key, value, secret):
+    from forge_assets.scrub import scrub_field
+
+    out, counts = scrub_field(key, value)
+    assert secret not in out and sum(counts.values()) >= 1
+
+
+@pytest.mark.parametrize("key,value", [
+    ("filePath", "/home/dev/app/settings.py"), ("token", "input_ids"), ("max_tokens", "512"), ("bypass", "yes-please"),
+    ("password", "${DB_PASSWORD}"), ("auth", "none"), ("description", "rotate the password"),
+])
+def test_fields_that_are_not_secrets_stay(key, value):
+    from forge_assets.scrub import scrub_field
+
+    assert scrub_field(key, value) == (value, Counter())
