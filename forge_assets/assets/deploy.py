@@ -27,8 +27,8 @@ def deployment(context: AssetExecutionContext, forge: ForgeResource):
     tag = f"{d.tag_prefix}-{language}:{model.version[:12]}"
     state_dir = store.folder("deployment", language)
     key = input_key(gguf=model.version, deploy=d.model_dump(), code=CODE_VERSION)
-    running = llama_server.read_state(state_dir) if d.target == "llama-server" else None
-    if (art := store.reusable("deployment", language, key)) is not None and (d.target == "ollama" or (running and llama_server.alive(running["pid"]) and running["tag"] == tag)):
+    # Reused only while the stable endpoint really answers with this tag (a dead server is redeployed).
+    if (art := store.reusable("deployment", language, key)) is not None and (d.target == "ollama" or llama_server.serving(state_dir, tag)):
         context.log.info(f"{tag} is already deployed and answering; nothing to do.")
         return materialized(art, _figures(json.loads((art.path / "deployment.json").read_text())), reused=True)
     if d.target == "llama-server":

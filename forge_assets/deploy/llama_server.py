@@ -1,15 +1,30 @@
-"""llama.cpp's OpenAI-compatible server (llama-cpp-python[server]), run by Forge on 127.0.0.1.
+"""llama.cpp's OpenAI-compatible server (llama-cpp-python[server]) behind a Forge router: blue-green deploys.
 
-A deploy stops the language's running server, starts one on the new GGUF and smoke-tests it; if
-the new one fails, the previous GGUF is served again, so a failed run never loses a deployment.
+Each language has a stable endpoint ``http://<deploy.host>:<its port>/v1``, served by a tiny Forge router
+(``router.py``) that forwards every new connection to the llama.cpp server named in ``route.json``. A deploy
+
+1. starts a llama.cpp server for the new GGUF on a free loopback port and smoke-tests it there
+   (``/v1/models`` lists the tag, ``/v1/chat/completions`` answers);
+2. atomically re-points ``route.json`` at it (starting the router if none runs on the port, or a new one when
+   ``deploy.port`` moved it) and checks the new tag answers through the stable endpoint;
+3. records the new deployment (the tag moves), then stops the old server (and old router) once their open
+   connections have drained, or after ``drain_timeout`` seconds.
+
+If any step fails, the new server is stopped, the route is put back and the old server keeps serving: clients
+see no gap. Every process is recorded with its pid, start time and command-line marker (``procs.py``), and is
+only ever signalled while it still matches that record.
+
+Files in ``state_dir`` (``<artifact_root>/deployment/<language>``): ``server.json`` (the deployment),
+``route.json`` (the router's upstream), ``server.log`` and ``router.log``.
 """
 
 from __future__ import annotations
 
+import calendar
 import contextlib
+import fcntl
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,11 +33,18 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
+
+from forge_assets.deploy import procs
+
 STATE = "server.json"
+ROUTE = "route.json"
+UPSTREAM_HOST = "127.0.0.1"  # llama.cpp servers listen on loopback only; clients reach them through the router
+ROUTER_SCRIPT = Path(__file__).with_name("router.py")
 
 
 class DeployError(RuntimeError):
-    """A model could not be served; the message says what failed and where the log is."""
+    """A model could not be served; the message says what failed, what still serves, and where the log is."""
 
 
 def _http(method: str, url: str, body: dict | None = None, timeout: float = 60.0) -> dict:
@@ -32,8 +54,13 @@ def _http(method: str, url: str, body: dict | None = None, timeout: float = 60.0
         return json.loads(resp.read().decode() or "{}")
 
 
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+
+
 def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
@@ -42,53 +69,119 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def alive(pid: int) -> bool:
+def _free_port(host: str = UPSTREAM_HOST) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _busy(host: str, port: int) -> str:
+    return f"port {port} on {host} is in use by {procs.describe(procs.listener(host, port))}"
+
+
+def alive(proc: int | dict | None) -> bool:
+    """Whether a process runs: a record from server.json (pid, start time, marker: checked to be the very
+    process Forge started), or a bare pid (only checked to exist and not be a zombie)."""
+    if isinstance(proc, dict) or proc is None:
+        return procs.alive(proc)
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
+        return psutil.Process(proc).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return True
 
 
 def read_state(state_dir: Path) -> dict | None:
-    """The running server's record (pid, port, tag, gguf), or None."""
+    """The language's deployment record (tag, gguf, endpoint, pid, the router and server records), or None."""
     p = state_dir / STATE
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _write_state(state_dir: Path, state: dict) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / f".{STATE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, state_dir / STATE)
+    _atomic_write(state_dir / STATE, json.dumps(state, indent=2))
+
+
+def _server_record(state: dict | None) -> dict | None:
+    """The llama.cpp server's identity record; synthesized for records written before Forge kept start times."""
+    if not state:
+        return None
+    if "server" in state:
+        return state["server"]
+    started = state.get("started_at")
+    before = calendar.timegm(time.strptime(started, "%Y-%m-%dT%H:%M:%SZ")) + 2 if started else None
+    return {"pid": state.get("pid"), "create_time": None, "started_before": before,
+            "marker": ["llama_cpp.server", str(state.get("port"))], "what": f"llama.cpp server for {state.get('tag')}"}
+
+
+def _records(state: dict) -> list[dict]:
+    """Every process the state names: the router first (so clients are refused, not half-served), then servers."""
+    recs = [state.get("router"), _server_record(state), *(state.get("retiring") or [])]
+    return [r for r in recs if r]
+
+
+def _log_tail(log_path: Path, offset: int) -> str:
+    with contextlib.suppress(OSError):
+        with open(log_path, "rb") as fh:
+            fh.seek(offset)
+            lines = [ln.strip() for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "Error" in ln or "error" in ln or "failed" in ln.lower()]
+        return (errors or lines or [""])[-1][:300]
+    return ""
 
 
 def start(gguf: Path, tag: str, host: str, port: int, log_path: Path, n_ctx: int = 2048, timeout: float = 120.0) -> dict:
-    """Start a detached llama.cpp server for gguf as model `tag`; wait until it answers /v1/models."""
+    """Start a detached llama.cpp server for gguf as model `tag`; wait until it answers /v1/models.
+
+    Returns its record (pid, port, endpoint, tag, gguf, log, and `process`: the identity record for stopping it).
+    """
     if not port_free(host, port):
-        raise DeployError(f"port {port} on {host} is in use by another program. Fix: free it or set deploy.port in forge.yaml.")
+        raise DeployError(f"{_busy(host, port)}. Fix: stop that program, or set deploy.port in forge.yaml to a free port.")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", tag,
            "--host", host, "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "2"]
     with open(log_path, "ab") as log:
+        log.write(f"\n=== forge: {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {tag} from {gguf} on {host}:{port}\n".encode())
+        log.flush()
+        offset = log.tell()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    endpoint = f"http://{host}:{port}/v1"
+    what = f"llama.cpp server for {tag}"
+    try:
+        record = {**procs.record(proc.pid, ["llama_cpp.server", str(gguf), tag, str(port)], what), "port": port}
+    except psutil.NoSuchProcess:
+        record = None
+    endpoint = f"http://{_connect_host(host)}:{port}/v1"
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise DeployError(f"llama.cpp server for {gguf.name} exited with code {proc.returncode} while starting. See {log_path}.")
+            raise DeployError(f"llama.cpp could not serve {gguf.name} as {tag}: the server exited with code {proc.returncode} "
+                              f"while loading it ({_log_tail(log_path, offset) or 'no output'}). See {log_path}.")
         with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
             models = _http("GET", f"{endpoint}/models", timeout=2)
             if any(m.get("id") == tag for m in models.get("data", [])):
                 return {"pid": proc.pid, "host": host, "port": port, "endpoint": endpoint, "tag": tag, "gguf": str(gguf),
-                        "log": str(log_path), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        time.sleep(0.3)
-    stop_pid(proc.pid)
+                        "log": str(log_path), "log_offset": offset, "process": record,
+                        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        time.sleep(0.2)
+    procs.terminate(record)
     raise DeployError(f"llama.cpp server for {gguf.name} did not answer on {endpoint} within {timeout:.0f}s. See {log_path}.")
+
+
+def _start_upstream(gguf: Path, tag: str, log_path: Path, n_ctx: int, timeout: float) -> dict:
+    """start() on a free loopback port, trying another port if the chosen one was taken meanwhile."""
+    for attempt in range(3):
+        port = _free_port()
+        try:
+            return start(gguf, tag, UPSTREAM_HOST, port, log_path, n_ctx=n_ctx, timeout=timeout)
+        except DeployError as exc:
+            if attempt == 2 or ("in use" not in str(exc) and "address already in use" not in str(exc).lower()):
+                raise
+    raise AssertionError("unreachable")
 
 
 def smoke_chat(endpoint: str, tag: str, prompt: str = "Write a hello world function.", max_tokens: int = 16) -> dict:
@@ -105,48 +198,206 @@ def smoke_chat(endpoint: str, tag: str, prompt: str = "Write a hello world funct
             "completion_tokens": (out.get("usage") or {}).get("completion_tokens")}
 
 
-def stop_pid(pid: int, grace: float = 10.0) -> None:
-    """Stop a server process group: SIGTERM, then SIGKILL after grace seconds."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.time() + grace
-    while time.time() < deadline and alive(pid):
+def start_router(host: str, port: int, route: Path, log_path: Path, timeout: float = 15.0) -> dict:
+    """Start a detached Forge router on host:port forwarding to the upstream in `route`; return its record."""
+    if not port_free(host, port):
+        raise DeployError(f"{_busy(host, port)}. Fix: stop that program, or set deploy.port in forge.yaml to a free port "
+                          "(Forge then re-assigns every language's port from it; see deployment/ports.json).")
+    cmd = [sys.executable, str(ROUTER_SCRIPT), "--host", host, "--port", str(port), "--route", str(route)]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                cwd="/")
+    rec = {**procs.record(proc.pid, [str(ROUTER_SCRIPT), str(route), str(port)], f"Forge router on {host}:{port}"),
+           "host": host, "port": port, "log": str(log_path)}
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise DeployError(f"the Forge router could not listen on {host}:{port} (exit code {proc.returncode}; "
+                              f"{_log_tail(log_path, 0)}). See {log_path}.")
+        with contextlib.suppress(psutil.Error):
+            p = psutil.Process(proc.pid)
+            conns = p.net_connections(kind="tcp") if hasattr(p, "net_connections") else p.connections(kind="tcp")
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns):
+                return rec
+        time.sleep(0.05)
+    procs.terminate(rec)
+    raise DeployError(f"the Forge router did not listen on {host}:{port} within {timeout:.0f}s. See {log_path}.")
+
+
+def _write_route(route: Path, upstream: dict) -> None:
+    _atomic_write(route, json.dumps({"host": upstream["host"], "port": upstream["port"], "tag": upstream["tag"],
+                                     "pid": upstream["pid"]}))
+
+
+def _through(endpoint: str, tag: str, timeout: float = 15.0) -> None:
+    """Wait until the stable endpoint lists tag (the router forwards to the new server)."""
+    deadline, last = time.time() + timeout, "no answer"
+    while time.time() < deadline:
+        try:
+            ids = [m.get("id") for m in _http("GET", f"{endpoint}/models", timeout=5).get("data", [])]
+            if tag in ids:
+                return
+            last = f"it lists {ids}"
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            last = str(exc)
         time.sleep(0.1)
-    if alive(pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+    raise DeployError(f"{endpoint}/models did not list {tag} through the Forge router within {timeout:.0f}s ({last}).")
+
+
+@contextlib.contextmanager
+def _deploy_lock(state_dir: Path):
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / ".deploy.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _still_serving(previous: dict | None) -> str:
+    if not previous:
+        return "Nothing was deployed before, so nothing serves this language."
+    router, server = previous.get("router"), _server_record(previous)
+    if procs.alive(server) and (router is None or procs.alive(router)):
+        return f"The previous deployment {previous['tag']} keeps serving on {previous['endpoint']}."
+    return f"The previous deployment {previous['tag']} was not running either; nothing serves {previous['endpoint']}."
+
+
+def deploy(gguf: Path, tag: str, host: str, port: int, state_dir: Path, *, n_ctx: int = 2048,
+           drain_timeout: float = 30.0, start_timeout: float = 120.0) -> dict:
+    """Serve gguf as tag on the stable endpoint http://host:port/v1, replacing the previous server only once
+    the new one has answered; returns the state (endpoint, tag, pid, smoke, router, server …)."""
+    with _deploy_lock(state_dir):
+        return _deploy(Path(gguf), tag, host, port, state_dir, n_ctx, drain_timeout, start_timeout)
+
+
+def _deploy(gguf: Path, tag: str, host: str, port: int, state_dir: Path, n_ctx: int, drain_timeout: float,
+            start_timeout: float) -> dict:
+    previous = read_state(state_dir)
+    prev_server, prev_router = _server_record(previous), (previous or {}).get("router")
+    route = state_dir / ROUTE
+    endpoint = f"http://{host}:{port}/v1"
+    keep_router = procs.alive(prev_router) and prev_router.get("host") == host and prev_router.get("port") == port
+    # A deployment made before the router existed has its server listening on the stable port itself.
+    legacy_on_port = previous is not None and prev_router is None and previous.get("port") == port and procs.alive(prev_server)
+    if not keep_router and not legacy_on_port and not port_free(host, port):
+        raise DeployError(f"cannot serve {tag} on {endpoint}: {_busy(host, port)}. Fix: stop that program, or set deploy.port "
+                          "in forge.yaml to a free port (Forge then re-assigns every language's port from it; see "
+                          f"deployment/ports.json). {_still_serving(previous)}")
+
+    # 1. the new server, on a free loopback port, proven directly
+    try:
+        new = _start_upstream(gguf, tag, state_dir / "server.log", n_ctx, start_timeout)
+    except DeployError as exc:
+        raise DeployError(f"{exc} {_still_serving(previous)}") from None
+    try:
+        smoke = smoke_chat(new["endpoint"], tag)
+    except DeployError as exc:
+        procs.terminate(new["process"])
+        raise DeployError(f"{exc} See {new['log']}. {_still_serving(previous)}") from None
+
+    # 2. new connections go to it; the stable endpoint must list the new tag
+    old_route = route.read_text() if route.is_file() else None
+    _write_route(route, new)
+    router = prev_router if keep_router else None
+    try:
+        if router is None:
+            if legacy_on_port:  # once, when upgrading from a deployment without a router: a short gap
+                procs.terminate(prev_server)
+            router = start_router(host, port, route, state_dir / "router.log")
+        _through(endpoint, tag)
+    except DeployError as exc:
+        if old_route is not None:
+            _atomic_write(route, old_route)
+        else:
+            route.unlink(missing_ok=True)
+        if router is not None and router is not prev_router:
+            procs.terminate(router)
+        procs.terminate(new["process"])
+        raise DeployError(f"{exc} {_still_serving(previous)}") from None
+
+    # 3. the tag moves; then the old server (and the old router, if the port moved) stop once drained
+    retiring = [r for r in ((prev_router if router is not prev_router else None), prev_server, *((previous or {}).get("retiring") or []))
+                if r and procs.alive(r)]
+    state = {"tag": tag, "gguf": str(gguf), "host": host, "port": port, "endpoint": endpoint, "pid": new["pid"],
+             "upstream": {"host": new["host"], "port": new["port"], "endpoint": new["endpoint"]},
+             "log": new["log"], "router": router, "server": new["process"], "started_at": new["started_at"],
+             "smoke": smoke, "retiring": retiring}
+    _write_state(state_dir, state)
+    retired = []
+    if retiring:
+        time.sleep(0.3)  # a connection the router accepted just before the switch reaches the old server first
+    for rec in retiring:
+        drained = procs.drain(rec, drain_timeout)
+        note = procs.terminate(rec)
+        retired.append(note if drained else f"{note} after {drain_timeout:.0f}s with connections still open")
+    state.pop("retiring")
+    _write_state(state_dir, state)
+    return {**state, "retired": retired}
 
 
 def stop(state_dir: Path) -> dict | None:
-    """Stop the language's server if one runs; return the record of what was stopped."""
+    """Stop the language's router and llama.cpp server(s) if they are still the processes Forge started.
+
+    A dead pid, or a pid now used by another program, is not signalled; the state is cleared either way.
+    Returns the state that was cleared with `messages` (one sentence per process), or None if nothing was recorded.
+    """
     state = read_state(state_dir)
     if state is None:
         return None
-    if alive(state["pid"]):
-        stop_pid(state["pid"])
+    messages = [procs.terminate(rec) for rec in _records(state)]
     (state_dir / STATE).unlink(missing_ok=True)
-    return state
+    (state_dir / ROUTE).unlink(missing_ok=True)
+    return {**state, "messages": messages}
 
 
-def deploy(gguf: Path, tag: str, host: str, port: int, state_dir: Path) -> dict:
-    """Serve gguf as tag on host:port, replacing the language's previous server only if the new one works."""
-    previous = read_state(state_dir)
-    if previous and alive(previous["pid"]):
-        stop_pid(previous["pid"])
-    log_path = state_dir / "server.log"
+def health(state_dir: Path, timeout: float = 5.0) -> dict:
+    """Check the language's stable endpoint over HTTP: GET /v1/models must answer and list the deployed tag.
+
+    Returns ``{"ok": bool, "health": "up" | "down: <why>", "endpoint", "tag", "models", "router", "server"}``.
+    """
+    state = read_state(state_dir)
+    if state is None:
+        return {"ok": False, "health": f"down: no llama.cpp deployment is recorded in {state_dir} (deploy with `forge run`)",
+                "endpoint": None, "tag": None, "models": []}
+    endpoint, tag = state["endpoint"], state["tag"]
+    where = f"{state['host']}:{state['port']}"
+    out = {"endpoint": endpoint, "tag": tag, "models": []}
     try:
-        state = start(gguf, tag, host, port, log_path)
-        try:
-            state["smoke"] = smoke_chat(state["endpoint"], tag)
-        except DeployError:
-            stop_pid(state["pid"])
-            raise
-    except DeployError as exc:
-        if previous and Path(previous["gguf"]).is_file():  # put the last good model back
-            restored = start(Path(previous["gguf"]), previous["tag"], previous["host"], previous["port"], log_path)
-            _write_state(state_dir, {**previous, **restored})
-            raise DeployError(f"{exc} The previous deployment {previous['tag']} is serving again.") from None
-        (state_dir / STATE).unlink(missing_ok=True)
-        raise
-    _write_state(state_dir, state)
-    return state
+        ids = [m.get("id") for m in _http("GET", f"{endpoint}/models", timeout=timeout).get("data", [])]
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:300]
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            detail = json.loads(detail)["error"]["message"]
+        why = f"HTTP {exc.code} on {where} ({detail})"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, ConnectionRefusedError):
+            why = f"connection refused on {where}"
+        elif isinstance(reason, (TimeoutError, socket.timeout)):
+            why = f"no answer within {timeout:.0f}s on {where}"
+        else:
+            why = f"{reason} on {where}"
+    else:
+        out["models"] = ids
+        if tag in ids:
+            return {**out, "ok": True, "health": "up", "router": "running", "server": "running"}
+        why = f"{endpoint}/models answers but does not list {tag} (it lists {ids})"
+    notes = []
+    router, server = state.get("router"), _server_record(state)
+    out["router"] = "running" if router is None or procs.alive(router) else procs.verify(router)[1]
+    out["server"] = "running" if procs.alive(server) else procs.verify(server)[1]
+    if router is not None and out["router"] != "running":
+        notes.append(f"the Forge router (pid {router['pid']}) {out['router']}")
+    if out["server"] != "running":
+        notes.append(f"the llama.cpp server for {tag} (pid {server['pid']}) {out['server']}; see {state.get('log')}")
+    fix = "redeploy with `forge run` (or `forge stop` to clear it)"
+    return {**out, "ok": False, "health": f"down: {why}" + (f"; {'; '.join(notes)}" if notes else "") + f". Fix: {fix}."}
+
+
+def serving(state_dir: Path, tag: str) -> bool:
+    """True if the language's stable endpoint answers and lists tag (what the deployment asset may reuse)."""
+    h = health(state_dir)
+    return h["ok"] and h["tag"] == tag

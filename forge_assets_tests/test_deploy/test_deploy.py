@@ -8,17 +8,8 @@ import pytest
 
 from forge_assets.deploy import llama_server, ollama_target
 from forge_assets.deploy.ports import port_for
-from forge_assets.export.gguf_export import convert_to_gguf, quantize
 from forge_assets_tests.conftest import free_port
 from forge_assets_tests.test_deploy.ollama_double import OllamaTestDouble
-
-
-@pytest.fixture(scope="module")
-def q8_gguf(tiny_model: Path, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("q8")
-    convert_to_gguf(tiny_model, folder / "f32.gguf", "F32")
-    quantize(folder / "f32.gguf", folder / "model-Q8_0.gguf", "Q8_0")
-    return folder / "model-Q8_0.gguf"
 
 
 def _chat(endpoint: str, tag: str) -> dict:
@@ -48,7 +39,7 @@ def test_failed_redeploy_restores_the_previous_model(q8_gguf: Path, tmp_path: Pa
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\x00" * 64)
     try:
-        with pytest.raises(llama_server.DeployError, match="previous deployment forge-python:good is serving again"):
+        with pytest.raises(llama_server.DeployError, match="previous deployment forge-python:good keeps serving"):
             llama_server.deploy(broken, "forge-python:bad", "127.0.0.1", port, tmp_path)
         state = llama_server.read_state(tmp_path)
         assert state["tag"] == "forge-python:good" and llama_server.alive(state["pid"])
@@ -103,3 +94,16 @@ def test_ollama_failure_keeps_previous_tags(q8_gguf: Path, tiny_model: Path, tmp
 def test_ollama_unreachable_is_a_clear_error(q8_gguf: Path, tiny_model: Path):
     with pytest.raises(ollama_target.OllamaDeployError, match="cannot reach Ollama"):
         ollama_target.deploy(q8_gguf, "forge-python:x", tiny_model, f"http://127.0.0.1:{free_port()}")
+
+
+def test_ollama_smoke_failure_leaves_latest_untouched(q8_gguf: Path, tiny_model: Path, tmp_path: Path):
+    broken = tmp_path / "model-Q8_0.gguf"
+    broken.write_bytes(q8_gguf.read_bytes()[: q8_gguf.stat().st_size // 2])  # Ollama accepts the blob; loading it fails
+    with OllamaTestDouble(tmp_path) as ollama:
+        ollama_target.deploy(q8_gguf, "forge-python:one", tiny_model, ollama.host, latest_tag="forge-python:latest")
+        with pytest.raises(ollama_target.OllamaDeployError, match="failed the smoke-test chat for forge-python:two.*forge-python:latest and the other existing tags are untouched"):
+            ollama_target.deploy(broken, "forge-python:two", tiny_model, ollama.host, latest_tag="forge-python:latest")
+        assert ollama.models["forge-python:latest"]["digest"] == ollama.models["forge-python:one"]["digest"]
+        assert "forge-python:two" not in ollama.models  # the unproven tag was deleted again
+        assert ollama_target.health(ollama.host, "forge-python:latest")["health"] == "up"
+        assert ollama_target.health(ollama.host, "forge-python:two")["health"].startswith("down: Ollama at")

@@ -1,0 +1,138 @@
+"""Processes Forge started, recorded so that Forge never signals a process it did not start.
+
+A record is ``{"pid", "create_time", "marker", "what"}``: the pid, the process's start time as psutil reports it,
+and command-line arguments that only that process has (the module it runs, its port, its route file). Before any
+signal the live process at that pid must match all three; a dead pid, a zombie, or a pid the kernel has since given
+to another program is reported and left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import psutil
+
+CREATE_TIME_TOLERANCE = 0.05  # seconds; psutil derives it from boot time + clock ticks, stable for one process
+
+
+def record(pid: int, marker: list[str], what: str) -> dict:
+    """The identity record of a process this Forge process just started."""
+    return {"pid": pid, "create_time": psutil.Process(pid).create_time(), "marker": list(marker), "what": what}
+
+
+def _reap(pid: int) -> None:
+    """Collect a dead child's exit status so it does not linger as a zombie (no-op for other processes)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def verify(rec: dict | None) -> tuple[psutil.Process | None, str]:
+    """The live process the record names, or None and why not ("is not running", "now belongs to …")."""
+    if not rec or not rec.get("pid"):
+        return None, "has no recorded pid"
+    pid = int(rec["pid"])
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            _reap(pid)
+            return None, "is not running (exited)"
+        created = proc.create_time()
+        cmdline = proc.cmdline()
+        for _ in range(40):  # /proc/<pid>/cmdline reads empty for a moment while the process is still exec'ing
+            if cmdline:
+                break
+            time.sleep(0.025)
+            cmdline = proc.cmdline()
+    except psutil.NoSuchProcess:
+        return None, "is not running"
+    except psutil.AccessDenied:
+        return None, "now belongs to a process of another user; left alone"
+    expected = rec.get("create_time")
+    same_start = expected is not None and abs(created - float(expected)) <= CREATE_TIME_TOLERANCE
+    if expected is None and rec.get("started_before") is not None:  # records written before start times were kept
+        same_start = created <= float(rec["started_before"])
+    same_cmd = all(m in cmdline for m in rec.get("marker") or []) and bool(rec.get("marker"))
+    if same_start and same_cmd:
+        return proc, "is running"
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+    name = " ".join(cmdline)[:80] or proc.name()
+    return None, f"now belongs to another program (`{name}`, started {started}); left alone"
+
+
+def alive(rec: dict | None) -> bool:
+    return verify(rec)[0] is not None
+
+
+def established(proc: psutil.Process) -> int:
+    """How many established TCP connections the process has (requests in flight, or idle keep-alives)."""
+    try:
+        conns = proc.net_connections(kind="tcp") if hasattr(proc, "net_connections") else proc.connections(kind="tcp")
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return 0
+    except psutil.AccessDenied:
+        return 0
+    return sum(1 for c in conns if c.status == psutil.CONN_ESTABLISHED)
+
+
+def drain(rec: dict | None, timeout: float) -> bool:
+    """Wait until the recorded process has no established connections (True), or timeout seconds (False)."""
+    proc, _ = verify(rec)
+    if proc is None:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.is_running() or established(proc) == 0:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def terminate(rec: dict | None, grace: float = 10.0) -> str:
+    """Stop the recorded process if it is still the one Forge started (SIGTERM, SIGKILL after grace seconds).
+
+    Returns a sentence saying what happened; a dead or reused pid is never signalled.
+    """
+    what = (rec or {}).get("what", "process")
+    pid = (rec or {}).get("pid")
+    proc, why = verify(rec)
+    if proc is None:
+        return f"{what} (pid {pid}) {why}"
+    try:
+        children = proc.children(recursive=True)
+        proc.terminate()  # psutil re-checks the start time before it signals
+        try:
+            proc.wait(grace)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+    except psutil.NoSuchProcess:
+        pass
+    _reap(int(pid))
+    return f"stopped {what} (pid {pid})"
+
+
+def listener(host: str, port: int) -> psutil.Process | None:
+    """The process listening on host:port, where the system lets us see it."""
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for c in conns:
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.laddr.ip in (host, "0.0.0.0", "::"):
+            if c.pid:
+                with contextlib.suppress(psutil.Error):
+                    return psutil.Process(c.pid)
+    return None
+
+
+def describe(proc: psutil.Process | None) -> str:
+    if proc is None:
+        return "another program"
+    with contextlib.suppress(psutil.Error):
+        return f"pid {proc.pid} (`{' '.join(proc.cmdline())[:100] or proc.name()}`)"
+    return f"pid {proc.pid}"
