@@ -1,6 +1,6 @@
 """Benchmark: Forge's mining pipeline and its de-duplication against a plain datasketch baseline.
 
-    python bench/mining.py REPO_PATH... [--workers N] [--max-commits N] [--languages python,go]
+    python bench/mining.py [REPO_PATH...] [--workers N] [--max-commits N] [--languages python,go]
 
 Runs the whole Forge pipeline (snapshot, mining, de-duplication, decontamination, split) over the
 given git repositories, and in the same run de-duplicates the very same candidate samples twice:
@@ -32,11 +32,12 @@ from forge_assets.mining.snapshot import take_snapshot  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("repos", nargs="+", help="paths of local git repositories")
+    ap.add_argument("repos", nargs="*", help="paths of local git repositories (default: this repository)")
     ap.add_argument("--workers", type=int, default=0, help="processes (0: one per CPU, at most 4)")
     ap.add_argument("--max-commits", type=int, default=1000)
     ap.add_argument("--languages", default="", help="comma-separated languages (default: all found)")
     args = ap.parse_args(argv)
+    args.repos = args.repos or [str(Path(__file__).resolve().parents[1])]
     cfg = MiningConfig(workers=args.workers, max_commits=args.max_commits)
 
     t = time.perf_counter()

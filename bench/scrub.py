@@ -1,6 +1,6 @@
 """Benchmark: Forge's secret scrubber against plain detect-secrets line scanning, on the same files.
 
-    python bench/scrub.py REPO_PATH... [--max-files N]
+    python bench/scrub.py [REPO_PATH...] [--max-files N]
 
 - forge: ``forge_assets.scrub.scrub_text`` over each file (needle-gated patterns, then
   detect-secrets plugins only on candidate lines);
@@ -59,9 +59,10 @@ def baseline(texts: list[str]) -> tuple[list[str], int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("repos", nargs="+")
+    ap.add_argument("repos", nargs="*", help="paths of local git repositories (default: this repository)")
     ap.add_argument("--max-files", type=int, default=3000)
     args = ap.parse_args()
+    args.repos = args.repos or [str(Path(__file__).resolve().parents[1])]
     texts = corpus(args.repos, args.max_files)
     t0 = time.perf_counter()
     forge_found = sum(sum(scrub_text(t)[1].values()) for t in texts)
