@@ -578,7 +578,11 @@ def assemble(m: Mined, cfg: MiningConfig) -> Dataset:
     for s in samples:
         if s.group not in origins or (s.time is not None and (origins[s.group] is None or s.time > origins[s.group])):
             origins[s.group] = s.time
-    plan = plan_splits(origins, cfg.test_fraction, cfg.valid_fraction, cfg.seed)
+    weights = Counter(s.group for s in samples)
+    kinds_of: dict[str, set[str]] = {}
+    for s in samples:
+        kinds_of.setdefault(s.group, set()).add(s.kind)
+    plan = plan_splits(origins, cfg.test_fraction, cfg.valid_fraction, cfg.seed, weights=weights, kinds=kinds_of)
     split_of = [plan.split_of[s.group] for s in samples]
 
     # Test-overlap decontamination: train/valid samples sharing a non-boilerplate 13-gram with test go.
@@ -644,7 +648,8 @@ def assemble(m: Mined, cfg: MiningConfig) -> Dataset:
             "skipped": dict(sorted(commit_skips.items())),
         },
         "split": {
-            "method": "time: the newest origins (a file with its history, by its last commit; a session) are test",
+            "method": "time: the newest origins (a file with its history, by its last commit; a session) are test, "
+                      "up to test_fraction of the samples; an origin too large to fit stays in train",
             "origins": len(origins),
             "test_since": _dt.datetime.fromtimestamp(plan.test_since, _dt.timezone.utc).isoformat() if plan.test_since else None,
             "test_fraction": cfg.test_fraction, "valid_fraction": cfg.valid_fraction,
@@ -699,8 +704,10 @@ def dataset_card(dataset: Dataset) -> str:
         _table({name: s.get(f"{name}_samples", 0) for name in SPLITS}, ("split", "samples")),
         f"Approximate tokens (words and punctuation, no tokenizer): {s.get('approx_tokens', 0):,}.",
         "",
-        f"The test split holds the newest changes (origins touched since {split.get('test_since') or 'n/a'}): "
-        "evaluation measures generalisation to future code. Validation is a seeded draw from the rest.",
+        f"The test split holds the newest changes (origins touched since {split.get('test_since') or 'n/a'}), "
+        "`test_fraction` of the samples; a file whose history alone is larger than that stays whole in train: "
+        "evaluation measures generalisation to future code. Validation is a seeded draw of `valid_fraction` of the "
+        "samples from the rest. Every sample kind with three or more origins appears in each split.",
         "",
         "## Sample kinds",
         "",

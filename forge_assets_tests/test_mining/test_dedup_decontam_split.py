@@ -103,3 +103,40 @@ def test_tiny_corpora_keep_train_non_empty():
     assert plan.split_of == {"only": "train"}
     plan = plan_splits({"a": 1, "b": 2, "c": 3}, 0.1, 0.1, 0)
     assert sorted(plan.split_of.values()) == ["test", "train", "valid"] and plan.split_of["c"] == "test"
+
+
+def _shares(plan, weights):
+    total = sum(weights.values())
+    return {name: sum(w for k, w in weights.items() if plan.split_of[k] == name) / total for name in ("train", "valid", "test")}
+
+
+def test_fractions_are_of_samples_when_the_newest_files_are_the_busiest():
+    # As in real repositories: the most recently touched files have the most history (samples).
+    import random
+
+    rng = random.Random(7)
+    origins = {f"f{i}": 1_000_000 + i for i in range(150)}
+    weights = {f"f{i}": int(1 + (i / 150) ** 3 * 300 * rng.random()) for i in range(150)}
+    weights["f149"] = 900  # one huge, newest file: alone more than test_fraction of all samples
+    kinds = {k: {"code", "instruction"} | ({"fim"} if i % 20 == 0 else set()) | ({"commit"} if i % 2 else set())
+             for i, k in enumerate(origins)}
+    plan = plan_splits(origins, 0.1, 0.1, seed=0, weights=weights, kinds=kinds)
+    unweighted = plan_splits(origins, 0.1, 0.1, seed=0)
+    assert _shares(unweighted, weights)["test"] > 0.25  # counting origins: what the old split did
+    shares = _shares(plan, weights)
+    assert abs(shares["test"] - 0.1) <= 0.03 and abs(shares["valid"] - 0.1) <= 0.03, shares
+    assert plan.split_of["f149"] == "train"  # too big to hold out: it stays whole in train
+    test = [int(k[1:]) for k, v in plan.split_of.items() if v == "test" and "fim" not in kinds[k]]
+    assert min(test) >= 100  # still the newest changes (but for the origin brought in to hold a FIM sample)
+    for name in ("train", "valid", "test"):
+        held = set().union(*(kinds[k] for k, v in plan.split_of.items() if v == name))
+        assert held == {"code", "instruction", "fim", "commit"}, (name, held)  # every kind represented
+
+
+def test_a_kind_missing_from_test_is_brought_in_from_train():
+    origins = {f"f{i}": 100 + i for i in range(30)}
+    kinds = {k: {"code"} for k in origins} | {"f0": {"code", "fim"}, "f1": {"code", "fim"}, "f2": {"code", "fim"}}
+    plan = plan_splits(origins, 0.1, 0.1, seed=0, weights={k: 1 for k in origins}, kinds=kinds)
+    fim_splits = sorted(plan.split_of[k] for k in ("f0", "f1", "f2"))
+    assert "test" in fim_splits and "train" in fim_splits
+    assert plan.test_since == 127  # the time cut is the newest-first fill's, not the moved origin's
