@@ -12,7 +12,7 @@ from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
 from forge_assets.training.base_model import model_folder
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: PEFT trains on fitted, loss-masked, packed samples
 
 
 @asset(partitions_def=language_partitions, group_name="training", deps=["dataset", "base_model"], code_version=CODE_VERSION, pool="train")
@@ -48,4 +48,7 @@ def _figures(result: dict) -> dict:
         "training_seconds": result["seconds"],
         "loss_curve": MetadataValue.json({"step": [s for s, _ in curve], "loss": [l for _, l in curve]}),
         "promoted": False,  # until eval_scores' gate passes
+        # PEFT's packing figures (absent for mlx-lm, which trains on its own padded batches)
+        **{k: result[k] for k in ("train_on", "packing_efficiency", "token_coverage", "epochs_run", "trained_tokens",
+                                  "trained_tokens_per_second", "fim_trimmed", "samples_split") if result.get(k) is not None},
     }

@@ -1,0 +1,288 @@
+"""Dataset texts as training examples that fit `seq_len`, with loss masks, packed without cross-contamination.
+
+Each dataset record's `text` is one of three shapes (written by `mining/`):
+
+- FIM: ``[head]<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>M<|endoftext|>`` (PSM), or
+  ``[head]<|fim_prefix|><|fim_suffix|>S<|fim_middle|>PM<|endoftext|>`` (SPM);
+- chat (instruction, commit, code change, synthetic, session): ChatML messages ending with ``<|endoftext|>``;
+- code: ``[head]code<|endoftext|>``; head is ``<|repo_name|>repo\\n<|file_sep|>path\\n``.
+
+`encode` turns one text into examples of at most `seq_len` tokens, each with labels (-100 = no loss):
+
+- FIM keeps the middle and its end token whole and trims the prefix from the left and the suffix from the
+  right, within a *token* budget, so ``<|fim_middle|>`` and the middle are always inside the window;
+- chat is cut between exchanges (an exchange starts at a user turn that follows an assistant turn); an
+  exchange that alone is longer than `seq_len` is dropped, never cut mid-answer;
+- code is cut between lines, each piece keeping the head.
+
+With ``train_on="completions"`` the loss covers assistant answers with their ``<|im_end|>``, the FIM middle
+with its ``<|endoftext|>``, and code (not its head); with ``"all"`` every token but padding.
+
+`pack` places examples into rows of at most `seq_len` tokens (first-fit decreasing). Position ids restart
+at 0 for every example, and the first label of each is -100, so with ``attention_mask=None`` transformers
+builds a block-diagonal causal mask from the position ids (``masking_utils.find_packed_sequence_indices``):
+attention never crosses examples, and neither does the loss. This module imports no torch and no Dagster.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from forge_assets.chat import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END, IM_START, SPECIAL_TOKENS
+
+IGNORE = -100
+_SPECIAL = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
+_HEAD = re.compile(r"^(<\|repo_name\|>[^\n]*\n)?(<\|file_sep\|>[^\n]*\n)?")
+
+
+@dataclass
+class Example:
+    """One training sequence: token ids and labels (IGNORE where no loss is taken)."""
+
+    ids: list[int]
+    labels: list[int]
+
+    @property
+    def trained(self) -> int:
+        return sum(1 for x in self.labels[1:] if x != IGNORE)  # the first label never counts in a packed row
+
+
+@dataclass
+class Encoded:
+    """A whole split encoded: its examples and what fitting did."""
+
+    examples: list[Example] = field(default_factory=list)
+    source_tokens: int = 0  # tokens of the texts as written
+    kept_tokens: int = 0  # tokens that made it into examples
+    lost_tokens: int = 0  # source tokens in no example: trimmed FIM context, dropped pieces
+    dropped: Counter = field(default_factory=Counter)  # pieces left out, by reason
+    split: int = 0  # texts cut into more than one example
+    trimmed: int = 0  # FIM samples whose context was trimmed
+
+
+class Tok:
+    """Tokenizes text pieces; special tokens always map to their single id (no merges across them)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.special = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+
+    def __call__(self, text: str) -> list[int]:
+        out: list[int] = []
+        for piece in _SPECIAL.split(text):
+            if not piece:
+                continue
+            if piece in self.special:
+                out.append(self.special[piece])
+            else:
+                out.extend(self.tokenizer(piece, add_special_tokens=False)["input_ids"])
+        return out
+
+
+def _ex(parts: list[tuple[list[int], bool]], train_on: str) -> Example:
+    ids, labels = [], []
+    for toks, train in parts:
+        ids += toks
+        labels += toks if (train or train_on == "all") else [IGNORE] * len(toks)
+    return Example(ids, labels)
+
+
+def _split_head(text: str) -> tuple[str, str]:
+    m = _HEAD.match(text)
+    return text[: m.end()], text[m.end():]
+
+
+def encode_fim(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) -> None:
+    head, body = _split_head(text)
+    if body.endswith(EOT):
+        body = body[: -len(EOT)]
+    before, _, after = body.partition(FIM_MIDDLE)  # after: the middle (PSM) or prefix + middle (SPM)
+    prefix, _, suffix = before[len(FIM_PREFIX):].partition(FIM_SUFFIX)
+    h, p, s, m = tok(head), tok(prefix), tok(suffix), tok(after)
+    fixed = len(h) + 3 + len(m) + 1  # head, the three FIM tokens, the middle and its end token
+    if fixed > seq_len:
+        out.dropped["fim_middle_too_long"] += 1
+        out.lost_tokens += fixed + len(p) + len(s)
+        return
+    room = seq_len - fixed
+    if len(p) + len(s) > room:  # share the room; a short side leaves the rest to the other
+        keep_s = min(len(s), max(room // 2, room - len(p)))
+        keep_p = min(len(p), room - keep_s)
+        out.lost_tokens += len(p) - keep_p + len(s) - keep_s
+        p, s = p[len(p) - keep_p:], s[:keep_s]
+        out.trimmed += 1
+    sp = tok.special
+    out.examples.append(_ex([(h + [sp[FIM_PREFIX]] + p + [sp[FIM_SUFFIX]] + s + [sp[FIM_MIDDLE]], False),
+                             (m + [sp[EOT]], True)], train_on))
+
+
+def _messages(body: str) -> list[tuple[str, str]]:
+    """(role, the message's whole rendered text) in order; the text includes its trailing newline."""
+    msgs = []
+    for chunk in body.split(IM_START)[1:]:
+        role = chunk.split("\n", 1)[0]
+        msgs.append((role, IM_START + chunk))
+    return msgs
+
+
+def encode_chat(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) -> None:
+    head, body = _split_head(text)
+    tail_eot = body.endswith(EOT)
+    if tail_eot:
+        body = body[: -len(EOT)]
+    exchanges: list[list[tuple[list[int], bool]]] = []
+    prev_role = None
+    for role, msg in _messages(body):
+        if role == "assistant":
+            opener = f"{IM_START}assistant\n"
+            content, _, rest = msg[len(opener):].partition(IM_END)
+            parts = [(tok(opener), False), (tok(content + IM_END), True), (tok(rest), False)]
+        else:
+            parts = [(tok(msg), False)]
+        if not exchanges or (role != "assistant" and prev_role == "assistant"):
+            exchanges.append([])
+        exchanges[-1] += parts
+        prev_role = role
+    h = tok(head)
+    end = [tok.special[EOT]] if tail_eot else []
+    chunks: list[list[tuple[list[int], bool]]] = []
+    size = 0
+    for ex in exchanges:
+        n = sum(len(t) for t, _ in ex)
+        if len(h) + n + len(end) > seq_len:
+            out.dropped["exchange_too_long"] += 1
+            out.lost_tokens += n
+            continue
+        if chunks and size + n + len(end) <= seq_len:
+            chunks[-1] += ex
+            size += n
+        else:
+            chunks.append([(h, False)] + ex)
+            size = len(h) + n
+    if len(chunks) > 1:
+        out.split += 1
+    for parts in chunks:
+        out.examples.append(_ex(parts + ([(end, False)] if end else []), train_on))
+
+
+def encode_code(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) -> None:
+    head, body = _split_head(text)
+    tail_eot = body.endswith(EOT)
+    if tail_eot:
+        body = body[: -len(EOT)]
+    h = tok(head)
+    room = seq_len - len(h) - 1
+    if room < 8:
+        out.dropped["head_too_long"] += 1
+        out.lost_tokens += len(tok(text))
+        return
+    pieces: list[list[int]] = [[]]
+    for line in body.splitlines(keepends=True):
+        t = tok(line)
+        while len(t) > room:  # a single line longer than the window: cut it (rare: minified code is filtered)
+            if pieces[-1]:
+                pieces.append([])
+            pieces[-1] = t[:room]
+            pieces.append([])
+            t = t[room:]
+        if len(pieces[-1]) + len(t) > room:
+            pieces.append([])
+        pieces[-1] += t
+    pieces = [p for p in pieces if p]
+    if len(pieces) > 1:
+        out.split += 1
+    for i, p in enumerate(pieces):
+        end = [tok.special[EOT]] if (tail_eot and i == len(pieces) - 1) else []
+        out.examples.append(_ex([(h, False), (p + end, True)], train_on))
+
+
+def encode(texts: list[str], tokenizer, seq_len: int, train_on: str = "completions") -> Encoded:
+    """Every text as examples of at most seq_len tokens (see the module docstring)."""
+    if train_on not in ("completions", "all"):
+        raise ValueError(f"training.train_on is {train_on!r}. Fix: use `completions` or `all`.")
+    tok = Tok(tokenizer)
+    out = Encoded()
+    for text in texts:
+        before = len(out.examples)
+        out.source_tokens += len(tok(text))
+        if FIM_MIDDLE in text:
+            encode_fim(text, tok, seq_len, train_on, out)
+        elif IM_START in text:
+            encode_chat(text, tok, seq_len, train_on, out)
+        else:
+            encode_code(text, tok, seq_len, train_on, out)
+        out.kept_tokens += sum(len(e.ids) for e in out.examples[before:])
+    out.examples = [e for e in out.examples if len(e.ids) > 1 and e.trained > 0]
+    return out
+
+
+def coverage(enc: Encoded, epochs_done: float) -> float:
+    """Trained-token coverage: the share of the split's tokens that one epoch trains on, times the epochs run (at most 1)."""
+    if not enc.source_tokens:
+        return 0.0
+    return round(min(1.0, epochs_done) * (enc.source_tokens - enc.lost_tokens) / enc.source_tokens, 4)
+
+
+@dataclass
+class Row:
+    """One packed sequence: ids, labels and position ids restarting at every example."""
+
+    ids: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+
+    def add(self, ex: Example) -> None:
+        self.ids += ex.ids
+        self.labels += [IGNORE] + ex.labels[1:]  # no example is predicted from the one before it
+        self.positions += list(range(len(ex.ids)))
+
+
+def pack(examples: list[Example], seq_len: int) -> list[Row]:
+    """First-fit decreasing: rows of at most seq_len tokens, longest first (batch neighbours; shuffle batches, not rows)."""
+    rows: list[Row] = []
+    free: list[int] = []
+    for ex in sorted(examples, key=lambda e: -len(e.ids)):
+        for i, room in enumerate(free):
+            if len(ex.ids) <= room:
+                rows[i].add(ex)
+                free[i] -= len(ex.ids)
+                break
+        else:
+            rows.append(Row())
+            rows[-1].add(ex)
+            free.append(seq_len - len(ex.ids))
+    rows.sort(key=lambda r: -len(r.ids))  # neighbours have similar lengths: batches of rows pad little
+    return rows
+
+
+def collate(rows: list[Row], pad_id: int):
+    """Tensors for one batch: input_ids, labels and position_ids, padded to the longest row.
+
+    Padding gets its own restarting position ids (a separate block in the mask) and IGNORE labels.
+    Pass these with ``attention_mask=None``.
+    """
+    import torch
+
+    width = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r.ids)
+        ids[i, :n] = torch.tensor(r.ids)
+        labels[i, :n] = torch.tensor(r.labels)
+        pos[i, :n] = torch.tensor(r.positions)
+        pos[i, n:] = torch.arange(width - n)
+    return ids, labels, pos
+
+
+def packing_stats(rows: list[Row], batch_size: int) -> dict:
+    """Packing efficiency: non-pad tokens / tokens computed (rows padded to their batch's longest)."""
+    real = sum(len(r.ids) for r in rows)
+    computed = 0
+    for i in range(0, len(rows), batch_size):
+        batch = rows[i:i + batch_size]
+        computed += len(batch) * max(len(r.ids) for r in batch)
+    return {"rows": len(rows), "tokens": real, "packing_efficiency": round(real / computed, 4) if computed else 0.0}

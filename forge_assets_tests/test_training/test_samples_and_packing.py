@@ -1,0 +1,129 @@
+"""Samples that fit seq_len, loss masks, and packing whose loss equals the samples' own (on forge-tiny)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from forge_assets.chat import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END
+from forge_assets.mining.fim import header
+from forge_assets.mining.instruct import chat_text
+from forge_assets.chat import render_chat
+from forge_assets.training.samples import IGNORE, Tok, collate, encode, pack, packing_stats
+from forge_assets_tests.conftest import PY_FILES
+
+SRC = PY_FILES["app/handlers.py"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
+
+
+def _trained_text(tokenizer, ex) -> str:
+    return tokenizer.decode([i for i, l in zip(ex.ids, ex.labels) if l != IGNORE])
+
+
+def test_fim_keeps_the_middle_and_its_end_inside_the_window(tokenizer):
+    prefix, middle, suffix = SRC * 6, "    return store.get(key)\n", SRC * 6  # long context on both sides
+    for text in (f"{header('r', 'app/h.py')}{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}{middle}{EOT}",
+                 f"{header('r', 'app/h.py')}{FIM_PREFIX}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}{prefix[-200:]}{middle}{EOT}"):
+        out = encode([text], tokenizer, seq_len=128)
+        assert len(out.examples) == 1 and out.trimmed == 1
+        ex = out.examples[0]
+        assert len(ex.ids) <= 128
+        tok = Tok(tokenizer)
+        assert tok.special[FIM_MIDDLE] in ex.ids and ex.ids[-1] == tok.special[EOT]
+        trained = _trained_text(tokenizer, ex)
+        assert trained.endswith(middle + EOT) and FIM_PREFIX not in trained  # only the middle (SPM: prefix + middle)
+    # A middle that cannot fit is dropped (counted), never cut.
+    out = encode([f"{FIM_PREFIX}a{FIM_SUFFIX}b{FIM_MIDDLE}{SRC * 4}{EOT}"], tokenizer, seq_len=64)
+    assert not out.examples and out.dropped["fim_middle_too_long"] == 1
+
+
+def test_chat_trains_on_answers_and_their_end_token_only(tokenizer):
+    text = chat_text("Write `load`.", "```python\ndef load(path):\n    return path\n```")
+    ex = encode([text], tokenizer, seq_len=512).examples[0]
+    assert tokenizer.decode(ex.ids) == text  # nothing lost or reordered
+    assert _trained_text(tokenizer, ex) == "```python\ndef load(path):\n    return path\n```" + IM_END
+    ex_all = encode([text], tokenizer, seq_len=512, train_on="all").examples[0]
+    assert ex_all.labels == ex_all.ids
+
+
+def test_long_chats_split_between_exchanges_never_mid_answer(tokenizer):
+    messages = []
+    for i in range(6):
+        messages += [{"role": "user", "content": f"Question {i}: " + "why " * 20},
+                     {"role": "assistant", "content": f"Answer {i}: " + "because " * 20}]
+    text = render_chat(messages) + EOT
+    one = len(Tok(tokenizer)(render_chat(messages[:2])))
+    seq_len = int(2.5 * one)  # two exchanges fit, three do not
+    out = encode([text], tokenizer, seq_len=seq_len)
+    assert len(out.examples) == 3 and out.split == 1 and not out.dropped
+    answers = [_trained_text(tokenizer, e) for e in out.examples]
+    joined = "".join(answers)
+    for i in range(6):  # every answer is trained whole, in exactly one example
+        assert joined.count(f"Answer {i}: ") == 1 and f"Answer {i}: " + "because " * 20 + IM_END in joined
+    assert all(len(e.ids) <= seq_len for e in out.examples)
+    # One exchange longer than the window is dropped and counted.
+    out = encode([chat_text("q", "word " * 400)], tokenizer, seq_len=seq_len)
+    assert not out.examples and out.dropped["exchange_too_long"] == 1
+
+
+def test_long_code_is_cut_between_lines_with_its_head(tokenizer):
+    text = header("r", "app/big.py") + SRC * 5 + EOT
+    out = encode([text], tokenizer, seq_len=96)
+    assert len(out.examples) > 2 and all(len(e.ids) <= 96 for e in out.examples)
+    decoded = [tokenizer.decode(e.ids) for e in out.examples]
+    assert all(d.startswith(header("r", "app/big.py")) for d in decoded)
+    body = "".join(d[len(header("r", "app/big.py")):] for d in decoded)
+    assert body == SRC * 5 + EOT  # every line, in order, once
+    assert out.kept_tokens >= out.source_tokens  # the head is repeated, nothing dropped
+
+
+def test_pack_fills_rows_and_positions_restart(tokenizer):
+    texts = [f"{line}\n{EOT}" for t in PY_FILES.values() for line in t.split("\n\n") if line.strip()]
+    out = encode(texts, tokenizer, seq_len=256)
+    rows = pack(out.examples, 256)
+    assert sum(len(r.ids) for r in rows) == sum(len(e.ids) for e in out.examples)
+    assert all(len(r.ids) <= 256 for r in rows)
+    assert len(rows) < len(out.examples)
+    for r in rows:
+        starts = [i for i, p in enumerate(r.positions) if p == 0]
+        assert all(r.labels[i] == IGNORE for i in starts)
+    stats = packing_stats(rows, batch_size=4)
+    computed = sum(len(rows[i:i + 4]) * max(len(r.ids) for r in rows[i:i + 4]) for i in range(0, len(rows), 4))
+    assert stats["packing_efficiency"] == round(stats["tokens"] / computed, 4)
+    many = pack(encode(texts * 40, tokenizer, seq_len=256).examples, 256)
+    assert packing_stats(many, batch_size=4)["packing_efficiency"] > 0.95  # short samples fill the rows
+
+
+def test_packed_loss_equals_the_token_weighted_loss_of_the_samples_one_by_one(tiny_model: Path, tokenizer):
+    """Tolerance: 1e-4 relative, float32 on CPU (the same sums in another order)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, local_files_only=True).eval()
+    texts = [f"{t}{EOT}" for t in PY_FILES.values()] + [chat_text("Write `load`.", "def load(p):\n    return p")]
+    out = encode(texts, tokenizer, seq_len=512)
+    rows = pack(out.examples, 512)
+    assert any(r.positions.count(0) > 1 for r in rows)  # several samples share a row
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids, labels, pos = collate(rows, pad)
+    with torch.no_grad():
+        packed = model(input_ids=ids, position_ids=pos, labels=labels, use_cache=False).loss.item()
+        total, count = 0.0, 0
+        for ex in out.examples:
+            x = torch.tensor([ex.ids])
+            y = torch.tensor([[IGNORE] + ex.labels[1:]])
+            n = int((y[:, 1:] != IGNORE).sum())
+            total += model(input_ids=x, labels=y, use_cache=False).loss.item() * n
+            count += n
+    assert packed == pytest.approx(total / count, rel=1e-4)
+    # And the mask matters: the same rows with one causal mask over the whole row give another loss.
+    with torch.no_grad():
+        crossed = model(input_ids=ids, labels=labels, use_cache=False).loss.item()
+    assert abs(crossed - packed) > 1e-3
