@@ -85,7 +85,7 @@ class TinyModelConfig(_Strict):
     num_layers: int = Field(2, gt=0)
     num_heads: int = Field(4, gt=0)
     num_kv_heads: int = Field(2, gt=0)
-    context_length: int = Field(512, ge=64)
+    context_length: int | None = Field(None, ge=64)  # None: training.seq_len (the window adapters train on)
     pretrain_steps: int = Field(150, ge=0)
     seed: int = 0
 
@@ -99,17 +99,13 @@ class TrainingConfig(_Strict):
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     learning_rate: float = Field(1e-3, gt=0)
-    max_steps: int | None = Field(60, gt=0)
-    epochs: float | None = Field(None, gt=0)
+    epochs: float = Field(1.0, gt=0)  # passes over the train split
+    max_steps: int | None = Field(None, gt=0)  # when set, exactly this many optimizer steps (epochs is then ignored)
     batch_size: int = Field(4, gt=0)
-    seq_len: int = Field(256, ge=16)
+    seq_len: int = Field(2048, ge=16)  # tokens per packed row; samples are fitted to it, never cut mid-answer
+    # completions: loss on answers, FIM middles and code only (prompts, tool output, FIM context are context); all: every token
+    train_on: Literal["completions", "all"] = "completions"
     seed: int = 0
-
-    @model_validator(mode="after")
-    def _steps_or_epochs(self) -> "TrainingConfig":
-        if self.max_steps is None and self.epochs is None:
-            raise ValueError("set `max_steps` or `epochs`")
-        return self
 
 
 class DeployConfig(_Strict):
@@ -139,6 +135,16 @@ class ForgeConfig(_Strict):
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     # Where relative paths in the file are resolved from (the file's folder); not a key.
     base_dir: str = Field(".", exclude=True)
+
+    @model_validator(mode="after")
+    def _tiny_context_follows_seq_len(self) -> "ForgeConfig":
+        if self.tiny_model.context_length is None:
+            self.tiny_model.context_length = max(64, self.training.seq_len)
+        elif self.base_model == "forge-tiny" and self.training.seq_len > self.tiny_model.context_length:
+            raise ValueError(f"training.seq_len ({self.training.seq_len}) is longer than tiny_model.context_length "
+                             f"({self.tiny_model.context_length}), the longest sequence forge-tiny is built for. Fix: remove "
+                             "tiny_model.context_length (it then follows training.seq_len) or lower training.seq_len")
+        return self
 
     def resolve(self, path: str) -> Path:
         """An absolute path for a path written in forge.yaml (relative to the file's folder)."""
@@ -190,6 +196,10 @@ def _describe(err: ValidationError, source: str) -> str:
                 hint = f"did you mean `{near[0]}`?"
         got = e.get("input")
         shown = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        if "Fix:" in msg:  # a cross-key check that names its own fix
+            key, msg = msg.split(" ", 1)[0] if msg.split(" ", 1)[0].count(".") == 1 else key, msg
+            lines.append(f"  - key `{key}`: {msg}.")
+            continue
         lines.append(f"  - key `{key}`: {msg}{shown}. Fix: {hint}.")
     return "\n".join(lines)
 

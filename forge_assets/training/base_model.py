@@ -80,13 +80,13 @@ def build_tiny_model(texts: list[str], out: Path, cfg: TinyModelConfig, log=prin
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=cfg.context_length, rope_theta=10000.0, rms_norm_eps=1e-6,
+        max_position_embeddings=cfg.context_length or 2048, rope_theta=10000.0, rms_norm_eps=1e-6,
         tie_word_embeddings=True, bos_token_id=None, eos_token_id=im_end, pad_token_id=pad,
         use_sliding_window=False, torch_dtype="float32",
     )
     model = Qwen2ForCausalLM(config)
     stream = torch.tensor(_token_stream(tokenizer, texts), dtype=torch.long)
-    seq = min(128, cfg.context_length)
+    seq = min(128, cfg.context_length or 128)
     losses: list[float] = []
     if cfg.pretrain_steps and len(stream) > seq + 1:
         rng = random.Random(cfg.seed)

@@ -59,3 +59,24 @@ def test_forge_config_env_var_selects_the_file(tmp_path: Path, monkeypatch):
     (tmp_path / "other.yaml").write_text("base_model: ./models/mine\n")
     monkeypatch.setenv("FORGE_CONFIG", str(tmp_path / "other.yaml"))
     assert load_config().base_model == "./models/mine"
+
+
+def test_training_settings_mean_what_they_say(tmp_path: Path):
+    (tmp_path / "forge.yaml").write_text("repos:\n  - path: .\n")
+    cfg = load_config(tmp_path / "forge.yaml")
+    t = cfg.training
+    assert (t.epochs, t.max_steps, t.seq_len, t.train_on) == (1.0, None, 2048, "completions")
+    assert cfg.tiny_model.context_length == 2048  # forge-tiny's context follows seq_len
+    (tmp_path / "forge.yaml").write_text("repos:\n  - path: .\ntraining: {seq_len: 512}\n")
+    assert load_config(tmp_path / "forge.yaml").tiny_model.context_length == 512
+
+
+def test_seq_len_longer_than_forge_tiny_context_is_a_clear_error(tmp_path: Path):
+    (tmp_path / "forge.yaml").write_text("repos:\n  - path: .\ntiny_model: {context_length: 512}\ntraining: {seq_len: 1024}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "forge.yaml")
+    text = str(err.value)
+    assert "training.seq_len" in text and "1024" in text and "512" in text and "Fix: remove tiny_model.context_length" in text
+    (tmp_path / "forge.yaml").write_text("repos:\n  - path: .\ntraining: {train_on: answers}\n")
+    with pytest.raises(ConfigError, match="train_on"):
+        load_config(tmp_path / "forge.yaml")

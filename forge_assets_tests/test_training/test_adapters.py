@@ -52,3 +52,14 @@ def test_empty_train_split_is_a_clear_error(tiny_model: Path, tmp_path: Path):
     (tmp_path / "ds" / "train.jsonl").write_text("")
     with pytest.raises(ValueError, match="holds no samples"):
         train_adapter(tiny_model, tmp_path / "ds", tmp_path / "ad", TrainingConfig(backend="peft", **CFG))
+
+
+def test_peft_trains_one_epoch_by_default_over_packed_masked_samples(tiny_model: Path, tiny_dataset: Path, tmp_path: Path):
+    cfg = {k: v for k, v in CFG.items() if k != "max_steps"}
+    result = train_adapter(tiny_model, tiny_dataset, tmp_path / "a", TrainingConfig(backend="peft", **cfg), log=lambda *_: None)
+    rows = result["packed_rows"]
+    assert result["steps"] == -(-rows // 4) and result["epochs_run"] == 1.0  # every packed row once
+    assert result["packing_efficiency"] > 0.8 and result["token_coverage"] > 0.9
+    everything = train_adapter(tiny_model, tiny_dataset, tmp_path / "b", TrainingConfig(backend="peft", train_on="all", **cfg),
+                               log=lambda *_: None)
+    assert everything["trained_tokens"] > result["trained_tokens"]  # heads and FIM context are context under `completions`
