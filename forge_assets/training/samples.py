@@ -60,6 +60,9 @@ class Encoded:
     dropped: Counter = field(default_factory=Counter)  # pieces left out, by reason
     split: int = 0  # texts cut into more than one example
     trimmed: int = 0  # FIM samples whose context was trimmed
+    prompt_trimmed: int = 0  # exchanges longer than seq_len whose prompt lost its start (the answer kept whole)
+    source_trainable: int = 0  # tokens that would carry a loss (under train_on) if nothing had to fit seq_len
+    kept_trainable: int = 0  # tokens that carry a loss in the examples
 
 
 class Tok:
@@ -68,8 +71,16 @@ class Tok:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.special = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+        self.memo: dict[str, list[int]] = {}  # encode() tokenizes each text twice (unfitted, then fitted)
 
     def __call__(self, text: str) -> list[int]:
+        if (hit := self.memo.get(text)) is not None:
+            return hit
+        out = self._encode(text)
+        self.memo[text] = out
+        return out
+
+    def _encode(self, text: str) -> list[int]:
         out: list[int] = []
         for piece in _SPECIAL.split(text):
             if not piece:
@@ -152,9 +163,14 @@ def encode_chat(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) 
     for ex in exchanges:
         n = sum(len(t) for t, _ in ex)
         if len(h) + n + len(end) > seq_len:
-            out.dropped["exchange_too_long"] += 1
-            out.lost_tokens += n
-            continue
+            ex = _trim_prompt(ex, len(h) + n + len(end) - seq_len, tok)
+            if ex is None:
+                out.dropped["exchange_too_long"] += 1
+                out.lost_tokens += n
+                continue
+            out.prompt_trimmed += 1
+            out.lost_tokens += n - sum(len(t) for t, _ in ex)
+            n = sum(len(t) for t, _ in ex)
         if chunks and size + n + len(end) <= seq_len:
             chunks[-1] += ex
             size += n
@@ -165,6 +181,31 @@ def encode_chat(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) 
         out.split += 1
     for parts in chunks:
         out.examples.append(_ex(parts + ([(end, False)] if end else []), train_on))
+
+
+def _trim_prompt(ex: list[tuple[list[int], bool]], overflow: int, tok: Tok) -> list[tuple[list[int], bool]] | None:
+    """An exchange shortened by `overflow` tokens from the start of its prompt (after the first message's
+    `<|im_start|>role` line), answers untouched; None when the prompt before the first answer is too short."""
+    first, trained = ex[0]
+    if trained:
+        return None
+    header = 0
+    if first[:1] == [tok.special[IM_START]]:  # keep "<|im_start|>role\n" whole: up to the first newline token
+        header = 1
+        while header < min(len(first), 8) and "\n" not in tok.tokenizer.decode(first[header:header + 1]):
+            header += 1
+        header += 1
+    cut = overflow
+    flat_head, parts = first[:header], [(first[header:], False)] + list(ex[1:])
+    out: list[tuple[list[int], bool]] = []
+    for toks, tr in parts:
+        if cut and not tr:
+            drop = min(cut, len(toks))
+            toks, cut = toks[drop:], cut - drop
+        elif cut and tr:
+            return None  # the answer would be cut: drop the exchange instead
+        out.append((toks, tr))
+    return [(flat_head, False)] + [(t, tr) for t, tr in out if t]
 
 
 def encode_code(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) -> None:
@@ -207,15 +248,33 @@ def encode(texts: list[str], tokenizer, seq_len: int, train_on: str = "completio
     for text in texts:
         before = len(out.examples)
         out.source_tokens += len(tok(text))
-        if FIM_MIDDLE in text:
-            encode_fim(text, tok, seq_len, train_on, out)
-        elif IM_START in text:
-            encode_chat(text, tok, seq_len, train_on, out)
-        else:
-            encode_code(text, tok, seq_len, train_on, out)
+        whole = Encoded()  # the same text with no length limit: which tokens would carry a loss
+        _encode_one(text, tok, 1 << 30, train_on, whole)
+        out.source_trainable += sum(e.trained for e in whole.examples)
+        _encode_one(text, tok, seq_len, train_on, out)
         out.kept_tokens += sum(len(e.ids) for e in out.examples[before:])
     out.examples = [e for e in out.examples if len(e.ids) > 1 and e.trained > 0]
+    out.kept_trainable = sum(e.trained for e in out.examples)
     return out
+
+
+def _encode_one(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) -> None:
+    if FIM_MIDDLE in text:
+        encode_fim(text, tok, seq_len, train_on, out)
+    elif IM_START in text:
+        encode_chat(text, tok, seq_len, train_on, out)
+    else:
+        encode_code(text, tok, seq_len, train_on, out)
+
+
+def trained_coverage(enc: Encoded, epochs_done: float) -> float:
+    """Loss-bearing coverage: tokens trained per epoch / tokens the train_on rule puts a loss on, times epochs (at most 1).
+
+    Under `completions` a trimmed prompt costs nothing here (it is context either way); a dropped answer does.
+    """
+    if not enc.source_trainable:
+        return 0.0
+    return round(min(1.0, epochs_done) * min(1.0, enc.kept_trainable / enc.source_trainable), 4)
 
 
 def coverage(enc: Encoded, epochs_done: float) -> float:

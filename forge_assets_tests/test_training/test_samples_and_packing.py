@@ -127,3 +127,23 @@ def test_packed_loss_equals_the_token_weighted_loss_of_the_samples_one_by_one(ti
     with torch.no_grad():
         crossed = model(input_ids=ids, labels=labels, use_cache=False).loss.item()
     assert abs(crossed - packed) > 1e-3
+
+
+def test_an_exchange_with_a_long_prompt_keeps_its_answer_and_the_prompts_end(tokenizer):
+    """Prompt longer than the window, answer short: the prompt loses its start, the answer stays whole and trained."""
+    from forge_assets.training.samples import trained_coverage
+
+    prompt = " ".join(f"w{i}" for i in range(300)) + " QUESTION_END"
+    text = chat_text(prompt, "Short answer: use a dict.")
+    out = encode([text], tokenizer, seq_len=80)
+    assert len(out.examples) == 1 and out.prompt_trimmed == 1 and not out.dropped
+    ex = out.examples[0]
+    assert len(ex.ids) <= 80
+    shown = tokenizer.decode(ex.ids)
+    assert shown.startswith("<|im_start|>user\n") and "QUESTION_END" in shown and "w0 " not in shown
+    assert _trained_text(tokenizer, ex) == "Short answer: use a dict." + IM_END
+    assert trained_coverage(out, 1.0) == 1.0  # under `completions` the trimmed prompt was context anyway
+    # an answer longer than the window is never cut: the exchange is dropped, and the loss-bearing coverage says so
+    long_answer = encode([chat_text("q", "word " * 400)], tokenizer, seq_len=80)
+    assert not long_answer.examples and long_answer.dropped["exchange_too_long"] == 1
+    assert trained_coverage(long_answer, 1.0) == 0.0
