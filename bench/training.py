@@ -95,10 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = read_texts(dataset, "train")[: args.samples]
     training = cfg.training.model_copy(update={"epochs": 1.0, "max_steps": None, "train_on": "all", "backend": "peft"})
     with tempfile.TemporaryDirectory(prefix="forge-bench-training-") as tmp:
-        sub = Path(tmp) / "data"
-        sub.mkdir()
-        (sub / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-        forge = peft_backend.train(base, sub, Path(tmp) / "forge", training, log=lambda *_: None)
+        forge = peft_backend.train(base, texts, [], Path(tmp) / "forge", training, log=lambda *_: None)
         plain = _baseline(base, texts, training, Path(tmp) / "baseline")
     forge_tps = forge["trained_tokens"] / forge["seconds"]
     plain_tps = plain["trained_tokens"] / plain["seconds"]
@@ -107,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": training.batch_size, "device": forge["device"],
         "forge_trained_tokens_per_second": round(forge_tps, 1), "baseline_trained_tokens_per_second": round(plain_tps, 1),
         "ratio": round(forge_tps / plain_tps, 2), "packing_efficiency": forge["packing_efficiency"],
-        "forge_token_coverage": forge["token_coverage"], "baseline_token_coverage": round(plain["coverage"], 4),
+        "forge_token_coverage": forge["token_coverage"], "forge_trained_token_coverage": forge["trained_token_coverage"], "baseline_token_coverage": round(plain["coverage"], 4),
         "forge_seconds": round(forge["seconds"], 1), "baseline_seconds": round(plain["seconds"], 1),
     }))
     return 0

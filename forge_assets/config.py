@@ -91,21 +91,48 @@ class TinyModelConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    """LoRA fine-tuning of the base model, per language."""
+    """LoRA fine-tuning of the base model, per language. Both backends (PEFT, mlx-lm) give every key the same meaning."""
 
     backend: Literal["auto", "peft", "mlx"] = "auto"
-    method: Literal["lora", "rslora"] = "lora"
+    # lora; rslora (alpha/sqrt(rank)); dora (weight-decomposed; vLLM cannot serve it unmerged); pissa (principal
+    # singular vectors, PEFT only; saved as a plain LoRA); qlora (4-bit base: bitsandbytes NF4 on CUDA, quantized mlx)
+    method: Literal["lora", "rslora", "dora", "pissa", "qlora"] = "lora"
     rank: int = Field(8, gt=0)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     learning_rate: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # after warmup
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)  # share of the optimizer steps spent warming up linearly
     epochs: float = Field(1.0, gt=0)  # passes over the train split
-    max_steps: int | None = Field(None, gt=0)  # when set, exactly this many optimizer steps (epochs is then ignored)
-    batch_size: int = Field(4, gt=0)
+    max_steps: int | None = Field(None, gt=0)  # when set, exactly this many optimizer steps (then leave epochs unset)
+    batch_size: int = Field(4, gt=0)  # packed rows per micro-batch
+    gradient_accumulation: int = Field(1, ge=1)  # micro-batches per optimizer step
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30 % slower
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA (where supported), fp32 on CPU
     seq_len: int = Field(2048, ge=16)  # tokens per packed row; samples are fitted to it, never cut mid-answer
     # completions: loss on answers, FIM middles and code only (prompts, tool output, FIM context are context); all: every token
     train_on: Literal["completions", "all"] = "completions"
+    eval_every: int | None = Field(None, gt=0)  # validation loss every N optimizer steps; always once at the end
+    checkpoint_every: int | None = Field(50, gt=0)  # an atomic checkpoint every N optimizer steps (None: none); a killed run resumes
+    # base: a fresh adapter; previous: continue the language's last promoted adapter on new samples plus a replay share
+    init_from: Literal["base", "previous"] = "base"
+    replay: float = Field(0.2, ge=0, lt=1)  # with init_from previous: the share of the training mix drawn from older samples
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _combinations(self) -> "TrainingConfig":
+        given = self.model_fields_set
+        if self.max_steps is not None and "epochs" in given:
+            raise ValueError("training sets both `epochs` and `max_steps`; max_steps would silently win. Fix: keep one of them.")
+        if "replay" in given and self.init_from != "previous":
+            raise ValueError("training.replay only applies with `init_from: previous`. Fix: set init_from: previous, or remove replay.")
+        if self.method == "pissa" and self.backend == "mlx":
+            raise ValueError("training.method `pissa` is PEFT-only: mlx-lm has no PiSSA initialisation. Fix: use backend: peft, or method lora/dora.")
+        if self.method == "pissa" and self.init_from == "previous":
+            raise ValueError("training.method `pissa` initialises from the base model's singular vectors, so it cannot continue a previous adapter. Fix: use init_from: base, or method lora.")
+        if self.precision == "bf16" and self.backend == "mlx" and self.method == "qlora":
+            raise ValueError("training.precision bf16 with method qlora on mlx: the quantized base already sets its compute type. Fix: use precision: auto.")
+        return self
 
 
 class DeployConfig(_Strict):
@@ -144,6 +171,9 @@ class ForgeConfig(_Strict):
             raise ValueError(f"training.seq_len ({self.training.seq_len}) is longer than tiny_model.context_length "
                              f"({self.tiny_model.context_length}), the longest sequence forge-tiny is built for. Fix: remove "
                              "tiny_model.context_length (it then follows training.seq_len) or lower training.seq_len")
+        if self.training.eval_every is not None and self.mining.valid_fraction == 0:
+            raise ValueError("training.eval_every needs a validation split, but mining.valid_fraction is 0. Fix: set "
+                             "mining.valid_fraction (for example 0.1), or remove training.eval_every.")
         return self
 
     def resolve(self, path: str) -> Path:

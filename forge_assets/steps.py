@@ -64,7 +64,8 @@ def step_train_adapter(args: dict, log: Callable[[str], None], phase: Callable[[
     from forge_assets.training.adapter import train_adapter
 
     phase("train")
-    return train_adapter(Path(args["base"]), Path(args["dataset"]), Path(args["out"]), TrainingConfig(**args["training"]), log=log)
+    opt = {k: Path(args[k]) if args.get(k) else None for k in ("checkpoints", "parent", "parent_dataset")}
+    return train_adapter(Path(args["base"]), Path(args["dataset"]), Path(args["out"]), TrainingConfig(**args["training"]), log=log, **opt)
 
 
 def step_evaluate(args: dict, log: Callable[[str], None], phase: Callable[[str], None]) -> dict:

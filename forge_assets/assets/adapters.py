@@ -1,18 +1,25 @@
-"""Stage 5: adapter, a LoRA adapter per language trained on its dataset (PEFT or mlx-lm).
+"""Stage 5: adapter, a LoRA-family adapter per language trained on its dataset (PEFT or mlx-lm).
 
 A new adapter is a *candidate*: it is promoted only when `eval_scores` finds it passes the gate.
+Training checkpoints live in `<root>/adapter/<lang>/.checkpoints/<input key>/`, so re-materializing
+after a crash or `kill -9` resumes there; they are removed once the adapter is stored.
 """
 
-from dagster import AssetExecutionContext, MetadataValue, asset
+import shutil
+
+from dagster import AssetExecutionContext, AssetObservation, MetadataValue, asset
 
 from forge_assets.artifacts import input_key
 from forge_assets.assets.common import materialized
 from forge_assets.assets.isolation import run_step
 from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
+from forge_assets.training.adapter import adapter_backend, choose_backend, incremental_texts
 from forge_assets.training.base_model import model_folder
+from forge_assets.training.curves import text_chart, thin
+from forge_assets.training.data import read_texts
 
-CODE_VERSION = "2"  # 2: PEFT trains on fitted, loss-masked, packed samples
+CODE_VERSION = "3"  # 3: transformers' Trainer (accumulation, schedule, checkpoints), methods, incremental
 
 
 @asset(partitions_def=language_partitions, group_name="training", deps=["dataset", "base_model"], code_version=CODE_VERSION, pool="train")
@@ -23,32 +30,92 @@ def adapter(context: AssetExecutionContext, forge: ForgeResource):
     language = context.partition_key
     data = store.require("dataset", language)
     base = store.require("base_model", "all")
-    key = input_key(dataset=data.version, base=base.version, training=cfg.training.model_dump(), code=CODE_VERSION)
+    parent, parent_data = _parent(context, store, cfg, language, base.version)
+    if parent is not None and parent_data is not None:
+        picked, sel = incremental_texts(read_texts(data.path, "train"), read_texts(parent_data.path, "train"), cfg.training.replay, cfg.training.seed)
+        if not picked:
+            context.log.info(f"no train sample is new since parent adapter {parent.version} (dataset {parent_data.version}); it stands.")
+            store.mark_candidate(parent)
+            return materialized(parent, _figures(parent.manifest().get("result", {})), reused=True)
+    key = input_key(dataset=data.version, base=base.version, training=cfg.training.model_dump(), code=CODE_VERSION,
+                    parent=parent.version if parent else None)
     if (art := store.reusable("adapter", language, key)) is not None:
         context.log.info(f"adapter {art.version} was trained on these very inputs; reusing it.")
         store.mark_candidate(art)  # eval_scores judges what this run produced
         return materialized(art, _figures(art.manifest()["result"]), reused=True)
-    manifest = {"input_key": key, "inputs": {"dataset": data.version, "base_model": base.version}, "training": cfg.training.model_dump()}
+    inputs = {"dataset": data.version, "base_model": base.version, **({"adapter": parent.version} if parent else {})}
+    manifest = {"input_key": key, "inputs": inputs, "training": cfg.training.model_dump(),
+                "parent_adapter": parent.version if parent else None}
+    ckpt_root = store.folder("adapter", language) / ".checkpoints"
+    checkpoints = ckpt_root / key[:16]
+    if ckpt_root.is_dir():  # checkpoints of other inputs can never be resumed
+        for old in ckpt_root.iterdir():
+            if old != checkpoints:
+                shutil.rmtree(old, ignore_errors=True)
+    args = {"base": str(model_folder(base.path)), "dataset": str(data.path), "training": cfg.training.model_dump(exclude_unset=True),
+            "checkpoints": str(checkpoints) if cfg.training.checkpoint_every else None,
+            "parent": str(parent.path) if parent else None, "parent_dataset": str(parent_data.path) if parent_data else None}
     with store.workdir("adapter") as work, store.write("adapter", language, manifest, promote=False) as out:
         # Training runs torch / mlx in its own process (Dagster Pipes): a crash or OOM kill fails this step only.
-        result = run_step(context, forge, "train_adapter", {"base": str(model_folder(base.path)), "dataset": str(data.path),
-                                                           "out": str(out.path), "training": cfg.training.model_dump()}, work)
+        result = run_step(context, forge, "train_adapter", {**args, "out": str(out.path)}, work)
         manifest["result"] = result
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    _observe(context, result)
     return materialized(out.artifact, _figures(result))
+
+
+def _parent(context, store, cfg, language: str, base_version: str):
+    """With init_from: previous, the language's promoted adapter (and its dataset) to continue, if it can be continued."""
+    if cfg.training.init_from != "previous":
+        return None, None
+    parent = store.promoted("adapter", language)
+    if parent is None:
+        context.log.info(f"init_from: previous, but `{language}` has no promoted adapter yet: training a fresh one.")
+        return None, None
+    inputs = parent.manifest().get("inputs", {})
+    if inputs.get("base_model") != base_version:
+        context.log.warning(f"adapter {parent.version} was trained on base model {inputs.get('base_model')}, not the current "
+                            f"{base_version}: training a fresh adapter instead of continuing it.")
+        return None, None
+    if adapter_backend(parent.path) != choose_backend(cfg.training.backend):
+        context.log.warning(f"adapter {parent.version} was written by {adapter_backend(parent.path)}, but training now uses "
+                            f"{choose_backend(cfg.training.backend)}: training a fresh adapter.")
+        return None, None
+    try:
+        parent_data = store.get("dataset", language, inputs["dataset"])
+    except Exception:  # noqa: BLE001 - removed by forge gc: every sample counts as new
+        context.log.warning(f"the dataset {inputs.get('dataset')} of adapter {parent.version} is gone (forge gc?): every sample counts as new.")
+        parent_data = None
+    return parent, parent_data
+
+
+def _observe(context: AssetExecutionContext, result: dict) -> None:
+    """Loss points as observations, so the asset's Plots tab in the UI draws the curves (thinned to 60 points)."""
+    valid = {int(s): v for s, v in result.get("valid_curve", [])}
+    for step, loss in thin(result.get("loss_curve", []), 60):
+        meta = {"step": int(step), "train_loss": MetadataValue.float(float(loss))}
+        if int(step) in valid and valid[int(step)] is not None:
+            meta["valid_loss"] = MetadataValue.float(float(valid[int(step)]))
+        context.log_event(AssetObservation(asset_key=context.asset_key, partition=context.partition_key, metadata=meta))
 
 
 def _figures(result: dict) -> dict:
     curve = result.get("loss_curve", [])
+    vcurve = [p for p in result.get("valid_curve", []) if p[1] is not None]
     return {
-        "backend": result["backend"],
-        "steps": result["steps"],
-        "train_samples": result["train_samples"],
+        "backend": result.get("backend"),
+        "method": result.get("method", "lora"),
+        "steps": result.get("steps"),
+        "train_samples": result.get("train_samples"),
         "first_loss": curve[0][1] if curve else float("nan"),
         "final_loss": curve[-1][1] if curve else float("nan"),
-        "training_seconds": result["seconds"],
-        "loss_curve": MetadataValue.json({"step": [s for s, _ in curve], "loss": [l for _, l in curve]}),
+        **({"valid_loss": vcurve[-1][1]} if vcurve else {}),
+        "training_seconds": result.get("seconds"),
+        "loss_chart": MetadataValue.md(text_chart({"train": thin(curve), **({"valid": vcurve} if vcurve else {})})),
+        "loss_curve": MetadataValue.json({"step": [s for s, _ in curve], "loss": [l for _, l in curve],
+                                          "valid_step": [s for s, _ in vcurve], "valid_loss": [l for _, l in vcurve]}),
         "promoted": False,  # until eval_scores' gate passes
-        # PEFT's packing figures (absent for mlx-lm, which trains on its own padded batches)
-        **{k: result[k] for k in ("train_on", "packing_efficiency", "token_coverage", "epochs_run", "trained_tokens",
-                                  "trained_tokens_per_second", "fim_trimmed", "samples_split") if result.get(k) is not None},
+        **{k: result[k] for k in ("train_on", "precision", "packing_efficiency", "token_coverage", "trained_token_coverage", "prompt_trimmed", "epochs_run", "trained_tokens",
+                                  "trained_tokens_per_second", "fim_trimmed", "samples_split", "gradient_accumulation",
+                                  "resumed_from", "new_samples", "replayed_samples") if result.get(k) is not None},
     }

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from forge_assets.config import TrainingConfig
 from forge_assets.training import mlx_backend, peft_backend
+from forge_assets.training.data import read_texts
 
 
 def choose_backend(requested: str) -> str:
@@ -21,13 +22,50 @@ def choose_backend(requested: str) -> str:
     return "peft"
 
 
-def train_adapter(base: Path, dataset: Path, out: Path, cfg: TrainingConfig, log=print) -> dict:
-    """Train a LoRA adapter with the configured backend; the folder is that backend's standard format."""
+def incremental_texts(current: list[str], previous: list[str], replay: float, seed: int) -> tuple[list[str], dict]:
+    """The samples new since the parent adapter's dataset, plus a replay share of older ones.
+
+    `replay` is the share of the training mix drawn (at random, fixed by seed) from samples the parent already
+    saw: n_old = n_new * replay / (1 - replay), at most all of them.
+    """
+    import hashlib
+    import random
+
+    seen = {hashlib.sha256(t.encode()).digest() for t in previous}
+    new = [t for t in current if hashlib.sha256(t.encode()).digest() not in seen]
+    old = [t for t in current if hashlib.sha256(t.encode()).digest() in seen]
+    want = min(len(old), round(len(new) * replay / (1 - replay))) if new else 0
+    replayed = random.Random(seed).sample(old, want)
+    return new + replayed, {"new_samples": len(new), "replayed_samples": len(replayed), "older_samples": len(old)}
+
+
+def train_adapter(base: Path, dataset: Path, out: Path, cfg: TrainingConfig, log=print, checkpoints: Path | None = None,
+                  parent: Path | None = None, parent_dataset: Path | None = None) -> dict:
+    """Train an adapter with the configured backend; the folder is that backend's standard format.
+
+    With a `parent` adapter (training.init_from: previous) training continues it on the samples that are new since
+    `parent_dataset` plus a replay share of older ones. With `checkpoints`, a killed run resumes there.
+    """
     backend = choose_backend(cfg.backend)
     module = mlx_backend if backend == "mlx" else peft_backend
-    result = module.train(base, dataset, out, cfg, log=log)
+    texts = read_texts(dataset, "train")
+    if not texts:
+        raise ValueError(f"{dataset}/train.jsonl holds no samples, so there is nothing to train on. Fix: add code for this language to the configured repositories, or drop the language.")
+    selection: dict = {}
+    if parent is not None:
+        texts, selection = incremental_texts(texts, read_texts(parent_dataset, "train") if parent_dataset else [], cfg.replay, cfg.seed)
+        log(f"incremental: {selection['new_samples']} new samples + {selection['replayed_samples']} replayed of "
+            f"{selection['older_samples']} older ones, continuing {parent}")
+        if not texts:
+            raise NoNewSamples(f"no train sample is new since the parent adapter's dataset ({parent_dataset})")
+    result = module.train(base, texts, read_texts(dataset, "valid"), out, cfg, log=log, checkpoints=checkpoints, init_adapter=parent)
+    result.update(selection)
     (out / "forge_adapter.json").write_text(json.dumps({"backend": backend, "rank": cfg.rank, "alpha": cfg.alpha, "method": cfg.method}, indent=2))
     return result
+
+
+class NoNewSamples(ValueError):
+    """Incremental training found nothing new to learn: the parent adapter stands."""
 
 
 def adapter_backend(adapter: Path) -> str:

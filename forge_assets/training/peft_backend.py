@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import random
+import json
+import math
+import os
 import time
 from pathlib import Path
 
 from forge_assets.config import TrainingConfig
-from forge_assets.training.data import read_texts
+from forge_assets.training.samples import IGNORE, collate, coverage, encode, pack, packing_stats, trained_coverage
 
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -36,69 +38,269 @@ def load_model(base: Path, adapter: Path | None = None):
     return model, tokenizer
 
 
-def train(base: Path, dataset: Path, out: Path, cfg: TrainingConfig, log=print) -> dict:
-    """Train a LoRA adapter on dataset/train.jsonl; save a PEFT adapter folder to out.
+def resolve_precision(cfg: TrainingConfig) -> str:
+    """`bf16` or `fp32`: auto is bf16 autocast on a CUDA GPU that supports it, fp32 on CPU."""
+    import torch
+
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def _load_for_training(base: Path, cfg: TrainingConfig, precision: str):
+    """The base model as training needs it: 4-bit NF4 for qlora (CUDA only), bf16 or fp32 otherwise."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.unk_token or "<|fim_pad|>"
+    if cfg.method == "qlora":
+        if not torch.cuda.is_available():
+            raise ValueError("training.method is `qlora` (a 4-bit NF4 base through bitsandbytes), which needs an NVIDIA GPU; "
+                             "this machine has none. Fix: use method lora (or dora/rslora) here, backend mlx on Apple silicon, "
+                             "or run on a CUDA machine.")
+        try:
+            from transformers import BitsAndBytesConfig
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ValueError("training.method `qlora` needs bitsandbytes. Fix: pip install -e '.[cuda]' (bitsandbytes) on the CUDA machine.") from None
+        from peft import prepare_model_for_kbit_training
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+        model = AutoModelForCausalLM.from_pretrained(base, quantization_config=quant, local_files_only=True, device_map={"": 0})
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        return model, tokenizer
+    # bf16: the frozen base in bf16 and autocast; PEFT keeps the adapter weights in fp32
+    dtype = torch.bfloat16 if precision == "bf16" and device() == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, local_files_only=True).to(device())
+    return model, tokenizer
+
+
+def lora_config(cfg: TrainingConfig):
+    """PEFT's LoraConfig for a method. No modules_to_save, so the adapter stays loadable by vLLM (DoRA is not)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=TARGET_MODULES,
+                      use_rslora=cfg.method == "rslora", use_dora=cfg.method == "dora",
+                      init_lora_weights="pissa_niter_4" if cfg.method == "pissa" else True,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def batch_loss(model, rows, pad_id: int) -> tuple[float, int]:
+    """Summed loss and trained-token count of packed rows (for a token-weighted validation loss)."""
+    import torch
+
+    ids, labels, pos = collate(rows, pad_id)
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(input_ids=ids.to(dev), position_ids=pos.to(dev), use_cache=False).logits.float()
+    shift = labels[:, 1:].to(dev)
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), shift.reshape(-1),
+                                             ignore_index=IGNORE, reduction="sum")
+    return float(loss), int((shift != IGNORE).sum())
+
+
+def validation_loss(model, batches, pad_id: int) -> float | None:
+    """Token-weighted mean loss over the validation batches (same fitting and masking as training)."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for rows in batches:
+        s, k = batch_loss(model, rows, pad_id)
+        total, n = total + s, n + k
+    if was_training:
+        model.train()
+    return round(total / n, 4) if n else None
+
+
+CKPT_PREFIX = "checkpoint-"
+CKPT_DONE = "forge-complete.json"  # written last, atomically: a checkpoint without it is partial and is deleted
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The complete checkpoints in folder, oldest first; partial ones (killed mid-save) are removed."""
+    import shutil
+
+    found = []
+    if not folder.is_dir():
+        return found
+    for p in folder.iterdir():
+        if p.name.startswith(CKPT_PREFIX) and p.is_dir():
+            if (p / CKPT_DONE).is_file():
+                found.append(p)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+    return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
+
+
+def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: TrainingConfig, log=print,
+          checkpoints: Path | None = None, init_adapter: Path | None = None) -> dict:
+    """Train a LoRA-family adapter with transformers' Trainer; save a PEFT adapter folder to out.
 
     Samples are fitted to `seq_len`, loss-masked (`train_on`) and packed padding-free (`training/samples.py`):
     position ids restart at every sample and no attention mask is passed, so transformers attends within
-    samples only. Returns the loss curve and figures for metadata.
+    samples only. Each Trainer item is one pre-built batch of rows of similar length, so the batches are
+    shuffled but keep their low padding. The Trainer gives gradient accumulation, gradient checkpointing,
+    warmup plus the schedule, bf16 autocast and resumable checkpoints (made atomic by a completion marker).
     """
-    import torch
-    from peft import LoraConfig, get_peft_model
+    import shutil
 
-    from forge_assets.training.samples import collate, coverage, encode, pack, packing_stats
+    import torch
+    from peft import PeftModel, get_peft_model
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model(base)
-    texts = read_texts(dataset, "train")
-    if not texts:
-        raise ValueError(f"{dataset}/train.jsonl holds no samples, so there is nothing to train on. Fix: add code for this language to the configured repositories, or drop the language.")
+    precision = resolve_precision(cfg)
+    if precision == "bf16" and device() == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("training.precision is bf16 but this GPU has no bf16 support. Fix: set precision: fp32 (or auto).")
+    model, tokenizer = _load_for_training(base, cfg, precision)
     enc = encode(texts, tokenizer, cfg.seq_len, cfg.train_on)
     if not enc.examples:
-        raise ValueError(f"{dataset}/train.jsonl: none of its {len(texts)} samples fits training.seq_len={cfg.seq_len} "
+        raise ValueError(f"none of the {len(texts)} train samples fits training.seq_len={cfg.seq_len} "
                          f"({dict(enc.dropped)}). Fix: raise training.seq_len in forge.yaml.")
     rows = pack(enc.examples, cfg.seq_len)
     packing = packing_stats(rows, cfg.batch_size)
     batches = [rows[i:i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
-    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=TARGET_MODULES,
-                      use_rslora=cfg.method == "rslora", bias="none", task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
-    model.train()
-    steps_per_epoch = len(batches)
+    venc = encode(valid, tokenizer, cfg.seq_len, cfg.train_on) if valid else None
+    vrows = pack(venc.examples, cfg.seq_len) if venc else []
+    vbatches = [vrows[i:i + cfg.batch_size] for i in range(0, len(vrows), cfg.batch_size)]
+    if not vbatches:
+        log("no validation samples fit: validation loss is not reported")
+
+    work = checkpoints if checkpoints is not None else out.parent / f".tmp-{os.getpid()}-trainer"
+    work.mkdir(parents=True, exist_ok=True)
+    if init_adapter is not None:
+        model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+        log(f"continuing adapter {init_adapter}")
+    else:
+        model = get_peft_model(model, lora_config(cfg))
+    pissa_init = work / "pissa-init"
+    if cfg.method == "pissa" and init_adapter is None and not (pissa_init / "adapter_model.safetensors").is_file():
+        # PiSSA changes the base's residual weights; saving with this initial adapter converts the result to a plain
+        # LoRA that applies to the unchanged base (rank 2r), so merge, export and vLLM see an ordinary adapter.
+        model.peft_config["default"].init_lora_weights = True
+        model.save_pretrained(pissa_init)
+        model.peft_config["default"].init_lora_weights = "pissa_niter_4"
+    if cfg.method == "dora":
+        log("method dora: the merged model exports and serves everywhere, but vLLM cannot load DoRA adapters unmerged")
+
+    steps_per_epoch = math.ceil(len(batches) / cfg.gradient_accumulation)
     total = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 10)) * max(0.0, 1 - s / total) + 0.0)
-    rng = random.Random(cfg.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     curve: list[list[float]] = []
-    step, trained_tokens, started = 0, 0, time.time()
-    while step < total:
-        order = batches[:]
-        rng.shuffle(order)  # batches, not rows: rows of a batch have similar lengths
-        for batch in order:
-            ids, labels, pos = collate(batch, pad)
-            loss = model(input_ids=ids.to(device()), position_ids=pos.to(device()), labels=labels.to(device()), use_cache=False).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step(), sched.step(), opt.zero_grad()
-            step += 1
-            trained_tokens += int((labels[:, 1:] != -100).sum())
-            curve.append([step, round(loss.item(), 4)])
-            if step % 10 == 0 or step == 1:
-                log(f"step {step}/{total}: loss {loss.item():.4f}")
-            if step >= total:
-                break
+    vcurve: list[list[float]] = []
+    lrs: list[list[float]] = []
+    counted = {"tokens": 0, "micro": 0}
+
+    class Batches(torch.utils.data.Dataset):
+        def __init__(self, items):
+            self.items = items
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    def collator(items):
+        ids, labels, pos = collate(items[0], pad)
+        return {"input_ids": ids, "labels": labels, "position_ids": pos, "use_cache": False}
+
+    class ForgeTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training:
+                counted["tokens"] += int((inputs["labels"][:, 1:] != IGNORE).sum())
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    class Progress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs and state.global_step > (curve[-1][0] if curve else 0):
+                curve.append([state.global_step, round(float(logs["loss"]), 4)])
+                lrs.append([state.global_step, float(logs.get("learning_rate", 0.0))])
+                if state.global_step % 10 == 0 or state.global_step in (1, total):
+                    log(f"step {state.global_step}/{total}: loss {logs['loss']:.4f}")
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            step = state.global_step
+            if vbatches and cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                vcurve.append([step, validation_loss(model, vbatches, pad)])
+                log(f"step {step}/{total}: valid loss {vcurve[-1][1]:.4f}")
+
+        def on_save(self, args, state, control, **kw):
+            ck = work / f"{CKPT_PREFIX}{state.global_step}"
+            tmp = ck / f".tmp-{os.getpid()}-{CKPT_DONE}"
+            tmp.write_text(json.dumps({"step": state.global_step, "total": total, "curve": curve, "valid_curve": vcurve, "lr_curve": lrs,
+                                       "trained_tokens": counted["tokens"] + counted.get("before", 0)}))
+            os.replace(tmp, ck / CKPT_DONE)
+
+    resume = None
+    done = complete_checkpoints(work)
+    if done:
+        state = json.loads((done[-1] / CKPT_DONE).read_text())
+        if state.get("total") == total:
+            resume = done[-1]
+            curve[:] = state["curve"]
+            vcurve[:] = state["valid_curve"]
+            lrs[:] = state["lr_curve"]
+            counted["before"] = state["trained_tokens"]
+            log(f"resuming from checkpoint step {state['step']} of {total} ({resume})")
+        else:
+            for p in done:
+                shutil.rmtree(p, ignore_errors=True)
+    args = TrainingArguments(
+        output_dir=str(work), per_device_train_batch_size=1, gradient_accumulation_steps=cfg.gradient_accumulation,
+        max_steps=total, learning_rate=cfg.learning_rate, lr_scheduler_type=SCHEDULES[cfg.lr_schedule],
+        warmup_steps=round(cfg.warmup_ratio * total), max_grad_norm=1.0, weight_decay=0.0, seed=cfg.seed, data_seed=cfg.seed,
+        bf16=precision == "bf16", use_cpu=device() == "cpu",
+        **_checkpointing(cfg.gradient_checkpointing and cfg.method != "qlora"),  # qlora: prepare_model_for_kbit_training did it
+        logging_steps=1, logging_first_step=True, report_to="none", disable_tqdm=True,
+        save_strategy="steps" if cfg.checkpoint_every and checkpoints is not None else "no",
+        save_steps=cfg.checkpoint_every or total, save_total_limit=2,
+        eval_strategy="no", remove_unused_columns=False, dataloader_num_workers=0, average_tokens_across_devices=False,
+    )
+    trainer = ForgeTrainer(model=model, args=args, train_dataset=Batches(batches), data_collator=collator, callbacks=[Progress()])
+    trainer.remove_callback(PrinterCallback)  # Progress logs through `log`; the printer would write raw dicts to stdout
+    started = time.time()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.time() - started
+    if vbatches:
+        vcurve.append([total, validation_loss(model, vbatches, pad)])
+        log(f"step {total}/{total}: valid loss {vcurve[-1][1]:.4f}")
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    if cfg.method == "pissa" and init_adapter is None:
+        model.save_pretrained(out, safe_serialization=True, path_initial_model_for_weight_conversion=str(pissa_init))
+    else:
+        model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    if checkpoints is None:
+        shutil.rmtree(work, ignore_errors=True)
+    trained_tokens = counted["tokens"] + counted.get("before", 0)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"backend": "peft", "device": device(), "steps": step, "train_samples": len(texts),
-            "trainable_parameters": trainable, "loss_curve": curve, "seconds": round(seconds, 2),
-            "train_on": cfg.train_on, "packed_rows": packing["rows"], "packing_efficiency": packing["packing_efficiency"],
-            "epochs_run": round(step / steps_per_epoch, 3), "token_coverage": coverage(enc, step / steps_per_epoch),
-            "trained_tokens": trained_tokens, "trained_tokens_per_second": round(trained_tokens / seconds, 1) if seconds else None,
+    epochs_run = total / steps_per_epoch
+    return {"backend": "peft", "device": device(), "method": cfg.method, "precision": precision, "steps": total,
+            "train_samples": len(texts), "trainable_parameters": trainable, "loss_curve": curve, "valid_curve": vcurve, "lr_curve": lrs,
+            "seconds": round(seconds, 2), "train_on": cfg.train_on, "packed_rows": packing["rows"],
+            "packing_efficiency": packing["packing_efficiency"], "epochs_run": round(epochs_run, 3),
+            "token_coverage": coverage(enc, epochs_run), "trained_token_coverage": trained_coverage(enc, epochs_run),
+            "prompt_trimmed": enc.prompt_trimmed, "trained_tokens": trained_tokens,
+            "trained_tokens_per_second": round(counted["tokens"] / seconds, 1) if seconds else None,
+            "gradient_accumulation": cfg.gradient_accumulation, "resumed_from": int(resume.name[len(CKPT_PREFIX):]) if resume else None,
             "samples_split": enc.split, "fim_trimmed": enc.trimmed, "samples_dropped": dict(enc.dropped)}
+
+
+def _checkpointing(on: bool) -> dict:
+    """TrainingArguments' activation (gradient) checkpointing keys, named as this transformers version names them."""
+    if not on:
+        return {}
+    from transformers import TrainingArguments
+
+    name = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient_checkpointing"
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
+
+
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
 def merge(base: Path, adapter: Path, out: Path) -> None:

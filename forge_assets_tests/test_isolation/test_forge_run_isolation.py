@@ -86,22 +86,31 @@ def test_a_run_left_started_by_a_killed_process_is_marked_failed():
 
 
 def test_kill_9_in_the_middle_leaves_nothing_that_breaks_the_next_run(py_repo: Path, tmp_path: Path):
-    cfg = write_config(tmp_path, [py_repo], languages=["python"], deploy={"port": free_port()})
+    """kill -9 of the whole run after training saved a checkpoint: the next run cleans up and resumes training there."""
+    cfg = write_config(tmp_path, [py_repo], languages=["python"], deploy={"port": free_port()},
+                       training={"max_steps": 40, "batch_size": 1, "checkpoint_every": 4})
     env = {**os.environ, "FORGE_CONFIG": str(cfg), "DAGSTER_HOME": str(tmp_path / "dagster_home")}
-    proc = subprocess.Popen([sys.executable, "-m", "forge_assets.cli", "run"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    root = tmp_path / "artifacts"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "forge_assets.cli", "run"], cwd=tmp_path, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        for line in proc.stdout:  # kill everything while the adapter is half-written
-            if "train_adapter: train" in line:
-                break
-        os.killpg(proc.pid, signal.SIGKILL)
+        deadline = time.time() + 400
+        while not list((root / "adapter" / "python").glob(".checkpoints/*/checkpoint-*/forge-complete.json")):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # everything, while the adapter is half-trained
         proc.wait(timeout=60)
-        root = tmp_path / "artifacts"
         assert list(root.rglob(".tmp-*"))  # the killed writers left their temp folders ...
         out = _forge(["run"], tmp_path, env)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
         assert "left STARTED by a process that is gone; marked it failed" in out.stdout
         assert not list(root.rglob(".tmp-*"))  # ... and the next run removed them
         assert (root / "deployment" / "python" / "promoted").exists()
+        result = json.loads(((root / "adapter" / "python" / "candidate") / "manifest.json").read_text())["result"]
+        assert result["resumed_from"] and result["resumed_from"] % 4 == 0  # training went on from its checkpoint
+        assert [s for s, _ in result["loss_curve"]] == list(range(1, 41))
+        assert not list((root / "adapter" / "python" / ".checkpoints").iterdir())  # removed once the adapter is stored
     finally:
         _forge(["stop"], tmp_path, env, timeout=120)
