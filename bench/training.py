@@ -57,7 +57,7 @@ def _baseline(base: Path, texts: list[str], cfg, out: Path) -> dict:
     """One epoch of transformers.Trainer over padded, truncated samples."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+    from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainingArguments
 
     from forge_assets.training.peft_backend import TARGET_MODULES, load_model
 
@@ -74,6 +74,7 @@ def _baseline(base: Path, texts: list[str], cfg, out: Path) -> dict:
                              dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=data,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    trainer.remove_callback(PrinterCallback)  # stdout carries the one JSON line only
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
