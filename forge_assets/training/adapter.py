@@ -32,8 +32,9 @@ def incremental_texts(current: list[str], previous: list[str], replay: float, se
     import random
 
     seen = {hashlib.sha256(t.encode()).digest() for t in previous}
-    new = [t for t in current if hashlib.sha256(t.encode()).digest() not in seen]
-    old = [t for t in current if hashlib.sha256(t.encode()).digest() in seen]
+    known = [hashlib.sha256(t.encode()).digest() in seen for t in current]
+    new = [t for t, k in zip(current, known) if not k]
+    old = [t for t, k in zip(current, known) if k]
     want = min(len(old), round(len(new) * replay / (1 - replay))) if new else 0
     replayed = random.Random(seed).sample(old, want)
     return new + replayed, {"new_samples": len(new), "replayed_samples": len(replayed), "older_samples": len(old)}
@@ -57,15 +58,12 @@ def train_adapter(base: Path, dataset: Path, out: Path, cfg: TrainingConfig, log
         log(f"incremental: {selection['new_samples']} new samples + {selection['replayed_samples']} replayed of "
             f"{selection['older_samples']} older ones, continuing {parent}")
         if not texts:
-            raise NoNewSamples(f"no train sample is new since the parent adapter's dataset ({parent_dataset})")
+            raise ValueError(f"no train sample is new since the parent adapter's dataset ({parent_dataset}). Fix: keep the "
+                             "parent adapter (the `adapter` asset does), or set training.init_from: base to retrain from scratch.")
     result = module.train(base, texts, read_texts(dataset, "valid"), out, cfg, log=log, checkpoints=checkpoints, init_adapter=parent)
     result.update(selection)
     (out / "forge_adapter.json").write_text(json.dumps({"backend": backend, "rank": cfg.rank, "alpha": cfg.alpha, "method": cfg.method}, indent=2))
     return result
-
-
-class NoNewSamples(ValueError):
-    """Incremental training found nothing new to learn: the parent adapter stands."""
 
 
 def adapter_backend(adapter: Path) -> str:
