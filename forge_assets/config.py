@@ -86,7 +86,11 @@ class TinyModelConfig(_Strict):
     num_heads: int = Field(4, gt=0)
     num_kv_heads: int = Field(2, gt=0)
     context_length: int | None = Field(None, ge=64)  # None: training.seq_len (the window adapters train on)
-    pretrain_steps: int = Field(150, ge=0)
+    pretrain_steps: int = Field(500, ge=0)  # optimizer steps of pretraining (500 x 8 x 256 tokens: ~2.5 min on 2 cores)
+    pretrain_seq_len: int = Field(256, ge=16)  # tokens per pretraining sequence (at most the context length)
+    pretrain_batch_size: int = Field(8, gt=0)
+    pretrain_learning_rate: float = Field(3e-3, gt=0)  # peak; 5 % warmup, then cosine down to a tenth
+    held_out_fraction: float = Field(0.1, ge=0, lt=1)  # corpus files kept out of pretraining to measure perplexity on
     seed: int = 0
 
 

@@ -63,17 +63,37 @@ def _token_stream(tokenizer, texts: list[str]) -> list[int]:
     return ids
 
 
+def held_out_split(texts: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """(pretraining texts, held-out texts): a file is held out by the hash of its content, so the choice is
+    stable and independent of order. Fewer than 10 files hold nothing out (too few to measure on)."""
+    if fraction <= 0 or len(texts) < 10:
+        return list(texts), []
+    cut = int(fraction * 2**32)
+    held = [t for t in texts if int.from_bytes(hashlib.sha256(t.encode("utf-8")).digest()[:4], "big") < cut]
+    if not held or len(held) == len(texts):
+        return list(texts), []
+    kept = [t for t in texts if int.from_bytes(hashlib.sha256(t.encode("utf-8")).digest()[:4], "big") >= cut]
+    return kept, held
+
+
 def build_tiny_model(texts: list[str], out: Path, cfg: TinyModelConfig, log=print) -> dict:
     """Train forge-tiny's tokenizer and pretrain its Qwen2 model on texts; save it in HF format to out.
 
-    Returns figures for metadata (parameters, tokens, loss before and after pretraining).
+    `held_out_fraction` of the files take no part in the tokenizer or the pretraining; the model's perplexity
+    and bits per byte on them are returned with the other figures (parameters, tokens, loss, seconds).
+    Pretraining draws random `pretrain_seq_len` windows from the token stream, with AdamW, 5 % linear warmup
+    and a cosine decay to a tenth of the peak learning rate.
     """
+    import math
+    import time
+
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     if not texts:
         raise BaseModelError("forge-tiny needs a corpus to be built from, and the configured repositories hold no source files. Fix: add a repository with code under `repos:` in forge.yaml.")
-    texts = sorted(texts)
+    started = time.monotonic()
+    texts, held = held_out_split(sorted(texts), cfg.held_out_fraction)
     torch.manual_seed(cfg.seed)
     tokenizer = train_tokenizer(texts + [CHAT_TEMPLATE], cfg.vocab_size)
     eot, im_end, pad = (tokenizer.convert_tokens_to_ids(t) for t in (EOT, IM_END, FIM_PAD))
@@ -86,37 +106,55 @@ def build_tiny_model(texts: list[str], out: Path, cfg: TinyModelConfig, log=prin
     )
     model = Qwen2ForCausalLM(config)
     stream = torch.tensor(_token_stream(tokenizer, texts), dtype=torch.long)
-    seq = min(128, cfg.context_length or 128)
+    seq = min(cfg.pretrain_seq_len, cfg.context_length or cfg.pretrain_seq_len, max(2, len(stream) - 2))
+    steps = cfg.pretrain_steps
     losses: list[float] = []
-    if cfg.pretrain_steps and len(stream) > seq + 1:
+    if steps and len(stream) > seq + 1:
         rng = random.Random(cfg.seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
+        warm = max(1, steps // 20)
+
+        def scale(s: int) -> float:
+            return min(1.0, (s + 1) / warm) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, scale)
         model.train()
-        for step in range(cfg.pretrain_steps):
-            starts = [rng.randrange(0, len(stream) - seq - 1) for _ in range(8)]
+        for step in range(steps):
+            starts = [rng.randrange(0, len(stream) - seq - 1) for _ in range(cfg.pretrain_batch_size)]
             batch = torch.stack([stream[s:s + seq] for s in starts])
             loss = model(input_ids=batch, labels=batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step(), sched.step(), opt.zero_grad()
             losses.append(round(loss.item(), 4))
-            if step % 50 == 0:
-                log(f"forge-tiny pretraining step {step}: loss {loss.item():.3f}")
+            if step % 50 == 0 or step == steps - 1:
+                log(f"forge-tiny pretraining step {step + 1}/{steps}: loss {loss.item():.3f}")
     model.eval()
-    model.generation_config = GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=pad, do_sample=False)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return {
+    figures = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
         "corpus_tokens": int(len(stream)),
         "corpus_texts": len(texts),
-        "pretrain_steps": cfg.pretrain_steps,
+        "pretrain_steps": steps,
+        "pretrain_tokens": steps * cfg.pretrain_batch_size * seq if losses else 0,
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
+        "held_out_files": len(held),
     }
+    if held:
+        from forge_assets.evaluation.scores import perplexity
+
+        ppl, tokens = perplexity(model, tokenizer, held, cfg.context_length or 2048)
+        n_bytes = sum(len(t.encode("utf-8")) for t in held)
+        figures.update(held_out_tokens=tokens, held_out_perplexity=round(ppl, 2),
+                       held_out_bits_per_byte=round(math.log(ppl) * tokens / n_bytes / math.log(2), 4))
+        log(f"forge-tiny held-out perplexity {ppl:.1f} on {len(held)} files ({tokens} tokens)")
+    model.generation_config = GenerationConfig(eos_token_id=[im_end, eot], pad_token_id=pad, do_sample=False)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    figures["build_seconds"] = round(time.monotonic() - started, 1)
+    return figures
 
 
 def resolve_base_model(name: str, base_dir: Path) -> Path:

@@ -90,13 +90,18 @@ def _completion(model, tokenizer, prompt: str) -> str:
     return tokenizer.decode(out[0][ids.shape[1]:])
 
 
+MEMORISING = {"held_out_fraction": 0.0, "pretrain_steps": 60}
+
+
 def test_planted_secrets_reach_no_artifact_vocabulary_or_weights(tmp_path: Path):
     repo = make_repo(tmp_path / "repo", PY_FILES)
     commit_files(repo, settings_files(), "settings")
     (tmp_path / "oc").mkdir()
     db = write_db(tmp_path / "oc" / "opencode.db", [session_with_token()])
     # The gate is not what this test is about: any adapter goes on to export.
-    cfg = write_config(tmp_path, [repo], sessions=[{"opencode": str(db)}], deploy={"max_perplexity_ratio": 100.0})
+    # forge-tiny as the control below builds it (every file, long enough to memorise), so a pass here means scrubbing.
+    cfg = write_config(tmp_path, [repo], sessions=[{"opencode": str(db)}], deploy={"max_perplexity_ratio": 100.0},
+                       tiny_model=MEMORISING)
     root = tmp_path / "artifacts"
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("language", ["python"])
@@ -157,7 +162,8 @@ def test_the_check_can_fail_forge_tiny_on_an_unscrubbed_corpus_recites_them(tmp_
     monkeypatch.setattr(corpus, "scrub_text", lambda text: (text, Counter()))
     repo = make_repo(tmp_path / "repo", PY_FILES)
     commit_files(repo, settings_files(), "settings")
-    cfg = write_config(tmp_path, [repo])
+    # Every file pretrained on (none held out), long enough to memorise: what unscrubbed secrets would become.
+    cfg = write_config(tmp_path, [repo], tiny_model=MEMORISING)
     with instance_for_test() as instance:
         assert materialize([base_model], instance=instance, resources={"forge": ForgeResource(config_path=str(cfg))}).success
         base = _uri(instance, "base_model")

@@ -67,3 +67,27 @@ def test_hub_id_fails_clearly_offline(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BaseModelError, match="cannot fetch `forge-test/no-such-model`"):
         resolve_base_model("forge-test/no-such-model", tmp_path)
+
+
+def test_held_out_files_are_stable_and_measured(tmp_path: Path):
+    """forge-tiny keeps a content-chosen share of the corpus out of pretraining and reports its perplexity there."""
+    import math
+
+    from forge_assets.config import TinyModelConfig
+    from forge_assets.training.base_model import build_tiny_model, held_out_split
+
+    texts = [f"def f{i}(x):\n    return x * {i} + {i * i}\n\n\nclass C{i}:\n    value = {i}\n" for i in range(40)]
+    kept, held = held_out_split(texts, 0.25)
+    assert held and kept and sorted(kept + held) == sorted(texts) and not set(kept) & set(held)
+    assert held_out_split(list(reversed(texts)), 0.25)[1] == list(reversed(held))  # by content, not by position
+    assert held_out_split(texts[:9], 0.25) == (texts[:9], [])  # too few files to hold any out
+    assert held_out_split(texts, 0.0) == (texts, [])
+    cfg = TinyModelConfig(vocab_size=600, hidden_size=256, intermediate_size=256, num_layers=1, num_heads=4, num_kv_heads=2,
+                          context_length=128, pretrain_steps=30, pretrain_seq_len=64, held_out_fraction=0.25)
+    figures = build_tiny_model(texts, tmp_path / "m", cfg, log=lambda *_: None)
+    assert figures["held_out_files"] == len(held) and figures["corpus_texts"] == len(kept)
+    assert figures["held_out_tokens"] > 0 and math.isfinite(figures["held_out_perplexity"])
+    # pretraining learned something that carries over to files it never saw: far below a uniform guess
+    assert figures["held_out_perplexity"] < figures["vocab_size"] / 4
+    assert figures["loss_last"] < figures["loss_first"] and figures["build_seconds"] > 0
+    assert figures["pretrain_tokens"] == 30 * 8 * 64
