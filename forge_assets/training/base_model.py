@@ -144,8 +144,10 @@ def build_tiny_model(texts: list[str], out: Path, cfg: TinyModelConfig, log=prin
     if held:
         from forge_assets.evaluation.scores import perplexity
 
-        ppl, tokens = perplexity(model, tokenizer, held, cfg.context_length or 2048)
-        n_bytes = sum(len(t.encode("utf-8")) for t in held)
+        window = cfg.context_length or 2048
+        ppl, tokens = perplexity(model, tokenizer, held, window)
+        # perplexity() scores each file's first `window` tokens: count the bytes of exactly those
+        n_bytes = sum(len(tokenizer.decode(tokenizer(t, add_special_tokens=False)["input_ids"][:window]).encode("utf-8")) for t in held)
         figures.update(held_out_tokens=tokens, held_out_perplexity=round(ppl, 2),
                        held_out_bits_per_byte=round(math.log(ppl) * tokens / n_bytes / math.log(2), 4))
         log(f"forge-tiny held-out perplexity {ppl:.1f} on {len(held)} files ({tokens} tokens)")

@@ -76,7 +76,7 @@ def test_held_out_files_are_stable_and_measured(tmp_path: Path):
     from forge_assets.config import TinyModelConfig
     from forge_assets.training.base_model import build_tiny_model, held_out_split
 
-    texts = [f"def f{i}(x):\n    return x * {i} + {i * i}\n\n\nclass C{i}:\n    value = {i}\n" for i in range(40)]
+    texts = [f"def f{i}(x):\n    return x * {i} + {i * i}\n\n\nclass C{i}:\n    value = {i}\n" * (1 + i % 3 * 8) for i in range(40)]
     kept, held = held_out_split(texts, 0.25)
     assert held and kept and sorted(kept + held) == sorted(texts) and not set(kept) & set(held)
     assert held_out_split(list(reversed(texts)), 0.25)[1] == list(reversed(held))  # by content, not by position
@@ -91,3 +91,12 @@ def test_held_out_files_are_stable_and_measured(tmp_path: Path):
     assert figures["held_out_perplexity"] < figures["vocab_size"] / 4
     assert figures["loss_last"] < figures["loss_first"] and figures["build_seconds"] > 0
     assert figures["pretrain_tokens"] == 30 * 8 * 64
+    # bits per byte over the bytes actually scored: each held-out file's first context_length tokens
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in held]
+    assert any(len(i) > 128 for i in ids)  # some files are longer than the window
+    scored = sum(len(tok.decode(i[:128]).encode()) for i in ids)
+    expected = math.log(figures["held_out_perplexity"]) * figures["held_out_tokens"] / scored / math.log(2)
+    assert figures["held_out_bits_per_byte"] == pytest.approx(expected, rel=1e-3)
