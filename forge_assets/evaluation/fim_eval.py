@@ -39,7 +39,7 @@ import textwrap
 from dataclasses import dataclass
 
 from forge_assets.chat import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, SPECIAL_TOKENS
-from forge_assets.mining.fim import header
+from forge_assets.mining.fim import header, trim_context
 from forge_assets.mining.units import _grammar, grammar_name
 
 KINDS = ("line", "block", "arguments")
@@ -226,18 +226,6 @@ def _spans(source: str, language: str, path: str) -> tuple[bytes, list[tuple[str
     return data, sorted(set(spans), key=lambda k: (k[1], k[2], k[0]))
 
 
-def _trim(prefix: str, suffix: str, max_chars: int) -> tuple[str, str]:
-    """Prefix kept from the right and suffix from the left to max_chars each, cut at line boundaries
-    (like training's ``fim_sample``; a single line longer than max_chars is cut mid-line)."""
-    if len(prefix) > max_chars:
-        cut = prefix.find("\n", len(prefix) - max_chars)
-        prefix = prefix[cut + 1:] if cut >= 0 else prefix[-max_chars:]
-    if len(suffix) > max_chars:
-        cut = suffix.rfind("\n", 0, max_chars)
-        suffix = suffix[: cut + 1] if cut >= 0 else suffix[:max_chars]
-    return prefix, suffix
-
-
 def build_cases(files: list[tuple[str, str, str]], language: str, max_cases: int = 200, seed: int = 0,
                 max_context_chars: int = 4000) -> list[FimCase]:
     """Up to max_cases FIM cases from (repo, path, source) files, every candidate when there are fewer.
@@ -277,7 +265,7 @@ def build_cases(files: list[tuple[str, str, str]], language: str, max_cases: int
                 prefix, middle, suffix = (data[a:b].decode("utf-8", "surrogatepass") for a, b in ((0, s), (s, e), (e, len(data))))
             except UnicodeDecodeError:  # a node boundary inside a character of invalid text
                 continue
-            prefix, suffix = _trim(prefix, suffix, max_context_chars)
+            prefix, suffix = trim_context(prefix, suffix, max_context_chars)
             cases.append(FimCase(repo, path, prefix, middle, suffix, kind))
     return cases
 

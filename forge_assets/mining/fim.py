@@ -64,6 +64,18 @@ def choose_middle(pf: ParsedFile, rng: random.Random) -> tuple[str, int, int] | 
     return (kind, *span) if span else None
 
 
+def trim_context(prefix: str, suffix: str, max_chars: int) -> tuple[str, str]:
+    """Prefix kept from the right and suffix from the left, max_chars each, cut at line boundaries
+    (a single line longer than max_chars is cut mid-line)."""
+    if len(prefix) > max_chars:
+        cut = prefix.find("\n", len(prefix) - max_chars)
+        prefix = prefix[cut + 1:] if cut >= 0 else prefix[-max_chars:]
+    if len(suffix) > max_chars:
+        cut = suffix.rfind("\n", 0, max_chars)
+        suffix = suffix[: cut + 1] if cut >= 0 else suffix[:max_chars]
+    return prefix, suffix
+
+
 def fim_sample(pf: ParsedFile, repo: str, path: str, rng: random.Random, spm: bool, context_chars: int = 4000) -> tuple[str, str] | None:
     """(span kind, text) of one FIM sample of a file, or None when the file is too small."""
     for _ in range(5):  # a random span can land on blank lines: draw again
@@ -76,13 +88,7 @@ def fim_sample(pf: ParsedFile, repo: str, path: str, rng: random.Random, spm: bo
             break
     else:
         return None
-    prefix, suffix = pf.text(0, s), pf.text(e)
-    if len(prefix) > context_chars:
-        cut = prefix.find("\n", len(prefix) - context_chars)
-        prefix = prefix[cut + 1:] if cut >= 0 else prefix[-context_chars:]
-    if len(suffix) > context_chars:
-        cut = suffix.rfind("\n", 0, context_chars)
-        suffix = suffix[: cut + 1] if cut >= 0 else suffix[:context_chars]
+    prefix, suffix = trim_context(pf.text(0, s), pf.text(e), context_chars)
     head = header(repo, path)
     if spm:
         return kind, f"{head}{FIM_PREFIX}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}{prefix}{middle}{EOT}"
