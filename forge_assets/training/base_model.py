@@ -69,11 +69,10 @@ def held_out_split(texts: list[str], fraction: float) -> tuple[list[str], list[s
     if fraction <= 0 or len(texts) < 10:
         return list(texts), []
     cut = int(fraction * 2**32)
-    held = [t for t in texts if int.from_bytes(hashlib.sha256(t.encode("utf-8")).digest()[:4], "big") < cut]
-    if not held or len(held) == len(texts):
-        return list(texts), []
-    kept = [t for t in texts if int.from_bytes(hashlib.sha256(t.encode("utf-8")).digest()[:4], "big") >= cut]
-    return kept, held
+    out: tuple[list[str], list[str]] = ([], [])
+    for t in texts:
+        out[int.from_bytes(hashlib.sha256(t.encode("utf-8")).digest()[:4], "big") < cut].append(t)
+    return out if out[0] and out[1] else (list(texts), [])
 
 
 def build_tiny_model(texts: list[str], out: Path, cfg: TinyModelConfig, log=print) -> dict:
