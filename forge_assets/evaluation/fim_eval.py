@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from forge_assets.chat import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, SPECIAL_TOKENS
 from forge_assets.mining.fim import header, trim_context
-from forge_assets.mining.units import _grammar, grammar_name
+from forge_assets.mining.units import grammar_name, load_grammar
 
 KINDS = ("line", "block", "arguments")
 MAX_BLOCK_LINES = 15
@@ -212,7 +212,7 @@ def _spans(source: str, language: str, path: str) -> tuple[bytes, list[tuple[str
     """A file's bytes and its candidate middles (kind, start byte, end byte), de-duplicated, in file order."""
     data = source.encode("utf-8", "surrogatepass")
     name = grammar_name(language, path)
-    grammar = _grammar(name) if name and name in _TABLES else None
+    grammar = load_grammar(name) if name and name in _TABLES else None
     spans = None
     if grammar is not None:
         try:

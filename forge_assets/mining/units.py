@@ -109,7 +109,7 @@ class _Grammar:
 
 
 @lru_cache(maxsize=None)
-def _grammar(name: str) -> _Grammar | None:
+def load_grammar(name: str) -> _Grammar | None:
     """The parser and queries for a grammar, or None when it is missing or of an ABI this tree-sitter cannot load."""
     try:
         import tree_sitter
@@ -145,7 +145,7 @@ def grammar_name(language: str, path: str = "") -> str | None:
 
 def ast_status() -> dict[str, bool]:
     """For each language Forge has a grammar for: whether it loads with the installed tree-sitter."""
-    return {name: _grammar(name) is not None for name in sorted(_GRAMMARS)}
+    return {name: load_grammar(name) is not None for name in sorted(_GRAMMARS)}
 
 
 def line_windows(data: bytes, max_lines: int = WINDOW_LINES) -> list[Unit]:
@@ -237,7 +237,7 @@ def parse_file(text: str, language: str, path: str = "", details: bool = True) -
     """
     data = text.encode("utf-8", errors="replace")
     name = grammar_name(language, path)
-    grammar = _grammar(name) if name else None
+    grammar = load_grammar(name) if name else None
     if grammar is None or grammar.units is None:
         return ParsedFile(language, data, line_windows(data))
     try:
