@@ -6,6 +6,8 @@ Layout of one asset partition, <root>/<asset>/<language>/:
 - candidate -> <v>    the newest version written (what the last materialization produced)
 - promoted  -> <v>    the newest version that passed its checks: what downstream stages, `forge status`
                       and deploys use. A failed or rejected version never moves it.
+- history.jsonl       one JSON line per event, oldest first: `promote` whenever `promoted` moves to another
+                      version, and what deploys and rollbacks record (`deploy`, `rollback`); see log_event().
 
 A version is written into a private `.tmp-<pid>-*` folder and renamed into place only when complete.
 Folders left behind by a killed process are removed the next time anything is written there.
@@ -22,6 +24,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -31,6 +34,8 @@ PROMOTED = "promoted"
 LEGACY_LATEST = "latest"  # stores written before promotion existed: their `latest` counts as promoted
 POINTERS = (CANDIDATE, PROMOTED, LEGACY_LATEST)
 TMP_PREFIX = ".tmp-"
+HISTORY = "history.jsonl"  # a file beside the version folders; never a version, never removed by gc
+ROLLBACK = "rollback"
 
 
 class ArtifactError(RuntimeError):
@@ -194,7 +199,7 @@ class ArtifactStore:
                 self.mirror.upload_folder(final, f"{asset}/{language}/{version}")
             self._point(base, CANDIDATE, version)
             if promote:
-                self._point(base, PROMOTED, version)
+                self.promote(pending.artifact)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -211,13 +216,75 @@ class ArtifactStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def promote(self, art: Artifact) -> None:
-        """Make a stored version the one downstream stages use."""
+    def promote(self, art: Artifact, *, record: bool = True) -> None:
+        """Make a stored version the one downstream stages use.
+
+        When `promoted` moves to another version, a `promote` event (with `from`, the version it left) goes to the
+        partition's history; re-pointing it at the version it already names records nothing. record=False leaves
+        the history to the caller (a rollback records its own event).
+        """
+        before = self.promoted(art.asset, art.language)
         self._point(self.folder(art.asset, art.language), PROMOTED, art.version)
+        if record and (before is None or before.version != art.version):
+            self.log_event(art.asset, art.language, "promote", art.version, **{"from": before.version if before else None})
 
     def mark_candidate(self, art: Artifact) -> None:
         """Make a stored version the candidate again (a stage reused it instead of writing a new one)."""
         self._point(self.folder(art.asset, art.language), CANDIDATE, art.version)
+
+    # -- history -----------------------------------------------------------------------------------
+
+    def log_event(self, asset: str, language: str, event: str, version: str, **fields: object) -> dict:
+        """Append one event to <root>/<asset>/<language>/history.jsonl and return it.
+
+        The line is `{"at": <UTC ISO 8601>, "event", "version", **fields}`, written with a single write() on a
+        file opened O_APPEND, so lines of concurrent writers never interleave.
+        """
+        rec: dict = {"at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "event": event, "version": version}
+        rec.update({k: v for k, v in fields.items() if k not in rec})
+        line = (json.dumps(rec, default=str, ensure_ascii=False) + "\n").encode()
+        base = self.folder(asset, language)
+        base.mkdir(parents=True, exist_ok=True)
+        fd = os.open(base / HISTORY, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, line)
+        finally:
+            os.close(fd)
+        if written != len(line):  # a full disk: the partial line is skipped by history(); say so
+            raise OSError(errno.ENOSPC, f"only {written} of {len(line)} bytes of a history event were written to {base / HISTORY}")
+        return rec
+
+    def history(self, asset: str, language: str) -> list[dict]:
+        """The partition's events, oldest first; lines that are not a JSON object are skipped."""
+        path = self.folder(asset, language) / HISTORY
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in text.splitlines():
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(ev, dict) and isinstance(ev.get("event"), str):
+                events.append(ev)
+        return events
+
+    def rolled_back(self, asset: str, language: str) -> set[str]:
+        """Versions a rollback moved away from (`rollback` events' `from`), less those a later rollback chose again.
+
+        A stage that re-promotes automatically (the same inputs give the same version) must not bring these back.
+        """
+        gone: set[str] = set()
+        for ev in self.history(asset, language):
+            if ev.get("event") != ROLLBACK:
+                continue
+            if isinstance(ev.get("version"), str):
+                gone.discard(ev["version"])
+            if isinstance(ev.get("from"), str) and ev["from"] != ev.get("version"):
+                gone.add(ev["from"])
+        return gone
 
     def _point(self, base: Path, name: str, version: str) -> None:
         tmp_link = base / f".{name}-{os.getpid()}-{time.monotonic_ns()}"

@@ -45,7 +45,7 @@ def test_failed_write_leaves_promoted_and_no_debris(tmp_path: Path):
     assert store.promoted("adapter", "go") == good
     assert (good.path / "adapter_model.safetensors").read_bytes() == b"good"
     leftovers = [p.name for p in (tmp_path / "adapter" / "go").iterdir()]
-    assert sorted(leftovers) == sorted([good.version, "candidate", "promoted"])
+    assert sorted(leftovers) == sorted([good.version, "candidate", "promoted", "history.jsonl"])  # history: one promote event
 
 
 def test_require_names_the_asset_to_materialize(tmp_path: Path):
@@ -100,7 +100,7 @@ def test_stale_temp_folders_of_dead_writers_are_removed(tmp_path: Path):
     with store.write("dataset", "python", {}) as out:
         (out.path / "train.jsonl").write_text("x")
     names = sorted(p.name for p in base.iterdir())
-    assert names == sorted([out.artifact.version, "candidate", "promoted", live.name])
+    assert names == sorted([out.artifact.version, "candidate", "promoted", "history.jsonl", live.name])
 
 
 def test_writing_the_same_content_twice_at_once_never_fails(tmp_path: Path):
