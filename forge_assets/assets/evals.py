@@ -1,31 +1,41 @@
-"""Stage 6: eval_scores, held-out perplexity (and FIM exact match) of base vs adapter per language.
+"""Stage 6: eval_scores, the base model and base + adapter scored alike on the language's held-out (test) split.
 
-The gate `adapter_beats_base` is judged here, on the very scores just computed: if it passes, the
-scores and the adapter they judge are promoted; if not, both stay candidates and the blocking check
-fails, so nothing downstream runs (and `gguf` / `deployment` refuse them when run on their own).
+Perplexity per sample kind, FIM exact match and edit similarity on AST-chosen cases, CodeBLEU on instruction
+and commit answers, and HumanEval pass@1 run in the sandbox (evaluation/scores.py, in its own process).
+
+The eval gates of forge.yaml's `gates:` block are blocking checks on this asset, judged on the very scores
+just computed: if all pass, the scores and the adapter they judge are promoted; if any fails, both stay
+candidates and the failed check stops the run, so nothing downstream runs (and `gguf` / `deployment`
+re-judge and refuse them when run on their own).
 """
 
 import json
+import os
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, MetadataValue, asset
 
-from forge_assets.artifacts import ArtifactError, input_key
+from forge_assets.artifacts import MANIFEST, ArtifactError, input_key
 from forge_assets.assets.common import materialized
 from forge_assets.assets.isolation import run_step
-from forge_assets.evaluation.gate import gate
+from forge_assets.evaluation.gate import EVAL_GATES, judge_eval
+from forge_assets.evaluation.scores import humaneval_count, markdown_table
 from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
 from forge_assets.training.base_model import model_folder
 
-CODE_VERSION = "1"
-GATE = "adapter_beats_base"
+CODE_VERSION = "2"
+GATE = EVAL_GATES[0]  # adapter_beats_base, the perplexity gate
+_DESCRIPTIONS = {
+    "adapter_beats_base": "Blocks an adapter whose held-out perplexity exceeds gates.max_perplexity_ratio times the base model's.",
+    "fim_not_worse_than_base": "Blocks an adapter whose FIM exact match or edit similarity is worse than the base model's (gates.fim_not_worse).",
+    "humaneval_no_regression": "Blocks an adapter whose HumanEval pass@1 falls more than gates.max_humaneval_regression_points below the base's.",
+}
 
 
 @asset(partitions_def=language_partitions, group_name="evaluation", deps=["adapter", "dataset", "base_model"], code_version=CODE_VERSION,
-       check_specs=[AssetCheckSpec(GATE, asset="eval_scores", blocking=True,
-                                   description="Blocks promotion, export and deploy of an adapter that does worse than the base model on held-out code.")])
+       check_specs=[AssetCheckSpec(name, asset="eval_scores", blocking=True, description=_DESCRIPTIONS[name]) for name in EVAL_GATES])
 def eval_scores(context: AssetExecutionContext, forge: ForgeResource):
-    """How much the adapter lowers perplexity on the language's held-out (test) samples."""
+    """Perplexity per kind, FIM, CodeBLEU and HumanEval pass@1 of the base model vs the adapter on held-out code."""
     cfg = forge.load()
     store = forge.store(cfg)
     language = context.partition_key
@@ -35,29 +45,51 @@ def eval_scores(context: AssetExecutionContext, forge: ForgeResource):
     # The exact dataset and base model this adapter was trained on, as its manifest records them.
     inputs = ad.manifest()["inputs"]
     data, base = store.get("dataset", language, inputs["dataset"]), store.get("base_model", "all", inputs["base_model"])
-    key = input_key(adapter=ad.version, dataset=data.version, base=base.version, seq_len=cfg.training.seq_len, code=CODE_VERSION)
+    ev = cfg.eval.model_dump()
+    ev["humaneval"]["problems"] = humaneval_count(cfg.eval.humaneval.problems)  # auto resolved here, so the key says what ran
+    key = input_key(adapter=ad.version, dataset=data.version, base=base.version, seq_len=cfg.training.seq_len,
+                    eval={k: v for k, v in ev.items() if k not in ("extra_quantizations", "gguf_windows", "gguf_window_tokens")},
+                    code=CODE_VERSION)
     reused = (art := store.reusable("eval_scores", language, key)) is not None
     if not reused:
         manifest = {"input_key": key, "inputs": {"adapter": ad.version, "dataset": data.version, "base_model": base.version}}
         with store.workdir("eval") as work, store.write("eval_scores", language, manifest, promote=False) as out:
             scores = run_step(context, forge, "evaluate", {"base": str(model_folder(base.path)), "adapter": str(ad.path),
-                                                           "dataset": str(data.path), "seq_len": cfg.training.seq_len}, work)
+                                                           "dataset": str(data.path), "seq_len": cfg.training.seq_len,
+                                                           "eval": ev, "language": language}, work)
             (out.path / "scores.json").write_text(json.dumps(scores, indent=2, sort_keys=True))
+            (out.path / "scores.md").write_text(markdown_table(scores) + "\n")
         art = out.artifact
     else:
         store.mark_candidate(art)
     scores = json.loads((art.path / "scores.json").read_text())
-    verdict = gate(scores, cfg.deploy.max_perplexity_ratio)
-    if verdict.passed:
+    verdicts = judge_eval(scores, cfg.gates)
+    record_gates(art, verdicts)
+    passed = all(v.passed for v in verdicts)
+    if passed:
         store.promote(art)
         store.promote(ad)
-        context.log.info(f"{verdict.message} Promoted adapter {ad.version} and eval_scores {art.version}.")
+        context.log.info(" ".join(v.message for v in verdicts) + f" Promoted adapter {ad.version} and eval_scores {art.version}.")
     else:
-        context.log.error(verdict.message)
-    check = AssetCheckResult(check_name=GATE, passed=verdict.passed, severity=AssetCheckSeverity.ERROR,
-                             description=verdict.message, metadata={"perplexity_ratio": verdict.ratio, "limit": float(verdict.limit),
-                                                                    "adapter_version": ad.version, "eval_version": art.version})
-    return materialized(art, {**_figures(scores), "promoted": verdict.passed}, reused=reused, check_results=[check])
+        for v in verdicts:
+            if not v.passed:
+                context.log.error(f"gate {v.name} failed: {v.message}")
+    checks = [AssetCheckResult(check_name=v.name, passed=v.passed, severity=AssetCheckSeverity.ERROR, description=v.message,
+                               metadata={**{k: float(x) for k, x in v.figures.items() if isinstance(x, (int, float)) and not isinstance(x, bool)},
+                                         "adapter_version": ad.version, "eval_version": art.version})
+              for v in verdicts]
+    return materialized(art, {**_figures(scores), "scores_table": MetadataValue.md(markdown_table(scores)), "promoted": passed},
+                        reused=reused, check_results=checks)
+
+
+def record_gates(art, verdicts) -> None:
+    """Write the gate verdicts into the version's manifest (not part of its content hash), for `forge status` and `forge history`."""
+    path = art.path / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["gates"] = [{"name": v.name, "passed": v.passed, "message": v.message} for v in verdicts]
+    tmp = path.with_name(f".tmp-{os.getpid()}-{MANIFEST}")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
 
 
 def _figures(scores: dict) -> dict:

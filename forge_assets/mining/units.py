@@ -109,14 +109,26 @@ class _Grammar:
 
 
 @lru_cache(maxsize=None)
-def load_grammar(name: str) -> _Grammar | None:
-    """The parser and queries for a grammar, or None when it is missing or of an ABI this tree-sitter cannot load."""
+def tree_sitter_language(name: str):
+    """The tree_sitter.Language of a grammar Forge ships (python, rust, ..., tsx, shell), or None when it will not load."""
     try:
         import tree_sitter
 
         module, attr = _GRAMMARS[name]
         raw = getattr(importlib.import_module(module), attr)()
-        language = tree_sitter.Language(raw if isinstance(raw, int) else _capsule_pointer(raw))
+        return tree_sitter.Language(raw if isinstance(raw, int) else _capsule_pointer(raw))
+    except Exception:  # noqa: BLE001 - missing wheel, or an ABI this tree-sitter cannot load
+        return None
+
+
+def load_grammar(name: str) -> _Grammar | None:
+    """The parser and queries for a grammar, or None when it is missing or of an ABI this tree-sitter cannot load."""
+    language = tree_sitter_language(name)
+    if language is None:
+        return None
+    try:
+        import tree_sitter
+
         parser = tree_sitter.Parser(language)
         parser.timeout_micros = 5_000_000  # pathological inputs fall back to windows, never hang
     except Exception:

@@ -57,10 +57,20 @@ def test_commit_to_deployed_tag_then_unchanged_inputs_reuse_everything(chain):
     assert (root / "adapter" / "python" / "promoted" / "adapter_model.safetensors").is_file()
     scores = _materialization(instance, "eval_scores").metadata
     assert scores["base_perplexity"].value > 0 and scores["adapter_perplexity"].value > 0
+    # This two-file repository's test split is one sample: each kind it has gets a perplexity, HumanEval always runs
+    # (every figure on a split with every kind: test_training/test_eval_scores.py).
+    kinds = [k.removeprefix("test_samples_") for k in scores if k.startswith("test_samples_")]
+    for side in ("base", "adapter"):
+        assert kinds and all(scores[f"{side}_perplexity_{k}"].value > 0 for k in kinds)
+        assert 0 <= scores[f"{side}_humaneval_pass_at_1"].value <= 1
+    assert scores["humaneval_problems"].value == 2 and scores["sandbox_network_isolation"].value in ("netns", "socket-blocked")
+    assert f"| perplexity_{kinds[0]} |" in scores["scores_table"].value
 
     gguf_meta = _materialization(instance, "gguf").metadata
     assert gguf_meta["file"].value == "model-Q8_0.gguf" and gguf_meta["tokenizer_pre"].value == "qwen2"
     assert gguf_meta["smoke_completion_tokens"].value > 0  # llama.cpp loaded it and generated
+    assert gguf_meta["gguf_perplexity"].value > 0 and gguf_meta["merged_perplexity"].value > 0
+    assert abs(gguf_meta["quantization_loss_pct"].value) < 5  # Q8_0 costs little
 
     dep = _materialization(instance, "deployment").metadata
     tag, endpoint = dep["tag"].value, dep["endpoint"].value

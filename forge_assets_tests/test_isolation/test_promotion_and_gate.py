@@ -46,7 +46,7 @@ def test_a_rejected_adapter_is_never_promoted_exported_or_deployed_even_when_ggu
             served = json.loads((root / "deployment" / "python" / "promoted" / "deployment.json").read_text())
 
             # A new adapter (other training settings) judged with an impossible limit: rejected.
-            strict = write_config(tmp_path, [two_language_repo], deploy={"port": port, "max_perplexity_ratio": 0.01},
+            strict = write_config(tmp_path, [two_language_repo], deploy={"port": port}, gates={"max_perplexity_ratio": 0.01},
                                   training={"max_steps": 7})
             result = _run(instance, strict)
             assert not result.success
@@ -64,6 +64,18 @@ def test_a_rejected_adapter_is_never_promoted_exported_or_deployed_even_when_ggu
             health = llama_server.read_state(root / "deployment" / "python")
             assert health["tag"] == served["tag"]
             assert instance.get_latest_materialization_event(AssetKey("gguf")).asset_materialization.metadata["version"].value == good["gguf"]
+
+            # The good adapter again, but a GGUF quantized past the quantization-loss gate: written, never promoted or served.
+            lossy = write_config(tmp_path, [two_language_repo], deploy={"port": port, "quantization": "Q4_K_M"},
+                                 gates={"max_quantization_loss_pct": 0.0})
+            result = _run(instance, lossy)
+            assert not result.success
+            check = [e for e in result.get_asset_check_evaluations() if e.check_name == "quantization_loss"][0]
+            loss = check.metadata["quantization_loss_pct"].value
+            assert not check.passed and loss > 0 and "Q4_K_M" in check.description and "Fix:" in check.description
+            assert (root / "gguf" / "python" / "candidate").resolve().name != good["gguf"]
+            assert {a: _promoted(root, a) for a in good} == good
+            assert llama_server.read_state(root / "deployment" / "python")["tag"] == served["tag"]
         finally:
             llama_server.stop(root / "deployment" / "python")
 
