@@ -11,6 +11,7 @@ and dataflow matching) is codebleu's own, so the figures are codebleu's.
 
 from __future__ import annotations
 
+import logging
 import re
 
 # Forge language -> codebleu language (codebleu has no TypeScript or shell keywords/dataflow rules).
@@ -48,8 +49,10 @@ def score(predictions: list[str], references: list[str], language: str) -> dict 
 
     own = cb.get_tree_sitter_language
     cb.get_tree_sitter_language = lambda _lang: ts_lang  # the loadable Language (see the module docstring)
+    logging.disable(logging.WARNING)  # codebleu warns on the root logger for every batch without data flow; the figure says so
     try:
         out = cb.calc_codebleu(references, predictions, lang=lang)
     finally:
         cb.get_tree_sitter_language = own
+        logging.disable(logging.NOTSET)
     return {k.removesuffix("_score"): round(float(v), 4) for k, v in out.items()}

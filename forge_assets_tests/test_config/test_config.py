@@ -80,3 +80,17 @@ def test_seq_len_longer_than_forge_tiny_context_is_a_clear_error(tmp_path: Path)
     (tmp_path / "forge.yaml").write_text("repos:\n  - path: .\ntraining: {train_on: answers}\n")
     with pytest.raises(ConfigError, match="train_on"):
         load_config(tmp_path / "forge.yaml")
+
+
+def test_gates_and_eval_blocks_and_the_old_perplexity_key():
+    cfg = parse_config({})
+    assert cfg.gates.max_perplexity_ratio == 1.05 and cfg.gates.fim_not_worse and cfg.gates.max_quantization_loss_pct == 5.0
+    assert cfg.eval.fim_cases == 200 and cfg.eval.humaneval.problems == "auto"
+    assert parse_config({"deploy": {"max_perplexity_ratio": 2.0}}).gates.max_perplexity_ratio == 2.0  # the old name still works
+    with pytest.raises(ConfigError, match="both set.*Fix: keep gates.max_perplexity_ratio"):
+        parse_config({"deploy": {"max_perplexity_ratio": 2.0}, "gates": {"max_perplexity_ratio": 1.1}})
+    with pytest.raises(ConfigError, match="eval.humaneval.problems.*0 \\(off\\) to 164"):
+        parse_config({"eval": {"humaneval": {"problems": 500}}})
+    with pytest.raises(ConfigError, match="gates.max_quantizaton_loss_pct.*did you mean `max_quantization_loss_pct`"):
+        parse_config({"gates": {"max_quantizaton_loss_pct": 1}})
+    assert parse_config({"eval": {"extra_quantizations": ["Q4_K_M"]}}).eval.extra_quantizations == ["Q4_K_M"]

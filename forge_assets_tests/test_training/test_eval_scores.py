@@ -121,3 +121,15 @@ def test_the_quantization_gate_judges_the_shipped_files_loss():
     assert ok.passed
     bad = quantization_gate({"quantization": "Q4_K_M", "quantization_loss_pct": 3.5, "gguf_perplexity": 10.35, "merged_perplexity": 10.0}, gates)
     assert not bad.passed and "3.500 %" in bad.message and "Q4_K_M" in bad.message and "deploy.quantization" in bad.message
+
+
+def test_codebleu_scores_through_the_codebleu_package_with_forges_grammars():
+    from forge_assets.evaluation.codebleu_eval import extract_code, score
+
+    ref = "def add(a, b):\n    total = a + b\n    return total\n"
+    assert score([ref], [ref], "python")["codebleu"] == 1.0
+    renamed = score(["def add(x, y):\n    s = x + y\n    return s\n"], [ref], "python")
+    assert 0 < renamed["codebleu"] < 1 and renamed["syntax_match"] == 1.0  # same tree, other names
+    assert score(["fn f() -> i32 { 1 }"], ["fn f() -> i32 { 2 }"], "rust")["codebleu"] > 0
+    assert score(["x"], ["y"], "shell") is None and score([], [], "python") is None  # codebleu has no shell
+    assert extract_code("Here it is:\n```python\ndef f():\n    pass\n```\nDone.") == "def f():\n    pass"
