@@ -176,7 +176,7 @@ class HumanEvalConfig(_Strict):
 class EvalConfig(_Strict):
     """What eval_scores measures on the held-out (test) split, base model and adapter alike. Defaults fit ~2 min on 2 CPU cores."""
 
-    perplexity_samples: int = Field(150, gt=0)  # test samples scored per kind (code, fim, instruction, commit, ...)
+    perplexity_samples: int = Field(100, gt=0)  # test samples scored per kind (code, fim, instruction, commit, ...)
     fim_cases: int = Field(200, ge=0)  # AST-chosen FIM cases (line, block, call arguments); 0: off
     fim_context_chars: int = Field(1000, gt=0)  # prefix and suffix each trimmed to this many characters
     fim_max_new_tokens: int = Field(48, gt=0)

@@ -61,8 +61,8 @@ def fim_gate(scores: dict, gates) -> Verdict:
     return Verdict(name, False,
                    f"FIM on {scores['fim_cases']} held-out cases is worse with the adapter than without: {'; '.join(worse)}, beyond "
                    f"gates.fim_tolerance {tol} and {SE_MULTIPLE:g} standard errors. It is not promoted, exported or deployed. "
-                   "Fix: raise mining.fim_rate so training sees more FIM samples, or train longer; or set gates.fim_tolerance "
-                   "(or gates.fim_not_worse: false) in forge.yaml.", figures)
+                   "Fix: give training more FIM samples (mining.fim_rate draws at most one per file; raise it to 1.0) or train "
+                   "longer; to ship anyway, set gates.fim_tolerance (or gates.fim_not_worse: false) in forge.yaml.", figures)
 
 
 def humaneval_gate(scores: dict, gates) -> Verdict:
