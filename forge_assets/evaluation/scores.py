@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from forge_assets.chat import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END, IM_START
-from forge_assets.training.data import batches
+from forge_assets.training.data import batches, read_records
 
 ASSISTANT = f"{IM_START}assistant\n"
 CODEBLEU_KINDS = ("instruction", "commit")
@@ -55,25 +55,6 @@ def summed_loss(model, tokenizer, texts: list[str], seq_len: int, batch_size: in
             total_loss += float(loss)
             total_tokens += int((shift_labels != -100).sum())
     return total_loss, total_tokens
-
-
-def read_records(folder: Path, split: str) -> list[dict]:
-    """The records of <folder>/<split>.jsonl (kind, repo, path, text, ...), in file order."""
-    path = folder / f"{split}.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                rec["text"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{n}: not a dataset record ({exc}). Fix: rebuild the dataset; each line must be a JSON object with a `text` key.") from None
-            out.append(rec)
-    return out
 
 
 def held_out_texts(dataset: Path, seed: int = 0) -> list[str]:

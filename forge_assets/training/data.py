@@ -6,21 +6,28 @@ import json
 from pathlib import Path
 
 
-def read_texts(folder: Path, split: str) -> list[str]:
-    """The `text` of every record in <folder>/<split>.jsonl, in file order."""
+def read_records(folder: Path, split: str) -> list[dict]:
+    """The records of <folder>/<split>.jsonl (text, kind, repo, path, ...), in file order; [] when the split is absent."""
     path = folder / f"{split}.jsonl"
     if not path.is_file():
         return []
-    texts = []
+    records = []
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                texts.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError) as exc:
+                rec = json.loads(line)
+                rec["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}:{n}: not a dataset record ({exc}). Fix: rebuild the dataset; each line must be a JSON object with a `text` key.") from None
-    return texts
+            records.append(rec)
+    return records
+
+
+def read_texts(folder: Path, split: str) -> list[str]:
+    """The `text` of every record in <folder>/<split>.jsonl, in file order."""
+    return [r["text"] for r in read_records(folder, split)]
 
 
 def batches(tokenizer, texts: list[str], seq_len: int, batch_size: int):
