@@ -180,3 +180,20 @@ def tiny_dataset(tmp_path_factory) -> Path:
     for split, rows in {"train": texts * 4 + [fim], "valid": texts[:1], "test": texts[1:] + [fim]}.items():
         (folder / f"{split}.jsonl").write_text("".join(json.dumps({"text": r, "kind": "code"}) + "\n" for r in rows))
     return folder
+
+
+def forge_processes() -> list:
+    """Live llama.cpp servers and Forge routers started by this test process (deploy tests assert none is left)."""
+    import psutil
+
+    from forge_assets.deploy import llama_server
+
+    markers = ("llama_cpp.server", str(llama_server.ROUTER_SCRIPT))
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and any(m in child.cmdline() for m in markers):
+                out.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return out

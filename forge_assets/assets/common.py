@@ -43,10 +43,6 @@ def gated_adapter(store: ArtifactStore, language: str, gates, eval_version: str 
 
     Export and deploy call this, so materializing them on their own can never ship a rejected adapter.
     """
-    from forge_assets.config import GatesConfig
-
-    if gates is None or isinstance(gates, (int, float)):  # an old caller's bare perplexity limit
-        gates = GatesConfig() if gates is None else GatesConfig(max_perplexity_ratio=float(gates))
     ev = store.get("eval_scores", language, eval_version) if eval_version else store.require("eval_scores", language)
     bad = failed(judge_eval(json.loads((ev.path / "scores.json").read_text()), gates))
     adapter_version = ev.manifest()["inputs"]["adapter"]

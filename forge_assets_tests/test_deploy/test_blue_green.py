@@ -23,21 +23,7 @@ import pytest
 from forge_assets import cli
 from forge_assets.deploy import llama_server, procs
 from forge_assets.deploy.ports import port_for, read_ports
-from forge_assets_tests.conftest import free_port, write_config
-
-MARKERS = ("llama_cpp.server", str(llama_server.ROUTER_SCRIPT))
-
-
-def _ours() -> list[psutil.Process]:
-    """Live llama.cpp servers and Forge routers started by this test process."""
-    out = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and any(m in child.cmdline() for m in MARKERS):
-                out.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return out
+from forge_assets_tests.conftest import forge_processes, free_port, write_config
 
 
 @pytest.fixture
@@ -46,7 +32,7 @@ def state_dir(tmp_path: Path):
     folder = tmp_path / "artifacts" / "deployment" / "python"
     yield folder
     llama_server.stop(folder)
-    leftovers = _ours()
+    leftovers = forge_processes()
     for proc in leftovers:
         proc.kill()
         proc.wait(10)
@@ -141,7 +127,7 @@ def test_redeploy_keeps_answering_on_the_stable_endpoint(q8_gguf: Path, v2_gguf:
     assert second["retired"] == [f"stopped llama.cpp server for forge-python:one (pid {first['pid']})"]
     assert llama_server.read_state(state_dir)["tag"] == "forge-python:two"
     assert llama_server.health(state_dir)["health"] == "up" and llama_server.serving(state_dir, "forge-python:two")
-    assert len(_ours()) == 2  # one router, one server
+    assert len(forge_processes()) == 2  # one router, one server
 
 
 def test_a_gguf_that_fails_to_load_leaves_the_old_model_serving(q8_gguf: Path, tmp_path: Path, state_dir: Path):
@@ -164,7 +150,7 @@ def test_a_gguf_that_fails_to_load_leaves_the_old_model_serving(q8_gguf: Path, t
     state = llama_server.read_state(state_dir)
     assert state["tag"] == "forge-python:good" and state["server"] == good["server"] and llama_server.alive(state["server"])
     assert _chat(good["endpoint"], "forge-python:good")["choices"]
-    assert len(_ours()) == 2  # the failed servers are gone
+    assert len(forge_processes()) == 2  # the failed servers are gone
 
 
 def _status(monkeypatch, tmp_path: Path, capsys) -> dict:
@@ -261,7 +247,7 @@ def test_a_busy_stable_port_is_a_true_actionable_error(q8_gguf: Path, state_dir:
     msg = str(err.value)
     assert f"port {port} on 127.0.0.1 is in use by pid {os.getpid()}" in msg
     assert "set deploy.port in forge.yaml" in msg and "Nothing was deployed before" in msg
-    assert llama_server.read_state(state_dir) is None and _ours() == []  # nothing was started
+    assert llama_server.read_state(state_dir) is None and forge_processes() == []  # nothing was started
 
 
 def test_ports_are_reassigned_when_deploy_port_changes(tmp_path: Path):
@@ -298,4 +284,4 @@ def test_a_deployment_recorded_before_the_router_is_taken_over(q8_gguf: Path, st
     new = llama_server.deploy(q8_gguf, "forge-python:new", "127.0.0.1", port, state_dir)
     assert new["endpoint"] == old["endpoint"] and new["router"]["port"] == port
     assert not llama_server.alive(old["process"]) and llama_server.health(state_dir)["health"] == "up"
-    assert len(_ours()) == 2
+    assert len(forge_processes()) == 2

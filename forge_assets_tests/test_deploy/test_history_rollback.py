@@ -12,7 +12,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
 
 from forge_assets import cli
@@ -20,34 +19,22 @@ from forge_assets.artifacts import ArtifactStore
 from forge_assets.config import load_config
 from forge_assets.deploy import llama_server
 from forge_assets.deploy.service import deploy_gguf, format_scores, key_scores
-from forge_assets_tests.conftest import free_port, write_config
+from forge_assets_tests.conftest import forge_processes, free_port, write_config
 
-MARKERS = ("llama_cpp.server", str(llama_server.ROUTER_SCRIPT))
 GATES_FAILED = [{"name": "adapter_beats_base", "passed": False, "message": "held-out perplexity 1.300x the base model's (limit 1.05)"},
-                {"name": "fim_not_worse", "passed": True, "message": "ok"}]
-
-
-def _ours() -> list[psutil.Process]:
-    out = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and any(m in child.cmdline() for m in MARKERS):
-                out.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return out
+                {"name": "fim_not_worse_than_base", "passed": True, "message": "ok"}]
 
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch):
     """forge.yaml in tmp (FORGE_CONFIG), its store; afterwards `forge stop` must leave no router or server running."""
-    cfg_path = write_config(tmp_path, [], deploy={"port": free_port(), "max_perplexity_ratio": 1.05})
+    cfg_path = write_config(tmp_path, [], deploy={"port": free_port()})
     monkeypatch.setenv("FORGE_CONFIG", str(cfg_path))
     monkeypatch.delenv("FORGE_DEPLOYMENT", raising=False)
     store = ArtifactStore(tmp_path / "artifacts")
     yield cfg_path, store
     cli.main(["stop"])
-    leftovers = _ours()
+    leftovers = forge_processes()
     for proc in leftovers:
         proc.kill()
         proc.wait(10)
