@@ -1,44 +1,166 @@
-"""The chat format Forge trains and serves: ChatML with Qwen2.5-style tool calls.
+"""The chat format Forge trains and serves: Qwen2.5's ChatML, tools and tool calls included.
 
-One Jinja template is the single source of truth: it goes into the tokenizer, the GGUF and the
-Ollama TEMPLATE, and datasets render conversations with it, so training and serving agree.
+`CHAT_TEMPLATE` is forge-tiny's chat template. It is Forge's own Jinja text, written to render byte for byte as
+Qwen2.5-Instruct's template does (tested against the real file): a system turn (Qwen's default one when the
+conversation has none), a ``# Tools`` section with one JSON schema per line inside ``<tools></tools>`` when tools
+are given, assistant tool calls as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` lines, and tool
+results as ``<tool_response>`` blocks inside one user turn.
+
+One template is the single source of truth for a base model: it goes into the tokenizer, the GGUF
+(``tokenizer.chat_template``) and the Ollama TEMPLATE, datasets render conversations with it, and Forge's server
+renders requests with it, so training and serving agree. Rendering goes through transformers' own chat-template
+renderer (the one ``tokenizer.apply_chat_template`` uses), so a base model's own template (Qwen2.5, Qwen3) renders
+here exactly as it does in transformers.
 """
 
 from __future__ import annotations
 
 import json
-
-import jinja2
+import re
+import uuid
+from pathlib import Path
 
 IM_START, IM_END, EOT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD = "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>"
 REPO_NAME, FILE_SEP = "<|repo_name|>", "<|file_sep|>"
 SPECIAL_TOKENS = [EOT, IM_START, IM_END, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD, REPO_NAME, FILE_SEP]
 STOP_TOKENS = [IM_END, EOT]
+FIM_STOP_TOKENS = [EOT, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, FIM_PAD, FILE_SEP, REPO_NAME, IM_START, IM_END]
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 
+DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+TOOLS_INTRO = ("\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+               "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
+TOOLS_OUTRO = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+               "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>")
+
+
+def _j(s: str) -> str:
+    """A Python string as a Jinja string literal."""
+    return json.dumps(s)
+
+
+# Forge's template: the system turn (with the tool list), then each turn. Whitespace is controlled by `-`.
 CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if message.role == 'tool' %}"
-    "{{- '<|im_start|>user\\n<tool_response>\\n' + (message.content or '') + '\\n</tool_response><|im_end|>\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + (message.content or '') }}"
-    "{%- if message.tool_calls %}"
-    "{%- for call in message.tool_calls %}"
-    "{%- set fn = call.function if call.function is defined else call %}"
-    "{{- '\\n<tool_call>\\n{\"name\": \"' + fn.name + '\", \"arguments\": ' + (fn.arguments if fn.arguments is string else fn.arguments | tojson) + '}\\n</tool_call>' }}"
-    "{%- endfor %}"
-    "{%- endif %}"
-    "{{- '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    "{%- set has_system = messages and messages[0].role == 'system' -%}"
+    "{{- '<|im_start|>system\\n' + (messages[0].content if has_system else " + _j(DEFAULT_SYSTEM) + ") -}}"
+    "{%- if tools -%}"
+    "{{- " + _j(TOOLS_INTRO) + " -}}"
+    "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- " + _j(TOOLS_OUTRO) + " -}}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'tool' -%}"
+    "{%- set prev = messages[loop.index0 - 1].role if not loop.first else '' -%}"
+    "{%- set next = messages[loop.index0 + 1].role if not loop.last else '' -%}"
+    "{{- ('<|im_start|>user' if prev != 'tool' else '') + '\\n<tool_response>\\n' + m.content + '\\n</tool_response>'"
+    " + ('<|im_end|>\\n' if next != 'tool' else '') -}}"
+    "{%- elif m.role == 'assistant' and m.tool_calls -%}"
+    "{{- '<|im_start|>assistant' + ('\\n' + m.content if m.content else '') -}}"
+    "{%- for call in m.tool_calls -%}"
+    "{%- set fn = call.function if call.function is defined else call -%}"
+    "{{- '\\n<tool_call>\\n{\"name\": \"' + fn.name + '\", \"arguments\": ' + (fn.arguments | tojson) + '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- elif not (m.role == 'system' and loop.first) -%}"
+    "{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
-_env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
-_env.filters["tojson"] = lambda v: json.dumps(v, ensure_ascii=False, sort_keys=True)
-_template = _env.from_string(CHAT_TEMPLATE)
+
+class ChatTemplateError(ValueError):
+    """A conversation the chat template cannot render; the message names the turn and the fix."""
 
 
-def render_chat(messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """A conversation rendered exactly as the tokenizer's chat template renders it."""
-    return _template.render(messages=messages, add_generation_prompt=add_generation_prompt)
+def normalize_messages(messages: list[dict]) -> list[dict]:
+    """Messages as the template expects them: content a string (OpenAI content parts joined), tool-call arguments a
+    JSON object (OpenAI clients send them as a JSON string; Qwen's template writes them with `tojson`, which would
+    quote a string a second time, so they are parsed first, as llama.cpp's server does)."""
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ChatTemplateError(f"message {i} has no `role`: {str(m)[:200]}. Fix: every message needs role and content.")
+        m = dict(m)
+        content = m.get("content")
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
+        m["content"] = "" if content is None else str(content)
+        calls = []
+        for call in m.get("tool_calls") or []:
+            fn = dict(call.get("function", call))
+            args = fn.get("arguments")
+            if isinstance(args, str):
+                try:
+                    args = json.loads(args) if args.strip() else {}
+                except ValueError:
+                    pass  # kept as the string the client sent
+            fn["arguments"] = args if args is not None else {}
+            calls.append({**call, "function": fn} if "function" in call else fn)
+        if calls:
+            m["tool_calls"] = calls
+        else:
+            m.pop("tool_calls", None)
+        out.append(m)
+    return out
+
+
+def render_chat(messages: list[dict], add_generation_prompt: bool = False, tools: list[dict] | None = None,
+                template: str | None = None) -> str:
+    """A conversation rendered exactly as the tokenizer's chat template renders it (transformers' renderer).
+
+    template defaults to Forge's CHAT_TEMPLATE (forge-tiny's); pass a base model's own template to render for it.
+    """
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    try:
+        rendered, _ = render_jinja_template([normalize_messages(messages)], tools=tools or None, chat_template=template or CHAT_TEMPLATE,
+                                            add_generation_prompt=add_generation_prompt)
+    except ChatTemplateError:
+        raise
+    except Exception as exc:  # jinja2 errors (TypeError on a missing content, UndefinedError, TemplateError)
+        raise ChatTemplateError(f"the chat template cannot render this conversation ({type(exc).__name__}: {exc}). "
+                                "Fix: give every message a role and string content; tool calls need a function name.") from None
+    return rendered[0]
+
+
+def template_of(model_dir: Path) -> str | None:
+    """A Hugging Face model folder's own chat template (chat_template.jinja, or tokenizer_config.json's), or None."""
+    model_dir = Path(model_dir)
+    if (model_dir / "chat_template.jinja").is_file():
+        return (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    cfg = model_dir / "tokenizer_config.json"
+    if cfg.is_file():
+        tpl = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(tpl, list):  # named templates: the default one
+            tpl = next((t.get("template") for t in tpl if t.get("name") == "default"), None)
+        return tpl if isinstance(tpl, str) else None
+    return None
+
+
+_TOOL_CALL = re.compile(re.escape(TOOL_CALL_OPEN) + r"\s*(.*?)\s*(?:" + re.escape(TOOL_CALL_CLOSE) + r"|$)", re.S)
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
+    """Split a model's answer into its text and OpenAI `tool_calls` (Qwen's ``<tool_call>{json}</tool_call>`` blocks).
+
+    A block whose JSON does not parse, or that names no function, is left in the text: the client sees what the
+    model wrote rather than a call that would fail. Arguments come back as a JSON string, as OpenAI sends them.
+    """
+    calls, kept, pos = [], [], 0
+    for m in _TOOL_CALL.finditer(text):
+        try:
+            obj = json.loads(m.group(1))
+        except ValueError:
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+            continue
+        args = obj.get("arguments", obj.get("parameters", {}))
+        kept.append(text[pos:m.start()])
+        pos = m.end()
+        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                      "function": {"name": obj["name"], "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}})
+    kept.append(text[pos:])
+    return "".join(kept).strip() if calls else text, calls

@@ -184,28 +184,43 @@ def encode_chat(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) 
 
 
 def _trim_prompt(ex: list[tuple[list[int], bool]], overflow: int, tok: Tok) -> list[tuple[list[int], bool]] | None:
-    """An exchange shortened by `overflow` tokens from the start of its prompt (after the first message's
-    `<|im_start|>role` line), answers untouched; None when the prompt before the first answer is too short."""
-    first, trained = ex[0]
-    if trained:
+    """An exchange shortened by `overflow` tokens, answers untouched; None when its prompt cannot give that much.
+
+    Only message bodies are cut, from their start: each message keeps its ``<|im_start|>role`` line and its
+    ``<|im_end|>``. User and tool turns are cut first (their ends, nearest the answer, stay), the system turn last,
+    so the model still sees the system prompt it is served with.
+    """
+    first_answer = next((i for i, (_, tr) in enumerate(ex) if tr), len(ex))
+    if first_answer == 0:
         return None
+    parts = [list(p) for p in ex]
+    pieces = {i: _message_pieces(parts[i][0], tok) for i in range(first_answer)}
+    order = sorted(pieces, key=lambda i: (tok.tokenizer.decode(parts[i][0][1:2]) == "system", i))
+    cut = overflow
+    for i in order:
+        head, body, tail = pieces[i]
+        drop = min(cut, len(body))
+        if drop:
+            parts[i][0] = head + body[drop:] + tail
+            cut -= drop
+        if not cut:
+            return [(t, tr) for t, tr in parts if t]
+    return None
+
+
+def _message_pieces(toks: list[int], tok: Tok) -> tuple[list[int], list[int], list[int]]:
+    """A rendered message's tokens as (``<|im_start|>role\\n`` line, body, ``<|im_end|>\\n`` tail); no header or tail
+    when the piece has none (an assistant opener, a continuation)."""
     header = 0
-    if first[:1] == [tok.special[IM_START]]:  # keep "<|im_start|>role\n" whole: up to the first newline token
+    if toks[:1] == [tok.special[IM_START]]:
         header = 1
-        while header < min(len(first), 8) and "\n" not in tok.tokenizer.decode(first[header:header + 1]):
+        while header < min(len(toks), 8) and "\n" not in tok.tokenizer.decode(toks[header:header + 1]):
             header += 1
         header += 1
-    cut = overflow
-    flat_head, parts = first[:header], [(first[header:], False)] + list(ex[1:])
-    out: list[tuple[list[int], bool]] = []
-    for toks, tr in parts:
-        if cut and not tr:
-            drop = min(cut, len(toks))
-            toks, cut = toks[drop:], cut - drop
-        elif cut and tr:
-            return None  # the answer would be cut: drop the exchange instead
-        out.append((toks, tr))
-    return [(flat_head, False)] + [(t, tr) for t, tr in out if t]
+    end = len(toks)
+    if tok.special[IM_END] in toks[header:]:
+        end = len(toks) - 1 - toks[::-1].index(tok.special[IM_END])
+    return toks[:header], toks[header:end], toks[end:]
 
 
 def encode_code(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) -> None:

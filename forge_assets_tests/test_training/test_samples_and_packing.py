@@ -135,12 +135,14 @@ def test_an_exchange_with_a_long_prompt_keeps_its_answer_and_the_prompts_end(tok
 
     prompt = " ".join(f"w{i}" for i in range(300)) + " QUESTION_END"
     text = chat_text(prompt, "Short answer: use a dict.")
-    out = encode([text], tokenizer, seq_len=80)
+    out = encode([text], tokenizer, seq_len=140)
     assert len(out.examples) == 1 and out.prompt_trimmed == 1 and not out.dropped
     ex = out.examples[0]
-    assert len(ex.ids) <= 80
+    assert len(ex.ids) <= 140
     shown = tokenizer.decode(ex.ids)
-    assert shown.startswith("<|im_start|>user\n") and "QUESTION_END" in shown and "w0 " not in shown
+    # the system turn stays whole, the user turn keeps its header and its end, its start is cut
+    assert shown.startswith("<|im_start|>system\nYou are Qwen") and "<|im_start|>user\n" in shown
+    assert "QUESTION_END" in shown and "w0 " not in shown
     assert _trained_text(tokenizer, ex) == "Short answer: use a dict." + IM_END
     assert trained_coverage(out, 1.0) == 1.0  # under `completions` the trimmed prompt was context anyway
     # an answer longer than the window is never cut: the exchange is dropped, and the loss-bearing coverage says so
