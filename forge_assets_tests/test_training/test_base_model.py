@@ -99,4 +99,4 @@ def test_held_out_files_are_stable_and_measured(tmp_path: Path):
     assert any(len(i) > 128 for i in ids)  # some files are longer than the window
     scored = sum(len(tok.decode(i[:128]).encode()) for i in ids)
     expected = math.log(figures["held_out_perplexity"]) * figures["held_out_tokens"] / scored / math.log(2)
-    assert figures["held_out_bits_per_byte"] == pytest.approx(expected, rel=1e-3, abs=5.1e-4)  # the figure is rounded to 3 places
+    assert figures["held_out_bits_per_byte"] == pytest.approx(expected, abs=2e-3)  # the figure and the perplexity it is checked from are both rounded
