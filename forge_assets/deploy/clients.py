@@ -1,0 +1,331 @@
+"""Ready-to-paste client configurations for Forge's deployed model tags: OpenCode, Continue and Tabby.
+
+Forge serves one tag per language (``forge-python:1a2b3c4d5e6f``) behind one endpoint. `Served` describes that
+endpoint and its tags; `render` turns it into a client's configuration file and `write_all` writes all three::
+
+    served = Served("llama-server", "http://127.0.0.1:8088/v1",
+                    [ServedModel("forge-python:1a2b3c4d5e6f", "python", context=32768, max_output=4096)])
+    write_all(served, Path("clients"))   # opencode.json, continue-config.yaml, tabby-config.toml
+
+Targets and the URLs each client is given (``base_url`` is the OpenAI-style base ``.../v1``; for ``ollama`` the
+Ollama host, with or without ``/v1``):
+
+- ``llama-server``: OpenCode and Continue (provider ``openai``) use ``<base>/v1``; Tabby completion is
+  ``llama.cpp/completion`` at ``<server root>/lang/<language>`` (Forge's server answers llama.cpp's native
+  ``/completion`` there with that language's adapter, since Tabby sends no model name).
+- ``ollama``: OpenCode uses ``<host>/v1``; Continue provider ``ollama`` at ``<host>/``; Tabby completion is
+  ``ollama/completion`` at ``<host>``.
+- ``mlx-lm``: OpenCode and Continue (provider ``openai``) use ``<base>/v1``; Tabby completion is
+  ``openai/legacy_completion_no_fim`` at ``<base>/v1`` (see below why).
+- ``vllm``: OpenCode and Continue (provider ``openai``) use ``<base>/v1``; Tabby completion is ``vllm/completion``
+  at ``<base>/v1``; each tag is a LoRA module name.
+
+Tabby chat is always ``openai/chat`` at ``<base>/v1`` (Ollama serves an OpenAI-compatible ``/v1`` too).
+
+Facts these rest on (checked against the clients' sources, not copied from them):
+
+- Tabby (crates/http-api-bindings/src/completion/mod.rs): ``llama.cpp/completion`` posts the rendered
+  ``prompt_template`` to ``<api_endpoint>/completion`` (no model field, so it is whatever the server root serves);
+  ``vllm/completion`` and ``openai/legacy_completion_no_fim`` are the same engine: they post the rendered prompt to
+  ``<api_endpoint>/completions`` with ``model_name``; ``openai/completion`` (FIM) ignores ``prompt_template`` and sends
+  the suffix in the request's ``suffix`` field instead. mlx_lm.server's ``/v1/completions`` reads only ``prompt``
+  (it ignores ``suffix``), so for ``mlx-lm`` Forge renders Qwen's FIM prompt itself with the no-FIM kind; it is
+  named ``openai/legacy_completion_no_fim`` rather than ``vllm/completion`` because mlx-lm speaks plain OpenAI
+  legacy completions, not anything vLLM-specific (both kinds behave identically in Tabby).
+- Continue (config-yaml's ``configYamlSchema``): models have ``name``, ``provider``, ``model``, ``apiBase``, ``roles``,
+  ``capabilities``, ``promptTemplates.autocomplete`` (Handlebars, hence the triple braces) and
+  ``defaultCompletionOptions``. With provider ``openai`` autocomplete renders the template and posts it raw to
+  ``<apiBase>/completions``; with ``ollama`` it uses ``/api/generate`` (raw) unless the tag's TEMPLATE handles
+  ``.Suffix``.
+- OpenCode (1.18.33): a provider with ``npm: @ai-sdk/openai-compatible``, ``options.baseURL`` and per-model
+  ``limit``/``tool_call``; ``model`` is ``<provider>/<model id>``. OpenCode drops keys it does not know silently.
+
+Plain code: no Dagster, no network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+from urllib.parse import urlsplit
+
+import yaml
+
+from forge_assets.chat import FIM_MIDDLE, FIM_PREFIX, FIM_STOP_TOKENS, FIM_SUFFIX
+
+Target = Literal["llama-server", "ollama", "mlx-lm", "vllm"]
+Kind = Literal["opencode", "continue", "tabby"]
+TARGETS: tuple[str, ...] = get_args(Target)
+KINDS: tuple[str, ...] = get_args(Kind)
+
+FILE_NAMES: dict[str, str] = {"opencode": "opencode.json", "continue": "continue-config.yaml", "tabby": "tabby-config.toml"}
+
+PROVIDER_ID = "forge"  # OpenCode provider key: models are "forge/<tag>"
+OPENCODE_SCHEMA = "https://opencode.ai/config.json"
+
+# Qwen2.5-Coder fill-in-the-middle, in each client's own placeholder syntax.
+CONTINUE_FIM_TEMPLATE = f"{FIM_PREFIX}{{{{{{prefix}}}}}}{FIM_SUFFIX}{{{{{{suffix}}}}}}{FIM_MIDDLE}"  # Handlebars {{{x}}}
+TABBY_FIM_TEMPLATE = f"{FIM_PREFIX}{{prefix}}{FIM_SUFFIX}{{suffix}}{FIM_MIDDLE}"
+AUTOCOMPLETE_MAX_TOKENS = 256  # a completion is a few lines; the model's whole output budget would be slow
+
+TABBY_COMPLETION_KIND: dict[str, str] = {
+    "llama-server": "llama.cpp/completion",
+    "ollama": "ollama/completion",
+    "mlx-lm": "openai/legacy_completion_no_fim",
+    "vllm": "vllm/completion",
+}
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One deployed tag: the model name clients send, its language, its context window and output budget.
+
+    tool_call says whether the endpoint accepts OpenAI ``tools`` for this tag (OpenCode's ``tool_call``, Continue's
+    ``tool_use`` capability). Keep it True for llama-server/vLLM/mlx-lm; set it False for an Ollama tag whose
+    TEMPLATE has no ``.Tools`` section, since Ollama answers 400 "does not support tools" to every such request.
+    """
+
+    tag: str
+    language: str
+    context: int
+    max_output: int
+    tool_call: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.tag or any(c.isspace() for c in self.tag):
+            raise ValueError(f"ServedModel.tag must be a non-empty name without spaces, got {self.tag!r}")
+        if not self.language or any(c.isspace() or not c.isprintable() for c in self.language):
+            raise ValueError(f"ServedModel {self.tag!r}: language must be a non-empty name without spaces, got {self.language!r}")
+        if not self.tag.isprintable():
+            raise ValueError(f"ServedModel.tag has control characters: {self.tag!r}")
+        if not (0 < self.max_output < self.context):
+            raise ValueError(f"ServedModel {self.tag!r}: need 0 < max_output < context, got max_output={self.max_output}, "
+                             f"context={self.context}")
+
+    @property
+    def display_name(self) -> str:
+        """The tag without its version: ``forge-python:1a2b`` -> ``forge-python``."""
+        return self.tag.split(":", 1)[0]
+
+
+@dataclass(frozen=True)
+class Served:
+    """An endpoint serving tags: target (which server), base_url (OpenAI-style ``.../v1``; Ollama: its host)."""
+
+    target: str
+    base_url: str
+    models: list[ServedModel] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown target {self.target!r}; expected one of {', '.join(TARGETS)}")
+        if any(c.isspace() or not c.isprintable() for c in self.base_url):
+            raise ValueError(f"base_url has spaces or control characters: {self.base_url!r}")
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"base_url must be an http(s) URL without query or fragment, got {self.base_url!r}")
+        if self.target != "ollama" and not self.base_url.rstrip("/").endswith("/v1"):
+            raise ValueError(f"{self.target}: base_url must be the OpenAI-style base ending in /v1 "
+                             f"(e.g. http://127.0.0.1:8088/v1), got {self.base_url!r}")
+        if not self.models:
+            raise ValueError("Served.models is empty: nothing is deployed")
+        for what in ("tag", "language"):
+            seen = [getattr(m, what) for m in self.models]
+            dupes = sorted({v for v in seen if seen.count(v) > 1})
+            if dupes:
+                raise ValueError(f"Served.models repeats {what} {', '.join(dupes)}; one tag per language")
+
+    @property
+    def openai_base(self) -> str:
+        """``http://host:port[/prefix]/v1`` without a trailing slash (for Ollama: its OpenAI-compatible /v1)."""
+        base = self.base_url.rstrip("/")
+        return base if base.endswith("/v1") else f"{base}/v1"
+
+    @property
+    def server_root(self) -> str:
+        """The server's root (llama.cpp's native ``/completion``, Ollama's ``/api``): the base without /v1."""
+        base = self.base_url.rstrip("/")
+        return base[: -len("/v1")] if base.endswith("/v1") else base
+
+    @property
+    def languages(self) -> list[str]:
+        return [m.language for m in self.models]
+
+    def model_for(self, language: str | None = None) -> ServedModel:
+        """The tag serving language (default: the first model); ValueError naming the deployed languages otherwise."""
+        if language is None:
+            return self.models[0]
+        for m in self.models:
+            if m.language == language:
+                return m
+        raise ValueError(f"no model is deployed for language {language!r}; deployed languages: "
+                         f"{', '.join(sorted(self.languages))}")
+
+
+def _ordered(served: Served, language: str | None) -> tuple[ServedModel, list[ServedModel]]:
+    """The chosen model and all models with it first (clients default to the first chat model they list)."""
+    chosen = served.model_for(language)
+    return chosen, [chosen] + [m for m in served.models if m is not chosen]
+
+
+# --------------------------------------------------------------------------------------------------- OpenCode
+
+
+def opencode_config(served: Served, language: str | None = None) -> dict:
+    """A project's ``opencode.json``: one openai-compatible provider with every tag; ``model`` is language's tag."""
+    chosen = served.model_for(language)
+    models = {
+        m.tag: {"name": m.display_name, "tool_call": m.tool_call, "limit": {"context": m.context, "output": m.max_output}}
+        for m in served.models
+    }
+    return {
+        "$schema": OPENCODE_SCHEMA,
+        "provider": {
+            PROVIDER_ID: {
+                "npm": "@ai-sdk/openai-compatible",
+                "name": f"Forge ({served.target})",
+                "options": {"baseURL": served.openai_base},
+                "models": models,
+            }
+        },
+        "model": f"{PROVIDER_ID}/{chosen.tag}",
+        "small_model": f"{PROVIDER_ID}/{chosen.tag}",  # titles/summaries stay on the local endpoint
+    }
+
+
+# --------------------------------------------------------------------------------------------------- Continue
+
+
+def _continue_connection(served: Served) -> dict:
+    if served.target == "ollama":
+        return {"provider": "ollama", "apiBase": f"{served.server_root}/"}
+    return {"provider": "openai", "apiBase": f"{served.openai_base}/"}  # Continue resolves paths against apiBase
+
+
+def continue_dict(served: Served, language: str | None = None) -> dict:
+    """Continue's ``config.yaml`` as data: chat/edit/apply per tag (language's first) and one autocomplete model."""
+    chosen, ordered = _ordered(served, language)
+    conn = _continue_connection(served)
+    models: list[dict] = []
+    for m in ordered:
+        entry = {"name": f"Forge {m.language} ({m.tag})", **conn, "model": m.tag, "roles": ["chat", "edit", "apply"]}
+        if m.tool_call:
+            entry["capabilities"] = ["tool_use"]
+        entry["defaultCompletionOptions"] = {"contextLength": m.context, "maxTokens": m.max_output}
+        models.append(entry)
+    models.append({
+        "name": f"Forge {chosen.language} autocomplete ({chosen.tag})",
+        **conn,
+        "model": chosen.tag,
+        "roles": ["autocomplete"],
+        "promptTemplates": {"autocomplete": CONTINUE_FIM_TEMPLATE},
+        "defaultCompletionOptions": {
+            "contextLength": chosen.context,
+            "maxTokens": min(AUTOCOMPLETE_MAX_TOKENS, chosen.max_output),
+            "temperature": 0.2,
+            "stop": list(FIM_STOP_TOKENS),
+        },
+    })
+    return {"name": f"Forge ({served.target})", "version": "1.0.0", "schema": "v1", "models": models}
+
+
+def continue_config(served: Served, language: str | None = None) -> str:
+    """Continue's ``config.yaml`` text (``~/.continue/config.yaml`` or a workspace's ``.continue`` config)."""
+    head = (f"# Continue config for Forge's {served.target} endpoint {served.base_url}\n"
+            f"# languages: {', '.join(served.languages)}\n")
+    body = yaml.safe_dump(continue_dict(served, language), sort_keys=False, allow_unicode=True, width=4096)
+    return head + body
+
+
+# --------------------------------------------------------------------------------------------------- Tabby
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=True)  # a JSON string with ASCII escapes is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML rendering for {type(value).__name__}")
+
+
+def tabby_dict(served: Served, language: str | None = None) -> dict:
+    """Tabby's ``config.toml`` as data: ``model.completion.http`` and ``model.chat.http`` for language's tag."""
+    chosen, ordered = _ordered(served, language)
+    kind = TABBY_COMPLETION_KIND[served.target]
+    if served.target == "llama-server":  # Forge's server: /lang/<language>/completion is llama.cpp's /completion for that tag
+        endpoint = f"{served.server_root}/lang/{chosen.language}"
+    else:
+        endpoint = served.server_root if served.target == "ollama" else served.openai_base
+    completion = {"kind": kind, "model_name": chosen.tag, "api_endpoint": endpoint, "prompt_template": TABBY_FIM_TEMPLATE}
+    chat = {"kind": "openai/chat", "model_name": chosen.tag, "api_endpoint": served.openai_base,
+            "supported_models": [m.tag for m in ordered]}
+    return {"model": {"completion": {"http": completion}, "chat": {"http": chat}}}
+
+
+def tabby_config(served: Served, language: str | None = None) -> str:
+    """Tabby's ``~/.tabby/config.toml`` text."""
+    data = tabby_dict(served, language)["model"]
+    chosen = served.model_for(language)
+    lines = [f"# Tabby config for Forge's {served.target} endpoint {served.base_url}",
+             f"# completion and chat: {chosen.language} ({chosen.tag}); languages deployed: {', '.join(served.languages)}"]
+    if served.target == "llama-server":
+        lines.append("# llama.cpp/completion posts to <api_endpoint>/completion with no model name; Forge's server answers "
+                     "/lang/<language>/completion with that language's adapter.")
+    elif served.target == "mlx-lm":
+        lines.append("# mlx_lm.server ignores the OpenAI 'suffix' field, so Tabby renders Qwen's FIM prompt itself (the no-FIM kind).")
+    for section in ("completion", "chat"):
+        lines += ["", f"[model.{section}.http]"]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in data[section]["http"].items()]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------- files
+
+
+def render(kind: Kind, served: Served, language: str | None = None) -> tuple[str, str]:
+    """(file name, text) of one client's configuration."""
+    if kind == "opencode":
+        return FILE_NAMES[kind], json.dumps(opencode_config(served, language), indent=2) + "\n"
+    if kind == "continue":
+        return FILE_NAMES[kind], continue_config(served, language)
+    if kind == "tabby":
+        return FILE_NAMES[kind], tabby_config(served, language)
+    raise ValueError(f"unknown client kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_all(served: Served, folder: Path, language: str | None = None) -> dict[str, Path]:
+    """Write opencode.json, continue-config.yaml and tabby-config.toml into folder, each atomically.
+
+    All three are rendered before any is written, so an error (e.g. an unknown language) leaves folder untouched.
+    Returns {kind: path}.
+    """
+    rendered = {kind: render(kind, served, language) for kind in KINDS}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for kind, (name, text) in rendered.items():
+        paths[kind] = folder / name
+        _atomic_write(paths[kind], text)
+    return paths
