@@ -142,8 +142,19 @@ def status(languages: list[str] | None = None) -> int:
 
     cfg = load_config()
     store = ArtifactStore(cfg.artifact_path)
-    langs = languages or sorted({p.name for p in (store.root / "dataset").glob("*") if p.is_dir()}
-                                | {p.parent.name for p in (store.root / "deployment").glob(f"*/{llama_server.STATE}")})
+    from forge_assets.deploy.service import ENDPOINT, endpoint_dir
+
+    langs = languages or sorted(({p.name for p in (store.root / "dataset").glob("*") if p.is_dir()}
+                                 | {p.parent.name for p in (store.root / "deployment").glob(f"*/{llama_server.STATE}")}) - {ENDPOINT})
+    shared = endpoint_dir(store)
+    if (shared / llama_server.STATE).is_file() and not languages:  # the one endpoint and every tag it serves
+        state = llama_server.read_state(shared)
+        h = llama_server.health(shared)
+        print(json.dumps({"endpoint": state["endpoint"], "health": h["health"], "context": state.get("n_ctx"),
+                          "tags": [{"tag": m["id"], "language": m.get("language"), "adapter": m.get("lora"), "model": m["gguf"]}
+                                   for m in state.get("models") or []],
+                          "aliases": "<prefix>-<language>:latest names each language's current tag",
+                          "server": (state.get("server") or {}).get("pid"), "log": state.get("log")}, indent=2))
     for lang in langs:
         row = {asset: (a.version if (a := store.promoted(asset, lang)) else None)
                for asset in ("repo_snapshot", "session_logs", "dataset", "adapter", "eval_scores", "gguf")}
@@ -152,12 +163,16 @@ def status(languages: list[str] | None = None) -> int:
         if record:
             row["deployment"] = record
         state_dir = store.folder("deployment", lang)
+        if record and record.get("target") == "llama-server" and record.get("tags"):
+            state_dir = shared  # served with every other language from the one server
         if record and record.get("target") == "ollama":
             row["health"] = ollama_target.health(record["endpoint"], record["tag"])["health"]
         elif record or (state_dir / llama_server.STATE).is_file():
             h = llama_server.health(state_dir)
             row["health"] = h["health"]
-            if h["tag"] and record and h["tag"] != record.get("tag"):
+            if state_dir == shared:
+                row["endpoint_tags"] = h.get("models") or []
+            if h["tag"] and record and record.get("tag") not in (h.get("models") or [h["tag"]]):
                 row["serving"] = {"tag": h["tag"], "endpoint": h["endpoint"]}
         scores = store.promoted("eval_scores", lang)
         if scores:
@@ -385,6 +400,27 @@ def rollback(language: str, to: str | None = None) -> int:
     return 0
 
 
+def client_config(kind: str, language: str | None, write: str | None) -> int:
+    """Print (or write) a ready-to-paste OpenCode, Continue or Tabby configuration for the deployed tags."""
+    from forge_assets.artifacts import ArtifactError, ArtifactStore
+    from forge_assets.config import load_config
+    from forge_assets.deploy import clients
+    from forge_assets.deploy.service import served
+
+    cfg = load_config()
+    try:
+        name, text = clients.render(kind, served(ArtifactStore(cfg.artifact_path), cfg), language)
+    except (ArtifactError, ValueError) as exc:
+        print(f"forge client-config: {exc}", file=sys.stderr)
+        return 1
+    if write:
+        Path(write).write_text(text)
+        print(f"forge client-config: wrote {write} ({name} for {kind})", file=sys.stderr)
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
 def stop(languages: list[str] | None) -> int:
     """Stop the routers and llama.cpp servers Forge started (all, or the named languages').
 
@@ -396,7 +432,11 @@ def stop(languages: list[str] | None) -> int:
 
     cfg = load_config()
     root = cfg.artifact_path / "deployment"
+    from forge_assets.deploy.service import ENDPOINT
+
     langs = languages or sorted(p.name for p in root.glob("*") if (p / llama_server.STATE).is_file())
+    if languages and (root / ENDPOINT / llama_server.STATE).is_file():
+        print(f"forge: every language is served by one server ({root / ENDPOINT}); `forge stop` without --language stops it")
     for lang in langs:
         stopped = llama_server.stop(root / lang)
         if stopped is None:
@@ -420,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     p_rb = sub.add_parser("rollback", help="serve the previously deployed GGUF again (blue-green, smoke-tested) and keep it promoted")
     p_rb.add_argument("--language", required=True)
     p_rb.add_argument("--to", metavar="VERSION", help="a gguf version, a unique prefix of one, or its tag (<prefix>-<language>:<version>)")
+    p_cc = sub.add_parser("client-config", help="print a ready-to-paste OpenCode, Continue or Tabby configuration for the deployed tags")
+    p_cc.add_argument("client", choices=["opencode", "continue", "tabby"])
+    p_cc.add_argument("--language", help="the language whose tag is the default model (default: the first deployed)")
+    p_cc.add_argument("--write", metavar="FILE", help="write it to FILE instead of printing (e.g. opencode.json)")
     p_gc = sub.add_parser("gc", help="remove old artifact versions that are neither promoted nor deployed")
     p_gc.add_argument("--keep", type=int, default=3, help="newest versions to keep per asset and language besides promoted ones (default 3)")
     p_gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
@@ -431,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
             return gc(args.keep, args.dry_run)
         if args.command == "rollback":
             return rollback(args.language, args.to)
+        if args.command == "client-config":
+            return client_config(args.client, args.language, args.write)
         return {"run": run, "status": status, "stop": stop, "history": history}[args.command](args.language)
     except ConfigError as exc:
         print(f"forge: {exc}", file=sys.stderr)

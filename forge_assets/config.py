@@ -142,9 +142,19 @@ class TrainingConfig(_Strict):
 class DeployConfig(_Strict):
     """Where a language's model is served, and under what tag."""
 
-    target: Literal["llama-server", "ollama"] = "llama-server"
+    # llama-server: every language on one Forge model server (llama.cpp), base once + one LoRA per language;
+    # ollama: a merged GGUF per language; mlx-lm: mlx_lm.server with --adapter-path; vllm: a launch plan (not run here).
+    target: Literal["llama-server", "ollama", "mlx-lm", "vllm"] = "llama-server"
     host: str = "127.0.0.1"
-    port: int = Field(8088, gt=0, lt=65536)  # llama-server: first port; a language gets port + its index
+    port: int = Field(8088, gt=0, lt=65536)  # llama-server: the one endpoint every language's tag is served on
+    # Tokens of context the server gives each request. None: the model's trained context, and at least 32,768
+    # (OpenCode's system prompt and tools alone are ~3,800 tokens).
+    context: int | None = Field(None, ge=512)
+    # true: serve each language's merged GGUF (Ollama needs it for Qwen); false: the base GGUF once + each
+    # language's LoRA GGUF (falls back to merged for an adapter llama.cpp cannot apply, e.g. DoRA).
+    merge: bool = False
+    gpu_layers: int | Literal["auto"] = "auto"  # auto: all layers on the GPU when llama.cpp has CUDA or Metal
+    max_output: int = Field(4096, gt=0)  # the output limit written into client configurations
     ollama_host: str = "http://127.0.0.1:11434"
     tag_prefix: str = Field("forge", pattern=r"^[a-z0-9][a-z0-9._-]*$")
     quantization: Literal["Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K", "F16"] = "Q8_0"

@@ -83,7 +83,8 @@ def step_export_gguf(args: dict, log: Callable[[str], None], phase: Callable[[st
     held_out = held_out_texts(Path(args["dataset"])) if args.get("dataset") else None
     return export_gguf(Path(args["base"]), Path(args["adapter"]), Path(args["out"]), Path(args["work"]), args["quantization"],
                        args["name"], phase=phase, held_out=held_out, extra_quantizations=args.get("extra_quantizations", []),
-                       windows=int(args.get("windows", 24)), window_tokens=int(args.get("window_tokens", 512)), log=log)
+                       windows=int(args.get("windows", 24)), window_tokens=int(args.get("window_tokens", 512)), log=log,
+                       merge=bool(args.get("merge", True)), base_folder=Path(args["base_folder"]) if args.get("base_folder") else None)
 
 
 STEPS: dict[str, Callable[[dict, Callable[[str], None], Callable[[str], None]], dict]] = {
@@ -95,7 +96,8 @@ STEPS: dict[str, Callable[[dict, Callable[[str], None], Callable[[str], None]], 
 
 # What each phase runs, for the crash message the orchestrator shows.
 NATIVE = {"pretrain": "torch", "train": "torch", "score": "torch", "merge": "torch", "convert": "gguf-py",
-          "quantize": "llama.cpp", "smoke_generate": "llama.cpp", "score_gguf": "llama.cpp"}
+          "quantize": "llama.cpp", "smoke_generate": "llama.cpp", "score_gguf": "llama.cpp",
+          "convert_base": "gguf-py", "quantize_base": "llama.cpp", "convert_lora": "gguf-py"}
 
 
 def run(step: str, args: dict, result_path: Path, log: Callable[[str], None], language: str = "") -> int:

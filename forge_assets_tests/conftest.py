@@ -188,7 +188,7 @@ def forge_processes() -> list:
 
     from forge_assets.deploy import llama_server
 
-    markers = ("llama_cpp.server", str(llama_server.ROUTER_SCRIPT))
+    markers = ("llama_cpp.server", llama_server.SERVER_MODULE, str(llama_server.ROUTER_SCRIPT))
     out = []
     for child in psutil.Process().children(recursive=True):
         try:

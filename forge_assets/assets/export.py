@@ -1,4 +1,5 @@
-"""Stage 7: gguf, the promoted adapter merged into the base it was trained on, converted to GGUF and quantized by llama.cpp.
+"""Stage 7: gguf, what llama.cpp serves for a language: the shared base GGUF + the adapter as a LoRA GGUF (or, with
+deploy.merge, the adapter merged into the base it was trained on), converted with gguf-py and quantized by llama.cpp.
 
 The shipped file is scored: its perplexity through llama.cpp on held-out text against the merged model's on the
 same tokens. The gate `quantization_loss` (gates.max_quantization_loss_pct) is a blocking check on this asset:
@@ -17,7 +18,7 @@ from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
 from forge_assets.training.base_model import model_folder
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"  # 3: base GGUF + LoRA GGUF unless deploy.merge
 
 
 @asset(partitions_def=language_partitions, group_name="export", deps=["adapter", "base_model", "eval_scores"], code_version=CODE_VERSION,
@@ -32,7 +33,10 @@ def gguf(context: AssetExecutionContext, forge: ForgeResource):
     base = store.get("base_model", "all", ad.manifest()["inputs"]["base_model"])  # the base this adapter was trained on
     data = store.get("dataset", language, ev.manifest()["inputs"]["dataset"])  # the held-out text eval_scores used
     extra = sorted(set(cfg.eval.extra_quantizations) - {qtype})
-    key = input_key(adapter=ad.version, base=base.version, quantization=qtype, dataset=data.version, extra=extra,
+    # Ollama needs a merged GGUF for Qwen; llama-server serves the shared base GGUF + this language's LoRA GGUF.
+    merge = cfg.deploy.merge or cfg.deploy.target == "ollama"
+    base_folder = store.root / "base_gguf" / f"{base.version[:16]}-{qtype}"
+    key = input_key(adapter=ad.version, base=base.version, quantization=qtype, dataset=data.version, extra=extra, merge=merge,
                     windows=[cfg.eval.gguf_windows, cfg.eval.gguf_window_tokens], code=CODE_VERSION)
     reused = (art := store.reusable("gguf", language, key)) is not None
     if reused:
@@ -46,7 +50,8 @@ def gguf(context: AssetExecutionContext, forge: ForgeResource):
             figures = run_step(context, forge, "export_gguf", {
                 "base": str(model_folder(base.path)), "adapter": str(ad.path), "out": str(out.path), "work": str(work),
                 "quantization": qtype, "name": f"{cfg.deploy.tag_prefix}-{language}", "dataset": str(data.path),
-                "extra_quantizations": extra, "windows": cfg.eval.gguf_windows, "window_tokens": cfg.eval.gguf_window_tokens}, work)
+                "extra_quantizations": extra, "windows": cfg.eval.gguf_windows, "window_tokens": cfg.eval.gguf_window_tokens,
+                "merge": merge, "base_folder": str(base_folder)}, work)
             manifest["figures"] = figures
         art = out.artifact
     verdict = quantization_gate(figures, cfg.gates)
@@ -68,4 +73,4 @@ def gguf(context: AssetExecutionContext, forge: ForgeResource):
 
 def gguf_file(folder: Path) -> Path:
     """The GGUF inside a gguf artifact folder."""
-    return next(folder.glob("model-*.gguf"))
+    return next(iter(sorted(folder.glob("model-*.gguf")) or sorted(folder.glob("adapter-*.gguf"))))

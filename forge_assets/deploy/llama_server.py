@@ -1,10 +1,11 @@
-"""llama.cpp's OpenAI-compatible server (llama-cpp-python[server]) behind a Forge router: blue-green deploys.
+"""Forge's model server (llama.cpp through ``forge_server.py``) behind a Forge router: blue-green deploys.
 
-Each language has a stable endpoint ``http://<deploy.host>:<its port>/v1``, served by a tiny Forge router
-(``router.py``) that forwards every new connection to the llama.cpp server named in ``route.json``. A deploy
+One stable endpoint ``http://<deploy.host>:<deploy.port>/v1`` serves every language's tag from one server process
+that holds the base model once and applies each language's LoRA adapter per request. A tiny Forge router
+(``router.py``) forwards every new connection to the server named in ``route.json``. A deploy
 
-1. starts a llama.cpp server for the new GGUF on a free loopback port and smoke-tests it there
-   (``/v1/models`` lists the tag, ``/v1/chat/completions`` answers);
+1. starts a server for the new set of models on a free loopback port and smoke-tests it there
+   (``/v1/models`` lists every tag, ``/v1/chat/completions`` and a FIM ``/v1/completions`` answer for the new tag);
 2. atomically re-points ``route.json`` at it (starting the router if none runs on the port, or a new one when
    ``deploy.port`` moved it) and checks the new tag answers through the stable endpoint;
 3. records the new deployment (the tag moves), then stops the old server (and old router) once their open
@@ -14,8 +15,9 @@ If any step fails, the new server is stopped, the route is put back and the old 
 see no gap. Every process is recorded with its pid, start time and command-line marker (``procs.py``), and is
 only ever signalled while it still matches that record.
 
-Files in ``state_dir`` (``<artifact_root>/deployment/<language>``): ``server.json`` (the deployment),
-``route.json`` (the router's upstream), ``server.log`` and ``router.log``.
+Files in ``state_dir`` (``<artifact_root>/deployment/_endpoint``; a language's own folder for deployments made
+before one server held every language): ``server.json`` (the deployment), ``route.json`` (the router's upstream),
+``server-<port>.json`` (a server's config), ``server.log`` and ``router.log``.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from forge_assets.deploy import procs
 
 STATE = "server.json"
 ROUTE = "route.json"
-UPSTREAM_HOST = "127.0.0.1"  # llama.cpp servers listen on loopback only; clients reach them through the router
+UPSTREAM_HOST = "127.0.0.1"  # model servers listen on loopback only; clients reach them through the router
 ROUTER_SCRIPT = Path(__file__).with_name("router.py")
+SERVER_MODULE = "forge_assets.deploy.forge_server"
 
 
 class DeployError(RuntimeError):
@@ -135,49 +138,63 @@ def _log_tail(log_path: Path, offset: int) -> str:
     return ""
 
 
-def start(gguf: Path, tag: str, host: str, port: int, log_path: Path, n_ctx: int = 2048, timeout: float = 120.0) -> dict:
-    """Start a detached llama.cpp server for gguf as model `tag`; wait until it answers /v1/models.
+def server_config(models: list[dict], n_ctx: int, threads: int | None = None, gpu_layers: int | str = "auto") -> dict:
+    """The Forge server's config: every model entry {id, language, gguf, lora, chat_template}, one context size."""
+    return {"n_ctx": int(n_ctx), "threads": threads or min(os.cpu_count() or 2, 8), "gpu_layers": gpu_layers, "models": models}
 
-    Returns its record (pid, port, endpoint, tag, gguf, log, and `process`: the identity record for stopping it).
+
+def start(gguf: Path | None, tag: str, host: str, port: int, log_path: Path, n_ctx: int = 32768, timeout: float = 120.0,
+          models: list[dict] | None = None, gpu_layers: int | str = "auto") -> dict:
+    """Start a detached Forge model server (``forge_server.py``) on host:port; wait until /v1/models lists every tag.
+
+    `models` are the server's entries (one base held once, each tag with its LoRA); without them the one GGUF is
+    served as `tag`. Returns the server's record (pid, port, endpoint, tag, tags, config, log, and `process`: the
+    identity record for stopping it).
     """
     if not port_free(host, port):
         raise DeployError(f"{_busy(host, port)}. Fix: stop that program, or set deploy.port in forge.yaml to a free port.")
+    models = models or [{"id": tag, "language": None, "gguf": str(gguf), "lora": None, "chat_template": None}]
+    tags = [m["id"] for m in models]
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", tag,
-           "--host", host, "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "2"]
+    config_path = log_path.parent / f"server-{port}.json"
+    _atomic_write(config_path, json.dumps(server_config(models, n_ctx, gpu_layers=gpu_layers), indent=2))
+    cmd = [sys.executable, "-m", SERVER_MODULE, "--config", str(config_path), "--host", host, "--port", str(port)]
     with open(log_path, "ab") as log:
-        log.write(f"\n=== forge: {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {tag} from {gguf} on {host}:{port}\n".encode())
+        log.write(f"\n=== forge: {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {', '.join(tags)} on {host}:{port}\n".encode())
         log.flush()
         offset = log.tell()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    what = f"llama.cpp server for {tag}"
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd="/")
+    what = f"Forge model server for {', '.join(tags)}"
     try:
-        record = {**procs.record(proc.pid, ["llama_cpp.server", str(gguf), tag, str(port)], what), "port": port}
+        record = {**procs.record(proc.pid, [SERVER_MODULE, str(config_path), str(port)], what), "port": port}
     except psutil.NoSuchProcess:
         record = None
     endpoint = f"http://{_connect_host(host)}:{port}/v1"
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise DeployError(f"llama.cpp could not serve {gguf.name} as {tag}: the server exited with code {proc.returncode} "
-                              f"while loading it ({_log_tail(log_path, offset) or 'no output'}). See {log_path}.")
+            files = ", ".join(sorted({Path(m["gguf"]).name for m in models} | {Path(m["lora"]).name for m in models if m.get("lora")}))
+            raise DeployError(f"the model server could not serve {', '.join(tags)} from {files}: it exited with code {proc.returncode} "
+                              f"while loading ({_log_tail(log_path, offset) or 'no output'}). See {log_path}.")
         with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
-            models = _http("GET", f"{endpoint}/models", timeout=2)
-            if any(m.get("id") == tag for m in models.get("data", [])):
-                return {"pid": proc.pid, "host": host, "port": port, "endpoint": endpoint, "tag": tag, "gguf": str(gguf),
+            models_listed = _http("GET", f"{endpoint}/models", timeout=2)
+            if set(tags) <= {m.get("id") for m in models_listed.get("data", [])}:
+                return {"pid": proc.pid, "host": host, "port": port, "endpoint": endpoint, "tag": tag, "tags": tags,
+                        "gguf": str(gguf) if gguf else None, "config": str(config_path), "models": models, "n_ctx": int(n_ctx),
                         "log": str(log_path), "log_offset": offset, "process": record,
                         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         time.sleep(0.2)
     procs.terminate(record)
-    raise DeployError(f"llama.cpp server for {gguf.name} did not answer on {endpoint} within {timeout:.0f}s. See {log_path}.")
+    raise DeployError(f"the model server for {', '.join(tags)} did not answer on {endpoint} within {timeout:.0f}s. See {log_path}.")
 
 
-def _start_upstream(gguf: Path, tag: str, log_path: Path, n_ctx: int, timeout: float) -> dict:
+def _start_upstream(gguf: Path | None, tag: str, log_path: Path, n_ctx: int, timeout: float, models: list[dict] | None,
+                    gpu_layers: int | str) -> dict:
     """start() on a free loopback port, trying another port if the chosen one was taken meanwhile."""
     for attempt in range(3):
         port = _free_port()
         try:
-            return start(gguf, tag, UPSTREAM_HOST, port, log_path, n_ctx=n_ctx, timeout=timeout)
+            return start(gguf, tag, UPSTREAM_HOST, port, log_path, n_ctx=n_ctx, timeout=timeout, models=models, gpu_layers=gpu_layers)
         except DeployError as exc:
             if attempt == 2 or ("in use" not in str(exc) and "address already in use" not in str(exc).lower()):
                 raise
@@ -196,6 +213,19 @@ def smoke_chat(endpoint: str, tag: str, prompt: str = "Write a hello world funct
         raise DeployError(f"smoke test: {endpoint}/chat/completions answered without a message for model {tag}: {out}")
     return {"reply": choice["message"].get("content", ""), "finish_reason": choice.get("finish_reason"),
             "completion_tokens": (out.get("usage") or {}).get("completion_tokens")}
+
+
+def smoke_fim(endpoint: str, tag: str, max_tokens: int = 8) -> dict:
+    """One fill-in-the-middle completion (`suffix` given) against the served tag; raises DeployError unless it answers."""
+    try:
+        out = _http("POST", f"{endpoint}/completions", {"model": tag, "prompt": "def add(a, b):\n    ", "suffix": "\n    return result\n",
+                                                       "max_tokens": max_tokens, "temperature": 0})
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        raise DeployError(f"smoke test: POST {endpoint}/completions (FIM) failed: {exc}") from None
+    choice = (out.get("choices") or [{}])[0]
+    if "text" not in choice or out.get("model") != tag:
+        raise DeployError(f"smoke test: {endpoint}/completions answered without a completion for model {tag}: {out}")
+    return {"middle": choice["text"], "finish_reason": choice.get("finish_reason")}
 
 
 def start_router(host: str, port: int, route: Path, log_path: Path, timeout: float = 15.0) -> dict:
@@ -265,16 +295,23 @@ def _still_serving(previous: dict | None) -> str:
     return f"The previous deployment {previous['tag']} was not running either; nothing serves {previous['endpoint']}."
 
 
-def deploy(gguf: Path, tag: str, host: str, port: int, state_dir: Path, *, n_ctx: int = 2048,
-           drain_timeout: float = 30.0, start_timeout: float = 120.0) -> dict:
-    """Serve gguf as tag on the stable endpoint http://host:port/v1, replacing the previous server only once
-    the new one has answered; returns the state (endpoint, tag, pid, smoke, router, server …)."""
+def deploy(gguf: Path | None, tag: str, host: str, port: int, state_dir: Path, *, n_ctx: int = 32768,
+           drain_timeout: float = 30.0, start_timeout: float = 120.0, models=None, gpu_layers: int | str = "auto") -> dict:
+    """Serve `models` (or the one gguf as tag) on the stable endpoint http://host:port/v1 from one Forge model server,
+    replacing the previous server only once the new one has answered for `tag` (chat and FIM) and lists every tag;
+    returns the state (endpoint, tag, tags, pid, smoke, router, server …).
+
+    `models` may be a function of the previous state (None when nothing is deployed) returning the entries: it is
+    called under the deploy lock, so two languages deploying at once each keep the other's tag.
+    """
     with _deploy_lock(state_dir):
-        return _deploy(Path(gguf), tag, host, port, state_dir, n_ctx, drain_timeout, start_timeout)
+        if callable(models):
+            models = models(read_state(state_dir))
+        return _deploy(Path(gguf) if gguf else None, tag, host, port, state_dir, n_ctx, drain_timeout, start_timeout, models, gpu_layers)
 
 
-def _deploy(gguf: Path, tag: str, host: str, port: int, state_dir: Path, n_ctx: int, drain_timeout: float,
-            start_timeout: float) -> dict:
+def _deploy(gguf: Path | None, tag: str, host: str, port: int, state_dir: Path, n_ctx: int, drain_timeout: float,
+            start_timeout: float, models: list[dict] | None = None, gpu_layers: int | str = "auto") -> dict:
     previous = read_state(state_dir)
     prev_server, prev_router = _server_record(previous), (previous or {}).get("router")
     route = state_dir / ROUTE
@@ -289,11 +326,12 @@ def _deploy(gguf: Path, tag: str, host: str, port: int, state_dir: Path, n_ctx: 
 
     # 1. the new server, on a free loopback port, proven directly
     try:
-        new = _start_upstream(gguf, tag, state_dir / "server.log", n_ctx, start_timeout)
+        new = _start_upstream(gguf, tag, state_dir / "server.log", n_ctx, start_timeout, models, gpu_layers)
     except DeployError as exc:
         raise DeployError(f"{exc} {_still_serving(previous)}") from None
     try:
         smoke = smoke_chat(new["endpoint"], tag)
+        smoke["fim"] = smoke_fim(new["endpoint"], tag)
     except DeployError as exc:
         procs.terminate(new["process"])
         raise DeployError(f"{exc} See {new['log']}. {_still_serving(previous)}") from None
@@ -321,7 +359,8 @@ def _deploy(gguf: Path, tag: str, host: str, port: int, state_dir: Path, n_ctx: 
     # 3. the tag moves; then the old server (and the old router, if the port moved) stop once drained
     retiring = [r for r in ((prev_router if router is not prev_router else None), prev_server, *((previous or {}).get("retiring") or []))
                 if r and procs.alive(r)]
-    state = {"tag": tag, "gguf": str(gguf), "host": host, "port": port, "endpoint": endpoint, "pid": new["pid"],
+    state = {"tag": tag, "tags": new["tags"], "models": new["models"], "n_ctx": new["n_ctx"], "config": new["config"],
+             "gguf": str(gguf) if gguf else None, "host": host, "port": port, "endpoint": endpoint, "pid": new["pid"],
              "upstream": {"host": new["host"], "port": new["port"], "endpoint": new["endpoint"]},
              "log": new["log"], "router": router, "server": new["process"], "started_at": new["started_at"],
              "smoke": smoke, "retiring": retiring}
@@ -382,9 +421,10 @@ def health(state_dir: Path, timeout: float = 5.0) -> dict:
             why = f"{reason} on {where}"
     else:
         out["models"] = ids
-        if tag in ids:
+        missing = [t for t in state.get("tags") or [tag] if t not in ids]
+        if not missing:
             return {**out, "ok": True, "health": "up", "router": "running", "server": "running"}
-        why = f"{endpoint}/models answers but does not list {tag} (it lists {ids})"
+        why = f"{endpoint}/models answers but does not list {', '.join(missing)} (it lists {ids})"
     notes = []
     router, server = state.get("router"), _server_record(state)
     out["router"] = "running" if router is None or procs.alive(router) else procs.verify(router)[1]
@@ -392,12 +432,12 @@ def health(state_dir: Path, timeout: float = 5.0) -> dict:
     if router is not None and out["router"] != "running":
         notes.append(f"the Forge router (pid {router['pid']}) {out['router']}")
     if out["server"] != "running":
-        notes.append(f"the llama.cpp server for {tag} (pid {server['pid']}) {out['server']}; see {state.get('log')}")
+        notes.append(f"the model server for {tag} (pid {server['pid']}) {out['server']}; see {state.get('log')}")
     fix = "redeploy with `forge run` (or `forge stop` to clear it)"
     return {**out, "ok": False, "health": f"down: {why}" + (f"; {'; '.join(notes)}" if notes else "") + f". Fix: {fix}."}
 
 
 def serving(state_dir: Path, tag: str) -> bool:
-    """True if the language's stable endpoint answers and lists tag (what the deployment asset may reuse)."""
+    """True if the stable endpoint answers, lists every deployed tag, and tag among them (what a deploy may reuse)."""
     h = health(state_dir)
-    return h["ok"] and h["tag"] == tag
+    return h["ok"] and tag in h["models"]

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from forge_assets.artifacts import Artifact, ArtifactError, ArtifactStore, input_key
-from forge_assets.deploy import llama_server, ollama_target
-from forge_assets.deploy.ports import port_for
+from forge_assets.deploy import clients, llama_server, ollama_target
 
-CODE_VERSION = "1"  # the deployment asset's code version: part of the deployment artifact's input key
+CODE_VERSION = "2"  # 2: every language on one endpoint, base + LoRA  # the deployment asset's code version: part of the deployment artifact's input key
 DEPLOY, ROLLBACK = "deploy", "rollback"
 
 # The scores `forge status`, `forge history` and history events show, in this order, with a short label.
@@ -33,6 +32,89 @@ EVAL_KEY_SCORES = {
     "adapter_codebleu": "CodeBLEU",
 }
 GGUF_KEY_SCORES = {"quantization_loss_pct": "quant loss %"}
+
+
+ENDPOINT = "_endpoint"  # deployment/_endpoint: the one server every language's tag is served from
+
+
+def endpoint_dir(store: ArtifactStore) -> Path:
+    """Where the shared server's state, config and logs live (not a language)."""
+    return store.root / "deployment" / ENDPOINT
+
+
+def model_entry(gguf: Artifact, tag: str, language: str) -> dict:
+    """The server entry for a gguf version: the base GGUF and the language's LoRA GGUF (or the merged GGUF), and the
+    chat template it was trained with (the tokenizer files kept beside it)."""
+    from forge_assets.chat import template_of
+
+    man = _read_json(gguf.path / "manifest.json").get("figures") or {}
+    lora = gguf.path / man["lora_file"] if man.get("lora_file") else None
+    if lora is not None and man.get("base_gguf") and Path(man["base_gguf"]).is_file() and lora.is_file():
+        model, adapter = Path(man["base_gguf"]), lora
+    else:
+        model, adapter = gguf_path(gguf), None
+    return {"id": tag, "language": language, "gguf": str(model), "lora": str(adapter) if adapter else None,
+            "chat_template": template_of(gguf.path)}
+
+
+def context_for(gguf: Artifact, d) -> int:
+    """deploy.context, or the model's trained context (config.json) and at least 32,768 (what real clients send)."""
+    if d.context:
+        return d.context
+    trained = _read_json(gguf.path / "config.json").get("max_position_embeddings") or 0
+    return max(int(trained), MIN_CONTEXT)
+
+
+MIN_CONTEXT = 32768
+
+
+def _with(previous: dict | None, entry: dict) -> list[dict]:
+    """The previous server's entries with this language's replaced (or added), languages in a stable order."""
+    kept = [m for m in (previous or {}).get("models") or [] if m.get("language") != entry["language"] and m.get("language")]
+    kept = [m for m in kept if Path(m["gguf"]).is_file() and (not m.get("lora") or Path(m["lora"]).is_file())]
+    return sorted(kept + [entry], key=lambda m: m["language"])
+
+
+def _retire_legacy(store: ArtifactStore, d, log, only_port: int | None = None) -> None:
+    """Stop servers of deployments made before one server held every language (deployment/<language>/server.json);
+    with only_port, just the one whose endpoint is on that port."""
+    for state_file in sorted((store.root / "deployment").glob(f"*/{llama_server.STATE}")):
+        if state_file.parent.name == ENDPOINT:
+            continue
+        if only_port is not None and (llama_server.read_state(state_file.parent) or {}).get("port") != only_port:
+            continue
+        stopped = llama_server.stop(state_file.parent)
+        if stopped:
+            log(f"stopped the per-language server of {stopped.get('tag')} on {stopped.get('endpoint')}: every language now serves "
+                f"from one server on port {d.port}")
+
+
+def served(store: ArtifactStore, cfg, extra: dict | None = None) -> clients.Served:
+    """What clients can reach now: every deployed tag with its context, from the one server's state (llama-server)
+    or from each language's deployment record (ollama). `extra` adds records not yet written ({language: record})."""
+    d = cfg.deploy
+    if d.target == "llama-server":
+        state = llama_server.read_state(endpoint_dir(store))
+        if not state or not state.get("models"):
+            raise ArtifactError("nothing is deployed on Forge's server yet. Fix: run `forge run` (it deploys every language).")
+        ctx = int(state.get("n_ctx") or MIN_CONTEXT)
+        models = [clients.ServedModel(m["id"], m["language"], ctx, min(d.max_output, ctx // 2)) for m in state["models"] if m.get("language")]
+        return clients.Served("llama-server", state["endpoint"], models)
+    records = {}
+    for folder in sorted((store.root / "deployment").glob("*")):
+        dep = store.promoted("deployment", folder.name) if folder.name != ENDPOINT else None
+        if dep is not None:
+            records[folder.name] = _read_json(dep.path / "deployment.json")
+    records.update(extra or {})
+    models = []
+    for language, rec in sorted(records.items()):
+        if rec.get("target") != d.target:
+            continue
+        ctx = int(rec.get("context") or d.context or MIN_CONTEXT)
+        models.append(clients.ServedModel(rec["tag"], language, ctx, min(d.max_output, ctx // 2)))
+    if not models:
+        raise ArtifactError(f"no language is deployed to {d.target} yet. Fix: run `forge run`.")
+    return clients.Served(d.target, d.ollama_host if d.target == "ollama" else records[models[0].language]["endpoint"], models)
 
 
 def gguf_path(art: Artifact) -> Path:
@@ -105,24 +187,33 @@ def deploy_gguf(store: ArtifactStore, cfg, language: str, gguf: Artifact, *, act
         raise ValueError(f"action must be {DEPLOY!r} or {ROLLBACK!r}, not {action!r}")
     d = cfg.deploy
     tag = f"{d.tag_prefix}-{language}:{gguf.version[:12]}"
-    state_dir = store.folder("deployment", language)
     key = input_key(gguf=gguf.version, deploy=d.model_dump(exclude={"max_perplexity_ratio"}), code=CODE_VERSION)
     # Reused only while the stable endpoint really answers with this tag (a dead server is redeployed).
-    if (art := store.reusable("deployment", language, key)) is not None and (d.target == "ollama" or llama_server.serving(state_dir, tag)):
+    if (art := store.reusable("deployment", language, key)) is not None and (d.target == "ollama" or llama_server.serving(endpoint_dir(store), tag)):
         log(f"{tag} is already deployed and answering; nothing to do.")
         return art, json.loads((art.path / "deployment.json").read_text()), True
     before = store.promoted("deployment", language)
     before_gguf = _read_json(before.path / "deployment.json").get("gguf") if before else None
-    model_file = gguf_path(gguf)
     if d.target == "llama-server":
-        state = llama_server.deploy(model_file, tag, d.host, port_for(store.root, language, d.port), state_dir)
-        record = {"target": d.target, "tag": tag, "endpoint": state["endpoint"], "gguf": gguf.version, "smoke": state["smoke"]}
+        state_dir = endpoint_dir(store)
+        entry = model_entry(gguf, tag, language)
+        _retire_legacy(store, d, log, only_port=d.port)  # a per-language server on deploy.port must make way (once)
+        state = llama_server.deploy(None, tag, d.host, d.port, state_dir, n_ctx=context_for(gguf, d), gpu_layers=d.gpu_layers,
+                                    models=lambda previous: _with(previous, entry))
+        _retire_legacy(store, d, log)  # the rest once the one server answers for every language
+        record = {"target": d.target, "tag": tag, "endpoint": state["endpoint"], "gguf": gguf.version, "smoke": state["smoke"],
+                  "tags": state["tags"], "context": state["n_ctx"], "unmerged": entry["lora"] is not None}
+        log(f"{tag} serves on {state['endpoint']} with {', '.join(t for t in state['tags'] if t != tag) or 'no other tag'} "
+            f"from one server (context {state['n_ctx']}, {'base + LoRA' if entry['lora'] else 'merged GGUF'}).")
     else:
+        model_file = gguf_path(gguf)
         state = ollama_target.deploy(model_file, tag, gguf.path, d.ollama_host, latest_tag=f"{d.tag_prefix}-{language}:latest")
         record = {"target": d.target, "tag": tag, "endpoint": state["endpoint"], "gguf": gguf.version, "smoke": state["smoke"],
                   "latest_tag": state["latest_tag"]}
     with store.write("deployment", language, {"input_key": key, "inputs": {"gguf": gguf.version}}) as out:  # promoted: it is serving
         (out.path / "deployment.json").write_text(json.dumps({k: v for k, v in record.items() if k != "smoke"}, indent=2, sort_keys=True))
+        # Ready-to-paste client configurations for every tag now served (also printed by `forge client-config`).
+        clients.write_all(served(store, cfg, extra={language: record}), out.path / "clients", language=language)
     inputs = _read_json(gguf.path / "manifest.json").get("inputs") or {}
     store.log_event("deployment", language, action, out.artifact.version, tag=tag, gguf=gguf.version,
                     adapter=inputs.get("adapter"), eval_scores=inputs.get("eval_scores"),

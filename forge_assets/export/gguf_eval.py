@@ -69,9 +69,11 @@ def hf_perplexity(model_dir: Path, windows: list[list[int]]) -> tuple[float, int
     return math.exp(total / count), count
 
 
-def gguf_perplexity(gguf: Path, windows: list[list[int]], n_ctx: int | None = None, n_threads: int | None = None) -> tuple[float, int]:
-    """The same figure computed by llama.cpp on a GGUF file: each window evaluated from an empty cache,
-    the logits of positions 0..n-2 scored against ids[1:]. Returns (perplexity, tokens scored)."""
+def gguf_perplexity(gguf: Path, windows: list[list[int]], n_ctx: int | None = None, n_threads: int | None = None,
+                    lora: Path | None = None) -> tuple[float, int]:
+    """The same figure computed by llama.cpp on a GGUF file (with a LoRA GGUF applied, as the server applies it):
+    each window evaluated from an empty cache, the logits of positions 0..n-2 scored against ids[1:].
+    Returns (perplexity, tokens scored)."""
     import llama_cpp
 
     _check_windows(windows, "gguf_perplexity")
@@ -82,7 +84,7 @@ def gguf_perplexity(gguf: Path, windows: list[list[int]], n_ctx: int | None = No
                          "Fix: pass a larger n_ctx or cut the windows shorter (token_windows' max_tokens).")
     # n_batch = n_ctx: a window is decoded in one batch, and logits_all keeps every position's logits.
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
-                          n_threads=n_threads, n_threads_batch=n_threads)
+                          n_threads=n_threads, n_threads_batch=n_threads, lora_path=str(lora) if lora else None)
     try:
         n_vocab = llm.n_vocab()
         bad = sorted({i for w in windows for i in w if not 0 <= i < n_vocab})

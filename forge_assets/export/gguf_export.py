@@ -126,16 +126,17 @@ def quantize(src: Path, dst: Path, qtype: str = "Q8_0", threads: int = 0) -> Non
         raise ExportError(f"llama.cpp could not quantize {src} to {qtype} (return code {rc}). Fix: quantize from an F32/F16 file; see llama.cpp's log above.")
 
 
-def load_llama(path: Path, n_ctx: int = 512, logits_all: bool = False):
-    """A llama.cpp model for a GGUF file (CPU, quiet)."""
+def load_llama(path: Path, n_ctx: int = 512, logits_all: bool = False, lora: Path | None = None):
+    """A llama.cpp model for a GGUF file (CPU, quiet), with a LoRA GGUF applied when given."""
     import llama_cpp
 
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=2, verbose=False, logits_all=logits_all, seed=0)
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=2, verbose=False, logits_all=logits_all, seed=0,
+                           lora_path=str(lora) if lora else None)
 
 
-def smoke_generate(path: Path, prompt: str, max_tokens: int = 16) -> dict:
-    """Load a GGUF with llama.cpp and generate greedily; proves the file is usable."""
-    llm = load_llama(path)
+def smoke_generate(path: Path, prompt: str, max_tokens: int = 16, lora: Path | None = None) -> dict:
+    """Load a GGUF (and its LoRA) with llama.cpp and generate greedily; proves the files are usable."""
+    llm = load_llama(path, lora=lora)
     out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0)
     text = out["choices"][0]["text"]
     return {"prompt": prompt, "completion": text, "completion_tokens": out["usage"]["completion_tokens"]}

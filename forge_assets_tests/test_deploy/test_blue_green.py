@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -88,7 +89,8 @@ class Poller(threading.Thread):
             n += 1
             try:
                 if n % 4 == 0 and self.served:  # a real completion now and then
-                    assert _chat(self.endpoint, self.served[-1])["choices"]
+                    # the stable alias: a client pinned to a version tag is told that tag is gone once the new one serves
+                    assert _chat(self.endpoint, self.served[-1].split(":")[0] + ":latest")["choices"]
                 else:
                     self.served.append(_get(f"{self.endpoint}/models")["data"][0]["id"])
             except (OSError, urllib.error.URLError, ValueError, KeyError, AssertionError) as exc:
@@ -124,7 +126,7 @@ def test_redeploy_keeps_answering_on_the_stable_endpoint(q8_gguf: Path, v2_gguf:
     assert second["endpoint"] == first["endpoint"] and second["tag"] == "forge-python:two"
     assert second["router"] == first["router"]  # same router process, same port
     assert not llama_server.alive(first["server"]) and llama_server.alive(second["server"])  # the old server was retired
-    assert second["retired"] == [f"stopped llama.cpp server for forge-python:one (pid {first['pid']})"]
+    assert second["retired"] == [f"stopped Forge model server for forge-python:one (pid {first['pid']})"]
     assert llama_server.read_state(state_dir)["tag"] == "forge-python:two"
     assert llama_server.health(state_dir)["health"] == "up" and llama_server.serving(state_dir, "forge-python:two")
     assert len(forge_processes()) == 2  # one router, one server
@@ -143,7 +145,7 @@ def test_a_gguf_that_fails_to_load_leaves_the_old_model_serving(q8_gguf: Path, t
             with pytest.raises(llama_server.DeployError) as err:
                 llama_server.deploy(broken, "forge-python:bad", "127.0.0.1", port, state_dir)
             msg = str(err.value)
-            assert f"llama.cpp could not serve {broken.name} as forge-python:bad" in msg and "server.log" in msg
+            assert f"the model server could not serve forge-python:bad from {broken.name}" in msg and "server.log" in msg
             assert f"The previous deployment forge-python:good keeps serving on {good['endpoint']}." in msg
     assert poller.failures == [] and set(poller.served) == {"forge-python:good"} and len(poller.served) > 3
 
@@ -168,7 +170,7 @@ def test_status_says_down_when_the_server_or_router_is_killed(q8_gguf: Path, tmp
     psutil.Process(state["pid"]).wait(10)
     health = _status(monkeypatch, tmp_path, capsys)["health"]
     assert health.startswith(f"down: HTTP 502 on 127.0.0.1:{port}")
-    assert f"the llama.cpp server for forge-python:one (pid {state['pid']}) is not running" in health
+    assert f"the model server for forge-python:one (pid {state['pid']}) is not running" in health
 
     os.kill(state["router"]["pid"], signal.SIGKILL)
     psutil.Process(state["router"]["pid"]).wait(10)
@@ -274,14 +276,27 @@ def test_procs_verify_matches_start_time_and_marker(foreign):
 
 
 def test_a_deployment_recorded_before_the_router_is_taken_over(q8_gguf: Path, state_dir: Path):
-    """server.json written by the previous Forge: the llama.cpp server itself listens on the stable port."""
+    """server.json written by an early Forge: llama-cpp-python's own server listens on the stable port itself."""
     port = free_port()
-    old = llama_server.start(q8_gguf, "forge-python:old", "127.0.0.1", port, state_dir / "server.log")
-    legacy = {k: old[k] for k in ("pid", "host", "port", "endpoint", "tag", "gguf", "log", "started_at")}
+    state_dir.mkdir(parents=True, exist_ok=True)
+    old = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(q8_gguf), "--model_alias", "forge-python:old",
+                            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            _get(f"{endpoint}/models", timeout=2)
+            break
+        except (OSError, urllib.error.URLError):
+            time.sleep(0.2)
+    legacy = {"pid": old.pid, "host": "127.0.0.1", "port": port, "endpoint": endpoint, "tag": "forge-python:old", "gguf": str(q8_gguf),
+              "log": str(state_dir / "server.log"), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (state_dir / llama_server.STATE).write_text(json.dumps(legacy))
     assert llama_server.health(state_dir)["health"] == "up"
 
     new = llama_server.deploy(q8_gguf, "forge-python:new", "127.0.0.1", port, state_dir)
-    assert new["endpoint"] == old["endpoint"] and new["router"]["port"] == port
-    assert not llama_server.alive(old["process"]) and llama_server.health(state_dir)["health"] == "up"
+    assert new["endpoint"] == endpoint and new["router"]["port"] == port
+    old.wait(10)
+    assert old.returncode is not None and llama_server.health(state_dir)["health"] == "up"
     assert len(forge_processes()) == 2

@@ -116,7 +116,7 @@ def test_rollback_serves_the_previous_gguf_and_forward_again(q8_gguf: Path, proj
     _show(capsys, out, f"(rollback took {rollback_s:.1f}s)")
     assert f"now serving {tag_a} on {endpoint} (was {tag_b})" in out
     assert f"forge rollback --language python --to {b.version[:12]}" in out
-    assert _models(endpoint) == [tag_a] and llama_server.read_state(store.folder("deployment", "python"))["tag"] == tag_a
+    assert _models(endpoint) == [tag_a] and llama_server.read_state(store.root / "deployment" / "_endpoint")["tag"] == tag_a
     assert store.promoted("gguf", "python").version == a.version  # a later `deployment` run serves A too
     assert store.candidate("gguf", "python").version == b.version
     assert store.rolled_back("gguf", "python") == {b.version}
