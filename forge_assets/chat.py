@@ -164,3 +164,53 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
                       "function": {"name": obj["name"], "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}})
     kept.append(text[pos:])
     return "".join(kept).strip() if calls else text, calls
+
+
+def parse_rendered(text: str) -> tuple[list[dict], list[dict] | None]:
+    """The messages (and tools) a text rendered by CHAT_TEMPLATE came from: the inverse of render_chat.
+
+    Qwen's default system turn is dropped (another template adds its own default, or none); tool schemas come back
+    from the ``<tools>`` block, assistant ``<tool_call>`` blocks as tool_calls, ``<tool_response>`` blocks as tool
+    messages. Raises ChatTemplateError when the text is not such a rendering.
+    """
+    if not text.startswith(IM_START):
+        raise ChatTemplateError("not a chat rendering: it does not start with <|im_start|>")
+    messages: list[dict] = []
+    tools = None
+    for n, chunk in enumerate(text.split(IM_START)[1:]):
+        role, _, rest = chunk.partition("\n")
+        if IM_END not in rest:
+            raise ChatTemplateError(f"turn {n} ({role}) has no <|im_end|>")
+        content = rest[: rest.rindex(IM_END)] if IM_END in rest else rest
+        if n == 0 and role == "system":
+            body, sep, tail = content.partition(TOOLS_INTRO)
+            if sep:
+                schemas = tail[: tail.rindex(TOOLS_OUTRO)] if TOOLS_OUTRO in tail else tail
+                tools = [json.loads(line) for line in schemas.split("\n") if line.strip()]
+            if body != DEFAULT_SYSTEM:
+                messages.append({"role": "system", "content": body})
+            continue
+        if role == "user" and content.startswith("\n<tool_response>\n") or (role == "user" and content.startswith("<tool_response>\n")):
+            for part in content.split("<tool_response>\n")[1:]:
+                messages.append({"role": "tool", "content": part[: part.rindex("\n</tool_response>")]})
+            continue
+        if role == "assistant" and TOOL_CALL_OPEN in content:
+            before, calls = parse_tool_calls(content)
+            if calls:
+                for c in calls:
+                    c["function"]["arguments"] = json.loads(c["function"]["arguments"])
+                messages.append({"role": "assistant", "content": before, "tool_calls": [{"type": "function", "function": c["function"]}
+                                                                                          for c in calls]})
+                continue
+        messages.append({"role": role, "content": content})
+    return messages, tools
+
+
+def retemplate(text: str, template: str | None) -> str:
+    """A dataset text rendered with Forge's template, rendered again with a base model's own template (a Qwen3
+    base trains on Qwen3's rendering); texts that are not chats (code, FIM) come back unchanged."""
+    if not template or template == CHAT_TEMPLATE or not text.startswith(IM_START):
+        return text
+    body, eot = (text[: -len(EOT)], EOT) if text.endswith(EOT) else (text, "")
+    messages, tools = parse_rendered(body)
+    return render_chat(messages, tools=tools, template=template) + eot

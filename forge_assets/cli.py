@@ -167,6 +167,14 @@ def status(languages: list[str] | None = None) -> int:
             state_dir = shared  # served with every other language from the one server
         if record and record.get("target") == "ollama":
             row["health"] = ollama_target.health(record["endpoint"], record["tag"])["health"]
+        elif record and record.get("target") == "mlx-lm":
+            from forge_assets.deploy import mlx_target
+            from forge_assets.deploy.service import MLX_STATE
+
+            mlx_state = state_dir / MLX_STATE
+            row["health"] = mlx_target.health(json.loads(mlx_state.read_text()) if mlx_state.is_file() else None)["health"]
+        elif record and record.get("target") == "vllm":
+            row["health"] = f"not run by Forge (vLLM needs a GPU); start it with: {record.get('command')}"
         elif record or (state_dir / llama_server.STATE).is_file():
             h = llama_server.health(state_dir)
             row["health"] = h["health"]
@@ -409,7 +417,7 @@ def client_config(kind: str, language: str | None, write: str | None) -> int:
 
     cfg = load_config()
     try:
-        name, text = clients.render(kind, served(ArtifactStore(cfg.artifact_path), cfg), language)
+        name, text = clients.render(kind, served(ArtifactStore(cfg.artifact_path), cfg, language=language), language)
     except (ArtifactError, ValueError) as exc:
         print(f"forge client-config: {exc}", file=sys.stderr)
         return 1
@@ -437,6 +445,13 @@ def stop(languages: list[str] | None) -> int:
     langs = languages or sorted(p.name for p in root.glob("*") if (p / llama_server.STATE).is_file())
     if languages and (root / ENDPOINT / llama_server.STATE).is_file():
         print(f"forge: every language is served by one server ({root / ENDPOINT}); `forge stop` without --language stops it")
+    from forge_assets.deploy import mlx_target
+    from forge_assets.deploy.service import MLX_STATE
+
+    for mlx_state in sorted(root.glob(f"*/{MLX_STATE}")):
+        if not languages or mlx_state.parent.name in languages:
+            print(f"forge: {mlx_state.parent.name}: {mlx_target.stop(json.loads(mlx_state.read_text()))}; record cleared")
+            mlx_state.unlink()
     for lang in langs:
         stopped = llama_server.stop(root / lang)
         if stopped is None:

@@ -30,4 +30,10 @@ def _figures(record: dict) -> dict:
     figures = {"target": record["target"], "tag": record["tag"], "endpoint": MetadataValue.url(record["endpoint"]), "gguf_version": record["gguf"]}
     if "smoke" in record:
         figures["smoke_reply"] = record["smoke"].get("reply", "")
+        if isinstance(record["smoke"].get("fim"), dict):
+            figures["smoke_fim_middle"] = record["smoke"]["fim"].get("middle", "")
+    if record.get("tags"):
+        figures["endpoint_tags"] = ", ".join(record["tags"])  # every language served by the same one process
+        figures["context"] = record.get("context")
+        figures["served_as"] = "base + LoRA" if record.get("unmerged") else "merged GGUF"
     return figures

@@ -16,7 +16,8 @@ is a thin OpenAI-compatible layer over llama.cpp through llama-cpp-python's bind
 - ``/v1/completions`` does FIM when ``suffix`` is given (Qwen's ``<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>``);
 - ``/completion`` and ``/lang/<language>/completion`` speak llama-server's native completion API (Tabby's
   ``llama.cpp/completion`` kind);
-- ``/v1/models`` and ``/health`` list every tag with its language and context.
+- ``/v1/models`` and ``/health`` list every tag with its language and context; ``/apply-template`` (as llama-server)
+  returns the exact prompt a chat request becomes.
 
 Requests are served one at a time (a llama.cpp context is not thread-safe; on 2 cores batching would not help).
 Each request is logged on one line; failures are logged with ERROR and answered with an OpenAI-style error body.
@@ -116,6 +117,8 @@ class ModelServer:
                                               entry.get("chat_template"), float(entry.get("scale", 1.0)))
         if not self.models:
             raise RuntimeError("the server config lists no models")
+        for m in self.models.values():  # compile each template now (and import its renderer), not on the first request
+            render_chat([{"role": "user", "content": "x"}], add_generation_prompt=True, template=m.chat_template)
         # Stable names: `<prefix>-<language>` and `<prefix>-<language>:latest` name whatever version is served now,
         # so a client configuration keeps working across deploys (as Ollama's :latest does).
         self.aliases: dict[str, str] = {}
@@ -333,6 +336,13 @@ def create_app(server: ModelServer):
             yield "[DONE]"
 
         return sse(events())
+
+    @app.post("/apply-template")
+    async def apply_template(request: Request):
+        """llama-server's POST /apply-template: the exact prompt a chat request becomes, for checking templates."""
+        body = await read(request)
+        m = server.model(body.get("model"))
+        return {"prompt": server.chat_prompt(m, body), "model": m.id}
 
     @app.post("/v1/completions")
     async def completions(request: Request):

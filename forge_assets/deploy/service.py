@@ -89,9 +89,83 @@ def _retire_legacy(store: ArtifactStore, d, log, only_port: int | None = None) -
                 f"from one server on port {d.port}")
 
 
-def served(store: ArtifactStore, cfg, extra: dict | None = None) -> clients.Served:
+def _still_serving(store: ArtifactStore, d, language: str, tag: str) -> bool:
+    if d.target == "llama-server":
+        return llama_server.serving(endpoint_dir(store), tag)
+    if d.target == "mlx-lm":
+        from forge_assets.deploy import mlx_target
+
+        return mlx_target.health(_read_json(store.folder("deployment", language) / MLX_STATE) or None)["ok"]
+    return True  # ollama keeps its tags; a vLLM plan is a file
+
+
+MLX_STATE = "mlx.json"
+
+
+def _trained_from(store: ArtifactStore, gguf: Artifact) -> tuple[Path, Path]:
+    """(the Hugging Face base folder, the adapter folder) a gguf version was made from."""
+    from forge_assets.training.base_model import model_folder
+
+    inputs = _read_json(gguf.path / "manifest.json").get("inputs") or {}
+    adapter = store.get("adapter", gguf.language, inputs["adapter"])
+    base = store.get("base_model", "all", inputs.get("base_model") or adapter.manifest()["inputs"]["base_model"])
+    return model_folder(base.path), adapter.path
+
+
+def _deploy_mlx(store: ArtifactStore, cfg, language: str, gguf: Artifact, tag: str, log) -> dict:
+    """mlx_lm.server for this language (base + --adapter-path), started, smoke-tested, then the old one stopped.
+
+    mlx_lm.server reloads the whole model whenever a request names another adapter, so each language gets its own
+    server on its own port (deploy.port + the language's index, remembered in deployment/ports.json)."""
+    from forge_assets.deploy import mlx_target
+    from forge_assets.deploy.ports import port_for
+
+    d = cfg.deploy
+    base_dir, adapter_dir = _trained_from(store, gguf)
+    state_dir = store.folder("deployment", language)
+    previous = _read_json(state_dir / MLX_STATE) or None
+    port = port_for(store.root, language, d.port)
+    if previous and mlx_target.health(previous)["ok"] and previous.get("port") == port:
+        port = llama_server._free_port()  # blue-green needs the new server up before the old one stops
+    work = state_dir / f"mlx-{gguf.version[:12]}"
+    rec = mlx_target.start(base_dir, {language: adapter_dir}, d.host, port, work / "server.log")
+    try:
+        smoke = mlx_target.smoke(rec)
+    except Exception:
+        mlx_target.stop(rec)
+        raise
+    if previous:
+        log(mlx_target.stop(previous))
+    (state_dir / MLX_STATE).write_text(json.dumps(rec, indent=2, default=str))
+    return {"target": "mlx-lm", "tag": tag, "endpoint": rec["endpoint"], "gguf": gguf.version, "smoke": smoke,
+            "request_fields": rec.get("requests", {}).get(language), "context": d.context or MIN_CONTEXT,
+            "client_model": mlx_target.DEFAULT_MODEL}  # mlx_lm.server's name for --model with its --adapter-path
+
+
+def _plan_vllm(store: ArtifactStore, cfg, language: str, gguf: Artifact, tag: str, log) -> dict:
+    """A `vllm serve` command and --lora-modules manifest for every language deployed so far (vLLM is not run here)."""
+    from forge_assets.deploy import vllm_target
+
+    d = cfg.deploy
+    base_dir, adapter_dir = _trained_from(store, gguf)
+    adapters = {}
+    for folder in sorted((store.root / "deployment").glob("*")):
+        dep = store.promoted("deployment", folder.name) if folder.name not in (ENDPOINT, language) else None
+        rec = _read_json(dep.path / "deployment.json") if dep else {}
+        if rec.get("target") == "vllm" and rec.get("adapter_path") and Path(rec["adapter_path"]).is_dir():
+            adapters[rec["tag"]] = Path(rec["adapter_path"])
+    adapters[tag] = adapter_dir
+    plan = vllm_target.plan(str(base_dir), adapters, d.host, d.port, context=d.context)
+    command = vllm_target.command_line(plan)
+    log(f"vLLM cannot run on this machine; on a GPU machine serve every language with:\n{command}")
+    return {"target": "vllm", "tag": tag, "endpoint": plan["manifest"]["endpoint"], "gguf": gguf.version, "adapter_path": str(adapter_dir),
+            "command": command, "manifest": plan["manifest"], "context": d.context or MIN_CONTEXT, "runs_here": False}
+
+
+def served(store: ArtifactStore, cfg, extra: dict | None = None, language: str | None = None) -> clients.Served:
     """What clients can reach now: every deployed tag with its context, from the one server's state (llama-server)
-    or from each language's deployment record (ollama). `extra` adds records not yet written ({language: record})."""
+    or from each language's deployment record (ollama, vllm; mlx-lm: the one language's own server, default the
+    first). `extra` adds records not yet written ({language: record})."""
     d = cfg.deploy
     if d.target == "llama-server":
         state = llama_server.read_state(endpoint_dir(store))
@@ -107,14 +181,17 @@ def served(store: ArtifactStore, cfg, extra: dict | None = None) -> clients.Serv
             records[folder.name] = _read_json(dep.path / "deployment.json")
     records.update(extra or {})
     models = []
-    for language, rec in sorted(records.items()):
-        if rec.get("target") != d.target:
+    for lang, rec in sorted(records.items()):
+        if rec.get("target") != d.target or (d.target == "mlx-lm" and lang != (language or lang)):
             continue
         ctx = int(rec.get("context") or d.context or MIN_CONTEXT)
-        models.append(clients.ServedModel(rec["tag"], language, ctx, min(d.max_output, ctx // 2)))
+        models.append(clients.ServedModel(rec.get("client_model") or rec["tag"], lang, ctx, min(d.max_output, ctx // 2)))
+        if d.target == "mlx-lm":
+            break  # one server per language: a client config names one of them
     if not models:
         raise ArtifactError(f"no language is deployed to {d.target} yet. Fix: run `forge run`.")
-    return clients.Served(d.target, d.ollama_host if d.target == "ollama" else records[models[0].language]["endpoint"], models)
+    base_url = d.ollama_host if d.target == "ollama" else records[models[0].language]["endpoint"]
+    return clients.Served(d.target, base_url, models)
 
 
 def gguf_path(art: Artifact) -> Path:
@@ -189,7 +266,7 @@ def deploy_gguf(store: ArtifactStore, cfg, language: str, gguf: Artifact, *, act
     tag = f"{d.tag_prefix}-{language}:{gguf.version[:12]}"
     key = input_key(gguf=gguf.version, deploy=d.model_dump(exclude={"max_perplexity_ratio"}), code=CODE_VERSION)
     # Reused only while the stable endpoint really answers with this tag (a dead server is redeployed).
-    if (art := store.reusable("deployment", language, key)) is not None and (d.target == "ollama" or llama_server.serving(endpoint_dir(store), tag)):
+    if (art := store.reusable("deployment", language, key)) is not None and _still_serving(store, d, language, tag):
         log(f"{tag} is already deployed and answering; nothing to do.")
         return art, json.loads((art.path / "deployment.json").read_text()), True
     before = store.promoted("deployment", language)
@@ -205,6 +282,10 @@ def deploy_gguf(store: ArtifactStore, cfg, language: str, gguf: Artifact, *, act
                   "tags": state["tags"], "context": state["n_ctx"], "unmerged": entry["lora"] is not None}
         log(f"{tag} serves on {state['endpoint']} with {', '.join(t for t in state['tags'] if t != tag) or 'no other tag'} "
             f"from one server (context {state['n_ctx']}, {'base + LoRA' if entry['lora'] else 'merged GGUF'}).")
+    elif d.target == "mlx-lm":
+        record = _deploy_mlx(store, cfg, language, gguf, tag, log)
+    elif d.target == "vllm":
+        record = _plan_vllm(store, cfg, language, gguf, tag, log)
     else:
         model_file = gguf_path(gguf)
         state = ollama_target.deploy(model_file, tag, gguf.path, d.ollama_host, latest_tag=f"{d.tag_prefix}-{language}:latest")
@@ -213,7 +294,7 @@ def deploy_gguf(store: ArtifactStore, cfg, language: str, gguf: Artifact, *, act
     with store.write("deployment", language, {"input_key": key, "inputs": {"gguf": gguf.version}}) as out:  # promoted: it is serving
         (out.path / "deployment.json").write_text(json.dumps({k: v for k, v in record.items() if k != "smoke"}, indent=2, sort_keys=True))
         # Ready-to-paste client configurations for every tag now served (also printed by `forge client-config`).
-        clients.write_all(served(store, cfg, extra={language: record}), out.path / "clients", language=language)
+        clients.write_all(served(store, cfg, extra={language: record}, language=language), out.path / "clients", language=language)
     inputs = _read_json(gguf.path / "manifest.json").get("inputs") or {}
     store.log_event("deployment", language, action, out.artifact.version, tag=tag, gguf=gguf.version,
                     adapter=inputs.get("adapter"), eval_scores=inputs.get("eval_scores"),

@@ -57,9 +57,10 @@ def summed_loss(model, tokenizer, texts: list[str], seq_len: int, batch_size: in
     return total_loss, total_tokens
 
 
-def held_out_texts(dataset: Path, seed: int = 0) -> list[str]:
-    """The held-out texts the shipped GGUF and the merged model are both scored on: the test split (else valid), shuffled once by seed."""
-    texts = [r["text"] for r in read_records(dataset, "test")] or [r["text"] for r in read_records(dataset, "valid")]
+def held_out_texts(dataset: Path, seed: int = 0, template: str | None = None) -> list[str]:
+    """The held-out texts the shipped GGUF and the merged model are both scored on: the test split (else valid), shuffled
+    once by seed; chats rendered with the base model's `template` when given."""
+    texts = [r["text"] for r in read_records(dataset, "test", template)] or [r["text"] for r in read_records(dataset, "valid", template)]
     random.Random(seed).shuffle(texts)
     return texts
 
@@ -208,10 +209,13 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
 
     ev = EvalConfig(**(ev or {})).model_dump()
     started = time.monotonic()
+    from forge_assets.chat import template_of
+
     split = "test"
-    records = read_records(dataset, "test")
+    template = template_of(base)  # chats as the base model's own template renders them (what training saw)
+    records = read_records(dataset, "test", template)
     if not records:
-        split, records = "valid", read_records(dataset, "valid")
+        split, records = "valid", read_records(dataset, "valid", template)
     if not records:
         raise ValueError(f"{dataset}: the test and valid splits are empty, so there is nothing held out to score. Fix: add more code for this language.")
     language = language or str(records[0].get("language", ""))

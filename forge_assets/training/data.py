@@ -6,8 +6,14 @@ import json
 from pathlib import Path
 
 
-def read_records(folder: Path, split: str) -> list[dict]:
-    """The records of <folder>/<split>.jsonl (text, kind, repo, path, ...), in file order; [] when the split is absent."""
+def read_records(folder: Path, split: str, template: str | None = None) -> list[dict]:
+    """The records of <folder>/<split>.jsonl (text, kind, repo, path, ...), in file order; [] when the split is absent.
+
+    With a base model's own chat `template` (see ``chat.template_of``), chat texts are rendered with it instead of
+    Forge's (``chat.retemplate``): a Qwen3 base trains and is scored on Qwen3's rendering.
+    """
+    from forge_assets.chat import ChatTemplateError, retemplate
+
     path = folder / f"{split}.jsonl"
     if not path.is_file():
         return []
@@ -21,13 +27,19 @@ def read_records(folder: Path, split: str) -> list[dict]:
                 rec["text"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}:{n}: not a dataset record ({exc}). Fix: rebuild the dataset; each line must be a JSON object with a `text` key.") from None
+            if template:
+                try:
+                    rec["text"] = retemplate(rec["text"], template)
+                except (ChatTemplateError, ValueError) as exc:
+                    raise ValueError(f"{path}:{n}: this chat sample cannot be rendered with the base model's chat template ({exc}). "
+                                     "Fix: rebuild the dataset with this Forge version.") from None
             records.append(rec)
     return records
 
 
-def read_texts(folder: Path, split: str) -> list[str]:
-    """The `text` of every record in <folder>/<split>.jsonl, in file order."""
-    return [r["text"] for r in read_records(folder, split)]
+def read_texts(folder: Path, split: str, template: str | None = None) -> list[str]:
+    """The `text` of every record in <folder>/<split>.jsonl, in file order (chats rendered with `template`, if given)."""
+    return [r["text"] for r in read_records(folder, split, template)]
 
 
 def batches(tokenizer, texts: list[str], seq_len: int, batch_size: int):

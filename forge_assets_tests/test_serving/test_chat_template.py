@@ -90,3 +90,33 @@ def test_tool_calls_parse_back_to_openai_form():
 def test_bad_message_is_a_clear_error():
     with pytest.raises(ChatTemplateError, match="message 1 has no `role`"):
         render_chat([{"role": "user", "content": "x"}, {"content": "no role"}])
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+@pytest.mark.parametrize("tools", [None, TOOLS], ids=["no tools", "tools"])
+def test_dataset_chats_render_again_with_a_bases_own_template(name, tools):
+    """Datasets are rendered with Forge's template; a Qwen3 base trains on the same conversations as Qwen3 renders them."""
+    from forge_assets.chat import EOT, parse_rendered, retemplate
+    from forge_assets.training.data import read_records
+
+    msgs = CONVERSATIONS[name]
+    text = render_chat(msgs, tools=tools)
+    back, back_tools = parse_rendered(text)
+    assert render_chat(back, tools=back_tools) == text and back_tools == tools
+    qwen3 = reference("Qwen-Qwen3-0.6B.jinja")
+    assert retemplate(text + EOT, qwen3) == render_chat(msgs, tools=tools, template=qwen3) + EOT
+    assert retemplate("def f():\n    pass\n" + EOT, qwen3) == "def f():\n    pass\n" + EOT  # code is not a chat
+    assert retemplate(text + EOT, CHAT_TEMPLATE) == text + EOT
+
+
+def test_read_records_renders_chats_with_the_given_template(tmp_path: Path):
+    from forge_assets.chat import EOT
+    from forge_assets.training.data import read_records
+
+    chat = render_chat(CONVERSATIONS["system"]) + EOT
+    (tmp_path / "train.jsonl").write_text(json.dumps({"text": chat, "kind": "instruction"}) + "\n"
+                                          + json.dumps({"text": "x = 1\n" + EOT, "kind": "code"}) + "\n")
+    qwen3 = reference("Qwen-Qwen3-0.6B.jinja")
+    got = [r["text"] for r in read_records(tmp_path, "train", qwen3)]
+    assert got == [render_chat(CONVERSATIONS["system"], template=qwen3) + EOT, "x = 1\n" + EOT]
+    assert [r["text"] for r in read_records(tmp_path, "train")] == [chat, "x = 1\n" + EOT]

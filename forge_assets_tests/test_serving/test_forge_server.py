@@ -167,3 +167,24 @@ def test_tool_calls_come_back_as_openai_tool_calls(adapters: dict):
     assert "<tool_call>" not in content and content.strip() == "Let me read it."
     assert calls == [{"index": 0, **msg["tool_calls"][0], "id": calls[0]["id"]}]
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_training_the_gguf_and_the_server_render_the_same_text(server: dict, adapters: dict, tiny_model: Path):
+    """One conversation with tools and a tool round: the dataset's rendering (training), the chat template stored in
+    the GGUF, and the prompt the server builds for the request are the same text."""
+    import gguf
+
+    from forge_assets.chat import template_of
+
+    tools = [{"type": "function", "function": {"name": "read", "description": "Read a file", "parameters": {"type": "object",
+              "properties": {"path": {"type": "string"}}}}}]
+    msgs = [{"role": "system", "content": "You are Forge."}, {"role": "user", "content": "open app.py"},
+            {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function",
+                                                                 "function": {"name": "read", "arguments": "{\"path\": \"app.py\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "print('hi')"}]
+    training = render_chat(msgs, add_generation_prompt=True, tools=tools, template=template_of(tiny_model))
+    field = gguf.GGUFReader(str(adapters["base"])).fields["tokenizer.chat_template"]
+    in_gguf = render_chat(msgs, add_generation_prompt=True, tools=tools, template=bytes(field.parts[field.data[0]]).decode())
+    served = _post(f"{server['endpoint'].removesuffix('/v1')}/apply-template", {"model": "forge-python:v1", "messages": msgs, "tools": tools})
+    assert training == in_gguf == served["prompt"]
+    assert '<tool_call>\n{"name": "read", "arguments": {"path": "app.py"}}\n</tool_call>' in training
