@@ -48,7 +48,7 @@ def run(languages: list[str] | None) -> int:
             return _interrupted(wanted[i:])
         if not result.success:
             failures[lang] = failure_summary(result)
-    status(wanted)
+    status(wanted, endpoint=True)
     if failures:
         print(_failure_block(failures), file=sys.stderr)
         return 1
@@ -134,7 +134,7 @@ def gc(keep: int, dry_run: bool = False) -> int:
     return 0
 
 
-def status(languages: list[str] | None = None) -> int:
+def status(languages: list[str] | None = None, endpoint: bool | None = None) -> int:
     """Print each language's latest artifact versions and deployment, checking the endpoint over HTTP."""
     from forge_assets.artifacts import ArtifactStore
     from forge_assets.config import load_config
@@ -147,7 +147,7 @@ def status(languages: list[str] | None = None) -> int:
     langs = languages or sorted(({p.name for p in (store.root / "dataset").glob("*") if p.is_dir()}
                                  | {p.parent.name for p in (store.root / "deployment").glob(f"*/{llama_server.STATE}")}) - {ENDPOINT})
     shared = endpoint_dir(store)
-    if (shared / llama_server.STATE).is_file() and not languages:  # the one endpoint and every tag it serves
+    if (shared / llama_server.STATE).is_file() and (not languages if endpoint is None else endpoint):  # the one endpoint, every tag
         state = llama_server.read_state(shared)
         h = llama_server.health(shared)
         print(json.dumps({"endpoint": state["endpoint"], "health": h["health"], "context": state.get("n_ctx"),

@@ -103,8 +103,9 @@ class ModelServer:
             path = str(entry["gguf"])
             if path not in self.bases:
                 t0 = time.time()
+                # flash attention: long agent prompts (OpenCode's is ~7k Qwen tokens) read in a fraction of the time
                 llm = llama_cpp.Llama(model_path=path, n_ctx=self.n_ctx, n_threads=threads, n_gpu_layers=self.gpu_layers,
-                                      verbose=False, seed=0)
+                                      verbose=False, seed=0, flash_attn=bool(config.get("flash_attn", True)))
                 self.bases[path] = Base(path, llm)
                 _log(f"loaded {path} (n_ctx {self.n_ctx}, gpu layers {self.gpu_layers}) in {time.time() - t0:.1f}s")
             base = self.bases[path]

@@ -1,42 +1,385 @@
-"""Ollama: upload the GGUF as a blob, create the tag with a template and stop tokens, smoke-test a chat."""
+"""Ollama: upload the GGUF as a blob, create the tag with a TEMPLATE, stop tokens and num_ctx, smoke-test it.
+
+The TEMPLATE is Go text/template code that renders a conversation exactly as the training chat template
+(Qwen2.5-Instruct's Jinja template, rendered by transformers) does: the system turn with Qwen's default system
+prompt when there is none, the ``# Tools`` block with one JSON schema per line, assistant ``<tool_call>`` JSON,
+``<tool_response>`` blocks in one user turn for consecutive tool results, and a FIM branch for
+``/api/generate`` with a ``suffix``. forge_assets_tests/test_deploy/test_ollama_template.py executes it with Go's
+text/template, fed as Ollama feeds it, and compares it byte for byte with transformers.
+
+What Ollama's template cannot reproduce (Ollama hands templates plain Go maps and structs, not the request's JSON):
+
+- JSON objects print with their keys sorted: tool-call arguments, tool properties and JSON-schema objects
+  (the Jinja template keeps insertion order). Tool schemas keep only the fields Ollama's API types have, in their
+  order (type, function{name, description, parameters{type, properties, required}}; a property's anyOf, type,
+  items, description, enum, properties, required); other fields (e.g. transformers' ``return``, ``nullable``,
+  ``default``) are dropped. `ollama_view` gives the conversation as the template sees it: render training data
+  from that view and training and serving agree byte for byte.
+- Strings inside JSON are escaped with Go's %q, which equals Python's json.dumps(ensure_ascii=False) except for
+  control characters other than \\n \\r \\t \\b \\f, DEL and characters Go counts as non-printable (e.g. U+00A0,
+  zero-width spaces, U+2028): Go escapes those, Python does not. Go's own `json` would escape <, > and &.
+- Numbers are float64: integral floats print as integers (2.0 -> 2), magnitudes below 1e-4 or from 1e21 print in
+  another notation, and integers beyond 2**53 lose precision.
+- Ollama merges consecutive messages of one role (tool results excepted) with "\\n\\n" before rendering.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from forge_assets.chat import EOT, IM_END, IM_START
+from forge_assets.chat import EOT, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, FILE_SEP, IM_END, IM_START, REPO_NAME
 
 
 class OllamaDeployError(RuntimeError):
     """Ollama refused or failed a step; the message says which and how to fix it."""
 
 
-# Go-template rendering of ChatML, the same turns as forge_assets.chat.CHAT_TEMPLATE.
-CHATML_TEMPLATE = (
-    "{{- if .System }}" + IM_START + "system\n{{ .System }}" + IM_END + "\n{{ end }}"
-    "{{- range .Messages }}" + IM_START + "{{ .Role }}\n{{ .Content }}" + IM_END + "\n{{ end }}"
-    + IM_START + "assistant\n"
+QWEN25_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+# Qwen2.5-Instruct's chat template (tokenizer_config.json of Qwen/Qwen2.5-7B-Instruct), the training template
+# Forge's Ollama TEMPLATE is proven against; a model's template that renders the probes below as this one does counts
+# as Qwen2.5's.
+QWEN25_CHAT_TEMPLATE = (
+    "{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n    {%- if messages[0]['role'] == 'system' %}\n"
+    "        {{- messages[0]['content'] }}\n    {%- else %}\n"
+    "        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}\n    {%- endif %}\n"
+    "    {{- \"\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with "
+    "function signatures within <tools></tools> XML tags:\\n<tools>\" }}\n    {%- for tool in tools %}\n        {{- \"\\n\" }}\n"
+    "        {{- tool | tojson }}\n    {%- endfor %}\n    {{- \"\\n</tools>\\n\\nFor each function call, return a json object "
+    "with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, "
+    "\\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\" }}\n{%- else %}\n    {%- if messages[0]['role'] == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n    {%- else %}\n"
+    "        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}\n"
+    "    {%- endif %}\n{%- endif %}\n{%- for message in messages %}\n"
+    "    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or (message.role == \"assistant\" "
+    "and not message.tool_calls) %}\n        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "    {%- elif message.role == \"assistant\" %}\n        {{- '<|im_start|>' + message.role }}\n        {%- if message.content %}\n"
+    "            {{- '\\n' + message.content }}\n        {%- endif %}\n        {%- for tool_call in message.tool_calls %}\n"
+    "            {%- if tool_call.function is defined %}\n                {%- set tool_call = tool_call.function %}\n"
+    "            {%- endif %}\n            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n            {{- tool_call.name }}\n"
+    "            {{- '\", \"arguments\": ' }}\n            {{- tool_call.arguments | tojson }}\n            {{- '}\\n</tool_call>' }}\n"
+    "        {%- endfor %}\n        {{- '<|im_end|>\\n' }}\n    {%- elif message.role == \"tool\" %}\n"
+    "        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != \"tool\") %}\n            {{- '<|im_start|>user' }}\n"
+    "        {%- endif %}\n        {{- '\\n<tool_response>\\n' }}\n        {{- message.content }}\n        {{- '\\n</tool_response>' }}\n"
+    "        {%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}\n            {{- '<|im_end|>\\n' }}\n"
+    "        {%- endif %}\n    {%- endif %}\n{%- endfor %}\n{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n"
+    "{%- endif %}\n"
 )
+
+FIM_BRANCH = FIM_PREFIX + "{{ .Prompt }}" + FIM_SUFFIX + "{{ .Suffix }}" + FIM_MIDDLE
+FIM_STOPS = [FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, FIM_PAD, FILE_SEP, REPO_NAME]
+# Architectures whose LoRA adapters Ollama's create applies (its safetensors adapter converter: llama, whose GGUF
+# architecture Mistral shares, and Gemma); any other (qwen2, qwen3, ...) is deployed as a merged GGUF.
+ADAPTER_ARCHITECTURES = frozenset({"llama", "mistral", "gemma", "gemma2"})
+
+# The chat part: Ollama feeds it {System, Messages, Tools, ...} (template/template.go, Execute). It does not read
+# .System, which joins *every* system message; like the Jinja template it takes the first message when that is a
+# system one (Ollama puts a model's SYSTEM there too) and renders later system messages as turns. `$rest` (the
+# messages from this one on) gives the next message without arithmetic; `$prev` is the previous one's role. A last
+# assistant message is left open (Ollama's prefill: the reply continues it); otherwise the reply turn is opened.
+# The `{{ if .ToolCalls }}` block starts with "<tool_call>" text: Ollama's tool parser takes its tag from there.
+_QWEN25_CHAT = """
+{{- $system := "%(default_system)s" }}
+{{- if and .Messages (eq (index .Messages 0).Role "system") }}{{ $system = (index .Messages 0).Content }}{{ end -}}
+<|im_start|>system
+{{ $system }}
+{{- if .Tools }}
+
+# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{{- range .Tools }}
+{{ template "tool" . }}
+{{- end }}
+</tools>
+
+For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call>
+{{- end }}<|im_end|>
+{{ $prev := "" }}
+{{- range $i, $_ := .Messages }}
+{{- $rest := slice $.Messages $i }}
+{{- if eq .Role "tool" }}
+{{- if ne $prev "tool" }}<|im_start|>user{{ end }}
+<tool_response>
+{{ .Content }}
+</tool_response>
+{{- if or (eq (len $rest) 1) (ne (index $rest 1).Role "tool") }}<|im_end|>
+{{ end }}
+{{- else if eq .Role "assistant" }}<|im_start|>assistant
+{{- if or .Content (not .ToolCalls) }}
+{{ .Content }}
+{{- end }}
+{{- if .ToolCalls }}
+{{- range .ToolCalls }}
+<tool_call>
+{"name": "{{ .Function.Name }}", "arguments": {{ template "object" .Function.Arguments }}}
+</tool_call>
+{{- end }}
+{{- end }}
+{{- if gt (len $rest) 1 }}<|im_end|>
+{{ end }}
+{{- else if or (eq .Role "user") (and (eq .Role "system") $i) }}<|im_start|>{{ .Role }}
+{{ .Content }}<|im_end|>
+{{ end }}
+{{- $prev = .Role }}
+{{- end }}
+{{- if ne $prev "assistant" }}<|im_start|>assistant
+{{ end }}"""
+
+# JSON as Python's json.dumps(ensure_ascii=False) writes it (", " and ": "), for the values Ollama hands templates:
+# maps (keys sorted by text/template), []interface{}, strings (%q), and numbers/booleans/null through Ollama's `json`.
+_JSON_DEFINES = """
+{{- define "object" }}{{ "{" }}{{ $sep := "" }}{{ range $k, $v := . }}{{ $sep }}{{ printf "%q" $k }}: {{ template "json" $v }}{{ $sep = ", " }}{{ end }}{{ "}" }}{{ end }}
+{{- define "json" }}{{ $t := printf "%T" . }}
+{{- if eq $t "string" }}{{ printf "%q" . }}
+{{- else if eq $t "map[string]interface {}" }}{{ template "object" . }}
+{{- else if eq $t "[]interface {}" }}[{{ $sep := "" }}{{ range . }}{{ $sep }}{{ template "json" . }}{{ $sep = ", " }}{{ end }}]
+{{- else }}{{ json . }}
+{{- end }}{{ end }}
+{{- define "strings" }}[{{ $sep := "" }}{{ range . }}{{ $sep }}{{ printf "%q" . }}{{ $sep = ", " }}{{ end }}]{{ end }}
+{{- define "tool" }}{"type": {{ printf "%q" .Type }}, "function": {"name": {{ printf "%q" .Function.Name }}
+{{- if .Function.Description }}, "description": {{ printf "%q" .Function.Description }}{{ end -}}
+, "parameters": {{ template "params" .Function.Parameters }}}}{{ end }}
+{{- define "params" }}{"type": {{ printf "%q" .Type }}, "properties": {{ template "props" .Properties }}
+{{- if .Required }}, "required": {{ template "strings" .Required }}{{ end }}
+{{- if .Defs }}, "$defs": {{ template "json" .Defs }}{{ end }}
+{{- if .Items }}, "items": {{ template "json" .Items }}{{ end }}}{{ end }}
+{{- define "props" }}{{ "{" }}{{ $sep := "" }}{{ range $k, $v := . }}{{ $sep }}{{ printf "%q" $k }}: {{ template "prop" $v }}{{ $sep = ", " }}{{ end }}{{ "}" }}{{ end }}
+{{- define "prop" }}{{ "{" }}{{ $sep := "" }}
+{{- if .AnyOf }}{{ $sep }}"anyOf": [{{ $s := "" }}{{ range .AnyOf }}{{ $s }}{{ template "prop" . }}{{ $s = ", " }}{{ end }}]{{ $sep = ", " }}{{ end }}
+{{- if .Type }}{{ $sep }}"type": {{ if eq (len .Type) 1 }}{{ printf "%q" (index .Type 0) }}{{ else }}{{ template "strings" .Type }}{{ end }}{{ $sep = ", " }}{{ end }}
+{{- if .Items }}{{ $sep }}"items": {{ template "json" .Items }}{{ $sep = ", " }}{{ end }}
+{{- if .Description }}{{ $sep }}"description": {{ printf "%q" .Description }}{{ $sep = ", " }}{{ end }}
+{{- if .Enum }}{{ $sep }}"enum": {{ template "json" .Enum }}{{ $sep = ", " }}{{ end }}
+{{- if .Properties }}{{ $sep }}"properties": {{ template "props" .Properties.ToMap }}{{ $sep = ", " }}{{ end }}
+{{- if .Required }}{{ $sep }}"required": {{ template "strings" .Required }}{{ end }}
+{{- "}" }}{{ end }}"""
+
+
+def qwen25_template(fim: bool = True) -> str:
+    """Ollama's TEMPLATE for Qwen2.5's chat format; with fim, a `{{ if .Suffix }}` FIM branch for generate+suffix."""
+    chat = _QWEN25_CHAT.replace("%(default_system)s", QWEN25_DEFAULT_SYSTEM).strip("\n")
+    body = ("{{- if .Suffix }}" + FIM_BRANCH + "\n{{- else }}\n" + chat + "\n{{- end }}") if fim else chat
+    return body + _JSON_DEFINES
+
+
+# ---- what Ollama's template sees, as Python data ----
+
+def _number(v):
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer() and abs(v) < 1e21:
+        return int(v)  # Go float64: 2.0 prints as 2
+    return v
+
+
+def _value(v):
+    """A JSON value as Ollama's template prints it: objects with sorted keys, integral floats as integers."""
+    if isinstance(v, dict):
+        return {str(k): _value(v[k]) for k in sorted(v, key=str)}
+    if isinstance(v, (list, tuple)):
+        return [_value(x) for x in v]
+    return v if isinstance(v, (bool, str)) or v is None else _number(v)
+
+
+def _truthy(v) -> bool:
+    return bool(v) if isinstance(v, (dict, list, str)) else v is not None
+
+
+def _prop(p: dict) -> dict:
+    out: dict = {}
+    if p.get("anyOf"):
+        out["anyOf"] = [_prop(x) for x in p["anyOf"]]
+    t = p.get("type")
+    if t:
+        out["type"] = t if isinstance(t, str) else (t[0] if len(t) == 1 else list(t))
+    if _truthy(p.get("items")):
+        out["items"] = _value(p["items"])
+    if p.get("description"):
+        out["description"] = p["description"]
+    if p.get("enum"):
+        out["enum"] = _value(list(p["enum"]))
+    if isinstance(p.get("properties"), dict):
+        out["properties"] = {k: _prop(p["properties"][k]) for k in sorted(p["properties"])}
+    if p.get("required"):
+        out["required"] = list(p["required"])
+    return out
+
+
+def _tool(tool: dict) -> dict:
+    fn = tool.get("function") or {}
+    params = fn.get("parameters") or {}
+    out_params: dict = {"type": params.get("type", ""),
+                        "properties": {k: _prop(v) for k, v in sorted((params.get("properties") or {}).items())}}
+    if params.get("required"):
+        out_params["required"] = list(params["required"])
+    if _truthy(params.get("$defs")):
+        out_params["$defs"] = _value(params["$defs"])
+    if _truthy(params.get("items")):
+        out_params["items"] = _value(params["items"])
+    out_fn: dict = {"name": fn.get("name", "")}
+    if fn.get("description"):
+        out_fn["description"] = fn["description"]
+    out_fn["parameters"] = out_params
+    return {"type": tool.get("type", ""), "function": out_fn}
+
+
+def ollama_view(messages: list[dict], tools: list[dict] | None = None) -> tuple[list[dict], list[dict] | None]:
+    """The conversation as Ollama's template sees it, in the shape the Jinja template takes.
+
+    Roles lowercased; consecutive messages of one role (tool results excepted) merged with "\\n\\n" (the first
+    one's tool calls kept, as Ollama's collate does); tool-call arguments and tool schemas as `_value`/`_tool`
+    normalize them. Rendering this view with the training template gives exactly what the Ollama TEMPLATE renders.
+    """
+    out: list[dict] = []
+    for m in messages:
+        role = str(m.get("role", "")).lower()
+        content = m.get("content") or ""
+        if out and out[-1]["role"] == role and role != "tool":
+            out[-1]["content"] += "\n\n" + content
+            continue
+        view = {"role": role, "content": content}
+        calls = []
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function", call)
+            args = fn.get("arguments")
+            if isinstance(args, str):
+                args = json.loads(args) if args.strip() else {}
+            calls.append({"function": {"name": fn.get("name", ""), "arguments": _value(args or {})}})
+        if calls:
+            view["tool_calls"] = calls
+        out.append(view)
+    return out, ([_tool(t) for t in tools] if tools is not None else None)
+
+
+# ---- the model folder: chat template, special tokens, architecture ----
+
+def _chat_template(model_dir: Path) -> str:
+    if (model_dir / "chat_template.jinja").is_file():
+        return (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    cfg = model_dir / "tokenizer_config.json"
+    tpl = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template") if cfg.is_file() else None
+    if isinstance(tpl, list):
+        tpl = next((t.get("template") for t in tpl if t.get("name") == "default"), None)
+    return tpl if isinstance(tpl, str) else ""
+
+
+def _special_tokens(model_dir: Path) -> set[str]:
+    specials: set[str] = set()
+    if (model_dir / "tokenizer.json").is_file():
+        added = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens", [])
+        specials |= {t["content"] for t in added if t.get("special")}
+    if (model_dir / "tokenizer_config.json").is_file():
+        cfg = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+        specials |= {t.get("content") for t in (cfg.get("added_tokens_decoder") or {}).values() if t.get("content")}
+    return specials
+
+
+def architecture(model_dir: Path) -> str:
+    """The model's architecture (config.json model_type: qwen2, qwen3, llama, ...), or "" when it does not say."""
+    cfg = Path(model_dir) / "config.json"
+    return str(json.loads(cfg.read_text(encoding="utf-8")).get("model_type", "")) if cfg.is_file() else ""
+
+
+_PROBE_TOOL = {"type": "function", "function": {"name": "read_file", "description": "Read a file.", "parameters": {
+    "type": "object", "properties": {"path": {"type": "string", "description": "Path."}}, "required": ["path"]}}}
+_PROBES: list[tuple[list[dict], list[dict] | None]] = [
+    ([{"role": "user", "content": "hi"}], None),
+    ([{"role": "system", "content": "S"}, {"role": "user", "content": "u1"},
+      {"role": "assistant", "content": "a1"}, {"role": "system", "content": "S2"}, {"role": "user", "content": "u2"}], None),
+    ([{"role": "user", "content": "u"},
+      {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "read_file", "arguments": {"path": "a.py"}}},
+                                                         {"type": "function", "function": {"name": "read_file", "arguments": {"path": "b.py"}}}]},
+      {"role": "tool", "content": "A"}, {"role": "tool", "content": "B"},
+      {"role": "assistant", "content": "ok", "tool_calls": [{"type": "function", "function": {"name": "read_file", "arguments": {"path": "c.py"}}}]},
+      {"role": "tool", "content": "C"}], [_PROBE_TOOL]),
+    ([{"role": "system", "content": "S"}, {"role": "user", "content": "u"}], [_PROBE_TOOL]),
+]
+
+
+def _render(template: str, messages: list[dict], tools: list[dict] | None) -> str:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template([messages], tools=tools, chat_template=template, add_generation_prompt=True)
+    return rendered[0]
+
+
+def _qwen25_mismatch(chat_template: str) -> str | None:
+    """None when chat_template renders every probe as Qwen2.5's template does; else where the first one differs."""
+    if not chat_template:
+        return "the model has no chat template"
+    for i, (messages, tools) in enumerate(_PROBES):
+        want = _render(QWEN25_CHAT_TEMPLATE, messages, tools)
+        try:
+            got = _render(chat_template, messages, tools)
+        except Exception as exc:  # jinja2 errors: the template is not Qwen2.5's
+            return f"probe {i} does not render ({type(exc).__name__}: {exc})"
+        if got != want:
+            at = next((j for j, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            return f"probe {i} differs at character {at}: {got[at:at + 40]!r} where Qwen2.5 renders {want[at:at + 40]!r}"
+    return None
 
 
 def template_for(model_dir: Path) -> tuple[str, list[str]]:
-    """Ollama's TEMPLATE and stop tokens, derived from the tokenizer's chat template and special tokens."""
-    cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
-    chat = cfg.get("chat_template") or ((model_dir / "chat_template.jinja").read_text() if (model_dir / "chat_template.jinja").is_file() else "")
-    added = json.loads((model_dir / "tokenizer.json").read_text()).get("added_tokens", []) if (model_dir / "tokenizer.json").is_file() else []
-    specials = {t["content"] for t in added if t.get("special")} | {t.get("content") for t in (cfg.get("added_tokens_decoder") or {}).values()}
-    if IM_START in chat and IM_END in chat and IM_END in specials:
-        stops = [IM_END] + ([EOT] if EOT in specials else [])
-        return CHATML_TEMPLATE, stops
-    raise OllamaDeployError(f"{model_dir}: the chat template is not ChatML (<|im_start|>/<|im_end|>), so Forge cannot derive an Ollama TEMPLATE for it. Fix: use a Qwen/ChatML base model.")
+    """Ollama's TEMPLATE and stop tokens, derived from the tokenizer's chat template and special tokens.
+
+    The chat template must render as Qwen2.5-Instruct's does (checked on probe conversations). Stops: <|im_end|> and
+    <|endoftext|>; with the FIM tokens in the vocabulary the TEMPLATE gets its FIM branch and the stops the FIM and
+    repo tokens, which a FIM completion may end with.
+    """
+    model_dir = Path(model_dir)
+    chat = _chat_template(model_dir)
+    specials = _special_tokens(model_dir)
+    if IM_START not in specials or IM_END not in specials:
+        raise OllamaDeployError(f"{model_dir}: the tokenizer has no {IM_START}/{IM_END} special tokens, so it is not a Qwen "
+                                "(ChatML) tokenizer and Forge cannot derive an Ollama TEMPLATE for it. Fix: use a Qwen2.5 base model.")
+    why = _qwen25_mismatch(chat)
+    if why is not None:
+        qwen3 = "<think>" in chat
+        raise OllamaDeployError(
+            f"{model_dir}: its chat template does not render as Qwen2.5-Instruct's ({why}). Forge derives Ollama TEMPLATEs "
+            f"for Qwen2.5's chat format only{' (Qwen3 thinking templates are not supported yet)' if qwen3 else ''}, since a "
+            "TEMPLATE that renders differently from training degrades the model. Fix: deploy it with deploy.target: "
+            "llama-server (it renders the GGUF's own chat template), or train on a Qwen2.5 base.")
+    fim = all(t in specials for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE))
+    stops = [IM_END] + [t for t in [EOT] + (FIM_STOPS if fim else []) if t in specials]
+    return qwen25_template(fim=fim), stops
 
 
-def deploy(gguf: Path, tag: str, model_dir: Path, host: str, latest_tag: str | None = None) -> dict:
-    """Create `tag` on the Ollama server at host from gguf; smoke-test a chat; then point latest_tag at it.
+def _adapter_files(adapter: Path) -> dict[str, Path]:
+    adapter = Path(adapter)
+    if adapter.is_file():
+        return {adapter.name: adapter}
+    files = {p.name: p for p in sorted(adapter.glob("*.safetensors"))} | {
+        p.name: p for p in [adapter / "adapter_config.json"] if p.is_file()}
+    if not any(n.endswith(".safetensors") for n in files):
+        raise OllamaDeployError(f"{adapter}: no adapter found (a .gguf LoRA file, or a folder with adapter_model.safetensors "
+                                "and adapter_config.json). Fix: pass the adapter the training stage wrote.")
+    return files
+
+
+SMOKE_TOOL = {"type": "function", "function": {"name": "run_tests", "description": "Run the project's tests.", "parameters": {
+    "type": "object", "properties": {"path": {"type": "string", "description": "Test file or folder."}}, "required": ["path"]}}}
+SMOKE_FIM = {"prompt": "def add(a, b):\n    ", "suffix": "\n\n\nprint(add(1, 2))\n"}
+
+
+def deploy(gguf: Path, tag: str, model_dir: Path, host: str, latest_tag: str | None = None, num_ctx: int = 32768,
+           adapter: Path | None = None) -> dict:
+    """Create `tag` on the Ollama server at host; smoke-test a chat (with a tool offered) and a FIM completion;
+    then point latest_tag at it.
+
+    gguf is the merged model (FROM), or with adapter the base model it applies to: Ollama applies LoRA adapters
+    (create's `adapters`) only for llama/mistral/gemma; for Qwen (qwen2, qwen3) deploy a merged GGUF. num_ctx is the
+    context the tag serves with (Ollama caps it at the model's trained context).
 
     latest_tag is copied only after the new tag answered properly, so any failure leaves it on the previous
     model; a new tag that fails its smoke test is deleted again.
@@ -44,19 +387,36 @@ def deploy(gguf: Path, tag: str, model_dir: Path, host: str, latest_tag: str | N
     import httpx
     import ollama
 
+    if isinstance(num_ctx, bool) or not isinstance(num_ctx, int) or num_ctx < 1:
+        raise OllamaDeployError(f"num_ctx must be a positive whole number of tokens, not {num_ctx!r}. Fix: set deploy.context. {_untouched(latest_tag)}")
+    arch = architecture(model_dir)
+    if adapter is not None and arch not in ADAPTER_ARCHITECTURES:
+        raise OllamaDeployError(
+            f"Ollama cannot apply a LoRA adapter to a {arch or 'model of unknown architecture'} base: its create applies "
+            f"adapters only for {', '.join(sorted(ADAPTER_ARCHITECTURES))}, and Qwen adapters load with no effect. Fix: set "
+            f"deploy.merge: true so Forge merges the adapter and deploys the merged GGUF. {_untouched(latest_tag)}")
     template, stops = template_for(model_dir)
+    fim = FIM_BRANCH in template
     client = ollama.Client(host=host)
     created = False
+    smoke: dict = {}
     try:
         digest = client.create_blob(gguf)
-        client.create(model=tag, files={gguf.name: digest}, template=template,
-                      parameters={"stop": stops, "temperature": 0.2, "num_ctx": 2048})
+        adapters = {name: client.create_blob(path) for name, path in _adapter_files(adapter).items()} if adapter is not None else None
+        client.create(model=tag, files={gguf.name: digest}, adapters=adapters, template=template,
+                      parameters={"stop": stops, "temperature": 0.2, "num_ctx": num_ctx})
         created = True
-        reply = client.chat(model=tag, messages=[{"role": "user", "content": "Write a hello world function."}],
+        step = "the smoke-test chat"
+        reply = client.chat(model=tag, messages=[{"role": "user", "content": "Write a hello world function."}], tools=[SMOKE_TOOL],
                             options={"num_predict": 16, "temperature": 0})
-        content = reply["message"]["content"]
-        if any(s in content for s in stops):
-            raise OllamaDeployError(f"smoke test: {tag} printed a stop token ({stops}) instead of stopping; the template is wrong.")
+        smoke = {"reply": reply["message"]["content"], "done_reason": reply.get("done_reason")}
+        _check_stopped(tag, "chat", smoke["reply"], stops)
+        if fim:
+            step = "the smoke-test FIM completion"
+            out = client.generate(model=tag, prompt=SMOKE_FIM["prompt"], suffix=SMOKE_FIM["suffix"],
+                                  options={"num_predict": 16, "temperature": 0})
+            smoke["fim"] = {"reply": out["response"], "done_reason": out.get("done_reason")}
+            _check_stopped(tag, "FIM completion", smoke["fim"]["reply"], stops)
     except ollama.ResponseError as exc:
         _forget(client, tag, created)
         raise OllamaDeployError(f"Ollama at {host} refused {tag}: {exc.error} (HTTP {exc.status_code}). {_untouched(latest_tag)}") from None
@@ -64,15 +424,20 @@ def deploy(gguf: Path, tag: str, model_dir: Path, host: str, latest_tag: str | N
         raise OllamaDeployError(f"cannot reach Ollama at {host} ({exc}). Fix: start `ollama serve` or set deploy.ollama_host. {_untouched(latest_tag)}") from None
     except httpx.HTTPError as exc:
         _forget(client, tag, created)
-        step = "the smoke-test chat" if created else "creating the model"
-        raise OllamaDeployError(f"Ollama at {host} failed {step} for {tag} ({type(exc).__name__}: {exc}). {_untouched(latest_tag)}") from None
+        what = step if created else "creating the model"
+        raise OllamaDeployError(f"Ollama at {host} failed {what} for {tag} ({type(exc).__name__}: {exc}). {_untouched(latest_tag)}") from None
     except OllamaDeployError as exc:
         _forget(client, tag, created)
         raise OllamaDeployError(f"{exc} {_untouched(latest_tag)}") from None
     if latest_tag:
         client.copy(tag, latest_tag)
-    return {"endpoint": host, "tag": tag, "latest_tag": latest_tag, "digest": digest, "stop": stops,
-            "smoke": {"reply": content, "done_reason": reply.get("done_reason")}}
+    return {"endpoint": host, "tag": tag, "latest_tag": latest_tag, "digest": digest, "stop": stops, "num_ctx": num_ctx,
+            "adapters": adapters, "smoke": smoke}
+
+
+def _check_stopped(tag: str, what: str, text: str, stops: list[str]) -> None:
+    if any(s in text for s in stops):
+        raise OllamaDeployError(f"smoke test: {tag}'s {what} printed a stop token ({stops}) instead of stopping; the TEMPLATE or stops are wrong.")
 
 
 def _untouched(latest_tag: str | None) -> str:

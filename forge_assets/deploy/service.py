@@ -288,9 +288,10 @@ def deploy_gguf(store: ArtifactStore, cfg, language: str, gguf: Artifact, *, act
         record = _plan_vllm(store, cfg, language, gguf, tag, log)
     else:
         model_file = gguf_path(gguf)
-        state = ollama_target.deploy(model_file, tag, gguf.path, d.ollama_host, latest_tag=f"{d.tag_prefix}-{language}:latest")
+        state = ollama_target.deploy(model_file, tag, gguf.path, d.ollama_host, latest_tag=f"{d.tag_prefix}-{language}:latest",
+                                     num_ctx=context_for(gguf, d))
         record = {"target": d.target, "tag": tag, "endpoint": state["endpoint"], "gguf": gguf.version, "smoke": state["smoke"],
-                  "latest_tag": state["latest_tag"]}
+                  "latest_tag": state["latest_tag"], "context": state.get("num_ctx")}
     with store.write("deployment", language, {"input_key": key, "inputs": {"gguf": gguf.version}}) as out:  # promoted: it is serving
         (out.path / "deployment.json").write_text(json.dumps({k: v for k, v in record.items() if k != "smoke"}, indent=2, sort_keys=True))
         # Ready-to-paste client configurations for every tag now served (also printed by `forge client-config`).

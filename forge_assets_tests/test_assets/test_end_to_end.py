@@ -34,7 +34,11 @@ def chain(two_language_repo: Path, tmp_path: Path):
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("language", ["python"])
         yield instance, cfg, two_language_repo, tmp_path / "artifacts"
-        llama_server.stop(tmp_path / "artifacts" / "deployment" / "python")
+        llama_server.stop(tmp_path / "artifacts" / "deployment" / "_endpoint")
+        for mlx_state in (tmp_path / "artifacts" / "deployment").glob("*/mlx.json"):
+            from forge_assets.deploy import mlx_target
+
+            mlx_target.stop(json.loads(mlx_state.read_text()))
 
 
 def _run(instance, cfg):
@@ -67,7 +71,9 @@ def test_commit_to_deployed_tag_then_unchanged_inputs_reuse_everything(chain):
     assert f"| perplexity_{kinds[0]} |" in scores["scores_table"].value
 
     gguf_meta = _materialization(instance, "gguf").metadata
-    assert gguf_meta["file"].value == "model-Q8_0.gguf" and gguf_meta["tokenizer_pre"].value == "qwen2"
+    # served unmerged: the shared base GGUF + this language's LoRA GGUF
+    assert gguf_meta["served_as"].value == "base+lora" and gguf_meta["lora_file"].value == "adapter-F16.gguf"
+    assert gguf_meta["file"].value == "base-Q8_0.gguf" and gguf_meta["tokenizer_pre"].value == "qwen2"
     assert gguf_meta["smoke_completion_tokens"].value > 0  # llama.cpp loaded it and generated
     assert gguf_meta["gguf_perplexity"].value > 0 and gguf_meta["merged_perplexity"].value > 0
     assert abs(gguf_meta["quantization_loss_pct"].value) < 5  # Q8_0 costs little
@@ -79,6 +85,12 @@ def test_commit_to_deployed_tag_then_unchanged_inputs_reuse_everything(chain):
                                  data=json.dumps({"model": tag, "messages": [{"role": "user", "content": "def"}], "max_tokens": 4}).encode())
     with urllib.request.urlopen(req, timeout=60) as resp:
         assert json.loads(resp.read())["model"] == tag
+    assert dep["endpoint_tags"].value == tag and dep["served_as"].value == "base + LoRA" and dep["context"].value >= 32768
+    # ready-to-paste client configurations were written with the deployment
+    clients = root / "deployment" / "python" / "promoted" / "clients"
+    opencode = json.loads((clients / "opencode.json").read_text())
+    assert opencode["model"] == f"forge/{tag}" and opencode["provider"]["forge"]["options"]["baseURL"] == endpoint
+    assert (clients / "continue-config.yaml").is_file() and (clients / "tabby-config.toml").is_file()
 
     # Same inputs: every stage reuses its artifact and keeps its data version.
     assert _run(instance, cfg).success
@@ -89,6 +101,25 @@ def test_commit_to_deployed_tag_then_unchanged_inputs_reuse_everything(chain):
     commit_files(repo, {"src/lib.rs": "pub fn sub(a: i64, b: i64) -> i64 { a - b }\n"}, "rust change")
     assert _run(instance, cfg).success
     assert _versions(instance) == versions
+
+    # The same gguf version on the other targets that run (or plan) from the adapter itself.
+    from forge_assets.artifacts import ArtifactStore
+    from forge_assets.config import load_config
+    from forge_assets.deploy import mlx_target
+    from forge_assets.deploy.service import MLX_STATE, deploy_gguf
+
+    store = ArtifactStore(root)
+    gguf_art = store.promoted("gguf", "python")
+    vllm_cfg = load_config(cfg).model_copy(update={"deploy": load_config(cfg).deploy.model_copy(update={"target": "vllm", "port": 8000})})
+    _, plan, _ = deploy_gguf(store, vllm_cfg, "python", gguf_art, log=lambda *_: None)
+    assert plan["runs_here"] is False and "--enable-lora" in plan["command"] and tag in plan["command"]
+    assert [m["name"] for m in plan["manifest"]["lora_modules"]] == [tag]
+    mlx_port = free_port()
+    mlx_cfg = load_config(cfg).model_copy(update={"deploy": load_config(cfg).deploy.model_copy(update={"target": "mlx-lm", "port": mlx_port})})
+    _, rec, _ = deploy_gguf(store, mlx_cfg, "python", gguf_art, log=lambda *_: None)
+    state = json.loads((root / "deployment" / "python" / MLX_STATE).read_text())
+    assert rec["target"] == "mlx-lm" and mlx_target.health(state)["ok"] and rec["smoke"]["python"]["chat"] is not None
+    mlx_target.stop(state)
 
 
 def test_an_adapter_worse_than_the_limit_is_not_exported_or_deployed(two_language_repo: Path, tmp_path: Path):

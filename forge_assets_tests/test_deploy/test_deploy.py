@@ -66,8 +66,8 @@ def test_ports_are_stable_per_language(tmp_path: Path):
 
 def test_ollama_template_and_stops_come_from_the_tokenizer(tiny_model: Path):
     template, stops = ollama_target.template_for(tiny_model)
-    assert stops == ["<|im_end|>", "<|endoftext|>"]
-    assert "<|im_start|>{{ .Role }}" in template and template.endswith("<|im_start|>assistant\n")
+    assert stops == ["<|im_end|>", "<|endoftext|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>"]
+    assert "<|im_start|>{{ .Role }}" in template and template == ollama_target.qwen25_template()
 
 
 def test_ollama_deploy_against_the_test_double(q8_gguf: Path, tiny_model: Path, tmp_path: Path):
@@ -75,7 +75,7 @@ def test_ollama_deploy_against_the_test_double(q8_gguf: Path, tiny_model: Path, 
         out = ollama_target.deploy(q8_gguf, "forge-python:abc", tiny_model, ollama.host, latest_tag="forge-python:latest")
         assert out["digest"] in ollama.blobs
         model = ollama.models["forge-python:abc"]
-        assert model["parameters"]["stop"] == ["<|im_end|>", "<|endoftext|>"] and "{{ .Content }}" in model["template"]
+        assert model["parameters"]["stop"] == ["<|im_end|>", "<|endoftext|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>"] and "{{ .Content }}" in model["template"]
         assert "forge-python:latest" in ollama.models
         assert "<|im_end|>" not in out["smoke"]["reply"]
         assert ("POST", "/api/create") in ollama.requests and ("POST", "/api/chat") in ollama.requests
