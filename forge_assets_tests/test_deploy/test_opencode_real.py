@@ -1,0 +1,156 @@
+"""The real OpenCode client (opencode-ai from npm, pinned) against a served forge-tiny model, end to end:
+OpenCode sends its real requests (system prompt, tool list, streaming) to the server through a recording
+proxy, exits 0, records the answer in its own opencode.db, and Forge's session reading (what the
+`session_logs` asset runs) reads and classifies that database.
+
+`served_endpoint` is forge-tiny deployed by Forge's own deploy path (`llama_server.deploy`: Forge's model server
+behind the router, default context 32,768), and the project's `opencode.json` is what `forge client-config
+opencode` prints for it. Without npm (or when the npm install fails) the test skips, or fails when $CI is set.
+Times (install, deploy, opencode run) are printed (`pytest -s`). `request_recorder.py` (a recording proxy) was used
+to learn what OpenCode sends; its findings are below.
+
+What OpenCode 1.18.33 needs from a server, seen with this harness: every chat request streams
+(`stream: true`, `stream_options: {include_usage: true}`), and a stream must end with a
+`finish_reason` (without one OpenCode takes the answer as unfinished and asks again, without end); an
+HTTP 5xx is retried without end, with back-off; a 4xx ends the run with exit 1 (a context-overflow
+message first triggers an attempt at compaction).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from forge_assets.sessions import classifications, collect, load_sources
+from forge_assets_tests.conftest import free_port
+from forge_assets_tests.test_deploy import opencode_client
+
+MODEL = "forge-python:test"
+CONTEXT = 32768
+OUTPUT = 256
+# Names two Python files: the session's own text makes it a Python session whatever forge-tiny answers.
+MESSAGE = "Add a function add(a, b) to calc/add.py and a test for it to tests/test_add.py."
+RUN_TIMEOUT = 150  # s; a run takes about 30 s here (2 cores), most of it the server reading the prompt
+
+pytestmark = pytest.mark.timeout(600)  # the first run also npm-installs OpenCode (about 20 s)
+
+
+@dataclass
+class ServedEndpoint:
+    """Forge's deployed endpoint serving MODEL, and the forge.yaml that `forge client-config` reads."""
+
+    base_url: str  # ends in /v1
+    model: str
+    log: Path  # the model server's own log
+    config: Path  # forge.yaml
+    context: int = CONTEXT
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+
+    def http_errors(self) -> list[str]:
+        """Requests the server refused or failed (it logs each with `refused` or `ERROR`)."""
+        return [line for line in self.lines() if "forge-server: refused" in line or "forge-server: ERROR" in line]
+
+    def chat_lines(self) -> list[str]:
+        return [line for line in self.lines() if "forge-server: chat" in line]
+
+
+@pytest.fixture(scope="module")
+def opencode_binary() -> Path:
+    start = time.monotonic()
+    try:
+        binary = opencode_client.install()
+    except opencode_client.OpenCodeUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"OpenCode cannot be installed on CI: {exc}")
+        pytest.skip(f"OpenCode cannot be installed here: {exc}")
+    print(f"\n[opencode] install/check took {time.monotonic() - start:.1f} s: {binary}")
+    return binary
+
+
+@pytest.fixture
+def served_endpoint(q8_gguf: Path, tiny_model: Path, tmp_path: Path) -> Iterator[ServedEndpoint]:
+    """forge-tiny deployed the way `forge run` deploys it: Forge's model server behind the router on the stable port,
+    its state in <artifact_root>/deployment/_endpoint, the default context (32,768)."""
+    from forge_assets.chat import template_of
+    from forge_assets.deploy import llama_server
+    from forge_assets.deploy.service import ENDPOINT
+    from forge_assets_tests.conftest import write_config
+
+    start = time.monotonic()
+    port = free_port()
+    config = write_config(tmp_path, [], deploy={"port": port, "max_output": OUTPUT})
+    state_dir = tmp_path / "artifacts" / "deployment" / ENDPOINT
+    models = [{"id": MODEL, "language": "python", "gguf": str(q8_gguf), "lora": None, "chat_template": template_of(tiny_model)}]
+    state = llama_server.deploy(None, MODEL, "127.0.0.1", port, state_dir, n_ctx=CONTEXT, models=models)
+    try:
+        endpoint = ServedEndpoint(state["endpoint"], MODEL, Path(state["log"]), config)
+        endpoint.timings["deploy"] = time.monotonic() - start
+        yield endpoint
+    finally:
+        llama_server.stop(state_dir)
+
+
+def test_opencode_answers_through_the_served_model_and_forge_reads_its_session(
+        opencode_binary: Path, served_endpoint: ServedEndpoint, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    # The project's opencode.json is exactly what `forge client-config opencode` prints for the deployment.
+    env = {**os.environ, "FORGE_CONFIG": str(served_endpoint.config)}
+    printed = subprocess.run([sys.executable, "-m", "forge_assets.cli", "client-config", "opencode", "--language", "python"],
+                             capture_output=True, text=True, env=env, check=True).stdout
+    config = json.loads(printed)
+    assert config["model"] == f"forge/{MODEL}" and config["provider"]["forge"]["options"]["baseURL"] == served_endpoint.base_url
+
+    result = opencode_client.run(opencode_binary, project, config, MESSAGE, timeout=RUN_TIMEOUT, run_dir=tmp_path / "opencode",
+                                 stop_when=lambda: bool(served_endpoint.http_errors()))
+    timings = {**served_endpoint.timings, "opencode_run": result.seconds}
+    print(f"\n[opencode] timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+    report = f"{result.describe()}\n--- server log\n" + "\n".join(served_endpoint.lines()[-40:])
+
+    # The server refused or failed nothing, and OpenCode finished on its own.
+    assert served_endpoint.http_errors() == [], report
+    assert result.returncode == 0, report
+    # What OpenCode sent: streamed chats; the agent's carried its tools (rendered into the prompt) and its
+    # ~20k-token prompt (system prompt + 10 tool schemas in forge-tiny's small vocabulary) fitted the context.
+    chats = [line for line in served_endpoint.chat_lines() if "chat stream" in line]  # the deploy's own smoke chat is not streamed
+    assert len(chats) >= 2, report  # the title request and the agent's
+    prompt_tokens = [int(re.search(r": (\d+) prompt", line).group(1)) for line in chats]
+    assert max(prompt_tokens) > 4000, report
+
+    # OpenCode recorded an answer with text in its own database.
+    answers = opencode_client.assistant_answers(result.db)
+    built = [a for a in answers if a["agent"] == "build"]
+    assert built and built[-1]["text"].strip(), f"{answers}\n{report}"
+    assert built[-1]["completed"] and built[-1]["error"] is None and built[-1]["finish"] in ("stop", "length"), built[-1]
+
+    # Forge reads that database as the session_logs asset does, and classifies the session.
+    source = [{"opencode": str(result.db)}]
+    loaded = load_sources(source, tmp_path)
+    assert loaded.warnings == [] and len(loaded.sessions) == 1, loaded.warnings
+    session = loaded.sessions[0]
+    assert session.directory == str(project.resolve())
+    assert [m.role for m in session.messages] == ["user", "assistant"]
+    assert MESSAGE in session.messages[0].parts[0]["text"]  # `opencode run` stores it in double quotes
+    assert session.messages[1].completed and session.messages[1].agent == "build"
+    assert "python" in classifications(loaded)[session.id].languages
+
+    records, stats, warnings = collect(source, tmp_path, "python")
+    assert warnings == [] and stats["sessions"] == 1, stats
+    assert len(records) == 1 and records[0]["session"] == session.id
+    roles = [m["role"] for m in records[0]["messages"]]
+    assert roles == ["user", "assistant"] and "calc/add.py" in records[0]["messages"][0]["content"]
