@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from forge_assets.export.gguf_eval import gguf_perplexity, hf_perplexity, quantization_loss_pct, token_windows
@@ -79,9 +80,20 @@ def test_quantization_loss_is_real_and_grows_with_fewer_bits(windows, ggufs, ref
     q8, _ = gguf_perplexity(ggufs["Q8_0"], windows, n_threads=2)
     q4, _ = gguf_perplexity(ggufs["Q4_K_M"], windows, n_threads=2)
     q8_loss, q4_loss = quantization_loss_pct(hf_ppl, q8), quantization_loss_pct(hf_ppl, q4)
-    assert q8 != f32 and q8_loss != 0.0  # measured on the quantized weights, not zero by construction
+    assert q8 != f32 and q8_loss != 0.0 and q4_loss != 0.0  # measured on the quantized weights, not zero by construction
     assert abs(q8_loss) < Q8_0_MAX_LOSS_PCT
-    assert q4_loss > q8_loss
+    # Fewer bits move the logits further from the F32 file's (perplexity itself may go either way on a tiny model:
+    # measured 0.048 % for Q8_0 and 0.008 % for Q4_K_M on one forge-tiny).
+    from forge_assets.export.gguf_export import load_llama
+
+    def logits(path):
+        llm = load_llama(path, n_ctx=256, logits_all=True)
+        llm.eval(windows[0][:128])
+        return np.array(llm.scores[:len(windows[0][:128])])
+
+    ref = logits(ggufs["F32"])
+    q8_dev, q4_dev = np.abs(logits(ggufs["Q8_0"]) - ref).mean(), np.abs(logits(ggufs["Q4_K_M"]) - ref).mean()
+    assert 0 < q8_dev < q4_dev, (q8_dev, q4_dev)
 
 
 def test_quantization_loss_arithmetic():
