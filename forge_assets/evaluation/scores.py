@@ -15,7 +15,6 @@ Figures, for each side (`base_...`, `adapter_...`):
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil

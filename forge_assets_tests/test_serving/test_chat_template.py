@@ -97,7 +97,6 @@ def test_bad_message_is_a_clear_error():
 def test_dataset_chats_render_again_with_a_bases_own_template(name, tools):
     """Datasets are rendered with Forge's template; a Qwen3 base trains on the same conversations as Qwen3 renders them."""
     from forge_assets.chat import EOT, parse_rendered, retemplate
-    from forge_assets.training.data import read_records
 
     msgs = CONVERSATIONS[name]
     text = render_chat(msgs, tools=tools)

@@ -3,7 +3,6 @@ chat (streamed or not, tools rendered with the training template, tool calls ret
 completions, llama.cpp's native /completion, and a context that takes a 4,000-token request."""
 
 import json
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
