@@ -12,7 +12,7 @@ from forge_assets.mining.snapshot import snapshot_of
 from forge_assets.resources import ForgeResource
 from forge_assets.training.base_model import TINY, check_base_model, folder_fingerprint, resolve_base_model
 
-CODE_VERSION = "3"  # 2: corpus filtered and scrubbed like the datasets; 3: longer pretraining, held-out files measured
+CODE_VERSION = "4"  # 2: corpus filtered and scrubbed like the datasets; 3: longer pretraining, held-out files measured; 4: Qwen2.5-identical chat template
 ALL = "all"  # the base model is shared by every language partition
 
 
