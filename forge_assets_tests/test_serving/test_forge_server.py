@@ -187,3 +187,12 @@ def test_training_the_gguf_and_the_server_render_the_same_text(server: dict, ada
     served = _post(f"{server['endpoint'].removesuffix('/v1')}/apply-template", {"model": "forge-python:v1", "messages": msgs, "tools": tools})
     assert training == in_gguf == served["prompt"]
     assert '<tool_call>\n{"name": "read", "arguments": {"path": "app.py"}}\n</tool_call>' in training
+
+
+def test_gpu_offload_is_all_layers_where_llama_cpp_can_offload():
+    import llama_cpp
+
+    from forge_assets.deploy.forge_server import gpu_layers
+
+    assert gpu_layers("auto") == (-1 if llama_cpp.llama_supports_gpu_offload() else 0)  # 0 on this CPU build
+    assert gpu_layers(12) == 12 and gpu_layers("0") == 0
