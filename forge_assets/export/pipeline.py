@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 from pathlib import Path
@@ -90,6 +91,11 @@ def export_gguf(base: Path, adapter: Path, out: Path, work: Path, qtype: str, na
         phase("convert_lora")
         lora = convert_lora_to_gguf(adapter, base, out / LORA_FILE, "F16")
         target, lora_path = base_file, out / LORA_FILE
+        # The base file lives outside the artifact (shared by every language); naming it here makes the artifact's
+        # content, and so its version, differ with the base version and quantization it is served on.
+        (out / "served.json").write_text(json.dumps({"base_gguf": str(base_file), "base_folder": base_folder.name,
+                                                     "quantization": qtype, "base_bytes": base_file.stat().st_size,
+                                                     "lora": LORA_FILE}, indent=2, sort_keys=True))
         figures.update({"base_gguf": str(base_file), "lora_file": LORA_FILE, "lora_bytes": (out / LORA_FILE).stat().st_size,
                         "base_bytes": base_file.stat().st_size, "lora_rank": lora.get("rank"), "lora_tensors": lora.get("tensors")})
     else:

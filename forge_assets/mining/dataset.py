@@ -38,7 +38,7 @@ from pathlib import Path
 import git
 import numpy as np
 
-from forge_assets.chat import EOT, FILE_SEP, REPO_NAME, render_chat
+from forge_assets.chat import DEFAULT_SYSTEM, EOT, FILE_SEP, REPO_NAME, render_chat
 from forge_assets.config import MiningConfig
 from forge_assets.languages import language_of_path
 from forge_assets.mining import commits as history
@@ -435,15 +435,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
+_DEFAULT_SYSTEM_TURN = f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n"
 _HEADER = re.compile(re.escape(REPO_NAME) + r"[^\n]*\n" + re.escape(FILE_SEP) + r"[^\n]*\n")
 
 
 def content_view(s: Sample) -> str:
     """What de-duplication and decontamination compare: the text without its own repo/path labels.
 
-    A copied file differs from the original only in the path it is filed under; that must not hide it.
+    A copied file differs from the original only in the path it is filed under; that must not hide it. Nor is the chat
+    template's default system turn compared: every chat sample carries it, and it would make short chats look alike.
     """
-    text = _HEADER.sub("", s.text, count=1)
+    text = _HEADER.sub("", s.text, count=1).replace(_DEFAULT_SYSTEM_TURN, "")
     return text.replace(s.path, "") if len(s.path) > 2 else text
 
 

@@ -61,7 +61,7 @@ def test_a_rejected_adapter_is_never_promoted_exported_or_deployed_even_when_ggu
             assert "does not pass adapter_beats_base" in _error_text(alone)
             assert {a: _promoted(root, a) for a in good} == good
             # The good deployment is still the one answering.
-            health = llama_server.read_state(root / "deployment" / "python")
+            health = llama_server.read_state(root / "deployment" / "_endpoint")
             assert health["tag"] == served["tag"]
             assert instance.get_latest_materialization_event(AssetKey("gguf")).asset_materialization.metadata["version"].value == good["gguf"]
 
@@ -75,9 +75,9 @@ def test_a_rejected_adapter_is_never_promoted_exported_or_deployed_even_when_ggu
             assert not check.passed and loss > 0 and "Q4_K_M" in check.description and "Fix:" in check.description
             assert (root / "gguf" / "python" / "candidate").resolve().name != good["gguf"]
             assert {a: _promoted(root, a) for a in good} == good
-            assert llama_server.read_state(root / "deployment" / "python")["tag"] == served["tag"]
+            assert llama_server.read_state(root / "deployment" / "_endpoint")["tag"] == served["tag"]
         finally:
-            llama_server.stop(root / "deployment" / "python")
+            llama_server.stop(root / "deployment" / "_endpoint")
 
 
 def test_a_repository_that_loses_its_files_keeps_the_promoted_snapshot_and_dataset(py_repo: Path, tmp_path: Path):

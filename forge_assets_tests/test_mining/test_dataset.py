@@ -114,7 +114,7 @@ def test_sessions_become_chats_rendered_with_the_template(built):
     rows = [r for r in records(built["folder"] / "python") if r["kind"] in ("chat", "code_change")]
     assert {r["kind"] for r in rows} == {"chat", "code_change"}
     chat = next(r for r in rows if r["kind"] == "chat")
-    assert chat["text"].startswith("<|im_start|>user\n") and chat["text"].endswith("<|endoftext|>")
+    assert chat["text"].startswith("<|im_start|>system\n") and "<|im_start|>user\n" in chat["text"] and chat["text"].endswith("<|endoftext|>")
     assert chat["repo"] == "opencode" and chat["path"] == "ses_1" and chat["commit"] == ""
 
 

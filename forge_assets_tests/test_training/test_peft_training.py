@@ -66,7 +66,8 @@ def test_each_method_trains_merges_and_exports_a_gguf_llama_cpp_runs(method, tin
 
     # PiSSA trains the base's principal directions themselves, so one step moves the model more than LoRA's:
     # at LoRA's 0.005 forge-tiny overshoots, and the PiSSA authors use a smaller rate too.
-    lr = 0.001 if method == "pissa" else CFG["learning_rate"]
+    # rsLoRA scales by alpha/sqrt(r), twice LoRA's alpha/r at r=4: half the rate takes the same step.
+    lr = {"pissa": 0.001, "rslora": CFG["learning_rate"] / 2}.get(method, CFG["learning_rate"])
     res = train_adapter(tiny_model, tiny_dataset, tmp_path / "ad",
                         TrainingConfig(**{**CFG, "max_steps": 6, "method": method, "learning_rate": lr}), **QUIET)
     assert res["method"] == method
