@@ -67,7 +67,7 @@ from pathlib import Path
 
 import psutil
 
-from forge_assets.deploy import procs
+from forge_assets.deploy import llama_server, procs
 from forge_assets.deploy.llama_server import DeployError, port_free
 
 DEFAULT_MODEL = "default_model"  # mlx_lm.server's name for --model with --adapter-path
@@ -391,30 +391,8 @@ def to_mlx_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def _http(method: str, url: str, body: dict | None = None, timeout: float = 60.0) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read().decode() or "{}")
-
-
-def _connect_host(host: str) -> str:
-    return "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
-
-
-def _busy(host: str, port: int) -> str:
-    return f"port {port} on {host} is in use by {procs.describe(procs.listener(host, port))}"
-
-
-def _log_tail(log_path: Path, offset: int) -> str:
-    """The last error-looking line the server logged after offset (else its last line)."""
-    with contextlib.suppress(OSError):
-        with open(log_path, "rb") as fh:
-            fh.seek(offset)
-            lines = [ln.strip() for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "Error" in ln or "error" in ln or "failed" in ln.lower()]
-        return (errors or lines or [""])[-1][:300]
-    return ""
+# The HTTP, host and log helpers are llama_server's (one copy for every target).
+_http, _connect_host, _busy, _log_tail = llama_server._http, llama_server._connect_host, llama_server._busy, llama_server._log_tail
 
 
 # ------------------------------------------------------------------------------------------------- the server
