@@ -157,7 +157,12 @@ class DeployConfig(_Strict):
     max_output: int = Field(4096, gt=0)  # the output limit written into client configurations
     ollama_host: str = "http://127.0.0.1:11434"
     tag_prefix: str = Field("forge", pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    # Q8_0 (default): near-lossless, 1.06 bytes a weight (a 32 B model: ~34 GB, fits a 48 GB Mac with context).
+    # Q4_K_M: ~0.6 bytes a weight, for a model that does not fit in Q8_0; K-quants need widths that are multiples of 256.
     quantization: Literal["Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K", "F16"] = "Q8_0"
+    # The unquantized GGUF conversion writes before quantizing (and scores against): auto = BF16 for a bfloat16
+    # checkpoint, else F16. F32 doubles the scratch disk; only when asked.
+    gguf_intermediate: Literal["auto", "F16", "BF16", "F32"] = "auto"
     # Deprecated: gates.max_perplexity_ratio. Still honoured when gates does not set it.
     max_perplexity_ratio: float | None = Field(None, gt=0)
 

@@ -86,7 +86,8 @@ def step_export_gguf(args: dict, log: Callable[[str], None], phase: Callable[[st
     return export_gguf(Path(args["base"]), Path(args["adapter"]), Path(args["out"]), Path(args["work"]), args["quantization"],
                        args["name"], phase=phase, held_out=held_out, extra_quantizations=args.get("extra_quantizations", []),
                        windows=int(args.get("windows", 24)), window_tokens=int(args.get("window_tokens", 512)), log=log,
-                       merge=bool(args.get("merge", True)), base_folder=Path(args["base_folder"]) if args.get("base_folder") else None)
+                       merge=bool(args.get("merge", True)), base_folder=Path(args["base_folder"]) if args.get("base_folder") else None,
+                       intermediate=args.get("intermediate", "auto"))
 
 
 STEPS: dict[str, Callable[[dict, Callable[[str], None], Callable[[str], None]], dict]] = {

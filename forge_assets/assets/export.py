@@ -18,7 +18,7 @@ from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
 from forge_assets.training.base_model import model_folder
 
-CODE_VERSION = "3"  # 3: base GGUF + LoRA GGUF unless deploy.merge
+CODE_VERSION = "4"  # 3: base GGUF + LoRA GGUF unless deploy.merge; 4: streamed converter, scored against the unquantized GGUF
 
 
 @asset(partitions_def=language_partitions, group_name="export", deps=["adapter", "base_model", "eval_scores"], code_version=CODE_VERSION,
@@ -35,8 +35,9 @@ def gguf(context: AssetExecutionContext, forge: ForgeResource):
     extra = sorted(set(cfg.eval.extra_quantizations) - {qtype})
     # Ollama needs a merged GGUF for Qwen; llama-server serves the shared base GGUF + this language's LoRA GGUF.
     merge = cfg.deploy.merge or cfg.deploy.target == "ollama"
-    base_folder = store.root / "base_gguf" / f"{base.version[:16]}-{qtype}"
-    key = input_key(adapter=ad.version, base=base.version, quantization=qtype, dataset=data.version, extra=extra, merge=merge,
+    inter = cfg.deploy.gguf_intermediate
+    base_folder = store.root / "base_gguf" / f"{base.version[:16]}-{qtype}{'' if inter == 'auto' else '-' + inter}"
+    key = input_key(adapter=ad.version, base=base.version, quantization=qtype, dataset=data.version, extra=extra, merge=merge, intermediate=inter,
                     windows=[cfg.eval.gguf_windows, cfg.eval.gguf_window_tokens], code=CODE_VERSION)
     reused = (art := store.reusable("gguf", language, key)) is not None
     if reused:
@@ -51,7 +52,7 @@ def gguf(context: AssetExecutionContext, forge: ForgeResource):
                 "base": str(model_folder(base.path)), "adapter": str(ad.path), "out": str(out.path), "work": str(work),
                 "quantization": qtype, "name": f"{cfg.deploy.tag_prefix}-{language}", "dataset": str(data.path),
                 "extra_quantizations": extra, "windows": cfg.eval.gguf_windows, "window_tokens": cfg.eval.gguf_window_tokens,
-                "merge": merge, "base_folder": str(base_folder)}, work)
+                "merge": merge, "base_folder": str(base_folder), "intermediate": inter}, work)
             manifest["figures"] = figures
         art = out.artifact
     verdict = quantization_gate(figures, cfg.gates)

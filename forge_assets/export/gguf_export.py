@@ -1,12 +1,9 @@
-"""GGUF export for Qwen2-architecture models, written with gguf-py and quantized by llama.cpp."""
+"""GGUF files: conversion (hf_to_gguf, streamed), llama.cpp's quantizer, load-and-generate smoke test, summary."""
 
 from __future__ import annotations
 
 import ctypes
-import json
 from pathlib import Path
-
-import numpy as np
 
 QUANT_TYPES = {"F32": 0, "F16": 1, "Q8_0": 7, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
 
@@ -15,101 +12,31 @@ class ExportError(RuntimeError):
     """A model cannot be exported; the message names the model, the problem and the fix."""
 
 
-def _tokenizer_vocab(model_dir: Path) -> tuple[list[str], list[int], list[str]]:
-    """Tokens in id order, their GGUF token types, and BPE merges, from tokenizer.json."""
+def convert_to_gguf(model_dir: Path, out: Path, outtype: str = "auto", name: str = "forge", adapter: Path | None = None) -> dict:
+    """A Hugging Face model folder (Qwen2, Qwen3, Llama, Mistral; sharded or not) as one GGUF file, streamed: see
+    `forge_assets.export.hf_to_gguf`. outtype "auto" is BF16 for a bfloat16 checkpoint and F16 otherwise."""
+    from forge_assets.export.hf_to_gguf import convert_hf_to_gguf
+
+    return convert_hf_to_gguf(model_dir, out, outtype, name=name, adapter=adapter)
+
+
+def k_quant_problem(src: Path, qtype: str) -> str | None:
+    """Why llama.cpp cannot quantize every weight matrix of src to qtype as asked (rows of 256 for K-quants, of 32
+    for Q8_0), naming the tensors; None when it can. llama.cpp itself would silently fall back to other types."""
     import gguf
 
-    tj = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    if tj["model"]["type"] != "BPE":
-        raise ExportError(f"{model_dir}/tokenizer.json: a {tj['model']['type']} tokenizer; Forge exports byte-level BPE (Qwen2) tokenizers only.")
-    vocab: dict[str, int] = dict(tj["model"]["vocab"])
-    added = {t["content"]: t for t in tj.get("added_tokens", [])}
-    for content, t in added.items():
-        vocab[content] = t["id"]
-    size = max(vocab.values()) + 1
-    tokens = [f"[PAD{i}]" for i in range(size)]
-    types = [gguf.TokenType.UNUSED] * size
-    for tok, i in vocab.items():
-        tokens[i] = tok
-        if tok in added:
-            types[i] = gguf.TokenType.CONTROL if added[tok].get("special") else gguf.TokenType.USER_DEFINED
-        else:
-            types[i] = gguf.TokenType.NORMAL
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"].get("merges", [])]
-    return tokens, [int(t) for t in types], merges
-
-
-def _load_tensors(model_dir: Path) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
-
-    tensors: dict[str, np.ndarray] = {}
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise ExportError(f"{model_dir}: no *.safetensors files. Fix: save the model with safe_serialization=True.")
-    for f in files:
-        with safe_open(f, framework="pt") as fh:
-            for name in fh.keys():
-                tensors[name] = fh.get_tensor(name).float().numpy()
-    return tensors
-
-
-def convert_to_gguf(model_dir: Path, out: Path, outtype: str = "F32", name: str = "forge") -> dict:
-    """Write a Qwen2 Hugging Face model folder as a GGUF file (F32 or F16), tokenizer and chat template included."""
-    import gguf
-
-    config = json.loads((model_dir / "config.json").read_text())
-    arch = config.get("model_type")
-    if arch != "qwen2":
-        raise ExportError(f"{model_dir}/config.json: model_type `{arch}`; Forge's GGUF export handles `qwen2` (Qwen2, Qwen2.5, Qwen2.5-Coder, forge-tiny). Fix: choose a Qwen2-family base model.")
-    n_layers = config["num_hidden_layers"]
-    tokens, types, merges = _tokenizer_vocab(model_dir)
-    tok_cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
-    w = gguf.GGUFWriter(str(out), "qwen2")
-    w.add_name(name)
-    w.add_context_length(config.get("max_position_embeddings", 32768))
-    w.add_embedding_length(config["hidden_size"])
-    w.add_block_count(n_layers)
-    w.add_feed_forward_length(config["intermediate_size"])
-    w.add_head_count(config["num_attention_heads"])
-    w.add_head_count_kv(config.get("num_key_value_heads", config["num_attention_heads"]))
-    w.add_rope_freq_base(float(config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta", 10000.0)))
-    w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if outtype == "F32" else gguf.LlamaFileType.MOSTLY_F16)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")  # forge-tiny and Qwen tokenizers split text with Qwen2's regex
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens))
-    if not special.merges:
-        special.merges = merges
-    special.add_to_gguf(w)
-    w.add_add_bos_token(False)
-    if "<|im_end|>" in tokens:
-        w.add_eot_token_id(tokens.index("<|im_end|>"))
-    if not special.chat_template and tok_cfg.get("chat_template"):
-        w.add_chat_template(tok_cfg["chat_template"])
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, n_layers)
-    tied = config.get("tie_word_embeddings", False)
-    count = 0
-    for hf_name, data in sorted(_load_tensors(model_dir).items()):
-        if tied and hf_name == "lm_head.weight":
-            continue  # llama.cpp reuses token_embd for the output when output.weight is absent
-        if hf_name.endswith("rotary_emb.inv_freq"):
-            continue
-        new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if new is None:
-            raise ExportError(f"{model_dir}: tensor `{hf_name}` has no GGUF name for qwen2. Fix: this is not a plain Qwen2 checkpoint; merge adapters first.")
-        if outtype == "F16" and data.ndim == 2:
-            data = data.astype(np.float16)
-        else:
-            data = data.astype(np.float32)  # norms and biases stay F32
-        w.add_tensor(new, data)
-        count += 1
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return {"tensors": count, "vocab_size": len(tokens), "merges": len(special.merges), "outtype": outtype}
+    block = 256 if qtype.endswith(("_K", "_K_M", "_K_S")) else 32 if qtype == "Q8_0" else 0
+    if not block:
+        return None
+    bad = [(t.name, int(t.shape[0])) for t in gguf.GGUFReader(str(src)).tensors
+           if len(t.shape) == 2 and t.name.endswith(".weight") and int(t.shape[0]) % block]
+    if not bad:
+        return None
+    widths = sorted({w for _, w in bad})
+    return (f"{qtype} needs weight rows that are multiples of {block} values, and {len(bad)} weight matrices of "
+            f"{src.name} have rows of {', '.join(map(str, widths[:4]))} (e.g. `{bad[0][0]}`): the model's hidden or "
+            f"intermediate size is not a multiple of {block}. Fix: set deploy.quantization to "
+            f"{'Q8_0 or F16' if block == 256 else 'F16'}, which this shape takes.")
 
 
 def quantize(src: Path, dst: Path, qtype: str = "Q8_0", threads: int = 0) -> None:
@@ -118,6 +45,9 @@ def quantize(src: Path, dst: Path, qtype: str = "Q8_0", threads: int = 0) -> Non
 
     if qtype not in QUANT_TYPES:
         raise ExportError(f"unknown quantization `{qtype}`; choose one of {', '.join(QUANT_TYPES)}.")
+    problem = k_quant_problem(src, qtype) if src.is_file() else None
+    if problem:
+        raise ExportError(f"cannot quantize {src} to {qtype}: {problem}")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[qtype]
     params.nthread = threads
@@ -155,5 +85,7 @@ def gguf_summary(path: Path) -> dict:
         f = r.fields.get(key)
         return None if f is None else bytes(f.parts[f.data[0]]).decode()
 
+    tokens = r.fields.get("tokenizer.ggml.tokens")
     return {"architecture": _str("general.architecture"), "tokenizer_pre": _str("tokenizer.ggml.pre"),
+            "tensors": len(r.tensors), "vocab_size": len(tokens.data) if tokens is not None else None,
             "tensor_types": types, "bytes": path.stat().st_size, "has_chat_template": "tokenizer.chat_template" in r.fields}

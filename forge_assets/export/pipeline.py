@@ -9,13 +9,17 @@ Two shapes (``deploy.merge``):
 - **merged**: the adapter merged into the base, converted and quantized (``model-<qtype>.gguf``), as Ollama needs
   for Qwen. Also the fallback for an adapter llama.cpp cannot apply unmerged (DoRA, modules_to_save).
 
-Either way the shipped combination is scored through llama.cpp against the merged Hugging Face model on the same
-held-out tokens (the quantization gate's figure).
+Either way the shipped combination is scored through llama.cpp against the unquantized merged GGUF (F16 or BF16,
+the adapter folded in while streaming) on the same held-out tokens: the quantization gate's figure. That the
+unquantized GGUF computes what transformers computes is proven per architecture by the tests (logits parity), so
+no step here loads the whole model: a 32 B base on a 48 GB Mac converts, quantizes and scores in bounded memory.
+
+Disk: the unquantized intermediate (about the checkpoint's size) is the only scratch file of size, removed when its
+stage ends; the shipped file is written into the artifact (or the shared base folder) directly.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -23,15 +27,26 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from forge_assets.export.gguf_export import convert_to_gguf, gguf_summary, quantize, smoke_generate
-from forge_assets.training.adapter import merge_adapter
+from forge_assets.export.gguf_export import ExportError, gguf_summary, quantize, smoke_generate
+from forge_assets.export.hf_to_gguf import convert_hf_to_gguf
 
 KEEP = ("tokenizer_config.json", "tokenizer.json", "chat_template.jinja", "config.json")  # what serving needs besides the GGUF
 LORA_FILE = "adapter-F16.gguf"
 
 
-def base_gguf(base: Path, folder: Path, qtype: str, work: Path, phase: Callable[[str], None], log: Callable[[str], None]) -> Path:
-    """The base model as a quantized GGUF in `folder` (made once; later calls and other languages reuse it)."""
+def _finish(src: Path, dst: Path, qtype: str, outtype: str, keep_src: bool) -> None:
+    """dst in qtype from the unquantized src: renamed (or copied when src is still needed) if it already is that
+    type, else quantized by llama.cpp."""
+    if qtype == outtype:
+        (shutil.copyfile if keep_src else os.replace)(src, dst)
+    else:
+        quantize(src, dst, qtype)
+
+
+def base_gguf(base: Path, folder: Path, qtype: str, work: Path, phase: Callable[[str], None], log: Callable[[str], None],
+              intermediate: str = "auto") -> Path:
+    """The base model as a quantized GGUF in `folder` (made once; later calls and other languages reuse it).
+    Streamed from the safetensors shards into an F16/BF16 intermediate in `work`, quantized, the intermediate removed."""
     target = folder / f"base-{qtype}.gguf"
     if target.is_file():
         return target
@@ -41,30 +56,53 @@ def base_gguf(base: Path, folder: Path, qtype: str, work: Path, phase: Callable[
         if target.is_file():  # another language's export made it meanwhile
             return target
         phase("convert_base")
-        f32 = work / "base-F32.gguf"
-        convert_to_gguf(base, f32, "F32", name="base")
+        inter = work / "base-intermediate.gguf"
+        conversion = convert_hf_to_gguf(base, inter, intermediate, name="base")
         tmp = folder / f".{target.name}.{os.getpid()}.tmp"
-        phase("quantize_base")
-        if qtype == "F32":
-            shutil.copyfile(f32, tmp)
-        else:
-            quantize(f32, tmp, qtype)
-        os.replace(tmp, target)
-        f32.unlink(missing_ok=True)
-        log(f"base GGUF {target} ({target.stat().st_size / 1e6:.1f} MB)")
+        try:
+            phase("quantize_base")
+            _finish(inter, tmp, qtype, conversion["outtype"], keep_src=False)
+            os.replace(tmp, target)
+        finally:
+            inter.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
+        log(f"base GGUF {target} ({target.stat().st_size / 1e6:.1f} MB, from a {conversion['outtype']} intermediate)")
     return target
+
+
+def merged_gguf(base: Path, adapter: Path, out: Path, work: Path, name: str, intermediate: str, log: Callable[[str], None]) -> dict:
+    """The adapter folded into the base, written as one unquantized GGUF, streamed tensor by tensor. An adapter that
+    does not fold in as W + s·BA (DoRA, modules_to_save) is merged by its training backend into a model folder in
+    `work` first (in the base's dtype), converted, and that folder removed."""
+    from forge_assets.training.adapter import merge_adapter
+
+    try:
+        return convert_hf_to_gguf(base, out, intermediate, name=name, adapter=adapter)
+    except ExportError as exc:
+        if "cannot be served as an unmerged" not in str(exc):
+            raise
+        log(f"merging {adapter.name} with its training backend first: {exc}")
+    folder = work / "merged"
+    try:
+        merge_adapter(base, adapter, folder)
+        return convert_hf_to_gguf(folder, out, intermediate, name=name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def export_gguf(base: Path, adapter: Path, out: Path, work: Path, qtype: str, name: str,
                 phase: Callable[[str], None] = lambda _: None, held_out: list[str] | None = None,
                 extra_quantizations: list[str] = (), windows: int = 24, window_tokens: int = 512,
-                log: Callable[[str], None] = print, merge: bool = True, base_folder: Path | None = None) -> dict:
+                log: Callable[[str], None] = print, merge: bool = True, base_folder: Path | None = None,
+                intermediate: str = "auto") -> dict:
     """Write what llama.cpp serves for one language into out; return figures for metadata.
 
     merge=False (needs base_folder): the base GGUF (shared) + `adapter-F16.gguf`; an adapter llama.cpp cannot
     apply unmerged falls back to the merged file, and the figures say why. merge=True: `model-<qtype>.gguf`.
-    With `held_out` texts the shipped combination is scored through llama.cpp against the merged Hugging Face model on
-    the same token windows; so is each of `extra_quantizations` (merged files quantized in `work`, not shipped).
+    With `held_out` texts the shipped combination is scored through llama.cpp against the unquantized merged GGUF
+    (the reference: F16 or BF16, `intermediate`) on the same token windows; so is each of `extra_quantizations`
+    (quantized in `work` from the reference, not shipped). Nothing holds the whole model in memory: conversion streams
+    from the shards, llama.cpp quantizes and scores from mmapped files; every intermediate is removed when done.
     `phase` is told each step's name before it starts, so a crash can be attributed to it.
     """
     from forge_assets.export.lora_gguf import convert_lora_to_gguf, unmerged_support
@@ -75,83 +113,86 @@ def export_gguf(base: Path, adapter: Path, out: Path, work: Path, qtype: str, na
         if why_merged:
             log(f"serving {name} merged: {why_merged}")
     unmerged = not merge and why_merged is None
-    phase("merge")
-    merge_adapter(base, adapter, work / "merged")  # the reference the shipped file is scored against, and the merged export
     for keep in KEEP:
-        if (work / "merged" / keep).is_file():
-            shutil.copyfile(work / "merged" / keep, out / keep)
+        if (base / keep).is_file():
+            shutil.copyfile(base / keep, out / keep)
     figures: dict = {"served_as": "base+lora" if unmerged else "merged"}
     if why_merged:
         figures["merged_because"] = why_merged
-    phase("convert")
-    f32 = work / "model-F32.gguf"
-    conversion = convert_to_gguf(work / "merged", f32, "F32", name=name)
-    if unmerged:
-        base_file = base_gguf(base, base_folder, qtype, work, phase, log)
-        phase("convert_lora")
-        lora = convert_lora_to_gguf(adapter, base, out / LORA_FILE, "F16")
-        target, lora_path = base_file, out / LORA_FILE
-        # The base file lives outside the artifact (shared by every language); naming it here makes the artifact's
-        # content, and so its version, differ with the base version and quantization it is served on.
-        (out / "served.json").write_text(json.dumps({"base_gguf": str(base_file), "base_folder": base_folder.name,
-                                                     "quantization": qtype, "base_bytes": base_file.stat().st_size,
-                                                     "lora": LORA_FILE}, indent=2, sort_keys=True))
-        figures.update({"base_gguf": str(base_file), "lora_file": LORA_FILE, "lora_bytes": (out / LORA_FILE).stat().st_size,
-                        "base_bytes": base_file.stat().st_size, "lora_rank": lora.get("rank"), "lora_tensors": lora.get("tensors")})
-    else:
-        target, lora_path = out / f"model-{qtype}.gguf", None
-        phase("quantize")
-        if qtype == "F32":
-            shutil.copyfile(f32, target)
+    reference = work / "merged-intermediate.gguf"
+    conversion: dict = {}
+    try:
+        if not unmerged or held_out:
+            phase("convert")
+            conversion = merged_gguf(base, adapter, reference, work, name, intermediate, log)
+            figures["reference"] = f"merged {conversion['outtype']} GGUF"
+        if unmerged:
+            base_file = base_gguf(base, base_folder, qtype, work, phase, log, intermediate)
+            phase("convert_lora")
+            lora = convert_lora_to_gguf(adapter, base, out / LORA_FILE, "F16")
+            target, lora_path = base_file, out / LORA_FILE
+            # The base file lives outside the artifact (shared by every language); naming it here makes the artifact's
+            # content, and so its version, differ with the base version and quantization it is served on.
+            (out / "served.json").write_text(json.dumps({"base_gguf": str(base_file), "base_folder": base_folder.name,
+                                                         "quantization": qtype, "base_bytes": base_file.stat().st_size,
+                                                         "lora": LORA_FILE}, indent=2, sort_keys=True))
+            figures.update({"base_gguf": str(base_file), "lora_file": LORA_FILE, "lora_bytes": (out / LORA_FILE).stat().st_size,
+                            "base_bytes": base_file.stat().st_size, "lora_rank": lora.get("rank"), "lora_tensors": lora.get("tensors")})
         else:
-            quantize(f32, target, qtype)
-    phase("smoke_generate")
-    smoke = smoke_generate(target, "def ", max_tokens=12, lora=lora_path)
-    summary = gguf_summary(target)
-    scored = {}
-    if held_out:
-        scored = score_quantizations(work / "merged", target, qtype, f32, work, held_out, list(extra_quantizations),
-                                     windows, window_tokens, phase, log, lora=lora_path)
-    return {**figures, **scored, "file": target.name, "bytes": summary["bytes"], "tensors": conversion["tensors"],
-            "vocab_size": conversion["vocab_size"], "tokenizer_pre": summary["tokenizer_pre"], "smoke_completion": smoke["completion"],
+            target, lora_path = out / f"model-{qtype}.gguf", None
+            phase("quantize")
+            _finish(reference, target, qtype, conversion["outtype"], keep_src=bool(held_out))
+        phase("smoke_generate")
+        smoke = smoke_generate(target, "def ", max_tokens=12, lora=lora_path)
+        summary = gguf_summary(target)
+        scored = {}
+        if held_out:
+            scored = score_quantizations(base, target, qtype, reference, work, held_out, list(extra_quantizations),
+                                         windows, window_tokens, phase, log, lora=lora_path)
+    finally:
+        reference.unlink(missing_ok=True)
+    return {**figures, **scored, "file": target.name, "bytes": summary["bytes"],
+            "tensors": conversion.get("tensors", summary["tensors"]), "vocab_size": conversion.get("vocab_size", summary["vocab_size"]),
+            "architecture": summary["architecture"], "tokenizer_pre": summary["tokenizer_pre"],
+            "intermediate": conversion.get("outtype"), "smoke_completion": smoke["completion"],
             "smoke_completion_tokens": smoke["completion_tokens"], "tensor_types": summary["tensor_types"]}
 
 
-def score_quantizations(merged: Path, shipped: Path, qtype: str, f32: Path, work: Path, texts: list[str], extra: list[str],
+def score_quantizations(base: Path, shipped: Path, qtype: str, reference: Path, work: Path, texts: list[str], extra: list[str],
                         windows: int, window_tokens: int, phase: Callable[[str], None], log: Callable[[str], None],
                         lora: Path | None = None) -> dict:
-    """Perplexity of the merged model and of each GGUF on the same held-out token windows; the loss in percent per type.
+    """Perplexity of the unquantized merged GGUF (the reference) and of each quantized one on the same held-out token
+    windows, all through llama.cpp; the loss in percent per type.
 
     `shipped` (+ `lora` when served unmerged) is what the server runs; extra types are merged files for comparison.
+    Token ids come from the base's Hugging Face tokenizer (the GGUF's tokenizer is tested to agree with it).
     """
     from transformers import AutoTokenizer
 
-    from forge_assets.export.gguf_eval import gguf_perplexity, hf_perplexity, quantization_loss_pct, token_windows
+    from forge_assets.export.gguf_eval import gguf_perplexity, quantization_loss_pct, token_windows
 
     phase("score_gguf")
-    tokenizer = AutoTokenizer.from_pretrained(merged, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
     wins = token_windows(tokenizer, texts, window_tokens, windows)
     if not wins:
         return {}
-    reference, tokens = hf_perplexity(merged, wins)
+    ref, tokens = gguf_perplexity(reference, wins)
     ppl, _ = gguf_perplexity(shipped, wins, lora=lora)
     served = f"{qtype} base + F16 LoRA" if lora else qtype
-    figures = {"quantization": qtype, "merged_perplexity": round(reference, 4), "gguf_perplexity": round(ppl, 4),
-               "quantization_loss_pct": quantization_loss_pct(reference, ppl), "quantization_scored_tokens": tokens,
-               "quantization_loss_by_type": {served: quantization_loss_pct(reference, ppl)}}
-    log(f"quantization: {served} perplexity {ppl:.4f} vs merged {reference:.4f} on {tokens} held-out tokens "
+    figures = {"quantization": qtype, "merged_perplexity": round(ref, 4), "gguf_perplexity": round(ppl, 4),
+               "quantization_loss_pct": quantization_loss_pct(ref, ppl), "quantization_scored_tokens": tokens,
+               "quantization_loss_by_type": {served: quantization_loss_pct(ref, ppl)}}
+    log(f"quantization: {served} perplexity {ppl:.4f} vs merged unquantized {ref:.4f} on {tokens} held-out tokens "
         f"({figures['quantization_loss_pct']:+.3f} %)")
     for other in extra:
         if other == qtype and not lora:
             continue
         path = work / f"model-{other}.gguf"
-        if other != "F32":
-            quantize(f32, path, other)
-        p, _ = gguf_perplexity(path if other != "F32" else f32, wins)
-        figures["quantization_loss_by_type"][f"{other} merged"] = quantization_loss_pct(reference, p)
-        log(f"quantization: {other} merged perplexity {p:.4f} ({quantization_loss_pct(reference, p):+.3f} %), not shipped")
-        if other != "F32":
+        try:
+            quantize(reference, path, other)
+            p, _ = gguf_perplexity(path, wins)
+        finally:
             path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        f32.unlink()
+        figures["quantization_loss_by_type"][f"{other} merged"] = quantization_loss_pct(ref, p)
+        log(f"quantization: {other} merged perplexity {p:.4f} ({quantization_loss_pct(ref, p):+.3f} %), not shipped")
     return figures

@@ -113,46 +113,8 @@ def random_base(kind: str, tiny_model: Path, out: Path) -> Path:
 
 
 def write_base_gguf(model_dir: Path, out: Path) -> Path:
-    """A F32 base GGUF for a tiny qwen3/llama folder (Forge's convert_to_gguf does qwen2 only): test scaffolding,
-    with llama's q/k rows permuted for llama.cpp's rotary layout like llama.cpp's own converter does."""
-    import gguf
-    from safetensors.numpy import load_file
-
-    from forge_assets.export.gguf_export import _tokenizer_vocab
-    from forge_assets.export.lora_gguf import _rope_permute
-
-    cfg = json.loads((model_dir / "config.json").read_text())
-    arch, n_layers, heads, kv = cfg["model_type"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-    w = gguf.GGUFWriter(str(out), arch)
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_block_count(n_layers)
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float((cfg.get("rope_parameters") or {}).get("rope_theta") or cfg.get("rope_theta", 10000.0)))
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    tokens, types, merges = _tokenizer_vocab(model_dir)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), n_layers)
-    for hf_name, data in sorted(load_file(model_dir / "model.safetensors").items()):
-        data = data.astype(np.float32)
-        if arch == "llama" and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
-            data = _rope_permute(data, heads if "q_proj" in hf_name else kv)
-        w.add_tensor(names.get_name(hf_name, try_suffixes=(".weight", ".bias")), data)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    """The F32 base GGUF of a tiny qwen3/llama folder, by Forge's own converter."""
+    convert_to_gguf(model_dir, out, "F32")
     return out
 
 

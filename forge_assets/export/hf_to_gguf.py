@@ -1,0 +1,576 @@
+"""Hugging Face safetensors → GGUF, streamed tensor by tensor, for Qwen2/Qwen2.5, Qwen3 (dense) and Llama-family
+(Llama 2/3, Mistral) models, with an optional LoRA adapter folded in on the way.
+
+Why Forge's own writer (on the `gguf` package) rather than llama.cpp's `convert_hf_to_gguf.py`: that script is in
+llama-cpp-python's source distribution only, not in the installed wheel, so no installed Forge could run it; it
+refuses any BPE tokenizer whose hash it does not know (forge-tiny's, any team's retrained one); and it cannot fold
+an adapter in, so the merged model would first be written to disk as a whole Hugging Face folder. `bench/export.py`
+measures both on the same ≥1 B model (figures in the README).
+
+Memory and disk (what a 32 B model on a 48 GB Mac needs):
+
+- Tensors are read from the safetensors shards with plain positioned reads (no mmap, so no file pages held in the
+  process), in chunks of whole rows of at most `CHUNK_BYTES` each, converted and written before the next chunk is
+  read. Peak memory is a few chunks plus the adapter plus a constant, whatever the model's size.
+- A LoRA adapter is folded in per chunk: `W[rows] += scale · B[rows] @ A` in fp32 for those rows only.
+- The output is F16 or BF16 (`outtype="auto"`: BF16 for a bfloat16 checkpoint, F16 otherwise), F32 only when asked.
+  Norms, biases and other 1-D tensors are F32, as llama.cpp requires.
+
+Per architecture (facts from the GGUF spec and llama.cpp's model loader):
+
+- GGUF architecture `qwen2` (attention q/k/v biases), `qwen3` (per-head q/k RMS norms `attn_q_norm`/`attn_k_norm`),
+  `llama` (Llama and Mistral; q/k rows permuted from Hugging Face's half-split rotary layout to llama.cpp's
+  interleaved one). Tied embeddings: no `output.weight` (llama.cpp reuses `token_embd`). GQA through
+  `attention.head_count_kv`; `attention.key_length`/`value_length` from `head_dim` (Qwen3's differs from
+  hidden/heads).
+- Rope: `rope.freq_base` from rope_theta; rope scaling `linear` and `yarn` as GGUF keys; Llama 3.1's `llama3` scaling
+  as the `rope_freqs` tensor (per-dimension divisors, computed with transformers' own rope functions).
+- Tokenizer: byte-level BPE (`gpt2` model) with `tokenizer.ggml.pre` detected from tokenizer.json's pre-tokenizer
+  regex (Qwen2's → `qwen2`, Llama 3's → `llama-bpe`, GPT-2's → `gpt-2`), or SentencePiece-style BPE with byte
+  fallback (`llama` model, Mistral/Llama 2, read with gguf-py's `LlamaHfVocab`). Token list padded to the
+  embedding's rows (Qwen checkpoints have more rows than tokens). Special ids, add_bos and the chat template
+  through gguf-py's `SpecialVocab`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from forge_assets.export.gguf_export import ExportError
+
+CHUNK_BYTES = 64 << 20  # fp32 working size of one chunk of rows
+OUTTYPES = ("auto", "F16", "BF16", "F32")
+# Hugging Face model_type -> (gguf-py MODEL_ARCH member, permute q/k for llama.cpp's rotary layout)
+ARCHITECTURES = {"qwen2": ("QWEN2", False), "qwen3": ("QWEN3", False), "llama": ("LLAMA", True), "mistral": ("LLAMA", True)}
+SUPPORTED = "qwen2 (Qwen2, Qwen2.5, Qwen2.5-Coder), qwen3 (dense Qwen3), llama (Llama 2/3) and mistral"
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+
+# tokenizer.json pre-tokenizer regexes -> llama.cpp's pre-tokenizer names (llama.cpp implements these splits).
+QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+               r"\s+(?!\S)|\s+")
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+PRE_TOKENIZERS = {(QWEN2_REGEX,): "qwen2", (LLAMA3_REGEX,): "llama-bpe", ("<gpt2 byte-level>",): "gpt-2"}
+
+
+# ------------------------------------------------------------------------------------------------ safetensors
+
+@dataclass
+class _Source:
+    """One tensor of a checkpoint: its shard file, dtype, shape and byte offset in the file."""
+
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if self.shape else 1
+
+    @property
+    def row_elements(self) -> int:
+        return math.prod(self.shape[1:]) if len(self.shape) > 1 else 1
+
+
+def _shard_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as exc:
+            raise ExportError(f"{index}: not a safetensors index ({exc}). Fix: re-save the model with save_pretrained.") from None
+        files = sorted({model_dir / f for f in weight_map.values()})
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ExportError(f"{index} names shard(s) {', '.join(missing[:3])} that are not in {model_dir}. "
+                              "Fix: download or copy every shard the index lists.")
+        return files
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        other = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt*"))
+        raise ExportError(f"{model_dir}: no *.safetensors weights{' (found ' + ', '.join(other[:3]) + ')' if other else ''}. "
+                          "Fix: save the model with save_pretrained(..., safe_serialization=True).")
+    return files
+
+
+def read_index(model_dir: Path) -> dict[str, _Source]:
+    """Every tensor of a (sharded) safetensors checkpoint, from the files' headers only (no tensor data read)."""
+    tensors: dict[str, _Source] = {}
+    for f in _shard_files(model_dir):
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ExportError(f"{f}: truncated safetensors file ({f.stat().st_size} bytes). Fix: copy the shard again.")
+            (size,) = np.frombuffer(head, dtype="<u8")
+            try:
+                header = json.loads(fh.read(int(size)))
+            except ValueError as exc:
+                raise ExportError(f"{f}: unreadable safetensors header ({exc}). Fix: copy the shard again.") from None
+        base = 8 + int(size)
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in _ST_DTYPES:
+                raise ExportError(f"{f}: tensor `{name}` is {info['dtype']}; Forge converts F32, F16 and BF16 checkpoints. "
+                                  "Fix: start from the unquantized Hugging Face release (not a GPTQ/AWQ/FP8 one).")
+            tensors[name] = _Source(f, info["dtype"], tuple(info["shape"]), base + int(info["data_offsets"][0]))
+    return tensors
+
+
+def _read_rows(src: _Source, fh, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of a tensor as float32, read with a positioned read (no mmap)."""
+    per_row = src.row_elements
+    dtype = _ST_DTYPES[src.dtype]
+    count = (stop - start) * per_row
+    fh.seek(src.offset + start * per_row * np.dtype(dtype).itemsize)
+    raw = np.fromfile(fh, dtype=dtype, count=count)
+    if raw.size != count:
+        raise ExportError(f"{src.file}: tensor data ends early. Fix: copy the shard again (it is truncated).")
+    if src.dtype == "BF16":
+        out = (raw.astype(np.uint32) << 16).view(np.float32)
+    else:
+        out = raw.astype(np.float32, copy=False)
+    return out.reshape((stop - start, *src.shape[1:]) if len(src.shape) > 1 else (stop - start,))
+
+
+def _read_raw(src: _Source, fh, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) in the file's own dtype (BF16 as uint16), flattened."""
+    per_row = src.row_elements
+    dtype = _ST_DTYPES[src.dtype]
+    fh.seek(src.offset + start * per_row * np.dtype(dtype).itemsize)
+    raw = np.fromfile(fh, dtype=dtype, count=(stop - start) * per_row)
+    if raw.size != (stop - start) * per_row:
+        raise ExportError(f"{src.file}: tensor data ends early. Fix: copy the shard again (it is truncated).")
+    return raw
+
+
+def _to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), rounding to nearest even, NaN kept NaN."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
+# ------------------------------------------------------------------------------------------------ tensors
+
+class _Streamed:
+    """A tensor written chunk by chunk: GGUFWriter.write_tensor_data only needs `nbytes` and `tofile(file)`."""
+
+    def __init__(self, nbytes: int, write):
+        self.nbytes = nbytes
+        self._write = write
+
+    def tofile(self, fout) -> None:
+        self._write(fout)
+
+
+@dataclass
+class _Plan:
+    name: str  # GGUF name
+    hf: str | None  # source tensor (None: computed, e.g. rope_freqs)
+    shape: tuple[int, ...]
+    out: str  # "F32", "F16", "BF16"
+    permute_heads: int = 0  # llama q/k: number of heads whose rows are permuted
+    data: np.ndarray | None = None  # computed tensors
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * (4 if self.out == "F32" else 2)
+
+
+def _permute_rows(rows: np.ndarray, n_head_rows: int) -> np.ndarray:
+    """Within each head (n_head_rows rows), HF's half-split rotary rows -> llama.cpp's interleaved ones."""
+    n = rows.shape[0] // n_head_rows
+    half = n_head_rows // 2
+    return rows.reshape(n, 2, half, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
+def _encode(x: np.ndarray, out: str) -> np.ndarray:
+    if out == "F32":
+        return np.ascontiguousarray(x, dtype=np.float32)
+    if out == "F16":
+        return np.ascontiguousarray(x, dtype=np.float16)
+    return _to_bf16(x)
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+def _config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ExportError(f"{model_dir}: no config.json, so this is not a Hugging Face model folder. "
+                          "Fix: point base_model at the folder save_pretrained wrote.")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ExportError(f"{path}: not valid JSON ({exc}). Fix: restore the model's config.json.") from None
+
+
+def architecture(config: dict, where: Path):
+    """(gguf MODEL_ARCH, permute q/k) for a Hugging Face config, or ExportError naming what is unsupported."""
+    import gguf
+
+    kind = config.get("model_type")
+    if kind not in ARCHITECTURES:
+        hint = (" Mixture-of-experts models (Qwen3-Coder-30B-A3B/480B) are not converted by Forge yet."
+                if kind and "moe" in kind else "")
+        raise ExportError(f"{where}/config.json: model_type `{kind}` ({', '.join(config.get('architectures') or [])}) is not an "
+                          f"architecture Forge exports to GGUF; it exports {SUPPORTED}.{hint} "
+                          "Fix: choose a base model of one of those families.")
+    member, permute = ARCHITECTURES[kind]
+    return getattr(gguf.MODEL_ARCH, member), permute
+
+
+def _rope(config: dict) -> tuple[float, dict | None]:
+    """(rope theta, rope scaling dict or None), from transformers 4's rope_theta/rope_scaling or 5's rope_parameters."""
+    params = config.get("rope_parameters") or {}
+    theta = config.get("rope_theta") or params.get("rope_theta") or 10000.0
+    scaling = config.get("rope_scaling") or None
+    if scaling is None and params.get("rope_type", "default") not in ("default", None):
+        scaling = params
+    if scaling is not None and (scaling.get("rope_type") or scaling.get("type")) in ("default", None):
+        scaling = None
+    return float(theta), scaling
+
+
+def _head_dim(config: dict) -> int:
+    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+
+
+def _llama3_rope_freqs(config: dict) -> np.ndarray:
+    """llama.cpp's `rope_freqs` for Llama 3.1 rope scaling: per dimension pair, default inv_freq / scaled inv_freq,
+    the scaled ones computed by transformers' own rope init function."""
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if k not in ("architectures", "transformers_version")})
+    theta, _ = _rope(config)
+    dim = _head_dim(config)
+    default = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
+    return (default / scaled.double().numpy()).astype(np.float32)
+
+
+def _write_hparams(w, config: dict, where: Path, n_layers: int) -> list[_Plan]:
+    """Model keys; returns computed tensors (llama3 rope_freqs) to add."""
+    import gguf
+
+    heads = int(config["num_attention_heads"])
+    w.add_context_length(int(config.get("max_position_embeddings", 32768)))
+    w.add_embedding_length(int(config["hidden_size"]))
+    w.add_block_count(n_layers)
+    w.add_feed_forward_length(int(config["intermediate_size"]))
+    w.add_head_count(heads)
+    w.add_head_count_kv(int(config.get("num_key_value_heads") or heads))
+    head_dim = _head_dim(config)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    theta, scaling = _rope(config)
+    w.add_rope_freq_base(theta)
+    extra: list[_Plan] = []
+    if scaling:
+        kind = scaling.get("rope_type") or scaling.get("type")
+        factor = float(scaling.get("factor", 1.0))
+        if kind == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(factor)
+        elif kind == "yarn":
+            w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+            w.add_rope_scaling_factor(factor)
+            orig = scaling.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
+            if orig:
+                w.add_rope_scaling_orig_ctx_len(int(orig))
+        elif kind == "llama3":
+            freqs = _llama3_rope_freqs(config)
+            extra.append(_Plan(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", None, freqs.shape, "F32", data=freqs))
+        else:
+            raise ExportError(f"{where}/config.json: rope scaling `{kind}` is not one llama.cpp implements for this "
+                              "architecture (linear, yarn, llama3). Fix: remove rope_scaling from config.json to serve the "
+                              "model at its native context, or pick a checkpoint without it.")
+    return extra
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+
+def _pre_tokenizer_regexes(pre: dict | None) -> tuple[str, ...]:
+    """The split regexes of a tokenizer.json pre_tokenizer (GPT-2's ByteLevel regex named as such)."""
+    if not pre:
+        return ()
+    items = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+    found: list[str] = []
+    for item in items or []:
+        kind = item.get("type")
+        if kind == "Split":
+            pattern = item.get("pattern") or {}
+            found.append(pattern.get("Regex") or re.escape(pattern.get("String", "")))
+        elif kind == "ByteLevel" and item.get("use_regex", True):
+            found.append("<gpt2 byte-level>")
+        elif kind not in ("ByteLevel",):
+            found.append(f"<{kind}>")
+    return tuple(found)
+
+
+def detect_pre_tokenizer(tokenizer_json: dict, where: Path) -> str:
+    """llama.cpp's name for the way this tokenizer splits text before BPE, from its pre_tokenizer regexes."""
+    found = _pre_tokenizer_regexes(tokenizer_json.get("pre_tokenizer"))
+    if found in PRE_TOKENIZERS:
+        return PRE_TOKENIZERS[found]
+    shown = "; ".join(f[:90] for f in found) or "none"
+    raise ExportError(f"{where}/tokenizer.json: its pre-tokenizer ({shown}) is not one Forge maps to llama.cpp's "
+                      "(Qwen2's regex → qwen2, Llama 3's → llama-bpe, GPT-2's byte-level → gpt-2), and llama.cpp would "
+                      "split text differently from transformers. Fix: use a base model with one of those tokenizers.")
+
+
+def _spm_vocab(model_dir: Path, model: dict) -> tuple[list, list[float], list]:
+    """Tokens, scores and types of a SentencePiece-style tokenizer (llama.cpp's `llama` tokenizer model).
+
+    With tokenizer.model, gguf-py's SentencePieceVocab reads the real scores. With tokenizer.json only, gguf-py's
+    LlamaHfVocab gives texts and types but a placeholder score (-1000) for every token, and llama.cpp's SentencePiece
+    tokenizer merges the adjacent pair whose result scores highest: so each token gets minus the rank of the BPE merge
+    that makes it, which makes llama.cpp merge in the order transformers does."""
+    if (model_dir / "tokenizer.model").is_file():
+        from gguf.vocab import SentencePieceVocab
+
+        rows = list(SentencePieceVocab(model_dir).all_tokens())
+        return [r[0] for r in rows], [float(r[1]) for r in rows], [r[2] for r in rows]
+    from gguf.vocab import LlamaHfVocab
+
+    rank: dict[str, int] = {}
+    for i, merge in enumerate(model.get("merges", [])):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        rank.setdefault(left + right, i)
+    tokens, scores, types = [], [], []
+    for text, _, kind in LlamaHfVocab(model_dir).all_tokens():
+        tokens.append(text)
+        piece = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+        scores.append(-float(rank[piece]) if piece in rank else 0.0)
+        types.append(kind)
+    return tokens, scores, types
+
+
+def _write_tokenizer(w, model_dir: Path, n_vocab: int) -> dict:
+    import gguf
+
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        raise ExportError(f"{model_dir}: no tokenizer.json (a fast tokenizer), so the GGUF would have no vocabulary. "
+                          "Fix: save the tokenizer with AutoTokenizer.from_pretrained(...).save_pretrained(model_dir).")
+    tj = json.loads(path.read_text(encoding="utf-8"))
+    model = tj.get("model") or {}
+    if model.get("type") != "BPE":
+        raise ExportError(f"{path}: a {model.get('type')} tokenizer; Forge exports BPE tokenizers (byte-level as Qwen and "
+                          "Llama 3 ship them, or SentencePiece-style with byte fallback as Mistral and Llama 2 do). "
+                          "Fix: use a base model with such a tokenizer.")
+    if model.get("byte_fallback"):
+        tokens, scores, types = _spm_vocab(model_dir, model)
+        model_name, pre = "llama", "default"
+    else:
+        pre = detect_pre_tokenizer(tj, model_dir)
+        model_name = "gpt2"
+        ids: dict[str, int] = dict(model["vocab"])
+        added = {t["content"]: t for t in tj.get("added_tokens", [])}
+        for content, t in added.items():
+            ids[content] = t["id"]
+        size = max(ids.values()) + 1
+        tokens = [f"[PAD{i}]" for i in range(size)]
+        types = [gguf.TokenType.UNUSED] * size
+        for tok, i in ids.items():
+            tokens[i] = tok
+            if tok in added:
+                types[i] = gguf.TokenType.CONTROL if added[tok].get("special") else gguf.TokenType.USER_DEFINED
+            else:
+                types[i] = gguf.TokenType.NORMAL
+        scores = None
+    if len(tokens) > n_vocab:
+        raise ExportError(f"{path}: {len(tokens)} tokens but the embedding has {n_vocab} rows. "
+                          "Fix: resize the model's embeddings to the tokenizer (model.resize_token_embeddings).")
+    for i in range(len(tokens), n_vocab):  # embedding rows past the tokenizer (Qwen pads its vocabulary)
+        tokens.append(f"[PAD{i}]")
+        types.append(gguf.TokenType.UNUSED)
+        if scores is not None:
+            scores.append(-1000.0)
+    w.add_tokenizer_model(model_name)
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    if scores is not None:
+        w.add_token_scores(scores)
+    w.add_token_types([int(t) for t in types])
+    special = gguf.SpecialVocab(model_dir, load_merges=model_name == "gpt2", n_vocab=n_vocab)
+    if model_name == "gpt2" and not special.merges:
+        special.merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    tok_cfg_path = model_dir / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_cfg_path.read_text()) if tok_cfg_path.is_file() else {}
+    if "bos" not in special.add_special_token and not tok_cfg.get("bos_token"):
+        special.add_special_token["bos"] = False  # Qwen: no BOS token at all
+    special.add_to_gguf(w)
+    texts = [t if isinstance(t, str) else t.decode() for t in tokens]
+    for eot in ("<|im_end|>", "<|eot_id|>"):
+        if eot in texts:
+            w.add_eot_token_id(texts.index(eot))
+            break
+    return {"tokenizer_model": model_name, "tokenizer_pre": pre, "vocab_size": n_vocab,
+            "merges": len(special.merges), "has_chat_template": special.chat_template is not None}
+
+
+# ------------------------------------------------------------------------------------------------ convert
+
+def _pick_outtype(outtype: str, sources: dict[str, _Source]) -> str:
+    if outtype not in OUTTYPES:
+        raise ExportError(f"GGUF intermediate type `{outtype}`: choose one of {', '.join(OUTTYPES)}.")
+    if outtype != "auto":
+        return outtype
+    dtypes = {s.dtype for s in sources.values() if len(s.shape) == 2}
+    return "BF16" if dtypes == {"BF16"} else "F16"
+
+
+def _plan(config: dict, sources: dict[str, _Source], arch, permute: bool, outtype: str, where: Path) -> list[_Plan]:
+    import gguf
+
+    n_layers = int(config["num_hidden_layers"])
+    names = gguf.get_tensor_name_map(arch, n_layers)
+    heads, kv_heads = int(config["num_attention_heads"]), int(config.get("num_key_value_heads") or config["num_attention_heads"])
+    head_dim = _head_dim(config)
+    tied = bool(config.get("tie_word_embeddings", False)) or "lm_head.weight" not in sources
+    plans = []
+    for hf_name, src in sources.items():
+        if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
+            continue
+        new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise ExportError(f"{where}: tensor `{hf_name}` has no GGUF name in the {arch.name.lower()} architecture. "
+                              "Fix: this is not a plain checkpoint of that family (merge adapters and drop extra heads first).")
+        out = outtype if len(src.shape) == 2 else "F32"
+        group = 0
+        if permute and re.search(r"\.self_attn\.(q|k)_proj\.(weight|bias)$", hf_name):
+            group = head_dim  # rows per head to permute (q: heads × head_dim rows, k: kv_heads × head_dim)
+            expected = (heads if ".q_proj." in hf_name else kv_heads) * head_dim
+            if src.rows != expected:
+                raise ExportError(f"{where}: `{hf_name}` has {src.rows} rows, not heads × head_dim = {expected}. "
+                                  "Fix: check num_attention_heads / num_key_value_heads / head_dim in config.json.")
+        plans.append(_Plan(new, hf_name, src.shape, out, permute_heads=group))
+    order = {"token_embd": 0, "output_norm": 2, "output": 3}
+    plans.sort(key=lambda p: (order.get(p.name.split(".")[0], 1), _block_of(p.name), p.name))
+    return plans
+
+
+def _block_of(name: str) -> int:
+    m = re.match(r"blk\.(\d+)\.", name)
+    return int(m[1]) if m else -1
+
+
+def convert_hf_to_gguf(model_dir: Path, out: Path, outtype: str = "auto", name: str = "forge", adapter: Path | None = None,
+                       chunk_bytes: int = CHUNK_BYTES) -> dict:
+    """Write a Hugging Face model folder (sharded or not) as one GGUF file, streaming; with `adapter` (a PEFT or mlx-lm
+    LoRA folder trained on this model) folded into the weights on the way. Returns figures for metadata.
+
+    The file is written to `out` directly; callers write into a temporary name and rename it (pipeline.py does).
+    """
+    import gguf
+
+    model_dir, out = Path(model_dir), Path(out)
+    config = _config(model_dir)
+    arch, permute = architecture(config, model_dir)
+    sources = read_index(model_dir)
+    kind = outtype
+    outtype = _pick_outtype(outtype, sources)
+    embed = sources.get("model.embed_tokens.weight")
+    if embed is None:
+        raise ExportError(f"{model_dir}: no `model.embed_tokens.weight` tensor. Fix: this is not a complete "
+                          f"{config.get('model_type')} checkpoint; copy every shard.")
+    lora = _adapter_pairs(adapter) if adapter is not None else {}
+    n_layers = int(config["num_hidden_layers"])
+    w = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[arch])
+    w.add_name(name)
+    computed = _write_hparams(w, config, model_dir, n_layers)
+    w.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
+                     "BF16": gguf.LlamaFileType.MOSTLY_BF16}[outtype])
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    tok = _write_tokenizer(w, model_dir, embed.shape[0])
+    plans = computed + _plan(config, sources, arch, permute, outtype, model_dir)
+    unused = set(lora) - {p.hf.removesuffix(".weight") for p in plans if p.hf}
+    if unused:
+        raise ExportError(f"{adapter}: the adapter changes {sorted(unused)[:3]}, which this base model has no weight for. "
+                          "Fix: export the adapter with the base model it was trained on.")
+    for p in plans:
+        raw = {"F32": None, "F16": None, "BF16": gguf.GGMLQuantizationType.BF16}[p.out]
+        w.add_tensor_info(p.name, p.shape, np.dtype(np.uint16 if p.out == "BF16" else np.float16 if p.out == "F16" else np.float32),
+                          p.nbytes, raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    handles: dict[Path, object] = {}
+    merged = 0
+    try:
+        for p in plans:
+            if p.data is not None:
+                w.write_tensor_data(_encode(p.data, p.out))
+                continue
+            src = sources[p.hf]
+            fh = handles.get(src.file)
+            if fh is None:
+                for old in handles.values():
+                    old.close()  # one shard open at a time
+                handles = {src.file: open(src.file, "rb")}  # noqa: SIM115 (closed above or in finally)
+                fh = handles[src.file]
+            pair = lora.get(p.hf.removesuffix(".weight")) if p.hf.endswith(".weight") else None
+            merged += pair is not None
+            w.write_tensor_data(_Streamed(p.nbytes, _writer(src, fh, p, pair, chunk_bytes)))
+        w.close()
+    finally:
+        for fh in handles.values():
+            fh.close()
+    types: dict[str, int] = {}
+    for p in plans:
+        types[p.out] = types.get(p.out, 0) + 1
+    return {"architecture": gguf.MODEL_ARCH_NAMES[arch], "model_type": config.get("model_type"), "outtype": outtype,
+            "outtype_asked": kind, "tensors": len(plans), "tensor_types": types, "bytes": out.stat().st_size,
+            "lora_merged_tensors": merged, **tok}
+
+
+def _writer(src: _Source, fh, p: _Plan, pair, chunk_bytes: int):
+    """A function writing tensor p's data to a file, chunk by chunk of whole rows (whole heads for permuted q/k)."""
+    passthrough = pair is None and not p.permute_heads and (p.out == src.dtype or (p.out == "F32" and src.dtype == "F32"))
+    align = p.permute_heads or 1
+    per_chunk = max(align, (chunk_bytes // (4 * src.row_elements)) // align * align)
+
+    def write(fout) -> None:
+        for start in range(0, src.rows, per_chunk):
+            stop = min(src.rows, start + per_chunk)
+            if passthrough:
+                _read_raw(src, fh, start, stop).tofile(fout)
+                continue
+            rows = _read_rows(src, fh, start, stop)
+            if pair is not None:
+                a, b, scale = pair
+                rows = rows + np.float32(scale) * (b[start:stop] @ a)
+            if p.permute_heads:
+                rows = _permute_rows(rows, p.permute_heads)
+            _encode(rows, p.out).tofile(fout)
+
+    return write
+
+
+def _adapter_pairs(adapter: Path) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """{HF module name: (A [r, in], B [out, r], scale)} in float32, for a LoRA llama.cpp could also apply unmerged;
+    ExportError (naming why) for DoRA and other adapters that do not fold in as W + s·BA."""
+    from forge_assets.export.lora_gguf import _read_adapter
+
+    pairs = _read_adapter(Path(adapter)).pairs
+    return {m.removeprefix("base_model.model."): (np.asarray(a, np.float32), np.asarray(b, np.float32), float(s))
+            for m, (a, b, s) in pairs.items()}
+
+
+def model_bytes(model_dir: Path) -> tuple[int, int]:
+    """(bytes of all safetensors shards, bytes of the largest shard)."""
+    sizes = [f.stat().st_size for f in _shard_files(Path(model_dir))]
+    return sum(sizes), max(sizes)
+
