@@ -100,10 +100,10 @@ def quantization_gate(figures: dict, gates) -> Verdict:
     data = {"quantization_loss_pct": float(loss), "limit_pct": limit, "quantization": qtype,
             "gguf_perplexity": figures.get("gguf_perplexity"), "merged_perplexity": figures.get("merged_perplexity")}
     if float(loss) <= limit:
-        return Verdict(name, True, f"The {qtype} GGUF's perplexity is {float(loss):+.3f} % vs the merged model's (limit {limit} %): it passes.", data)
+        return Verdict(name, True, f"The {qtype} GGUF's perplexity is {float(loss):+.3f} % vs the unquantized merged GGUF's (limit {limit} %): it passes.", data)
     return Verdict(name, False,
                    f"The {qtype} GGUF's held-out perplexity is {figures.get('gguf_perplexity')} against {figures.get('merged_perplexity')} "
-                   f"for the merged model: a quantization loss of {float(loss):.3f} %, more than gates.max_quantization_loss_pct {limit}. "
+                   f"for the unquantized merged GGUF: a quantization loss of {float(loss):.3f} %, more than gates.max_quantization_loss_pct {limit}. "
                    "It is not promoted or deployed; what is served stays. Fix: pick a wider type in deploy.quantization (Q8_0 or F16), "
                    "or raise gates.max_quantization_loss_pct in forge.yaml.", data)
 

@@ -1,0 +1,90 @@
+"""Random-initialised Qwen2, Qwen3 and Llama base models saved to disk each go through the real asset chain, from
+base_model to a deployed tag, and what the server runs computes what transformers computes.
+
+Each base is built offline with `from_config` (forge-tiny's tokenizer, shapes K-quants take), named in forge.yaml
+as `base_model: <folder>`, and the python partition is materialized for real: snapshot, dataset, LoRA training,
+evaluation, GGUF export (the base converted by Forge's streamed converter + the adapter as a LoRA GGUF), deployment
+on the one model server. deploy.quantization is F16 here so the served logits can be held to a tolerance: llama.cpp
+with base-F16.gguf + adapter-F16.gguf against transformers with the PEFT adapter, F32, on the same token ids.
+Measured max |diff|: 2.9e-3 (qwen2), 2.9e-3 (qwen3), 3.1e-3 (llama) on logits of magnitude 3 to 3.8; tolerance SERVED_TOL.
+The gates are opened wide: a random model's figures say nothing, the chain's wiring is what is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dagster import AssetKey, instance_for_test, materialize
+
+from forge_assets.definitions import all_assets, all_checks
+from forge_assets.deploy import llama_server
+from forge_assets.export.gguf_export import gguf_summary
+from forge_assets.export.random_models import build_random_model
+from forge_assets.resources import ForgeResource
+from forge_assets_tests.conftest import free_port, write_config
+
+SERVED_TOL = 3e-2
+TEXT = "def handle_get(request, store):\n    key = request['key']\n    return store.get(key)\n"
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "llama"])
+def test_random_base_goes_from_base_model_to_a_deployed_tag(kind, tiny_model: Path, two_language_repo: Path, tmp_path: Path):
+    import llama_cpp
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = build_random_model(kind, tmp_path / f"{kind}-base", tokenizer_source=tiny_model, hidden_size=256, intermediate_size=512,
+                              num_heads=4, num_kv_heads=2, head_dim=128 if kind == "qwen3" else None, max_shard_size="400KB",
+                              max_position_embeddings=512, seed=1)
+    port = free_port()
+    cfg = write_config(tmp_path, [two_language_repo], base_model=str(base),
+                       deploy={"port": port, "quantization": "F16"},
+                       eval={"perplexity_samples": 6, "fim_cases": 3, "codebleu_samples": 1, "humaneval": {"problems": 1, "max_new_tokens": 8},
+                             "gguf_windows": 2},
+                       gates={"max_perplexity_ratio": 100.0, "fim_not_worse": False, "max_humaneval_regression_points": 100.0,
+                              "max_quantization_loss_pct": 50.0},
+                       training={"max_steps": 3})
+    root = tmp_path / "artifacts"
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("language", ["python"])
+        try:
+            result = materialize([*all_assets, *all_checks], partition_key="python", instance=instance,
+                                 resources={"forge": ForgeResource(config_path=str(cfg))}, raise_on_error=False)
+            assert result.success
+            meta = instance.get_latest_materialization_event(AssetKey("gguf")).asset_materialization.metadata
+            assert meta["architecture"].value == {"llama": "llama"}.get(kind, kind)
+            assert meta["served_as"].value == "base+lora" and meta["intermediate"].value == "F16"
+
+            served = json.loads((root / "gguf" / "python" / "promoted" / "served.json").read_text())
+            base_gguf, lora = Path(served["base_gguf"]), root / "gguf" / "python" / "promoted" / served["lora"]
+            assert gguf_summary(base_gguf)["architecture"] == kind
+            models = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30).read())
+            tags = [m["id"] for m in models["data"]]
+            assert any(t.startswith("forge-python:") for t in tags), tags
+            body = json.dumps({"model": "forge-python:latest", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+            reply = json.loads(urllib.request.urlopen(req, timeout=60).read())
+            assert reply["choices"][0]["message"]["role"] == "assistant" and reply["usage"]["completion_tokens"] > 0
+
+            # What the server runs (base GGUF + LoRA GGUF in llama.cpp) against transformers + the PEFT adapter.
+            adapter = root / "adapter" / "python" / "promoted"
+            ids = AutoTokenizer.from_pretrained(base, local_files_only=True)(TEXT)["input_ids"]
+            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).eval()
+            with torch.no_grad():
+                want = model(torch.tensor([ids])).logits[0].numpy()
+            llm = llama_cpp.Llama(model_path=str(base_gguf), lora_path=str(lora), n_ctx=128, logits_all=True, verbose=False,
+                                  type_k=0, type_v=0, n_threads=2)
+            try:
+                llm.eval(ids)
+                got = np.array(llm.scores[: len(ids)])
+            finally:
+                llm.close()
+            assert np.abs(got - want).max() < SERVED_TOL
+        finally:
+            llama_server.stop(root / "deployment" / "_endpoint")
