@@ -309,7 +309,10 @@ def merge(base: Path, adapter: Path, out: Path) -> None:
 
     model, tokenizer = load_model(base, adapter)
     merged = model.merge_and_unload()
-    merged = merged.to(torch.float32)
+    # Saved in the base checkpoint's own dtype (a bf16 base stays bf16 on disk: half the fp32 copy's size).
+    config = json.loads((Path(base) / "config.json").read_text())
+    saved = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(config.get("dtype") or config.get("torch_dtype"), torch.float32)
+    merged = merged.to(saved)
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
