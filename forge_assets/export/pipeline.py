@@ -122,12 +122,13 @@ def export_gguf(base: Path, adapter: Path, out: Path, work: Path, qtype: str, na
     reference = work / "merged-intermediate.gguf"
     conversion: dict = {}
     try:
+        # The shared base first (its intermediate is gone before the reference is written: one unquantized copy at a time).
+        base_file = base_gguf(base, base_folder, qtype, work, phase, log, intermediate) if unmerged else None
         if not unmerged or held_out:
             phase("convert")
             conversion = merged_gguf(base, adapter, reference, work, name, intermediate, log)
             figures["reference"] = f"merged {conversion['outtype']} GGUF"
         if unmerged:
-            base_file = base_gguf(base, base_folder, qtype, work, phase, log, intermediate)
             phase("convert_lora")
             lora = convert_lora_to_gguf(adapter, base, out / LORA_FILE, "F16")
             target, lora_path = base_file, out / LORA_FILE

@@ -24,10 +24,19 @@ def test_export_ships_scores_and_leaves_no_scratch_files(tiny_model: Path, tmp_p
     out.mkdir()
     work.mkdir()
     stages: list[str] = []
-    figures = export_gguf(tiny_model, adapter, out, work, "Q8_0", "forge-python", phase=stages.append, held_out=HELD_OUT,
+    scratch: list[int] = []
+
+    def phase(name: str) -> None:  # scratch disk in use as each stage starts
+        stages.append(name)
+        scratch.append(sum(p.stat().st_size for p in work.rglob("*") if p.is_file()))
+
+    figures = export_gguf(tiny_model, adapter, out, work, "Q8_0", "forge-python", phase=phase, held_out=HELD_OUT,
                           extra_quantizations=["Q4_K_M"], windows=3, window_tokens=64, log=lambda _: None, merge=merge,
                           base_folder=tmp_path / "base_gguf")
     assert _scratch(work) == []  # the unquantized intermediates and the extra type's file are gone
+    # One unquantized F16 copy at a time: at most half this F32 checkpoint (the target is 2 × the model on disk).
+    checkpoint = sum(p.stat().st_size for p in tiny_model.glob("*.safetensors"))
+    assert 0 < max(scratch) <= 0.55 * checkpoint, (scratch, checkpoint)
     assert figures["intermediate"] == "F16" and figures["reference"] == "merged F16 GGUF"
     assert figures["architecture"] == "qwen2" and figures["tokenizer_pre"] == "qwen2"
     assert 0 < figures["merged_perplexity"] and abs(figures["quantization_loss_pct"]) < 5
