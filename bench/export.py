@@ -1,13 +1,13 @@
 """Benchmark: Hugging Face safetensors -> GGUF conversion + Q8_0 quantization, Forge's converter against llama.cpp's
 own `convert_hf_to_gguf.py`, on the same >= 1 B-parameter checkpoint, for time and peak memory.
 
-    python bench/export.py [--layers 24] [--repeats 2]
+    python bench/export.py [--layers 24] [--repeats 3]
 
 The model: a random-initialised Qwen2 (hidden 2048, intermediate 5632, 24 layers, 16 heads, 2 KV heads, tied
 embeddings: 1.06 B parameters) with forge-tiny's tokenizer (trained on this repository's own Python source, as
 `forge_assets.training.base_model` trains it; vocab rounded up to a multiple of 64), initialised directly in bfloat16
 and saved with `save_pretrained(max_shard_size="500MB")`, so it is bf16 and sharded like a real checkpoint (about
-2.1 GB in 5 shards). Building it takes about 1-2 minutes on 2 cores and 2-3 GB of memory; it is cached in
+2.1 GB in 5 shards). Building it takes about 35 s on 2 cores (2.1 GB of bf16 weights in memory); it is cached in
 ~/.cache/forge-bench/export-model-<key> (key: hash of the shape and the tokenizer files; other export-model-* folders
 are removed when a new one is built), so reruns skip it. The tokenizer, and so the key, follows this repository's
 source: a changed forge_assets/*.py means a rebuild.
@@ -28,24 +28,27 @@ quantize that file to Q8_0 with the same function, `forge_assets.export.gguf_exp
 `llama_model_quantize` through llama-cpp-python; the llama-quantize executable is not in the wheel), so the
 quantizer is identical and the difference is the converter.
 
-Method: the shards are read once first so both sides start with them in the page cache. Each side runs in its own
-fresh Python subprocess (this file with --child), convert then quantize, each stage timed, with two peak-memory
-figures per stage and overall:
-- peak RSS: VmHWM from /proc/self/status (reset between stages by writing 5 to /proc/self/clear_refs) and
-  getrusage's ru_maxrss overall; it includes the file-backed pages of mmapped files, which safetensors and
-  llama.cpp's quantizer both map, so it overstates what the process needs;
-- peak anonymous memory: RssAnon from /proc/self/status, sampled every 20 ms by a thread in the child: the memory the
-  process really needs (it cannot be given back to the page cache).
-Runs alternate llama.cpp, Forge, llama.cpp, Forge (--repeats 2, the default); times are the best run's, memory the
-largest over runs. The intermediate F16 GGUF (peak temporary disk besides the output) and the Q8_0 are measured and
-deleted after each run; the last run's Q8_0 files are kept to check that both load in llama.cpp (full load,
-n_ctx 64) and agree (same tensor names, types and shapes; how many tensors are byte-identical), then deleted.
+Method: the shards are read once first so both sides start with them in the page cache, and dirty pages are
+synced before every run. Each side runs in its own fresh Python subprocess (this file with --child), convert then
+quantize in that process, each stage timed, with two peak-memory figures per stage and overall:
+- peak RSS: VmHWM from /proc/self/status (reset between stages by writing 5 to /proc/self/clear_refs), with the
+  parent's 20 ms sampling of VmRSS. It counts the file-backed pages of any file the process mmaps (safetensors'
+  safe_open maps its shards), so it can overstate what the process needs. getrusage's ru_maxrss is not used: Linux
+  carries the pre-exec size (a fork of the parent) over into the child's ru_maxrss;
+- peak anonymous memory: RssAnon, sampled every 20 ms both by a thread in the child (per stage) and by the parent
+  reading /proc/<pid>/status (not held up by the child's GIL): the memory the process really needs, which cannot
+  be given back to the page cache.
+Runs alternate llama.cpp, Forge, llama.cpp, ... (--repeats 3, the default); times are each side's best run
+(all totals are listed too: 2-core timings vary by 1.5-2x from run to run), memory the largest over runs. The
+intermediate F16 GGUF (the peak temporary disk besides the output) and the Q8_0 are measured and deleted after each
+run; the last run's Q8_0 files are kept to check that both load in llama.cpp (full load, n_ctx 64, tokenize) and
+agree (same tensor names, types and shapes; how many tensors are byte-identical), then deleted.
 
 Prints one JSON line: parameters, model and largest-shard bytes, outtype, quantization, for "forge" and "llama_cpp"
 convert_s, quantize_s, total_s, peak_rss_mb, peak_anon_mb (and per stage), intermediate_bytes, output_bytes; ratios
 forge / llama.cpp for time (target <= 1.2), peak RSS and peak anonymous memory (targets <= 1.0), and Forge's peak
 anonymous memory over the largest shard. MB is 2^20 bytes. Everything else goes to stderr; the temporary folder is
-removed however it ends. About 6-8 minutes on 2 cores once the model is cached.
+removed however it ends. About 3-4 minutes on 2 cores once the model is cached.
 """
 
 from __future__ import annotations
@@ -320,15 +323,8 @@ def child(side: str, model: Path, work: Path, result: Path, src: Path | None) ->
 # --------------------------------------------------------------------------------------------------------- parent
 
 
-def run_side(side: str, model: Path, work: Path, src: Path) -> dict:
-    """One side in a fresh subprocess; its intermediate GGUF is deleted, the Q8_0 kept (the caller deletes it)."""
-    result = work / f"{side}-result.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, str(model), str(work), str(result), str(src)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.pop("NO_LOCAL_GGUF", None)
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=sys.stderr, env=env, cwd=str(ROOT))
-    polled = {"anon": 0, "rss": 0}  # the parent's own 20 ms sampling of the child: blind to the child's GIL
+def _poll(proc: subprocess.Popen, polled: dict) -> None:
+    """Peak RssAnon and VmRSS of a running child, read from /proc/<pid>/status every 20 ms until it exits."""
     while proc.poll() is None:
         time.sleep(0.02)
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -338,6 +334,24 @@ def run_side(side: str, model: Path, work: Path, src: Path) -> dict:
                 if line.startswith(("RssAnon:", "VmRSS:")):
                     key = "anon" if line.startswith("RssAnon") else "rss"
                     polled[key] = max(polled[key], int(line.split()[1]) * 1024)
+
+
+def run_side(side: str, model: Path, work: Path, src: Path) -> dict:
+    """One side in a fresh subprocess; its intermediate GGUF is deleted, the Q8_0 kept (the caller deletes it)."""
+    result = work / f"{side}-result.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, str(model), str(work), str(result), str(src)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.pop("NO_LOCAL_GGUF", None)
+    os.sync()  # the previous run's GGUFs written back now, not during this run
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=sys.stderr, env=env, cwd=str(ROOT))
+    polled = {"anon": 0, "rss": 0}  # the parent's own 20 ms sampling of the child: blind to the child's GIL
+    try:
+        _poll(proc, polled)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
     wall = time.perf_counter() - started
     (work / f"{side}-{OUTTYPE}.gguf").unlink(missing_ok=True)
     if proc.returncode != 0:
@@ -397,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         return child(side, Path(model), Path(work), Path(result), Path(src))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", type=int, default=LAYERS, help=f"decoder layers (default {LAYERS}: 1.06 B parameters)")
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating (default 2)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating (default 3)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
