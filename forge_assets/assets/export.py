@@ -18,7 +18,7 @@ from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
 from forge_assets.training.base_model import model_folder
 
-CODE_VERSION = "4"  # 3: base GGUF + LoRA GGUF unless deploy.merge; 4: streamed converter, scored against the unquantized GGUF
+CODE_VERSION = "5"  # 3: base GGUF + LoRA GGUF unless deploy.merge; 4: streamed converter, scored against the unquantized GGUF; 5: base GGUF folder named by this version
 
 
 @asset(partitions_def=language_partitions, group_name="export", deps=["adapter", "base_model", "eval_scores"], code_version=CODE_VERSION,
@@ -36,7 +36,8 @@ def gguf(context: AssetExecutionContext, forge: ForgeResource):
     # Ollama needs a merged GGUF for Qwen; llama-server serves the shared base GGUF + this language's LoRA GGUF.
     merge = cfg.deploy.merge or cfg.deploy.target == "ollama"
     inter = cfg.deploy.gguf_intermediate
-    base_folder = store.root / "base_gguf" / f"{base.version[:16]}-{qtype}{'' if inter == 'auto' else '-' + inter}"
+    # Named by the converter's version too: a base GGUF written by an older converter is not reused.
+    base_folder = store.root / "base_gguf" / f"{base.version[:16]}-{qtype}-v{CODE_VERSION}{'' if inter == 'auto' else '-' + inter}"
     key = input_key(adapter=ad.version, base=base.version, quantization=qtype, dataset=data.version, extra=extra, merge=merge, intermediate=inter,
                     windows=[cfg.eval.gguf_windows, cfg.eval.gguf_window_tokens], code=CODE_VERSION)
     reused = (art := store.reusable("gguf", language, key)) is not None
