@@ -7,7 +7,8 @@ evaluation, GGUF export (the base converted by Forge's streamed converter + the 
 on the one model server. deploy.quantization is F16 here so the served logits can be held to a tolerance: llama.cpp
 with base-F16.gguf + adapter-F16.gguf against transformers with the PEFT adapter, F32, on the same token ids.
 Measured max |diff|: 2.9e-3 (qwen2), 2.9e-3 (qwen3), 3.1e-3 (llama) on logits of magnitude 3 to 3.8; tolerance SERVED_TOL.
-The gates are opened wide: a random model's figures say nothing, the chain's wiring is what is tested.
+The gates are opened wide and the evaluation cut to perplexity: a random model's figures say nothing, the chain's
+wiring is what is tested (the full evaluation runs in test_end_to_end.py).
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ def test_random_base_goes_from_base_model_to_a_deployed_tag(kind, tiny_model: Pa
     port = free_port()
     cfg = write_config(tmp_path, [two_language_repo], base_model=str(base),
                        deploy={"port": port, "quantization": "F16"},
-                       eval={"perplexity_samples": 6, "fim_cases": 3, "codebleu_samples": 1, "humaneval": {"problems": 1, "max_new_tokens": 8},
+                       eval={"perplexity_samples": 4, "fim_cases": 0, "codebleu_samples": 0, "humaneval": {"problems": 0},
                              "gguf_windows": 2},
                        gates={"max_perplexity_ratio": 100.0, "fim_not_worse": False, "max_humaneval_regression_points": 100.0,
                               "max_quantization_loss_pct": 50.0},
-                       training={"max_steps": 3})
+                       training={"max_steps": 2})
     root = tmp_path / "artifacts"
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("language", ["python"])
