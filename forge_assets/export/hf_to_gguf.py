@@ -124,24 +124,8 @@ def read_index(model_dir: Path) -> dict[str, _Source]:
     return tensors
 
 
-def _read_rows(src: _Source, fh, start: int, stop: int) -> np.ndarray:
-    """Rows [start, stop) of a tensor as float32, read with a positioned read (no mmap)."""
-    per_row = src.row_elements
-    dtype = _ST_DTYPES[src.dtype]
-    count = (stop - start) * per_row
-    fh.seek(src.offset + start * per_row * np.dtype(dtype).itemsize)
-    raw = np.fromfile(fh, dtype=dtype, count=count)
-    if raw.size != count:
-        raise ExportError(f"{src.file}: tensor data ends early. Fix: copy the shard again (it is truncated).")
-    if src.dtype == "BF16":
-        out = (raw.astype(np.uint32) << 16).view(np.float32)
-    else:
-        out = raw.astype(np.float32, copy=False)
-    return out.reshape((stop - start, *src.shape[1:]) if len(src.shape) > 1 else (stop - start,))
-
-
 def _read_raw(src: _Source, fh, start: int, stop: int) -> np.ndarray:
-    """Rows [start, stop) in the file's own dtype (BF16 as uint16), flattened."""
+    """Rows [start, stop) in the file's own dtype (BF16 as uint16), flattened, read with a positioned read (no mmap)."""
     per_row = src.row_elements
     dtype = _ST_DTYPES[src.dtype]
     fh.seek(src.offset + start * per_row * np.dtype(dtype).itemsize)
@@ -149,6 +133,13 @@ def _read_raw(src: _Source, fh, start: int, stop: int) -> np.ndarray:
     if raw.size != (stop - start) * per_row:
         raise ExportError(f"{src.file}: tensor data ends early. Fix: copy the shard again (it is truncated).")
     return raw
+
+
+def _read_rows(src: _Source, fh, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of a tensor as float32, shaped."""
+    raw = _read_raw(src, fh, start, stop)
+    out = (raw.astype(np.uint32) << 16).view(np.float32) if src.dtype == "BF16" else raw.astype(np.float32, copy=False)
+    return out.reshape((stop - start, *src.shape[1:]) if len(src.shape) > 1 else (stop - start,))
 
 
 def _to_bf16(x: np.ndarray) -> np.ndarray:
@@ -177,7 +168,7 @@ class _Plan:
     hf: str | None  # source tensor (None: computed, e.g. rope_freqs)
     shape: tuple[int, ...]
     out: str  # "F32", "F16", "BF16"
-    permute_heads: int = 0  # llama q/k: number of heads whose rows are permuted
+    permute_rows: int = 0  # llama q/k: rows per head (head_dim), permuted within each head; 0: none
     data: np.ndarray | None = None  # computed tensors
 
     @property
@@ -456,7 +447,7 @@ def _plan(config: dict, sources: dict[str, _Source], arch, permute: bool, outtyp
             if src.rows != expected:
                 raise ExportError(f"{where}: `{hf_name}` has {src.rows} rows, not heads × head_dim = {expected}. "
                                   "Fix: check num_attention_heads / num_key_value_heads / head_dim in config.json.")
-        plans.append(_Plan(new, hf_name, src.shape, out, permute_heads=group))
+        plans.append(_Plan(new, hf_name, src.shape, out, permute_rows=group))
     order = {"token_embd": 0, "output_norm": 2, "output": 3}
     plans.sort(key=lambda p: (order.get(p.name.split(".")[0], 1), _block_of(p.name), p.name))
     return plans
@@ -538,8 +529,8 @@ def convert_hf_to_gguf(model_dir: Path, out: Path, outtype: str = "auto", name: 
 
 def _writer(src: _Source, fh, p: _Plan, pair, chunk_bytes: int):
     """A function writing tensor p's data to a file, chunk by chunk of whole rows (whole heads for permuted q/k)."""
-    passthrough = pair is None and not p.permute_heads and (p.out == src.dtype or (p.out == "F32" and src.dtype == "F32"))
-    align = p.permute_heads or 1
+    passthrough = pair is None and not p.permute_rows and p.out == src.dtype
+    align = p.permute_rows or 1
     per_chunk = max(align, (chunk_bytes // (4 * src.row_elements)) // align * align)
 
     def write(fout) -> None:
@@ -552,8 +543,8 @@ def _writer(src: _Source, fh, p: _Plan, pair, chunk_bytes: int):
             if pair is not None:
                 a, b, scale = pair
                 rows = rows + np.float32(scale) * (b[start:stop] @ a)
-            if p.permute_heads:
-                rows = _permute_rows(rows, p.permute_heads)
+            if p.permute_rows:
+                rows = _permute_rows(rows, p.permute_rows)
             _encode(rows, p.out).tofile(fout)
 
     return write
