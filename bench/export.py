@@ -70,24 +70,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import stdout_to_stderr  # noqa: E402 (bench/ is on sys.path when run as a script)
+
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS = 2048, 5632, 24, 16, 2
 OUTTYPE, QUANT, SHARD = "F16", "Q8_0", "500MB"
 CACHE = Path.home() / ".cache" / "forge-bench"
 MB = 1 << 20
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    """Send fd 1 (Python prints and llama.cpp's C-level output alike) to stderr: stdout carries the JSON line only."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _mb(n: float) -> float:
@@ -388,7 +378,7 @@ def check_outputs(forge: Path, llama: Path) -> dict:
     loads = {}
     for side, path in (("forge", forge), ("llama_cpp", llama)):
         try:
-            with _stdout_to_stderr():
+            with stdout_to_stderr():
                 llm = load_llama(path, n_ctx=64)
                 loads[side] = len(llm.tokenize(b"def main():\n    return 0\n", add_bos=False)) > 0
                 del llm
@@ -420,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="forge-bench-export-") as tmp:
         tmp = Path(tmp)
-        with _stdout_to_stderr():
+        with stdout_to_stderr():
             src = llama_cpp_source(llama_cpp.__version__)
             model, info = model_folder(args.layers, tmp)
         shards = sorted(model.glob("*.safetensors"))

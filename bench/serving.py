@@ -27,7 +27,6 @@ merged_3_lang / forge_3_lang (RSS). Every server it starts is stopped, and every
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -39,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import stdout_to_stderr  # noqa: E402 (bench/ is on sys.path when run as a script)
+
 HIDDEN, LAYERS, INTERMEDIATE, HEADS, KV_HEADS = 1024, 8, 2816, 16, 2
 RANK, ALPHA = 16, 32
 N_CTX = 4096
@@ -46,18 +47,6 @@ LANGUAGES = ["python", "go", "rust"]
 MB = 1 << 20
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    """Send fd 1 (Python prints and llama.cpp's C-level output alike) to stderr: stdout carries the JSON line only."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _mb(n: float) -> float:
@@ -173,7 +162,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="forge-bench-serving-") as tmp:
         tmp = Path(tmp)
         try:
-            with _stdout_to_stderr():
+            with stdout_to_stderr():
                 base = tmp / "base"
                 model = build_base(base)
                 adapters = [tmp / f"adapter-{lang}" for lang in LANGUAGES]
