@@ -23,6 +23,8 @@ import shutil
 import struct
 from pathlib import Path
 
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
 KINDS = ("qwen2", "qwen3", "llama", "mistral")
 TOKENIZERS = ("forge-tiny", "llama3", "spm")
 
@@ -92,16 +94,6 @@ def _added_tokens_decoder(tokens: dict[str, int]) -> dict:
 @functools.cache
 def _llama3_tokenizer_json() -> str:
     """Meta-Llama-3's tokenizer.json shape, with a vocabulary trained on Forge's source."""
-    from tokenizers import (
-        AddedToken,
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
 
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False, ignore_merges=True))
     tok.normalizer = None
@@ -124,15 +116,6 @@ def _llama3_tokenizer_json() -> str:
 @functools.cache
 def _spm_tokenizer_json() -> str:
     """Mistral-7B's / Llama-2's tokenizer.json shape (SentencePiece BPE with byte fallback), trained on Forge's source."""
-    from tokenizers import (
-        AddedToken,
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
 
     # Trained a line at a time, as SentencePiece trains on sentences: no piece holds a newline, so a newline is the
     # byte token <0x0A>, as in Llama 2 and Mistral. Words are split at spaces for training only; no merge crosses
