@@ -106,16 +106,18 @@ def _loss(model, inputs, targets):
     return ce.sum(), mask.sum()
 
 
-def _evaluate(model, batches: list[list], pad_id: int) -> float:
-    """Token-weighted mean validation loss over every batch."""
+def _evaluate(model, batches: list[list], pad_id: int, progress=None) -> float:
+    """Token-weighted mean validation loss over the batches; `progress`, if given, gets (batches done, batches)."""
     import mlx.core as mx
 
     model.eval()
     total, tokens = mx.array(0.0), mx.array(0)
-    for batch in batches:
+    for i, batch in enumerate(batches, 1):
         s, n = _loss(model, *_arrays(batch, pad_id))
         total, tokens = total + s, tokens + n
         mx.eval(total, tokens)
+        if progress:
+            progress(i, len(batches))
     model.train()
     return total.item() / max(1, tokens.item())
 
@@ -280,7 +282,7 @@ def _find_checkpoint(folder: Path, total: int, fingerprint: str, log) -> tuple[P
 def _fingerprint(cfg: TrainingConfig, examples: list, init_adapter: Path | None, base: Path) -> str:
     """What a checkpoint must have been trained on to be resumed: configuration, samples, starting point."""
     h = hashlib.sha256()
-    settings = cfg.model_dump(exclude={"checkpoint_every", "eval_every", "backend"})
+    settings = cfg.model_dump(exclude={"checkpoint_every", "eval_every", "val_batches", "backend"})
     h.update(json.dumps([settings, str(Path(base).resolve()), str(init_adapter)], sort_keys=True, default=str).encode())
     for e in examples:
         h.update(json.dumps([e.ids, e.labels]).encode())
@@ -320,9 +322,11 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx_lm.utils import load
 
+    from forge_assets.progress import Progress, peak_memory
     from forge_assets.training import samples
-    from forge_assets.training.samples import Row, coverage, encode, packing_stats
+    from forge_assets.training.samples import Row, coverage, encode, packing_stats, validation_subset
 
+    setup_started = time.time()
     mx.random.seed(cfg.seed)
     model, tokenizer = load(str(base), model_config=_model_config(base))
     hf = tokenizer._tokenizer
@@ -339,9 +343,15 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
             rows.append(Row())
             rows[-1].add(e)
     packing = packing_stats(rows, cfg.batch_size)
-    valid_batches = _length_batches(encode(valid, hf, cfg.seq_len, cfg.train_on).examples, cfg.batch_size) if valid else []
+    valid_batches = (_length_batches(encode(valid, hf, cfg.seq_len, cfg.train_on).examples, cfg.batch_size)
+                     if valid and cfg.val_batches != 0 else [])
+    all_valid_batches = len(valid_batches)
+    valid_batches = [valid_batches[i] for i in validation_subset(len(valid_batches), cfg.val_batches, cfg.seed)]
     if not valid_batches:
-        log("no validation samples: no validation loss")
+        log("training.val_batches is 0: no validation loss" if cfg.val_batches == 0 else "no validation samples: no validation loss")
+    elif len(valid_batches) < all_valid_batches:
+        log(f"validation loss on {len(valid_batches)} of the valid split's {all_valid_batches} batches (training.val_batches), "
+            "the same seeded subset every time")
 
     accumulation = cfg.gradient_accumulation
     steps_per_epoch = math.ceil(len(batches) / accumulation)
@@ -394,7 +404,8 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
         f"{len(batches)} batches of up to {cfg.batch_size}, {accumulation} per step; "
         f"padding efficiency {packing['packing_efficiency']}")
     started = time.time()
-    new_tokens = 0
+    setup_seconds = started - setup_started
+    new_tokens, validation_seconds = 0, 0.0
     for step in range(start + 1, total + 1):
         mx.random.seed(cfg.seed * 1_000_003 + step)  # dropout: a pure function of seed and step
         grads, loss_sum, tokens = None, mx.array(0.0), mx.array(0)
@@ -415,7 +426,9 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
         if step == 1 or step % 10 == 0 or step == total:
             log(f"step {step}/{total}: loss {loss:.4f}")
         if valid_batches and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
-            val = _evaluate(model, valid_batches, pad_id)
+            t = time.time()
+            val = _evaluate(model, valid_batches, pad_id, Progress(log, f"step {step}/{total}: validation", "batches"))
+            validation_seconds += time.time() - t
             valid_curve.append([step, round(val, 4)])
             log(f"step {step}/{total}: valid loss {val:.4f}")
         if checkpoints is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
@@ -445,7 +458,10 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
             "prompt_trimmed": getattr(enc, "prompt_trimmed", 0),
             "trained_tokens_per_second": round(new_tokens / seconds, 1) if seconds else None,
             "samples_split": enc.split, "fim_trimmed": enc.trimmed, "samples_dropped": dict(enc.dropped),
-            "resumed_from": resumed_from, "gradient_accumulation": accumulation, "precision": precision}
+            "resumed_from": resumed_from, "gradient_accumulation": accumulation, "precision": precision,
+            "setup_seconds": round(setup_seconds, 2), "validation_seconds": round(validation_seconds, 2),
+            "validation_batches": len(valid_batches), "valid_split_batches": all_valid_batches, **peak_memory(),
+            "mlx_peak_memory_mb": round(mx.get_peak_memory() / (1 << 20), 1)}
 
 
 def merge(base: Path, adapter: Path, out: Path) -> None:

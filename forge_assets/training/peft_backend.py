@@ -9,7 +9,10 @@ import time
 from pathlib import Path
 
 from forge_assets.config import TrainingConfig
-from forge_assets.training.samples import IGNORE, collate, coverage, encode, pack, packing_stats, trained_coverage
+from forge_assets.progress import Progress as ProgressLines, peak_memory  # Progress: the Trainer callback in train()
+from forge_assets.training.loss import chunk_parts, summed_loss
+from forge_assets.training.samples import (IGNORE, collate, coverage, encode, pack, packing_stats, trained_coverage,
+                                           validation_subset)
 
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -88,28 +91,29 @@ def lora_config(cfg: TrainingConfig):
                       bias="none", task_type="CAUSAL_LM")
 
 
-def batch_loss(model, rows, pad_id: int) -> tuple[float, int]:
-    """Summed loss and trained-token count of packed rows (for a token-weighted validation loss)."""
+def batch_loss(model, rows, pad_id: int, chunked: bool = True) -> tuple[float, int]:
+    """Summed loss and trained-token count of packed rows (for a token-weighted validation loss); chunked, the
+    batch's logits are never held whole (training/loss.py)."""
     import torch
 
     ids, labels, pos = collate(rows, pad_id)
     dev = next(model.parameters()).device
     with torch.no_grad():
-        logits = model(input_ids=ids.to(dev), position_ids=pos.to(dev), use_cache=False).logits.float()
-    shift = labels[:, 1:].to(dev)
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), shift.reshape(-1),
-                                             ignore_index=IGNORE, reduction="sum")
-    return float(loss), int((shift != IGNORE).sum())
+        loss, n = summed_loss(model, ids.to(dev), labels.to(dev), position_ids=pos.to(dev), chunked=chunked)
+    return float(loss), n
 
 
-def validation_loss(model, batches, pad_id: int) -> float | None:
-    """Token-weighted mean loss over the validation batches (same fitting and masking as training)."""
+def validation_loss(model, batches, pad_id: int, progress=None, chunked: bool = True) -> float | None:
+    """Token-weighted mean loss over the validation batches (same fitting and masking as training); `progress`, if
+    given, is called with (batches done, batches) after each batch."""
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
-    for rows in batches:
-        s, k = batch_loss(model, rows, pad_id)
+    for i, rows in enumerate(batches, 1):
+        s, k = batch_loss(model, rows, pad_id, chunked)
         total, n = total + s, n + k
+        if progress:
+            progress(i, len(batches))
     if was_training:
         model.train()
     return round(total / n, 4) if n else None
@@ -136,7 +140,7 @@ def complete_checkpoints(folder: Path) -> list[Path]:
 
 
 def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: TrainingConfig, log=print,
-          checkpoints: Path | None = None, init_adapter: Path | None = None) -> dict:
+          checkpoints: Path | None = None, init_adapter: Path | None = None, chunked_loss: bool = True) -> dict:
     """Train a LoRA-family adapter with transformers' Trainer; save a PEFT adapter folder to out.
 
     Samples are fitted to `seq_len`, loss-masked (`train_on`) and packed padding-free (`training/samples.py`):
@@ -144,6 +148,9 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     samples only. Each Trainer item is one pre-built batch of rows of similar length, so the batches are
     shuffled but keep their low padding. The Trainer gives gradient accumulation, gradient checkpointing,
     warmup plus the schedule, bf16 autocast and resumable checkpoints (made atomic by a completion marker).
+    The loss is computed in chunks of tokens (training/loss.py), never over the whole batch's logits, normalized
+    as the Trainer normalizes its own; `chunked_loss=False` keeps the Trainer's own loss (benchmarks compare them).
+    Validation scores `val_batches` of the valid split's batches, the same seeded subset every time.
     """
     import shutil
 
@@ -151,6 +158,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     from peft import PeftModel, get_peft_model
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+    setup_started = time.time()
     torch.manual_seed(cfg.seed)
     precision = resolve_precision(cfg)
     if precision == "bf16" and device() == "cuda" and not torch.cuda.is_bf16_supported():
@@ -163,11 +171,17 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     rows = pack(enc.examples, cfg.seq_len)
     packing = packing_stats(rows, cfg.batch_size)
     batches = [rows[i:i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
-    venc = encode(valid, tokenizer, cfg.seq_len, cfg.train_on) if valid else None
+    venc = encode(valid, tokenizer, cfg.seq_len, cfg.train_on) if valid and cfg.val_batches != 0 else None
     vrows = pack(venc.examples, cfg.seq_len) if venc else []
     vbatches = [vrows[i:i + cfg.batch_size] for i in range(0, len(vrows), cfg.batch_size)]
+    all_vbatches = len(vbatches)
+    vbatches = [vbatches[i] for i in validation_subset(len(vbatches), cfg.val_batches, cfg.seed)]
     if not vbatches:
-        log("no validation samples fit: validation loss is not reported")
+        log("training.val_batches is 0: no validation loss" if cfg.val_batches == 0 else
+            "no validation samples fit: validation loss is not reported")
+    elif len(vbatches) < all_vbatches:
+        log(f"validation loss on {len(vbatches)} of the valid split's {all_vbatches} batches (training.val_batches), "
+            "the same seeded subset every time")
 
     work = checkpoints if checkpoints is not None else out.parent / f".tmp-{os.getpid()}-trainer"
     work.mkdir(parents=True, exist_ok=True)
@@ -193,6 +207,14 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     vcurve: list[list[float]] = []
     lrs: list[list[float]] = []
     counted = {"tokens": 0, "micro": 0}
+    validation_seconds = [0.0]
+
+    def validate(step: int) -> None:
+        started = time.time()
+        loss = validation_loss(model, vbatches, pad, ProgressLines(log, f"step {step}/{total}: validation", "batches"), chunked_loss)
+        validation_seconds[0] += time.time() - started
+        vcurve.append([step, loss])
+        log(f"step {step}/{total}: valid loss {loss:.4f}")
 
     class Batches(torch.utils.data.Dataset):
         def __init__(self, items):
@@ -212,7 +234,15 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if model.training:
                 counted["tokens"] += int((inputs["labels"][:, 1:] != IGNORE).sum())
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            if return_outputs or not chunked_loss or chunk_parts(model) is None:
+                return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            loss, n = summed_loss(model, inputs["input_ids"], inputs["labels"], position_ids=inputs.get("position_ids"))
+            # As transformers' ForCausalLMLoss under Trainer.compute_loss: summed over the tokens of the whole
+            # accumulated step when the model takes loss kwargs (training_step then does not divide by the
+            # accumulation steps), else a per-batch mean (which training_step divides). average_tokens_across_devices is off.
+            if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+                return loss / num_items_in_batch
+            return loss / max(n, 1)
 
     class Progress(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
@@ -225,8 +255,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
         def on_step_end(self, args, state, control, model=None, **kw):
             step = state.global_step
             if vbatches and cfg.eval_every and step % cfg.eval_every == 0 and step < total:
-                vcurve.append([step, validation_loss(model, vbatches, pad)])
-                log(f"step {step}/{total}: valid loss {vcurve[-1][1]:.4f}")
+                validate(step)
 
         def on_save(self, args, state, control, **kw):
             ck = work / f"{CKPT_PREFIX}{state.global_step}"
@@ -263,11 +292,11 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     trainer = ForgeTrainer(model=model, args=args, train_dataset=Batches(batches), data_collator=collator, callbacks=[Progress()])
     trainer.remove_callback(PrinterCallback)  # Progress logs through `log`; the printer would write raw dicts to stdout
     started = time.time()
+    setup_seconds = started - setup_started
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.time() - started
     if vbatches:
-        vcurve.append([total, validation_loss(model, vbatches, pad)])
-        log(f"step {total}/{total}: valid loss {vcurve[-1][1]:.4f}")
+        validate(total)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.method == "pissa" and init_adapter is None:
         model.save_pretrained(out, safe_serialization=True, path_initial_model_for_weight_conversion=str(pissa_init))
@@ -287,7 +316,10 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
             "prompt_trimmed": enc.prompt_trimmed, "trained_tokens": trained_tokens,
             "trained_tokens_per_second": round(counted["tokens"] / seconds, 1) if seconds else None,
             "gradient_accumulation": cfg.gradient_accumulation, "resumed_from": int(resume.name[len(CKPT_PREFIX):]) if resume else None,
-            "samples_split": enc.split, "fim_trimmed": enc.trimmed, "samples_dropped": dict(enc.dropped)}
+            "samples_split": enc.split, "fim_trimmed": enc.trimmed, "samples_dropped": dict(enc.dropped),
+            "setup_seconds": round(setup_seconds, 2), "validation_seconds": round(validation_seconds[0], 2),
+            "validation_batches": len(vbatches), "valid_split_batches": all_vbatches,
+            "loss": "chunked" if chunked_loss and chunk_parts(model) is not None else "plain", **peak_memory()}
 
 
 def _checkpointing(on: bool) -> dict:

@@ -352,6 +352,19 @@ def collate(rows: list[Row], pad_id: int):
     return ids, labels, pos
 
 
+def validation_subset(n_batches: int, val_batches: int | None, seed: int) -> list[int]:
+    """Indices of the validation batches to score (`training.val_batches`), in order: all of them for None or -1,
+    none for 0, else one seeded pick from each of `val_batches` equal strata of the batch list. The batches are sorted
+    longest first, so the strata span every length (the first batches alone would be the longest rows), and the
+    same seed picks the same batches at every validation."""
+    import random
+
+    if val_batches is None or val_batches < 0 or val_batches >= n_batches:
+        return list(range(n_batches))
+    rng = random.Random(seed)
+    return [rng.randrange(i * n_batches // val_batches, (i + 1) * n_batches // val_batches) for i in range(val_batches)]
+
+
 def packing_stats(rows: list[Row], batch_size: int) -> dict:
     """Packing efficiency: non-pad tokens / tokens computed (rows padded to their batch's longest)."""
     real = sum(len(r.ids) for r in rows)
