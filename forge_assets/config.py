@@ -117,6 +117,9 @@ class TrainingConfig(_Strict):
     # completions: loss on answers, FIM middles and code only (prompts, tool output, FIM context are context); all: every token
     train_on: Literal["completions", "all"] = "completions"
     eval_every: int | None = Field(None, gt=0)  # validation loss every N optimizer steps; always once at the end
+    # Validation batches per validation loss (mlx-lm's --val-batches): a seeded subset spread over the valid split's
+    # lengths, the same every time; None or -1: every batch; 0: no validation loss at all.
+    val_batches: int | None = Field(25, ge=-1)
     checkpoint_every: int | None = Field(50, gt=0)  # an atomic checkpoint every N optimizer steps (None: none); a killed run resumes
     # base: a fresh adapter; previous: continue the language's last promoted adapter on new samples plus a replay share
     init_from: Literal["base", "previous"] = "base"
@@ -134,6 +137,9 @@ class TrainingConfig(_Strict):
             raise ValueError("training.method `pissa` is PEFT-only: mlx-lm has no PiSSA initialisation. Fix: use backend: peft, or method lora/dora.")
         if self.method == "pissa" and self.init_from == "previous":
             raise ValueError("training.method `pissa` initialises from the base model's singular vectors, so it cannot continue a previous adapter. Fix: use init_from: base, or method lora.")
+        if self.val_batches == 0 and self.eval_every is not None:
+            raise ValueError("training sets eval_every but val_batches: 0 (no validation loss). Fix: remove eval_every, or set "
+                             "val_batches to a positive number (or -1 for the whole valid split).")
         if self.precision == "bf16" and self.backend == "mlx" and self.method == "qlora":
             raise ValueError("training.precision bf16 with method qlora on mlx: the quantized base already sets its compute type. Fix: use precision: auto.")
         return self
