@@ -108,3 +108,13 @@ def test_progress_lines_give_rate_and_eta_and_are_not_chatty(monkeypatch):
     assert len(lines) == 1 + 4 + 1
     assert progress.rate(1, 12.0, "batches") == "12 s/batch" and progress.duration(200) == "3 min 20 s"
     assert progress.duration(3 * 3600 + 5 * 60) == "3 h 05 min"
+
+
+def test_adapter_metadata_carries_validation_seconds_and_peak_memory():
+    from forge_assets.assets.adapters import _figures
+
+    result = {"loss_curve": [[1, 2.0]], "valid_curve": [[1, 2.1]], "seconds": 3.0, "setup_seconds": 1.5, "validation_seconds": 0.7,
+              "validation_batches": 25, "peak_rss_mb": 812.5, "cuda_peak_memory_mb": None}
+    meta = _figures(result)
+    assert meta["validation_seconds"] == 0.7 and meta["setup_seconds"] == 1.5 and meta["validation_batches"] == 25
+    assert meta["peak_rss_mb"] == 812.5 and "cuda_peak_memory_mb" not in meta  # not on CUDA: not reported
