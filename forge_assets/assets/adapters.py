@@ -117,6 +117,7 @@ def _figures(result: dict) -> dict:
         "promoted": False,  # until eval_scores' gate passes
         **{k: result[k] for k in ("train_on", "precision", "packing_efficiency", "token_coverage", "trained_token_coverage", "prompt_trimmed", "epochs_run", "trained_tokens",
                                   "trained_tokens_per_second", "fim_trimmed", "samples_split", "gradient_accumulation",
+                                  "fim_scheme", "fim_samples_skipped", "fim_skipped",
                                   "resumed_from", "new_samples", "replayed_samples", "setup_seconds", "validation_seconds",
                                   "validation_batches", "peak_rss_mb", "cuda_peak_memory_mb", "mlx_peak_memory_mb") if result.get(k) is not None},
     }

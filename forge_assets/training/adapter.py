@@ -9,7 +9,7 @@ from pathlib import Path
 from forge_assets.config import TrainingConfig
 from forge_assets.training import mlx_backend, peft_backend
 from forge_assets.chat import template_of
-from forge_assets.training.data import read_texts
+from forge_assets.training.data import read_records, read_texts, skip_fim
 
 
 def choose_backend(requested: str) -> str:
@@ -51,19 +51,25 @@ def train_adapter(base: Path, dataset: Path, out: Path, cfg: TrainingConfig, log
     backend = choose_backend(cfg.backend)
     module = mlx_backend if backend == "mlx" else peft_backend
     template = template_of(base)  # the base model's own chat template (Forge's for forge-tiny)
-    texts = read_texts(dataset, "train", template)
+    from forge_assets.fim_tokens import scheme_of_folder
+
+    fim = scheme_of_folder(base)  # FIM samples are written with the base's own FIM tokens, or skipped when it has none
+    records, fim_skipped = skip_fim(read_records(dataset, "train", template), fim, f"{dataset}/train.jsonl", log)
+    texts = [r["text"] for r in records]
     if not texts:
         raise ValueError(f"{dataset}/train.jsonl holds no samples, so there is nothing to train on. Fix: add code for this language to the configured repositories, or drop the language.")
     selection: dict = {}
     if parent is not None:
-        texts, selection = incremental_texts(texts, read_texts(parent_dataset, "train", template) if parent_dataset else [], cfg.replay, cfg.seed)
+        texts, selection = incremental_texts(texts, read_texts(parent_dataset, "train", template, fim) if parent_dataset else [], cfg.replay, cfg.seed)
         log(f"incremental: {selection['new_samples']} new samples + {selection['replayed_samples']} replayed of "
             f"{selection['older_samples']} older ones, continuing {parent}")
         if not texts:
             raise ValueError(f"no train sample is new since the parent adapter's dataset ({parent_dataset}). Fix: keep the "
                              "parent adapter (the `adapter` asset does), or set training.init_from: base to retrain from scratch.")
-    result = module.train(base, texts, read_texts(dataset, "valid", template), out, cfg, log=log, checkpoints=checkpoints, init_adapter=parent)
+    result = module.train(base, texts, read_texts(dataset, "valid", template, fim, log), out, cfg, log=log, checkpoints=checkpoints, init_adapter=parent)
     result.update(selection)
+    result.update({"fim_scheme": fim.name, "fim_samples_skipped": fim_skipped,
+                   **({"fim_skipped": fim.skip_reason} if not fim.has_fim else {})})
     (out / "forge_adapter.json").write_text(json.dumps({"backend": backend, "rank": cfg.rank, "alpha": cfg.alpha, "method": cfg.method}, indent=2))
     return result
 

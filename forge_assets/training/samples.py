@@ -7,6 +7,11 @@ Each dataset record's `text` is one of three shapes (written by `mining/`):
 - chat (instruction, commit, code change, synthetic, session): ChatML messages ending with ``<|endoftext|>``;
 - code: ``[head]code<|endoftext|>``; head is ``<|repo_name|>repo\\n<|file_sep|>path\\n``.
 
+These are Forge's canonical markers (Qwen2.5-Coder's tokens). `Tok` writes them as the base's own tokens
+(``forge_assets.fim_tokens``: StarCoder's ``<fim_prefix>``, CodeLlama's ``▁<PRE>``, DeepSeek's ``<｜fim▁begin｜>``, the
+base's repository/file tokens or no header), each as its single id; a marker the base has no token for becomes
+nothing, never an unknown id. A FIM text for a base without FIM tokens is dropped (``no_fim_tokens``).
+
 `encode` turns one text into examples of at most `seq_len` tokens, each with labels (-100 = no loss):
 
 - FIM keeps the middle and its end token whole and trims the prefix from the left and the suffix from the
@@ -33,7 +38,6 @@ from dataclasses import dataclass, field
 from forge_assets.chat import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END, IM_START, SPECIAL_TOKENS
 
 IGNORE = -100
-_SPECIAL = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
 _HEAD = re.compile(r"^(<\|repo_name\|>[^\n]*\n)?(<\|file_sep\|>[^\n]*\n)?")
 
 
@@ -66,11 +70,19 @@ class Encoded:
 
 
 class Tok:
-    """Tokenizes text pieces; special tokens always map to their single id (no merges across them)."""
+    """Tokenizes text pieces in Forge's canonical markup for one base: every canonical marker becomes the base's own
+    token (its FIM scheme, ``fim_tokens``) as its single id, or nothing when the base has no such token; no merges
+    across them. `special` maps each canonical marker to the base's id, or None."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, scheme=None):
+        from forge_assets.fim_tokens import scheme_of_tokenizer
+
         self.tokenizer = tokenizer
-        self.special = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+        self.scheme = scheme or scheme_of_tokenizer(tokenizer)
+        self.ids = self.scheme.token_ids(tokenizer)  # the base's token strings -> ids
+        self.special = {t: self.ids.get(self.scheme.marker(t)) for t in SPECIAL_TOKENS}
+        self.fim_end = self.ids.get(self.scheme.middle_end)  # what a FIM middle ends with (CodeLlama: ▁<EOT>)
+        self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(self.ids, key=len, reverse=True)) + ")") if self.ids else None
         self.memo: dict[str, list[int]] = {}  # encode() tokenizes each text twice (unfitted, then fitted)
 
     def __call__(self, text: str) -> list[int]:
@@ -82,11 +94,12 @@ class Tok:
 
     def _encode(self, text: str) -> list[int]:
         out: list[int] = []
-        for piece in _SPECIAL.split(text):
+        text = self.scheme.to_base(text)
+        for piece in self._split.split(text) if self._split else [text]:
             if not piece:
                 continue
-            if piece in self.special:
-                out.append(self.special[piece])
+            if piece in self.ids:
+                out.append(self.ids[piece])
             else:
                 out.extend(self.tokenizer(piece, add_special_tokens=False)["input_ids"])
         return out
@@ -111,8 +124,14 @@ def encode_fim(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) -
         body = body[: -len(EOT)]
     before, _, after = body.partition(FIM_MIDDLE)  # after: the middle (PSM) or prefix + middle (SPM)
     prefix, _, suffix = before[len(FIM_PREFIX):].partition(FIM_SUFFIX)
+    sp = tok.special
+    if None in (sp[FIM_PREFIX], sp[FIM_SUFFIX], sp[FIM_MIDDLE]):  # the base has no FIM tokens (read_records drops these first)
+        out.dropped["no_fim_tokens"] += 1
+        out.lost_tokens += len(tok(text))
+        return
     h, p, s, m = tok(head), tok(prefix), tok(suffix), tok(after)
-    fixed = len(h) + 3 + len(m) + 1  # head, the three FIM tokens, the middle and its end token
+    end = [tok.fim_end] if tok.fim_end is not None else []
+    fixed = len(h) + 3 + len(m) + len(end)  # head, the three FIM tokens, the middle and its end token
     if fixed > seq_len:
         out.dropped["fim_middle_too_long"] += 1
         out.lost_tokens += fixed + len(p) + len(s)
@@ -124,9 +143,8 @@ def encode_fim(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) -
         out.lost_tokens += len(p) - keep_p + len(s) - keep_s
         p, s = p[len(p) - keep_p:], s[:keep_s]
         out.trimmed += 1
-    sp = tok.special
     out.examples.append(_ex([(h + [sp[FIM_PREFIX]] + p + [sp[FIM_SUFFIX]] + s + [sp[FIM_MIDDLE]], False),
-                             (m + [sp[EOT]], True)], train_on))
+                             (m + end, True)], train_on))
 
 
 def _messages(body: str) -> list[tuple[str, str]]:
@@ -157,7 +175,7 @@ def encode_chat(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) 
         exchanges[-1] += parts
         prev_role = role
     h = tok(head)
-    end = [tok.special[EOT]] if tail_eot else []
+    end = [tok.special[EOT]] if tail_eot and tok.special[EOT] is not None else []
     chunks: list[list[tuple[list[int], bool]]] = []
     size = 0
     for ex in exchanges:
@@ -250,7 +268,7 @@ def encode_code(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) 
     if len(pieces) > 1:
         out.split += 1
     for i, p in enumerate(pieces):
-        end = [tok.special[EOT]] if (tail_eot and i == len(pieces) - 1) else []
+        end = [tok.special[EOT]] if (tail_eot and i == len(pieces) - 1 and tok.special[EOT] is not None) else []
         out.examples.append(_ex([(h, False), (p + end, True)], train_on))
 
 
