@@ -238,7 +238,7 @@ def _why_not_promoted(store, cfg, language: str, art) -> str:
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
             loss, limit = art.manifest()["figures"].get("quantization_loss_pct"), getattr(cfg.gates, "max_quantization_loss_pct", None)
             if loss is not None and limit is not None and float(loss) > float(limit):
-                return (f"quantization_loss: its held-out perplexity is {float(loss):.2f}% above the unquantized merged GGUF's "
+                return (f"quantization_loss: its held-out perplexity is {float(loss):.2f}% above the reference's (unquantized base GGUF + LoRA) "
                         f"(limit gates.max_quantization_loss_pct = {limit})")
     return "it records no failed check (its run may not have finished; see the run in Dagster)"
 

@@ -1,8 +1,8 @@
 """Stage 7: gguf, what llama.cpp serves for a language: the shared base GGUF + the adapter as a LoRA GGUF (or, with
 deploy.merge, the adapter merged into the base it was trained on), converted with gguf-py and quantized by llama.cpp.
 
-The shipped file is scored: its perplexity through llama.cpp on held-out text against the merged model's on the
-same tokens. The gate `quantization_loss` (gates.max_quantization_loss_pct) is a blocking check on this asset:
+The shipped file is scored: its perplexity through llama.cpp on held-out text against the reference's (the unquantized
+base GGUF with the LoRA GGUF applied) on the same tokens. The gate `quantization_loss` (gates.max_quantization_loss_pct) is a blocking check on this asset:
 a GGUF that loses more is written as a candidate, never promoted, and never deployed.
 """
 
@@ -18,14 +18,15 @@ from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
 from forge_assets.training.base_model import model_folder
 
-CODE_VERSION = "5"  # 3: base GGUF + LoRA GGUF unless deploy.merge; 4: streamed converter, scored against the unquantized GGUF; 5: base GGUF folder named by this version
+BASE_GGUF_VERSION = "5"  # the converter's output for a base; bump when the base GGUF's bytes change
+CODE_VERSION = "6"  # 6: scored against the unquantized base GGUF + LoRA GGUF; 3: base GGUF + LoRA GGUF unless deploy.merge; 4: streamed converter, scored against the unquantized GGUF; 5: base GGUF folder named by this version
 
 
 @asset(partitions_def=language_partitions, group_name="export", deps=["adapter", "base_model", "eval_scores"], code_version=CODE_VERSION,
        check_specs=[AssetCheckSpec(GGUF_GATES[0], asset="gguf", blocking=True,
-                                   description="Blocks a GGUF whose held-out perplexity exceeds the merged model's by more than gates.max_quantization_loss_pct.")])
+                                   description="Blocks a GGUF whose held-out perplexity exceeds the reference's (unquantized base GGUF + LoRA GGUF) by more than gates.max_quantization_loss_pct.")])
 def gguf(context: AssetExecutionContext, forge: ForgeResource):
-    """A quantized GGUF of the base model with the language's adapter merged in, proven to load in llama.cpp and scored against the merged model."""
+    """A quantized GGUF of the base model with the language's adapter merged in, proven to load in llama.cpp and scored against the unquantized base + LoRA."""
     cfg = forge.load()
     store = forge.store(cfg)
     language, qtype = context.partition_key, cfg.deploy.quantization
@@ -37,7 +38,7 @@ def gguf(context: AssetExecutionContext, forge: ForgeResource):
     merge = cfg.deploy.merge or cfg.deploy.target == "ollama"
     inter = cfg.deploy.gguf_intermediate
     # Named by the converter's version too: a base GGUF written by an older converter is not reused.
-    base_folder = store.root / "base_gguf" / f"{base.version[:16]}-{qtype}-v{CODE_VERSION}{'' if inter == 'auto' else '-' + inter}"
+    base_folder = store.root / "base_gguf" / f"{base.version[:16]}-{qtype}-v{BASE_GGUF_VERSION}{'' if inter == 'auto' else '-' + inter}"
     key = input_key(adapter=ad.version, base=base.version, quantization=qtype, dataset=data.version, extra=extra, merge=merge, intermediate=inter,
                     windows=[cfg.eval.gguf_windows, cfg.eval.gguf_window_tokens], code=CODE_VERSION)
     reused = (art := store.reusable("gguf", language, key)) is not None

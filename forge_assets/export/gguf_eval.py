@@ -1,8 +1,9 @@
-"""Score the shipped file: the perplexity of a GGUF through llama.cpp, on the same token ids as the merged HF model.
+"""Score the shipped file: the perplexity of a GGUF through llama.cpp, on the same token ids as its reference.
 
 Both sides score identical token id windows (tokenized once, by the Hugging Face tokenizer), each window on its own,
 predicting tokens 1..n-1 from their prefix; the perplexities are token-weighted over all windows. The difference
-between the merged model's figure and the GGUF's is the loss the export and quantization cost, in percent.
+between the reference's figure (see export/pipeline.py) and the served GGUF's is the loss the export and quantization
+cost, in percent.
 """
 
 from __future__ import annotations
@@ -47,14 +48,18 @@ def _nll(logits: np.ndarray, targets: np.ndarray) -> float:
     return float((log_z - x[np.arange(len(targets)), targets]).sum())
 
 
-def hf_perplexity(model_dir: Path, windows: list[list[int]]) -> tuple[float, int]:
-    """Token-weighted perplexity of a transformers model folder (fp32, CPU) over the windows, each scored on its own,
-    predicting tokens 1..n-1 from their prefix. Returns (perplexity, tokens scored)."""
+def hf_perplexity(model_dir: Path, windows: list[list[int]], adapter: Path | None = None) -> tuple[float, int]:
+    """Token-weighted perplexity of a transformers model folder (fp32, CPU), with a PEFT `adapter` applied when given,
+    over the windows, each scored on its own, predicting tokens 1..n-1 from their prefix. Returns (perplexity, tokens scored)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     _check_windows(windows, "hf_perplexity")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0

@@ -9,13 +9,17 @@ Two shapes (``deploy.merge``):
 - **merged**: the adapter merged into the base, converted and quantized (``model-<qtype>.gguf``), as Ollama needs
   for Qwen. Also the fallback for an adapter llama.cpp cannot apply unmerged (DoRA, modules_to_save).
 
-Either way the shipped combination is scored through llama.cpp against the unquantized merged GGUF (F16 or BF16,
-the adapter folded in while streaming) on the same held-out tokens: the quantization gate's figure. That the
-unquantized GGUF computes what transformers computes is proven per architecture by the tests (logits parity), so
-no step here loads the whole model: a 32 B base on a 48 GB Mac converts, quantizes and scores in bounded memory.
+**The quantization gate's reference** is what training produced, in llama.cpp: the *unquantized* base GGUF (the
+checkpoint's own dtype: a BF16 checkpoint is copied bit for bit) with the F16 LoRA GGUF applied unmerged, which
+llama.cpp computes in F32 beside the base matmul. It is *not* a merged GGUF: folding W + s·BA into a BF16 (or F16)
+file rounds every weight of the sum again, a noise of the same order as Q8_0's, so on a real bf16 model (SmolLM2-135M)
+the merged BF16 file scored *worse* than the served Q8_0 base + LoRA and the gate read -1.79 % where transformers +
+PEFT on the same tokens gave +0.47 %. The reference above agrees with transformers + PEFT (tested on that model in
+`test_real_model_chain.py`). For an adapter that has no LoRA GGUF (DoRA, modules_to_save) the reference is
+transformers + PEFT itself, on the same bounded windows.
 
-Disk: the unquantized intermediate (about the checkpoint's size) is the only scratch file of size, removed when its
-stage ends; the shipped file is written into the artifact (or the shared base folder) directly.
+Disk: one unquantized copy of the model (about the checkpoint's size) at a time in `work`, removed when its stage
+ends; the shipped file is written into the artifact (or the shared base folder) directly.
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ def _finish(src: Path, dst: Path, qtype: str, outtype: str, keep_src: bool) -> N
 
 
 def base_gguf(base: Path, folder: Path, qtype: str, work: Path, phase: Callable[[str], None], log: Callable[[str], None],
-              intermediate: str = "auto") -> Path:
+              intermediate: str = "auto", keep: Path | None = None) -> Path:
     """The base model as a quantized GGUF in `folder` (made once; later calls and other languages reuse it).
-    Streamed from the safetensors shards into an F16/BF16 intermediate in `work`, quantized, the intermediate removed."""
+    Streamed from the safetensors shards into an F16/BF16 intermediate in `work`, quantized, the intermediate removed
+    (or, with `keep`, moved there when this call made it: the scoring reference need not be converted twice)."""
     target = folder / f"base-{qtype}.gguf"
     if target.is_file():
         return target
@@ -61,8 +66,10 @@ def base_gguf(base: Path, folder: Path, qtype: str, work: Path, phase: Callable[
         tmp = folder / f".{target.name}.{os.getpid()}.tmp"
         try:
             phase("quantize_base")
-            _finish(inter, tmp, qtype, conversion["outtype"], keep_src=False)
+            _finish(inter, tmp, qtype, conversion["outtype"], keep_src=keep is not None)
             os.replace(tmp, target)
+            if keep is not None and inter.is_file():
+                os.replace(inter, keep)
         finally:
             inter.unlink(missing_ok=True)
             tmp.unlink(missing_ok=True)
@@ -99,17 +106,19 @@ def export_gguf(base: Path, adapter: Path, out: Path, work: Path, qtype: str, na
 
     merge=False (needs base_folder): the base GGUF (shared) + `adapter-F16.gguf`; an adapter llama.cpp cannot
     apply unmerged falls back to the merged file, and the figures say why. merge=True: `model-<qtype>.gguf`.
-    With `held_out` texts the shipped combination is scored through llama.cpp against the unquantized merged GGUF
-    (the reference: F16 or BF16, `intermediate`) on the same token windows; so is each of `extra_quantizations`
-    (quantized in `work` from the reference, not shipped). Nothing holds the whole model in memory: conversion streams
-    from the shards, llama.cpp quantizes and scores from mmapped files; every intermediate is removed when done.
+    With `held_out` texts the shipped combination is scored through llama.cpp against the reference (the unquantized
+    base GGUF + the F16 LoRA GGUF; transformers + PEFT for an adapter without a LoRA GGUF; see the module docstring)
+    on the same token windows; so is each of `extra_quantizations` (the base quantized to that type in `work`, with
+    the same LoRA; not shipped). Nothing holds the whole model in memory: conversion streams from the shards,
+    llama.cpp quantizes and scores from mmapped files; every intermediate is removed when done.
     `phase` is told each step's name before it starts, so a crash can be attributed to it.
     """
     from forge_assets.export.lora_gguf import convert_lora_to_gguf, unmerged_support
 
+    no_lora = unmerged_support(adapter)  # None: the adapter has a llama.cpp LoRA GGUF
     why_merged = None
     if not merge:
-        why_merged = unmerged_support(adapter) if base_folder is not None else "no base GGUF folder was given"
+        why_merged = no_lora if base_folder is not None else "no base GGUF folder was given"
         if why_merged:
             log(f"serving {name} merged: {why_merged}")
     unmerged = not merge and why_merged is None
@@ -119,16 +128,13 @@ def export_gguf(base: Path, adapter: Path, out: Path, work: Path, qtype: str, na
     figures: dict = {"served_as": "base+lora" if unmerged else "merged"}
     if why_merged:
         figures["merged_because"] = why_merged
-    reference = work / "merged-intermediate.gguf"
+    merged_inter = work / "merged-intermediate.gguf"
+    ref_base = work / "reference-base.gguf"  # the unquantized base, scored with the LoRA GGUF
+    ref_lora = out / LORA_FILE if unmerged else work / "reference-lora.gguf"
     conversion: dict = {}
     try:
-        # The shared base first (its intermediate is gone before the reference is written: one unquantized copy at a time).
-        base_file = base_gguf(base, base_folder, qtype, work, phase, log, intermediate) if unmerged else None
-        if not unmerged or held_out:
-            phase("convert")
-            conversion = merged_gguf(base, adapter, reference, work, name, intermediate, log)
-            figures["reference"] = f"merged {conversion['outtype']} GGUF"
         if unmerged:
+            base_file = base_gguf(base, base_folder, qtype, work, phase, log, intermediate, keep=ref_base if held_out else None)
             phase("convert_lora")
             lora = convert_lora_to_gguf(adapter, base, out / LORA_FILE, "F16")
             target, lora_path = base_file, out / LORA_FILE
@@ -140,18 +146,34 @@ def export_gguf(base: Path, adapter: Path, out: Path, work: Path, qtype: str, na
             figures.update({"base_gguf": str(base_file), "lora_file": LORA_FILE, "lora_bytes": (out / LORA_FILE).stat().st_size,
                             "base_bytes": base_file.stat().st_size, "lora_rank": lora.get("rank"), "lora_tensors": lora.get("tensors")})
         else:
+            phase("convert")
+            conversion = merged_gguf(base, adapter, merged_inter, work, name, intermediate, log)
             target, lora_path = out / f"model-{qtype}.gguf", None
             phase("quantize")
-            _finish(reference, target, qtype, conversion["outtype"], keep_src=bool(held_out))
+            _finish(merged_inter, target, qtype, conversion["outtype"], keep_src=False)
+            merged_inter.unlink(missing_ok=True)  # one unquantized copy on scratch disk at a time
         phase("smoke_generate")
         smoke = smoke_generate(target, "def ", max_tokens=12, lora=lora_path)
         summary = gguf_summary(target)
         scored = {}
         if held_out:
+            if no_lora is None:
+                if not ref_lora.is_file():
+                    phase("convert_lora")
+                    convert_lora_to_gguf(adapter, base, ref_lora, "F16")
+                if not ref_base.is_file():
+                    phase("convert_reference")
+                    ref_conv = convert_hf_to_gguf(base, ref_base, intermediate, name="reference")
+                    conversion = conversion or ref_conv
+                conversion = conversion or {"outtype": gguf_file_type(ref_base)}
+                reference: tuple = ("gguf", ref_base, ref_lora)
+            else:
+                reference = ("peft", base, adapter)
             scored = score_quantizations(base, target, qtype, reference, work, held_out, list(extra_quantizations),
                                          windows, window_tokens, phase, log, lora=lora_path)
     finally:
-        reference.unlink(missing_ok=True)
+        for scratch in (merged_inter, ref_base, work / "reference-lora.gguf"):
+            scratch.unlink(missing_ok=True)
     return {**figures, **scored, "file": target.name, "bytes": summary["bytes"],
             "tensors": conversion.get("tensors", summary["tensors"]), "vocab_size": conversion.get("vocab_size", summary["vocab_size"]),
             "architecture": summary["architecture"], "tokenizer_pre": summary["tokenizer_pre"],
@@ -159,41 +181,59 @@ def export_gguf(base: Path, adapter: Path, out: Path, work: Path, qtype: str, na
             "smoke_completion_tokens": smoke["completion_tokens"], "tensor_types": summary["tensor_types"]}
 
 
-def score_quantizations(base: Path, shipped: Path, qtype: str, reference: Path, work: Path, texts: list[str], extra: list[str],
+def score_quantizations(base: Path, shipped: Path, qtype: str, reference: tuple, work: Path, texts: list[str], extra: list[str],
                         windows: int, window_tokens: int, phase: Callable[[str], None], log: Callable[[str], None],
                         lora: Path | None = None) -> dict:
-    """Perplexity of the unquantized merged GGUF (the reference) and of each quantized one on the same held-out token
-    windows, all through llama.cpp; the loss in percent per type.
+    """Perplexity of the reference and of each quantized GGUF on the same held-out token windows; the loss in percent
+    per type.
 
-    `shipped` (+ `lora` when served unmerged) is what the server runs; extra types are merged files for comparison.
-    Token ids come from the base's Hugging Face tokenizer (the GGUF's tokenizer is tested to agree with it).
+    `reference` is ``("gguf", unquantized base GGUF, LoRA GGUF)``, scored by llama.cpp like the served files, or
+    ``("peft", base folder, PEFT adapter folder)``, scored by transformers in F32 (an adapter without a LoRA GGUF).
+    `shipped` (+ `lora` when served unmerged) is what the server runs; each extra type is the reference's base
+    quantized to that type with the same LoRA GGUF (only with a GGUF reference). Token ids come from the base's
+    Hugging Face tokenizer (the GGUF's tokenizer is tested to agree with it).
     """
     from transformers import AutoTokenizer
 
-    from forge_assets.export.gguf_eval import gguf_perplexity, quantization_loss_pct, token_windows
+    from forge_assets.export.gguf_eval import gguf_perplexity, hf_perplexity, quantization_loss_pct, token_windows
 
     phase("score_gguf")
     tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
     wins = token_windows(tokenizer, texts, window_tokens, windows)
     if not wins:
         return {}
-    ref, tokens = gguf_perplexity(reference, wins)
+    kind, ref_model, ref_adapter = reference
+    if kind == "gguf":
+        ref, tokens = gguf_perplexity(ref_model, wins, lora=ref_adapter)
+        described = f"unquantized base GGUF ({gguf_file_type(ref_model)}) + F16 LoRA GGUF"
+    else:
+        ref, tokens = hf_perplexity(ref_model, wins, adapter=ref_adapter)
+        described = "transformers + PEFT (F32)"
     ppl, _ = gguf_perplexity(shipped, wins, lora=lora)
-    served = f"{qtype} base + F16 LoRA" if lora else qtype
-    figures = {"quantization": qtype, "merged_perplexity": round(ref, 4), "gguf_perplexity": round(ppl, 4),
+    served = f"{qtype} base + F16 LoRA" if lora else f"{qtype} merged"
+    figures = {"quantization": qtype, "reference": described, "reference_perplexity": round(ref, 4), "gguf_perplexity": round(ppl, 4),
                "quantization_loss_pct": quantization_loss_pct(ref, ppl), "quantization_scored_tokens": tokens,
                "quantization_loss_by_type": {served: quantization_loss_pct(ref, ppl)}}
-    log(f"quantization: {served} perplexity {ppl:.4f} vs merged unquantized {ref:.4f} on {tokens} held-out tokens "
+    log(f"quantization: {served} perplexity {ppl:.4f} vs {described} {ref:.4f} on {tokens} held-out tokens "
         f"({figures['quantization_loss_pct']:+.3f} %)")
+    if extra and kind != "gguf":
+        log(f"quantization: extra types {extra} are not scored: this adapter has no LoRA GGUF to apply to a quantized base")
+        extra = []
     for other in extra:
-        if other == qtype and not lora:
+        if other == qtype and lora:
             continue
-        path = work / f"model-{other}.gguf"
+        path = work / f"base-{other}.gguf"
         try:
-            quantize(reference, path, other)
-            p, _ = gguf_perplexity(path, wins)
+            quantize(ref_model, path, other)
+            p, _ = gguf_perplexity(path, wins, lora=ref_adapter)
         finally:
             path.unlink(missing_ok=True)
-        figures["quantization_loss_by_type"][f"{other} merged"] = quantization_loss_pct(ref, p)
-        log(f"quantization: {other} merged perplexity {p:.4f} ({quantization_loss_pct(ref, p):+.3f} %), not shipped")
+        figures["quantization_loss_by_type"][f"{other} base + F16 LoRA"] = quantization_loss_pct(ref, p)
+        log(f"quantization: {other} base + F16 LoRA perplexity {p:.4f} ({quantization_loss_pct(ref, p):+.3f} %), not shipped")
     return figures
+
+
+def gguf_file_type(path: Path) -> str:
+    """The dominant weight type of a GGUF file (F16, BF16, F32, Q8_0, ...)."""
+    types = gguf_summary(path)["tensor_types"]
+    return max(types, key=types.get) if types else "?"

@@ -75,7 +75,7 @@ def test_commit_to_deployed_tag_then_unchanged_inputs_reuse_everything(chain):
     assert gguf_meta["served_as"].value == "base+lora" and gguf_meta["lora_file"].value == "adapter-F16.gguf"
     assert gguf_meta["file"].value == "base-Q8_0.gguf" and gguf_meta["tokenizer_pre"].value == "qwen2"
     assert gguf_meta["smoke_completion_tokens"].value > 0  # llama.cpp loaded it and generated
-    assert gguf_meta["gguf_perplexity"].value > 0 and gguf_meta["merged_perplexity"].value > 0
+    assert gguf_meta["gguf_perplexity"].value > 0 and gguf_meta["reference_perplexity"].value > 0
     assert abs(gguf_meta["quantization_loss_pct"].value) < 5  # Q8_0 costs little
 
     dep = _materialization(instance, "deployment").metadata

@@ -37,10 +37,11 @@ def test_export_ships_scores_and_leaves_no_scratch_files(tiny_model: Path, tmp_p
     # One unquantized F16 copy at a time: at most half this F32 checkpoint (the target is 2 × the model on disk).
     checkpoint = sum(p.stat().st_size for p in tiny_model.glob("*.safetensors"))
     assert 0 < max(scratch) <= 0.55 * checkpoint, (scratch, checkpoint)
-    assert figures["intermediate"] == "F16" and figures["reference"] == "merged F16 GGUF"
+    assert figures["intermediate"] == "F16" and figures["reference"] == "unquantized base GGUF (F16) + F16 LoRA GGUF"
     assert figures["architecture"] == "qwen2" and figures["tokenizer_pre"] == "qwen2"
-    assert 0 < figures["merged_perplexity"] and abs(figures["quantization_loss_pct"]) < 5
-    assert "Q4_K_M merged" in figures["quantization_loss_by_type"]
+    assert 0 < figures["reference_perplexity"] and abs(figures["quantization_loss_pct"]) < 5
+    assert "Q4_K_M base + F16 LoRA" in figures["quantization_loss_by_type"]
+    assert ("convert_reference" in stages) == merge  # the unmerged export keeps the base's intermediate as the reference
     assert figures["smoke_completion_tokens"] > 0
     if merge:
         assert figures["served_as"] == "merged" and (out / "model-Q8_0.gguf").is_file()
@@ -64,4 +65,5 @@ def test_dora_adapter_is_served_merged_through_its_backend(tiny_model: Path, tmp
     assert (out / "model-Q8_0.gguf").is_file() and not (out / LORA_FILE).exists()
     assert any("merging dora with its training backend first" in ln for ln in lines)
     assert _scratch(work) == []  # the merged model folder is removed too
+    assert figures["reference"] == "transformers + PEFT (F32)"  # DoRA has no LoRA GGUF to apply to the unquantized base
     assert abs(figures["quantization_loss_pct"]) < 5
