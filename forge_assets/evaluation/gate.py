@@ -20,6 +20,7 @@ class Verdict:
     passed: bool
     message: str
     figures: dict = field(default_factory=dict)
+    skipped: bool = False  # not judged for a reason the figures give (it blocks nothing and claims no pass)
 
 
 def _g(gates, key: str):
@@ -43,6 +44,10 @@ def fim_gate(scores: dict, gates) -> Verdict:
     name = EVAL_GATES[1]
     if not _g(gates, "fim_not_worse"):
         return Verdict(name, True, "gates.fim_not_worse is off: not judged.", {})
+    if scores.get("fim_skipped"):  # a base without FIM tokens: neither FIM samples nor cases, nothing to compare
+        return Verdict(name, True, f"skipped: {scores['fim_skipped']}. FIM is not judged (neither passed nor failed). "
+                       "Fix: train on a base with FIM tokens to have FIM judged.",
+                       {"fim_cases": 0, "fim_samples_skipped": scores.get("fim_samples_skipped", 0)}, skipped=True)
     if not scores.get("fim_cases") or "fim_edit_similarity_delta" not in scores:
         return Verdict(name, True, "The test split has no FIM cases, so FIM cannot be judged: it passes.", {"fim_cases": scores.get("fim_cases", 0)})
     tol = float(_g(gates, "fim_tolerance"))
@@ -90,7 +95,8 @@ def judge_eval(scores: dict, gates) -> list[Verdict]:
 
 
 def quantization_gate(figures: dict, gates) -> Verdict:
-    """The gguf gate: the shipped file's perplexity may exceed the merged model's by at most gates.max_quantization_loss_pct."""
+    """The gguf gate: the shipped file's perplexity may exceed the reference's (the unquantized base GGUF + the LoRA GGUF,
+    see export/pipeline.py) by at most gates.max_quantization_loss_pct."""
     name = GGUF_GATES[0]
     limit = float(_g(gates, "max_quantization_loss_pct"))
     loss = figures.get("quantization_loss_pct")
@@ -98,12 +104,13 @@ def quantization_gate(figures: dict, gates) -> Verdict:
     if loss is None:
         return Verdict(name, True, "No quantization loss was measured (no held-out text to score): not judged.", {"limit_pct": limit})
     data = {"quantization_loss_pct": float(loss), "limit_pct": limit, "quantization": qtype,
-            "gguf_perplexity": figures.get("gguf_perplexity"), "merged_perplexity": figures.get("merged_perplexity")}
+            "gguf_perplexity": figures.get("gguf_perplexity"), "reference_perplexity": figures.get("reference_perplexity")}
+    ref = figures.get("reference", "the unquantized reference")
     if float(loss) <= limit:
-        return Verdict(name, True, f"The {qtype} GGUF's perplexity is {float(loss):+.3f} % vs the unquantized merged GGUF's (limit {limit} %): it passes.", data)
+        return Verdict(name, True, f"The {qtype} GGUF's perplexity is {float(loss):+.3f} % vs the reference's ({ref}; limit {limit} %): it passes.", data)
     return Verdict(name, False,
-                   f"The {qtype} GGUF's held-out perplexity is {figures.get('gguf_perplexity')} against {figures.get('merged_perplexity')} "
-                   f"for the unquantized merged GGUF: a quantization loss of {float(loss):.3f} %, more than gates.max_quantization_loss_pct {limit}. "
+                   f"The {qtype} GGUF's held-out perplexity is {figures.get('gguf_perplexity')} against {figures.get('reference_perplexity')} "
+                   f"for the reference ({ref}): a quantization loss of {float(loss):.3f} %, more than gates.max_quantization_loss_pct {limit}. "
                    "It is not promoted or deployed; what is served stays. Fix: pick a wider type in deploy.quantization (Q8_0 or F16), "
                    "or raise gates.max_quantization_loss_pct in forge.yaml.", data)
 
