@@ -82,7 +82,10 @@ def step_export_gguf(args: dict, log: Callable[[str], None], phase: Callable[[st
 
     from forge_assets.chat import template_of
 
-    held_out = held_out_texts(Path(args["dataset"]), template=template_of(Path(args["base"]))) if args.get("dataset") else None
+    from forge_assets.fim_tokens import scheme_of_folder
+
+    held_out = (held_out_texts(Path(args["dataset"]), template=template_of(Path(args["base"])), fim=scheme_of_folder(Path(args["base"])))
+                if args.get("dataset") else None)
     return export_gguf(Path(args["base"]), Path(args["adapter"]), Path(args["out"]), Path(args["work"]), args["quantization"],
                        args["name"], phase=phase, held_out=held_out, extra_quantizations=args.get("extra_quantizations", []),
                        windows=int(args.get("windows", 24)), window_tokens=int(args.get("window_tokens", 512)), log=log,

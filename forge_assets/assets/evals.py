@@ -66,6 +66,9 @@ def eval_scores(context: AssetExecutionContext, forge: ForgeResource):
     verdicts = judge_eval(scores, cfg.gates)
     record_gates(art, verdicts)
     passed = all(v.passed for v in verdicts)
+    for v in verdicts:
+        if v.skipped:
+            context.log.warning(f"gate {v.name} {v.message}")
     if passed:
         store.promote(art)
         store.promote(ad)
@@ -76,7 +79,7 @@ def eval_scores(context: AssetExecutionContext, forge: ForgeResource):
                 context.log.error(f"gate {v.name} failed: {v.message}")
     checks = [AssetCheckResult(check_name=v.name, passed=v.passed, severity=AssetCheckSeverity.ERROR, description=v.message,
                                metadata={**{k: float(x) for k, x in v.figures.items() if isinstance(x, (int, float)) and not isinstance(x, bool)},
-                                         "adapter_version": ad.version, "eval_version": art.version})
+                                         "adapter_version": ad.version, "eval_version": art.version, **({"skipped": True} if v.skipped else {})})
               for v in verdicts]
     return materialized(art, {**_figures(scores), "scores_table": MetadataValue.md(markdown_table(scores)), "promoted": passed},
                         reused=reused, check_results=checks)
@@ -86,7 +89,7 @@ def record_gates(art, verdicts) -> None:
     """Write the gate verdicts into the version's manifest (not part of its content hash), for `forge status` and `forge history`."""
     path = art.path / MANIFEST
     manifest = json.loads(path.read_text())
-    manifest["gates"] = [{"name": v.name, "passed": v.passed, "message": v.message} for v in verdicts]
+    manifest["gates"] = [{"name": v.name, "passed": v.passed, "message": v.message, **({"skipped": True} if v.skipped else {})} for v in verdicts]
     tmp = path.with_name(f".tmp-{os.getpid()}-{MANIFEST}")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)

@@ -8,7 +8,9 @@ repository-level FIM format, PSM order::
     <|repo_name|>{repo}\\n<|file_sep|>{path}\\n<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>
 
 The header is ``forge_assets.mining.fim.header`` and the order is the PSM layout that
-``forge_assets.mining.fim.fim_sample`` trains on, so evaluation, training and serving agree.
+``forge_assets.mining.fim.fim_sample`` trains on, so evaluation, training and serving agree. That is Forge's
+canonical markup: cases built with a base's FIM scheme (``forge_assets.fim_tokens``) prompt with that base's own
+tokens (StarCoder's ``<fim_prefix>``, CodeLlama's ``▁<PRE>``, ...), as training and the server write them.
 
 Middles come in three kinds, chosen from the file's tree-sitter tree (the grammars and parser
 loading of ``forge_assets.mining.units``):
@@ -36,9 +38,10 @@ from __future__ import annotations
 import ast
 import random
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from forge_assets.chat import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, SPECIAL_TOKENS
+from forge_assets.chat import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+from forge_assets.fim_tokens import ALL_MARKERS
 from forge_assets.mining.fim import header, trim_context
 from forge_assets.mining.units import grammar_name, load_grammar
 
@@ -116,8 +119,11 @@ _TABLES: dict[str, _Table] = {
 _STRINGS = frozenset({"string", "string_literal", "concatenated_string", "template_string"})
 
 
-def fim_prompt(repo: str, path: str, prefix: str, suffix: str) -> str:
-    """The PSM prompt a deployed server sends for a completion: repo/file header, prefix, suffix, then the middle token."""
+def fim_prompt(repo: str, path: str, prefix: str, suffix: str, scheme=None) -> str:
+    """The PSM prompt a deployed server sends for a completion: repo/file header, prefix, suffix, then the middle token;
+    in Forge's canonical tokens, or in a base's own with its FIM `scheme` (``fim_tokens.FimScheme``)."""
+    if scheme is not None and not scheme.canonical:
+        return scheme.psm(prefix, suffix, repo, path)
     return f"{header(repo, path)}{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}"
 
 
@@ -131,10 +137,11 @@ class FimCase:
     middle: str
     suffix: str
     kind: str  # "line", "block" or "arguments"
+    scheme: object = field(default=None, compare=False)  # the base's FIM scheme; None: Forge's canonical tokens
 
     @property
     def prompt(self) -> str:
-        return fim_prompt(self.repo, self.path, self.prefix, self.suffix)
+        return fim_prompt(self.repo, self.path, self.prefix, self.suffix, self.scheme)
 
 
 # ---------------------------------------------------------------- choosing middles (byte offsets)
@@ -227,8 +234,9 @@ def _spans(source: str, language: str, path: str) -> tuple[bytes, list[tuple[str
 
 
 def build_cases(files: list[tuple[str, str, str]], language: str, max_cases: int = 200, seed: int = 0,
-                max_context_chars: int = 4000) -> list[FimCase]:
-    """Up to max_cases FIM cases from (repo, path, source) files, every candidate when there are fewer.
+                max_context_chars: int = 4000, scheme=None) -> list[FimCase]:
+    """Up to max_cases FIM cases from (repo, path, source) files, every candidate when there are fewer; their prompts
+    in the FIM `scheme` of the base they are for (default: Forge's canonical tokens).
 
     The choice is seeded and balanced: kinds take turns (line, block, arguments; a kind that runs out
     leaves its turns to the others), and within a kind the files take turns in a shuffled order, each
@@ -266,7 +274,7 @@ def build_cases(files: list[tuple[str, str, str]], language: str, max_cases: int
             except UnicodeDecodeError:  # a node boundary inside a character of invalid text
                 continue
             prefix, suffix = trim_context(prefix, suffix, max_context_chars)
-            cases.append(FimCase(repo, path, prefix, middle, suffix, kind))
+            cases.append(FimCase(repo, path, prefix, middle, suffix, kind, scheme))
     return cases
 
 
@@ -275,9 +283,9 @@ def build_cases(files: list[tuple[str, str, str]], language: str, max_cases: int
 
 def truncate_middle(generated: str, case: FimCase) -> str:
     """A generated middle made comparable: cut at the first special token's text (<|endoftext|>, or
-    <|file_sep|> and the like that a model writes when it runs on), and for line and arguments cases
-    keep only the first line (its newline included)."""
-    cut = min((i for i in (generated.find(tok) for tok in SPECIAL_TOKENS) if i >= 0), default=len(generated))
+    <|file_sep|> and the like that a model writes when it runs on; any FIM family's, ``fim_tokens.ALL_MARKERS``),
+    and for line and arguments cases keep only the first line (its newline included)."""
+    cut = min((i for i in (generated.find(tok) for tok in ALL_MARKERS) if i >= 0), default=len(generated))
     generated = generated[:cut]
     if case.kind in ("line", "arguments"):
         nl = generated.find("\n")

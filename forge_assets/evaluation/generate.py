@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from forge_assets.chat import SPECIAL_TOKENS
+from forge_assets.fim_tokens import ALL_MARKERS
 
 
 def stop_ids(tokenizer) -> list[int]:
-    """Token ids that end a generation: every special token the tokenizer knows, and its eos."""
-    ids = {tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    """Token ids that end a generation: every special token the tokenizer knows (Forge's and any FIM family's end of
+    text, FIM, repository and file tokens: ``fim_tokens.ALL_MARKERS``), and its eos."""
+    ids = {tokenizer.convert_tokens_to_ids(t) for t in ALL_MARKERS}
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)

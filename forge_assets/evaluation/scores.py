@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from forge_assets.chat import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END, IM_START
-from forge_assets.training.data import batches, read_records
+from forge_assets.training.data import batches, read_records, skip_fim
 
 ASSISTANT = f"{IM_START}assistant\n"
 CODEBLEU_KINDS = ("instruction", "commit")
@@ -56,10 +56,13 @@ def summed_loss(model, tokenizer, texts: list[str], seq_len: int, batch_size: in
     return total_loss, total_tokens
 
 
-def held_out_texts(dataset: Path, seed: int = 0, template: str | None = None) -> list[str]:
+def held_out_texts(dataset: Path, seed: int = 0, template: str | None = None, fim=None) -> list[str]:
     """The held-out texts the shipped GGUF and the merged model are both scored on: the test split (else valid), shuffled
-    once by seed; chats rendered with the base model's `template` when given."""
-    texts = [r["text"] for r in read_records(dataset, "test", template)] or [r["text"] for r in read_records(dataset, "valid", template)]
+    once by seed; chats rendered with the base model's `template` when given, and with the base's FIM scheme `fim`
+    (``fim_tokens``) FIM samples written in its tokens (left out for a base without FIM tokens)."""
+    texts = [r["text"] for r in read_records(dataset, "test", template, fim)] or [r["text"] for r in read_records(dataset, "valid", template, fim)]
+    if fim is not None:
+        texts = [fim.to_base(t) for t in texts]
     random.Random(seed).shuffle(texts)
     return texts
 
@@ -219,15 +222,20 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
         raise ValueError(f"{dataset}: the test and valid splits are empty, so there is nothing held out to score. Fix: add more code for this language.")
     language = language or str(records[0].get("language", ""))
     seed = int(ev["seed"])
+    from forge_assets.fim_tokens import scheme_of_folder
+
+    # FIM in the base's own tokens; a base without FIM tokens has its FIM samples and cases skipped, with the reason.
+    fim = scheme_of_folder(base)
+    records, fim_skipped = skip_fim(records, fim, f"{dataset}/{split}.jsonl", log)
 
     by_kind: dict[str, list[str]] = defaultdict(list)
     for r in records:
-        by_kind[str(r.get("kind", "other"))].append(r["text"])
+        by_kind[str(r.get("kind", "other"))].append(fim.to_base(r["text"]))
     n_he = humaneval_count(ev["humaneval"]["problems"])
     plan = {
         "perplexity": {k: _sample(v, int(ev["perplexity_samples"]), seed) for k, v in by_kind.items()},
         "fim": fim_eval.build_cases(source_files(records), language, max_cases=int(ev["fim_cases"]), seed=seed,
-                                    max_context_chars=int(ev["fim_context_chars"])) if ev["fim_cases"] else [],
+                                    max_context_chars=int(ev["fim_context_chars"]), scheme=fim) if ev["fim_cases"] and fim.has_fim else [],
         "codebleu": ({k: _sample(chat_pairs(records, k), int(ev["codebleu_samples"]), seed) for k in CODEBLEU_KINDS}
                      if ev["codebleu_samples"] and codebleu_eval.supported(language) else {}),
         "humaneval": humaneval.select_problems(n_he, seed) if n_he else [],
@@ -236,7 +244,8 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
     scores: dict = {
         "split": split, "test_samples": len(records), "language": language,
         **{f"test_samples_{k}": len(v) for k, v in sorted(by_kind.items())},
-        "fim_cases": len(plan["fim"]),
+        "fim_cases": len(plan["fim"]), "fim_scheme": fim.name,
+        **({"fim_skipped": fim.skip_reason, "fim_samples_skipped": fim_skipped} if not fim.has_fim else {}),
         **{f"fim_cases_{k}": sum(c.kind == k for c in plan["fim"]) for k in fim_eval.KINDS},
         **{f"codebleu_samples_{k}": len(v) for k, v in plan["codebleu"].items()},
         "codebleu_supported": codebleu_eval.supported(language),
@@ -247,6 +256,8 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
     log(f"eval ({split} split, {len(records)} samples): perplexity on {sum(len(v) for v in plan['perplexity'].values())} samples, "
         f"{len(plan['fim'])} FIM cases, {sum(len(v) for v in plan['codebleu'].values())} CodeBLEU prompts, "
         f"{len(plan['humaneval'])} HumanEval problems; base model, then adapter")
+    if not fim.has_fim:
+        log(f"WARNING: FIM evaluation skipped: {fim.skip_reason}.")
     tmp = None
     per_case: dict[str, list[tuple[float, float]]] = {}
     try:
@@ -289,7 +300,8 @@ def paired_fim_deltas(base: list[tuple[float, float]], adapter: list[tuple[float
 
 
 def markdown_table(scores: dict) -> str:
-    """Base vs adapter, one row per figure (overall and per kind), for the asset's metadata."""
+    """Base vs adapter, one row per figure (overall and per kind), for the asset's metadata; a warning line first when
+    FIM was skipped (a base without FIM tokens)."""
     rows = []
     for key in sorted(k for k in scores if k.startswith("base_") and not k.startswith(("base_seconds", "base_humaneval_passed"))):
         name = key.removeprefix("base_")
@@ -297,4 +309,6 @@ def markdown_table(scores: dict) -> str:
         if isinstance(b, (int, float)) and isinstance(a, (int, float)):
             better = "lower" if name.startswith("perplexity") else "higher"
             rows.append(f"| {name} | {b:.4g} | {a:.4g} | {better} |")
-    return "\n".join(["| figure | base | adapter | better |", "|---|---|---|---|", *rows]) if rows else "(no figures)"
+    warning = ([f"**Warning: FIM skipped**: {scores['fim_skipped']} ({scores.get('fim_samples_skipped', 0)} FIM samples left out of "
+                "perplexity, no FIM cases scored).", ""] if scores.get("fim_skipped") else [])
+    return "\n".join([*warning, "| figure | base | adapter | better |", "|---|---|---|---|", *rows] if rows else [*warning, "(no figures)"])
