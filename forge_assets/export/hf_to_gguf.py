@@ -15,6 +15,10 @@ Memory and disk (what a 32 B model on a 48 GB Mac needs):
 - A LoRA adapter is folded in per chunk: `W[rows] += scale · B[rows] @ A` in fp32 for those rows only.
 - The output is F16 or BF16 (`outtype="auto"`: BF16 for a bfloat16 checkpoint, F16 otherwise), F32 only when asked.
   Norms, biases and other 1-D tensors are F32, as llama.cpp requires.
+- An MLX-quantized checkpoint (mlx-lm `convert -q`, the mlx-community 4/8-bit models: packed uint32 weights with
+  scales and biases per group, mixed per-module bit widths included) is dequantized chunk by chunk on the way
+  (`_Quantized`); `auto` then writes the scales' type (BF16 for bfloat16 scales). mlx-lm's own `fuse --export-gguf`
+  refuses Qwen; this path does not.
 
 Per architecture (facts from the GGUF spec and llama.cpp's model loader):
 
@@ -78,6 +82,40 @@ class _Source:
     def row_elements(self) -> int:
         return math.prod(self.shape[1:]) if len(self.shape) > 1 else 1
 
+    @property
+    def value_dtype(self) -> str:
+        """The floating type the tensor's values come in (for a quantized tensor: its scales')."""
+        return self.dtype
+
+
+@dataclass
+class _Quantized(_Source):
+    """An MLX affine-quantized matrix (mlx-lm `convert -q`, mlx-community models), read as its dequantized values.
+
+    In the file: `<module>.weight` uint32 [rows, in·bits/32] (each row a little-endian bit stream, value j in bits
+    j·bits … j·bits+bits−1), `<module>.scales` and `<module>.biases` [rows, in/group_size] in F16/BF16/F32. The value is
+    w[r, j] = scales[r, j // group_size] · q[r, j] + biases[r, j // group_size] (mlx's affine mode), computed in float32,
+    which is what mlx's quantized matmul multiplies with (tested; `mlx.core.dequantize` in float16/bfloat16 rounds the
+    product and the sum separately, up to one unit in the last place away). `shape` is the dequantized [rows, in];
+    `file`/`offset` are the packed weight's."""
+
+    scales: _Source | None = None
+    biases: _Source | None = None
+    bits: int = 0
+    group_size: int = 0
+
+    @property
+    def value_dtype(self) -> str:
+        return self.scales.dtype
+
+    @property
+    def words(self) -> int:
+        """uint32 words per packed row."""
+        return self.shape[1] * self.bits // 32
+
+
+MLX_BITS = (2, 3, 4, 5, 6, 8)  # the affine widths mlx packs
+
 
 def _shard_files(model_dir: Path) -> list[Path]:
     index = model_dir / "model.safetensors.index.json"
@@ -117,11 +155,110 @@ def read_index(model_dir: Path) -> dict[str, _Source]:
         for name, info in header.items():
             if name == "__metadata__":
                 continue
-            if info["dtype"] not in _ST_DTYPES:
-                raise ExportError(f"{f}: tensor `{name}` is {info['dtype']}; Forge converts F32, F16 and BF16 checkpoints. "
-                                  "Fix: start from the unquantized Hugging Face release (not a GPTQ/AWQ/FP8 one).")
             tensors[name] = _Source(f, info["dtype"], tuple(info["shape"]), base + int(info["data_offsets"][0]))
+    if any(s.dtype == "U32" for s in tensors.values()):  # MLX-quantized: packed weights with scales and biases
+        tensors = _mlx_quantized(tensors, model_dir)
+    for name, src in tensors.items():
+        if src.dtype not in _ST_DTYPES and not isinstance(src, _Quantized):
+            raise ExportError(f"{src.file}: tensor `{name}` is {src.dtype}; Forge converts F32, F16 and BF16 checkpoints "
+                              "and MLX affine-quantized ones (mlx-lm convert -q). "
+                              "Fix: start from the unquantized Hugging Face release (not a GPTQ/AWQ/FP8 one).")
     return tensors
+
+
+def _in_features(module: str, config: dict) -> int | None:
+    """The input width of a linear or embedding module of the supported architectures, from config.json."""
+    leaf = module.rsplit(".", 1)[-1]
+    if leaf in ("embed_tokens", "lm_head", "q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
+        return int(config["hidden_size"])
+    if leaf == "o_proj":
+        return int(config["num_attention_heads"]) * _head_dim(config)
+    if leaf == "down_proj":
+        return int(config["intermediate_size"])
+    return None
+
+
+def _mlx_quantized(tensors: dict[str, _Source], model_dir: Path) -> dict[str, _Source]:
+    """Each packed `<module>.weight` (uint32) with its `.scales` and `.biases` as one _Quantized source named
+    `<module>.weight`. Bits and group size come from the shapes and the module's input width in config.json, as
+    mlx-lm's loader infers them (config.json's top-level `quantization` may not hold for every module, and
+    per-module entries, e.g. a mixed 4/6-bit recipe's, are checked against the shapes)."""
+    config = _config(model_dir)
+    settings = config.get("quantization") if isinstance(config.get("quantization"), dict) else {}
+    out = dict(tensors)
+    for name, src in tensors.items():
+        if src.dtype != "U32":
+            continue
+        module = name.removesuffix(".weight")
+        scales, biases = tensors.get(f"{module}.scales"), tensors.get(f"{module}.biases")
+        where = f"{src.file}: `{name}`"
+        if not name.endswith(".weight") or scales is None or len(src.shape) != 2:
+            raise ExportError(f"{where} is a uint32 tensor without `{module}.scales` beside it, so it is not an MLX-quantized "
+                              "weight Forge can dequantize. Fix: start from the unquantized release of the model, or an "
+                              "mlx-lm `convert -q` one.")
+        own = settings.get(module) if isinstance(settings.get(module), dict) else {}
+        mode = own.get("mode", settings.get("mode", "affine"))
+        if mode != "affine" or biases is None or scales.dtype not in _ST_DTYPES:
+            raise ExportError(f"{where} is MLX-quantized in mode `{mode}` ({'no biases, ' if biases is None else ''}scales "
+                              f"{scales.dtype}); Forge dequantizes mlx's affine mode (mlx-lm convert -q, mlx-community "
+                              "4-bit/8-bit models). Fix: use an affine-quantized or the unquantized release of the model.")
+        rows, words = src.shape
+        groups = scales.shape[-1]
+        width = _in_features(module, config) or int(own.get("group_size", settings.get("group_size", 64))) * groups
+        bits, group_size = words * 32 // width, width // groups
+        if (bits * width != words * 32 or group_size * groups != width or bits not in MLX_BITS
+                or scales.shape != (rows, groups) or biases.shape != scales.shape):
+            raise ExportError(f"{where}: packed shape {list(src.shape)} with scales {list(scales.shape)} and biases "
+                              f"{list(biases.shape)} is no MLX affine quantization of a {rows}×{width} matrix. Fix: check "
+                              "hidden_size / intermediate_size / head_dim in config.json, or re-download the model.")
+        if own and (own.get("bits", bits), own.get("group_size", group_size)) != (bits, group_size):
+            raise ExportError(f"{where}: config.json's quantization entry for `{module}` says {own.get('bits')} bits, group "
+                              f"size {own.get('group_size')}, but its shapes hold {bits} bits, group size {group_size}. "
+                              "Fix: restore the model's config.json (mlx-lm would not load it either).")
+        out[name] = _Quantized(src.file, "U32", (rows, width), src.offset, scales=scales, biases=biases, bits=bits,
+                               group_size=group_size)
+        del out[f"{module}.scales"], out[f"{module}.biases"]
+    return out
+
+
+def _unpack(words: np.ndarray, bits: int) -> np.ndarray:
+    """uint32 rows [r, w] -> their values [r, w·32/bits] (uint8): value j of a row is bits j·bits … j·bits+bits−1 of the
+    row read as one little-endian bit stream (mlx packs 2/4/8 bits within each word, 3/5/6 bits as 8 values in `bits`
+    bytes, which is the same stream)."""
+    rows = words.shape[0]
+    data = np.ascontiguousarray(words, dtype="<u4").view(np.uint8).reshape(rows, -1)
+    mask = (1 << bits) - 1
+    if 8 % bits == 0:
+        shifts = (np.arange(8 // bits, dtype=np.uint8) * bits)
+        return ((data[:, :, None] >> shifts) & mask).reshape(rows, -1)
+    blocks = data.reshape(rows, -1, bits)  # 8 values in `bits` bytes
+    wide = np.zeros((rows, blocks.shape[1], 8), np.uint8)
+    wide[:, :, :bits] = blocks
+    stream = wide.view("<u8")[:, :, 0]
+    shifts = np.arange(8, dtype=np.uint64) * np.uint64(bits)
+    return ((stream[:, :, None] >> shifts) & np.uint64(mask)).astype(np.uint8).reshape(rows, -1)
+
+
+def _read_quantized(src: _Quantized, fh, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of an MLX-quantized matrix, dequantized to float32 [stop-start, in]: scales · q + biases
+    per group, computed in float32 (each product and sum of a float16/bfloat16 scale and bias with q ≤ 255 rounded once)."""
+    fh.seek(src.offset + start * src.words * 4)
+    packed = np.fromfile(fh, dtype="<u4", count=(stop - start) * src.words)
+    if packed.size != (stop - start) * src.words:
+        raise ExportError(f"{src.file}: tensor data ends early. Fix: copy the shard again (it is truncated).")
+    q = _unpack(packed.reshape(stop - start, src.words), src.bits)
+    side = {}
+    for what, part in (("scales", src.scales), ("biases", src.biases)):
+        if Path(fh.name) == part.file:
+            side[what] = _read_rows(part, fh, start, stop)
+        else:
+            with open(part.file, "rb") as other:
+                side[what] = _read_rows(part, other, start, stop)
+    groups = src.shape[1] // src.group_size
+    w = q.reshape(stop - start, groups, src.group_size).astype(np.float32)
+    w *= side["scales"][:, :, None]
+    w += side["biases"][:, :, None]
+    return w.reshape(stop - start, src.shape[1])
 
 
 def _read_raw(src: _Source, fh, start: int, stop: int) -> np.ndarray:
@@ -137,6 +274,8 @@ def _read_raw(src: _Source, fh, start: int, stop: int) -> np.ndarray:
 
 def _read_rows(src: _Source, fh, start: int, stop: int) -> np.ndarray:
     """Rows [start, stop) of a tensor as float32, shaped."""
+    if isinstance(src, _Quantized):
+        return _read_quantized(src, fh, start, stop)
     raw = _read_raw(src, fh, start, stop)
     out = (raw.astype(np.uint32) << 16).view(np.float32) if src.dtype == "BF16" else raw.astype(np.float32, copy=False)
     return out.reshape((stop - start, *src.shape[1:]) if len(src.shape) > 1 else (stop - start,))
@@ -419,7 +558,7 @@ def _pick_outtype(outtype: str, sources: dict[str, _Source]) -> str:
         raise ExportError(f"GGUF intermediate type `{outtype}`: choose one of {', '.join(OUTTYPES)}.")
     if outtype != "auto":
         return outtype
-    dtypes = {s.dtype for s in sources.values() if len(s.shape) == 2}
+    dtypes = {s.value_dtype for s in sources.values() if len(s.shape) == 2}  # an MLX-quantized tensor: its scales' type
     return "BF16" if dtypes == {"BF16"} else "F16"
 
 

@@ -267,18 +267,14 @@ def _read_adapter(adapter_dir: Path) -> _Lora:
 
 
 def _base_shapes(base_dir: Path) -> dict[str, list[int]]:
-    from safetensors import safe_open
+    """The base's tensor shapes from the safetensors headers; an MLX-quantized weight has its dequantized shape
+    (what the base GGUF holds), not its packed one."""
+    from forge_assets.export.hf_to_gguf import read_index
 
-    shapes: dict[str, list[int]] = {}
-    files = sorted(base_dir.glob("*.safetensors"))
-    if not files:
+    if not any(base_dir.glob("*.safetensors")):
         raise ExportError(f"{base_dir}: no *.safetensors files, so the adapter cannot be checked against its base. "
                           "Fix: pass the Hugging Face base model folder the adapter was trained on.")
-    for f in files:
-        with safe_open(f, framework="pt") as fh:
-            for name in fh.keys():
-                shapes[name] = list(fh.get_slice(name).get_shape())
-    return shapes
+    return {name: list(src.shape) for name, src in read_index(base_dir).items()}
 
 
 def _rope_permute(rows: np.ndarray, n_head: int) -> np.ndarray:

@@ -179,6 +179,30 @@ def resolve_base_model(name: str, base_dir: Path) -> Path:
         raise BaseModelError(f"base_model: cannot fetch `{name}` from the Hugging Face hub ({type(exc).__name__}: {exc}). Fix: check the id and the network, or download it once and give its local path.") from None
 
 
+def mlx_quantization(folder: Path) -> dict | None:
+    """The `quantization` block of an MLX-quantized model folder's config.json, else None.
+
+    mlx-lm's `convert -q` (and so every mlx-community 4-bit/8-bit model) stores each quantized linear or embedding as a
+    packed uint32 `weight` with `scales` and `biases` per group of `group_size` inputs, and writes
+    `"quantization": {"group_size": 64, "bits": 4, "mode": "affine", <module path>: {...} per-module overrides}`
+    (also copied to `quantization_config`, without the `quant_method` a transformers quantizer needs). transformers and
+    PEFT cannot load such weights; mlx-lm trains, scores and serves them as they are, and the GGUF converter dequantizes
+    them while streaming."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    q = config.get("quantization") if isinstance(config, dict) else None
+    return q if isinstance(q, dict) and "bits" in q and "group_size" in q else None
+
+
+def mlx_quantization_label(q: dict) -> str:
+    """`mlx affine 4-bit, group size 64` (per-module overrides counted) for messages and metadata."""
+    overrides = sum(isinstance(v, dict) for v in q.values())
+    return (f"mlx {q.get('mode', 'affine')} {q['bits']}-bit, group size {q['group_size']}"
+            + (f", {overrides} modules with their own settings" if overrides else ""))
+
+
 def check_base_model(folder: Path) -> dict:
     """Load a saved model's config and tokenizer; return what later stages need to know about it."""
     from transformers import AutoConfig, AutoTokenizer
@@ -197,6 +221,8 @@ def check_base_model(folder: Path) -> dict:
         "hidden_size": getattr(config, "hidden_size", None),
         "layers": getattr(config, "num_hidden_layers", None),
         "has_chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        # An MLX-quantized base (mlx-community 4/8-bit): trained, scored and served by mlx-lm, dequantized into the GGUF.
+        **({"quantization": mlx_quantization_label(q), "quantization_bits": q["bits"]} if (q := mlx_quantization(folder)) else {}),
     }
 
 
