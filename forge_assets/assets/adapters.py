@@ -30,7 +30,7 @@ def adapter(context: AssetExecutionContext, forge: ForgeResource):
     language = context.partition_key
     data = store.require("dataset", language)
     base = store.require("base_model", "all")
-    parent, parent_data = _parent(context, store, cfg, language, base.version)
+    parent, parent_data = _parent(context, store, cfg, language, base.version, model_folder(base.path))
     if parent is not None and parent_data is not None:
         picked, sel = incremental_texts(read_texts(data.path, "train"), read_texts(parent_data.path, "train"), cfg.training.replay, cfg.training.seed)
         if not picked:
@@ -64,7 +64,7 @@ def adapter(context: AssetExecutionContext, forge: ForgeResource):
     return materialized(out.artifact, _figures(result))
 
 
-def _parent(context, store, cfg, language: str, base_version: str):
+def _parent(context, store, cfg, language: str, base_version: str, base_dir=None):
     """With init_from: previous, the language's promoted adapter (and its dataset) to continue, if it can be continued."""
     if cfg.training.init_from != "previous":
         return None, None
@@ -77,9 +77,9 @@ def _parent(context, store, cfg, language: str, base_version: str):
         context.log.warning(f"adapter {parent.version} was trained on base model {inputs.get('base_model')}, not the current "
                             f"{base_version}: training a fresh adapter instead of continuing it.")
         return None, None
-    if adapter_backend(parent.path) != choose_backend(cfg.training.backend):
+    if adapter_backend(parent.path) != choose_backend(cfg.training.backend, base_dir):
         context.log.warning(f"adapter {parent.version} was written by {adapter_backend(parent.path)}, but training now uses "
-                            f"{choose_backend(cfg.training.backend)}: training a fresh adapter.")
+                            f"{choose_backend(cfg.training.backend, base_dir)}: training a fresh adapter.")
         return None, None
     try:
         parent_data = store.get("dataset", language, inputs["dataset"])

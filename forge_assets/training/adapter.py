@@ -9,16 +9,21 @@ from pathlib import Path
 from forge_assets.config import TrainingConfig
 from forge_assets.training import mlx_backend, peft_backend
 from forge_assets.chat import template_of
+from forge_assets.training.base_model import mlx_quantization
 from forge_assets.training.data import read_records, read_texts, skip_fim
 
 
-def choose_backend(requested: str) -> str:
-    """The backend to train with: `auto` is mlx on Apple silicon, else peft (CUDA or CPU)."""
+def choose_backend(requested: str, base: Path | None = None) -> str:
+    """The backend to train with: `auto` is mlx on Apple silicon, else peft (CUDA or CPU); and mlx wherever mlx imports
+    when `base` is an MLX-quantized model (mlx-community 4/8-bit), which only mlx-lm can train on as it is (PEFT would
+    refuse it: transformers cannot load packed MLX weights)."""
     if requested != "auto":
         if requested == "mlx" and not mlx_backend.available():
             raise RuntimeError("training.backend is `mlx` but mlx / mlx-lm do not import here. Fix: pip install 'mlx[cpu]' mlx-lm (Linux) or mlx mlx-lm (macOS), or use backend: peft.")
         return requested
     if platform.system() == "Darwin" and platform.machine() == "arm64" and mlx_backend.available():
+        return "mlx"
+    if base is not None and mlx_quantization(base) and mlx_backend.available():
         return "mlx"
     return "peft"
 
@@ -48,7 +53,7 @@ def train_adapter(base: Path, dataset: Path, out: Path, cfg: TrainingConfig, log
     With a `parent` adapter (training.init_from: previous) training continues it on the samples that are new since
     `parent_dataset` plus a replay share of older ones. With `checkpoints`, a killed run resumes there.
     """
-    backend = choose_backend(cfg.backend)
+    backend = choose_backend(cfg.backend, base)
     module = mlx_backend if backend == "mlx" else peft_backend
     template = template_of(base)  # the base model's own chat template (Forge's for forge-tiny)
     from forge_assets.fim_tokens import scheme_of_folder

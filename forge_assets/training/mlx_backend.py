@@ -362,8 +362,13 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     dtype = next((str(v.dtype) for _, v in tree_flatten(model.parameters()) if mx.issubdtype(v.dtype, mx.floating)),
                  "float32").replace("mlx.core.", "")
     precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype)  # what auto resolved to
-    quantization = None
-    if cfg.method == "qlora":
+    from forge_assets.training.base_model import mlx_quantization, mlx_quantization_label
+
+    quantization = mlx_quantization(base)
+    if quantization is not None:  # an MLX-quantized base (mlx-community 4/8-bit): LoRA over its QuantizedLinear layers as loaded
+        log(f"{base} is {mlx_quantization_label(quantization)}: training on its quantized weights as they are (not requantized)")
+        quantization = {k: v for k, v in quantization.items() if not isinstance(v, dict)}  # per-module overrides left out
+    elif cfg.method == "qlora":
         _quantize_base(model)
         quantization = {"group_size": QLORA_GROUP_SIZE, "bits": QLORA_BITS, "mode": "affine"}
     model.freeze()
@@ -467,8 +472,9 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
 def merge(base: Path, adapter: Path, out: Path) -> None:
     """Fuse an mlx-lm adapter into the base weights and save a Hugging Face-format model to out.
 
-    The base is loaded at full precision, so a qlora adapter (trained on a 4-bit copy) fuses into the
-    full-precision weights; anything quantized is dequantized before saving.
+    The base is loaded as saved, so a qlora adapter (trained on a 4-bit copy) fuses into the full-precision
+    weights; an MLX-quantized base (mlx-community 4/8-bit) is dequantized (in its scales' dtype) with the adapter
+    fused in, and anything else quantized is dequantized before saving.
     """
     from mlx.utils import tree_unflatten
     from mlx_lm.utils import dequantize_model, load, save

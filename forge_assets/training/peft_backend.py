@@ -23,11 +23,23 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def refuse_mlx_quantized(base: Path) -> None:
+    """A clear error for an MLX-quantized base (mlx-community 4/8-bit), which transformers cannot load."""
+    from forge_assets.training.base_model import mlx_quantization, mlx_quantization_label
+
+    if (q := mlx_quantization(base)) is not None:
+        raise ValueError(f"{base}/config.json: an MLX-quantized model ({mlx_quantization_label(q)}: packed uint32 weights with "
+                         "scales and biases), which transformers and PEFT cannot load or train. Fix: set training.backend: mlx "
+                         "in forge.yaml (`auto` picks mlx for such a base wherever mlx imports; on Linux pip install 'mlx[cpu]' "
+                         "mlx-lm), or point base_model at the unquantized Hugging Face release of the model.")
+
+
 def load_model(base: Path, adapter: Path | None = None):
     """The base model (with an adapter applied, if given) in eval mode, and its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    refuse_mlx_quantized(base)
     tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
     if tokenizer.pad_token_id is None:  # pad must not be EOS, or the model never learns to stop
         tokenizer.pad_token = tokenizer.unk_token or "<|fim_pad|>"
@@ -55,6 +67,7 @@ def _load_for_training(base: Path, cfg: TrainingConfig, precision: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    refuse_mlx_quantized(base)
     tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.unk_token or "<|fim_pad|>"
