@@ -241,7 +241,11 @@ def build_cases(files: list[tuple[str, str, str]], language: str, max_cases: int
     The choice is seeded and balanced: kinds take turns (line, block, arguments; a kind that runs out
     leaves its turns to the others), and within a kind the files take turns in a shuffled order, each
     file's candidates shuffled. Never raises on bad source: see the module docstring for fallbacks.
+    Of more than max_cases files, a seeded sample of max_cases is parsed (each case could come from its own file):
+    the cost follows max_cases, not the size of the split.
     """
+    if len(files) > max_cases:
+        files = [files[i] for i in sorted(random.Random(seed).sample(range(len(files)), max_cases))]
     rng = random.Random(seed)
     datas: list[bytes] = []
     per_kind: dict[str, list[list[tuple[int, int, int]]]] = {k: [] for k in KINDS}

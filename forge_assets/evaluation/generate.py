@@ -8,7 +8,6 @@ with `stop_at_newline`, at its first newline (line and argument FIM cases).
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 from forge_assets.fim_tokens import ALL_MARKERS
@@ -90,16 +89,3 @@ def greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, *, batch_s
             progress(min(start + batch_size, len(order)), len(order))
     return out
 
-
-class Progress:
-    """Logs `<what>: done/total` about every `every` seconds and at the end (long evaluations print where they are)."""
-
-    def __init__(self, log: Callable[[str], None], what: str, every: float = 10.0):
-        self.log, self.what, self.every = log, what, every
-        self.started = self.last = time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done >= total or now - self.last >= self.every:
-            self.last = now
-            self.log(f"{self.what}: {done}/{total} ({now - self.started:.0f} s)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import random
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from forge_assets.evaluation.sandbox import run_program
 
@@ -72,8 +72,9 @@ def build_program(problem: dict, completion: str) -> str:
 
 
 def score(completions: dict[str, str], problems: list[dict], *, timeout_s: float = 10.0, workers: int = 2,
-          cpu_s: int = 10, memory_mb: int = 1024) -> dict:
+          cpu_s: int = 10, memory_mb: int = 1024, progress=None) -> dict:
     """Run every problem's completion against its tests in the sandbox; pass@1 with one sample per problem.
+    `progress`, if given, gets (programs run, programs) as each one finishes.
 
     A problem with no completion counts as failed ("missing"). Returns
     ``{"pass_at_1", "passed", "total", "results": {task_id: status}}`` where status is one of
@@ -88,8 +89,14 @@ def score(completions: dict[str, str], problems: list[dict], *, timeout_s: float
                              memory_mb=memory_mb)
         return task_id, result.status
 
+    finished: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = dict(pool.map(run, problems))
+        for i, future in enumerate(as_completed([pool.submit(run, p) for p in problems]), 1):
+            task_id, status = future.result()
+            finished[task_id] = status
+            if progress:
+                progress(i, len(problems))
+    results = {p["task_id"]: finished[p["task_id"]] for p in problems}
     passed = sum(status == "passed" for status in results.values())
     total = len(problems)
     return {"pass_at_1": passed / total if total else 0.0, "passed": passed, "total": total, "results": results}

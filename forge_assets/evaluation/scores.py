@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from forge_assets.chat import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END, IM_START
+from forge_assets.progress import peak_memory
 from forge_assets.training.data import batches, read_records, skip_fim
 
 ASSISTANT = f"{IM_START}assistant\n"
@@ -38,21 +39,24 @@ def perplexity(model, tokenizer, texts: list[str], seq_len: int, batch_size: int
     return (math.exp(loss / tokens) if tokens else float("nan")), tokens
 
 
-def summed_loss(model, tokenizer, texts: list[str], seq_len: int, batch_size: int = 4) -> tuple[float, int]:
-    """Summed next-token cross-entropy (nats) over texts, each truncated to seq_len tokens, and the tokens scored."""
+def summed_loss(model, tokenizer, texts: list[str], seq_len: int, batch_size: int = 4, progress=None) -> tuple[float, int]:
+    """Summed next-token cross-entropy (nats) over texts, each truncated to seq_len tokens, and the tokens scored; the
+    logits are taken a chunk of tokens at a time (training/loss.py). `progress` gets (batches done, batches)."""
     import torch
+
+    from forge_assets.training.loss import summed_loss as batch_loss
 
     total_loss, total_tokens = 0.0, 0
     device = next(model.parameters()).device
     texts = sorted(texts, key=len)  # neighbours of similar length pad little
+    padded = list(batches(tokenizer, texts, seq_len, batch_size))
     with torch.no_grad():
-        for ids, mask, labels in batches(tokenizer, texts, seq_len, batch_size):
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
-            loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                                                     ignore_index=-100, reduction="sum")
+        for i, (ids, mask, labels) in enumerate(padded, 1):
+            loss, tokens = batch_loss(model, ids.to(device), labels.to(device), attention_mask=mask.to(device))
             total_loss += float(loss)
-            total_tokens += int((shift_labels != -100).sum())
+            total_tokens += tokens
+            if progress:
+                progress(i, len(padded))
     return total_loss, total_tokens
 
 
@@ -126,7 +130,8 @@ def humaneval_count(setting: int | str) -> int:
 
 def _score_side(model, tokenizer, side: str, plan: dict, ev: dict, seq_len: int, language: str, log) -> dict:
     from forge_assets.evaluation import codebleu_eval, fim_eval, humaneval
-    from forge_assets.evaluation.generate import Progress, greedy
+    from forge_assets.evaluation.generate import greedy
+    from forge_assets.progress import Progress
 
     out: dict = {}
     timings: dict = {}
@@ -135,7 +140,9 @@ def _score_side(model, tokenizer, side: str, plan: dict, ev: dict, seq_len: int,
     t = time.monotonic()
     total_loss, total_tokens = 0.0, 0
     for kind, texts in sorted(plan["perplexity"].items()):
-        loss, tokens = summed_loss(model, tokenizer, texts, seq_len)
+        started = time.monotonic()
+        loss, tokens = summed_loss(model, tokenizer, texts, seq_len, progress=Progress(log, f"{side} perplexity {kind}", "batches"))
+        timings[f"perplexity_{kind}"] = time.monotonic() - started
         if tokens:
             out[f"{side}_perplexity_{kind}"] = round(math.exp(loss / tokens), 4)
         total_loss, total_tokens = total_loss + loss, total_tokens + tokens
@@ -150,7 +157,7 @@ def _score_side(model, tokenizer, side: str, plan: dict, ev: dict, seq_len: int,
         for line_like in (True, False):  # line and argument middles stop at their newline; blocks run on
             idx = [i for i, c in enumerate(cases) if (c.kind != "block") == line_like]
             got = greedy(model, tokenizer, [cases[i].prompt for i in idx], int(ev["fim_max_new_tokens"]), batch_size=bs,
-                         stop_at_newline=line_like, progress=Progress(log, f"{side} FIM {'line/arguments' if line_like else 'block'} cases"))
+                         stop_at_newline=line_like, progress=Progress(log, f"{side} FIM {'line/arguments' if line_like else 'block'}", "cases"))
             for i, g in zip(idx, got):
                 preds[i] = fim_eval.truncate_middle(g, cases[i])
         summary = fim_eval.summarize(preds, cases)
@@ -169,7 +176,7 @@ def _score_side(model, tokenizer, side: str, plan: dict, ev: dict, seq_len: int,
         if not pairs:
             continue
         answers = greedy(model, tokenizer, [p for p, _ in pairs], int(ev["codebleu_max_new_tokens"]), batch_size=bs,
-                         progress=Progress(log, f"{side} {kind} answers"))
+                         progress=Progress(log, f"{side} CodeBLEU {kind}", "answers"))
         preds = [codebleu_eval.extract_code(a) for a in answers]
         refs = [codebleu_eval.extract_code(r) for _, r in pairs]
         if (s := codebleu_eval.score(preds, refs, language)) is not None:
@@ -187,10 +194,12 @@ def _score_side(model, tokenizer, side: str, plan: dict, ev: dict, seq_len: int,
     if problems:
         he = ev["humaneval"]
         bodies = greedy(model, tokenizer, [p["prompt"] for p in problems], int(he["max_new_tokens"]), batch_size=bs,
-                        progress=Progress(log, f"{side} HumanEval completions"))
+                        progress=Progress(log, f"{side} HumanEval", "completions"))
         completions = {p["task_id"]: humaneval.truncate_completion(b) for p, b in zip(problems, bodies)}
+        started = time.monotonic()
         result = humaneval.score(completions, problems, timeout_s=he["timeout_s"], cpu_s=he["cpu_s"], memory_mb=he["memory_mb"],
-                                 workers=he["workers"])
+                                 workers=he["workers"], progress=Progress(log, f"{side} HumanEval sandbox", "programs"))
+        timings["humaneval_sandbox"] = time.monotonic() - started
         out[f"{side}_humaneval_pass_at_1"] = round(result["pass_at_1"], 4)
         out[f"{side}_humaneval_passed"] = result["passed"]
         log(f"{side} HumanEval: {result['passed']}/{result['total']} passed in the sandbox")
@@ -253,6 +262,7 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
     }
     if isolation:
         scores["sandbox_network_isolation"] = isolation.get("network_isolation")
+    scores["seconds_plan"] = round(time.monotonic() - started, 2)  # reading the split, choosing what is scored
     log(f"eval ({split} split, {len(records)} samples): perplexity on {sum(len(v) for v in plan['perplexity'].values())} samples, "
         f"{len(plan['fim'])} FIM cases, {sum(len(v) for v in plan['codebleu'].values())} CodeBLEU prompts, "
         f"{len(plan['humaneval'])} HumanEval problems; base model, then adapter")
@@ -282,6 +292,7 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
     if len(per_case) == 2:
         scores.update(paired_fim_deltas(per_case["base"], per_case["adapter"]))
     scores["eval_seconds"] = round(time.monotonic() - started, 2)
+    scores.update(peak_memory())
     return scores
 
 

@@ -128,3 +128,27 @@ def test_training_with_chunked_loss_follows_the_trainer_loss_with_accumulation(t
     for (_, x), (_, y) in zip(a["loss_curve"], b["loss_curve"]):
         assert x == pytest.approx(y, abs=2e-4)
     assert a["peak_rss_mb"] > 50 and b["peak_rss_mb"] > 50
+
+
+def test_eval_perplexity_loss_is_the_plain_one(tiny_model: Path, monkeypatch):
+    """scores.summed_loss (padded batches with an attention mask) through the chunked path, several chunks a batch."""
+    import torch
+
+    from forge_assets.evaluation.scores import summed_loss
+    from forge_assets.training.data import batches
+
+    from ..conftest import PY_FILES
+
+    model, tokenizer = peft_backend.load_model(tiny_model)
+    assert chunked.chunk_parts(model) is not None
+    monkeypatch.setattr(chunked, "CHUNK_BYTES", 4 * model.config.vocab_size * 7)  # 7 tokens a chunk
+    texts = list(PY_FILES.values()) + ["def f(x):\n    return x\n"]
+    got, n = summed_loss(model, tokenizer, texts, 64, batch_size=2)
+    want, m = 0.0, 0
+    with torch.no_grad():
+        for ids, mask, labels in batches(tokenizer, sorted(texts, key=len), 64, 2):
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            want += float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                                            ignore_index=IGNORE, reduction="sum"))
+            m += int((labels[:, 1:] != IGNORE).sum())
+    assert n == m > 64 and got == pytest.approx(want, rel=1e-5)
