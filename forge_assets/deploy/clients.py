@@ -29,7 +29,7 @@ Facts these rest on (checked against the clients' sources, not copied from them)
   ``vllm/completion`` and ``openai/legacy_completion_no_fim`` are the same engine: they post the rendered prompt to
   ``<api_endpoint>/completions`` with ``model_name``; ``openai/completion`` (FIM) ignores ``prompt_template`` and sends
   the suffix in the request's ``suffix`` field instead. mlx_lm.server's ``/v1/completions`` reads only ``prompt``
-  (it ignores ``suffix``), so for ``mlx-lm`` Forge renders Qwen's FIM prompt itself with the no-FIM kind; it is
+  (it ignores ``suffix``), so for ``mlx-lm`` Tabby renders the base's FIM prompt itself with the no-FIM kind; it is
   named ``openai/legacy_completion_no_fim`` rather than ``vllm/completion`` because mlx-lm speaks plain OpenAI
   legacy completions, not anything vLLM-specific (both kinds behave identically in Tabby).
 - Continue (config-yaml's ``configYamlSchema``): models have ``name``, ``provider``, ``model``, ``apiBase``, ``roles``,
@@ -39,6 +39,10 @@ Facts these rest on (checked against the clients' sources, not copied from them)
   ``.Suffix``.
 - OpenCode (1.18.33): a provider with ``npm: @ai-sdk/openai-compatible``, ``options.baseURL`` and per-model
   ``limit``/``tool_call``; ``model`` is ``<provider>/<model id>``. OpenCode drops keys it does not know silently.
+
+FIM templates and stops follow each tag's FIM scheme (``ServedModel.fim``, from the deployment: the tokens its base
+was trained with, ``forge_assets.fim_tokens``). A tag whose base has no FIM tokens gets no autocomplete model (Continue)
+and no completion section (Tabby), with a comment saying why: its server would refuse FIM requests.
 
 Plain code: no Dagster, no network.
 """
@@ -55,7 +59,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from forge_assets.chat import FIM_MIDDLE, FIM_PREFIX, FIM_STOP_TOKENS, FIM_SUFFIX
+from forge_assets.chat import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+from forge_assets.fim_tokens import SCHEMES, scheme_named
 
 Target = Literal["llama-server", "ollama", "mlx-lm", "vllm"]
 Kind = Literal["opencode", "continue", "tabby"]
@@ -67,9 +72,21 @@ FILE_NAMES: dict[str, str] = {"opencode": "opencode.json", "continue": "continue
 PROVIDER_ID = "forge"  # OpenCode provider key: models are "forge/<tag>"
 OPENCODE_SCHEMA = "https://opencode.ai/config.json"
 
-# Qwen2.5-Coder fill-in-the-middle, in each client's own placeholder syntax.
+# Qwen2.5-Coder fill-in-the-middle, in each client's own placeholder syntax (other families: continue_fim_template, tabby_fim_template).
 CONTINUE_FIM_TEMPLATE = f"{FIM_PREFIX}{{{{{{prefix}}}}}}{FIM_SUFFIX}{{{{{{suffix}}}}}}{FIM_MIDDLE}"  # Handlebars {{{x}}}
 TABBY_FIM_TEMPLATE = f"{FIM_PREFIX}{{prefix}}{FIM_SUFFIX}{{suffix}}{FIM_MIDDLE}"
+
+
+def continue_fim_template(scheme: str = "qwen") -> str:
+    """Continue's autocomplete template (Handlebars) in a FIM scheme's tokens (fim_tokens.SCHEMES, not "none")."""
+    return scheme_named(scheme).psm("{{{prefix}}}", "{{{suffix}}}")
+
+
+def tabby_fim_template(scheme: str = "qwen") -> str:
+    """Tabby's prompt_template in a FIM scheme's tokens."""
+    return scheme_named(scheme).psm("{prefix}", "{suffix}")
+
+
 AUTOCOMPLETE_MAX_TOKENS = 256  # a completion is a few lines; the model's whole output budget would be slow
 
 TABBY_COMPLETION_KIND: dict[str, str] = {
@@ -94,8 +111,11 @@ class ServedModel:
     context: int
     max_output: int
     tool_call: bool = True
+    fim: str = "qwen"  # the FIM scheme of the tag's base (fim_tokens.SCHEMES); "none": no autocomplete for it
 
     def __post_init__(self) -> None:
+        if self.fim not in SCHEMES:
+            raise ValueError(f"ServedModel {self.tag!r}: fim must be one of {', '.join(SCHEMES)}, got {self.fim!r}")
         if not self.tag or any(c.isspace() for c in self.tag):
             raise ValueError(f"ServedModel.tag must be a non-empty name without spaces, got {self.tag!r}")
         if not self.language or any(c.isspace() or not c.isprintable() for c in self.language):
@@ -217,26 +237,27 @@ def continue_dict(served: Served, language: str | None = None) -> dict:
             entry["capabilities"] = ["tool_use"]
         entry["defaultCompletionOptions"] = {"contextLength": m.context, "maxTokens": m.max_output}
         models.append(entry)
-    models.append({
-        "name": f"Forge {chosen.language} autocomplete ({chosen.tag})",
-        **conn,
-        "model": chosen.tag,
-        "roles": ["autocomplete"],
-        "promptTemplates": {"autocomplete": CONTINUE_FIM_TEMPLATE},
-        "defaultCompletionOptions": {
-            "contextLength": chosen.context,
-            "maxTokens": min(AUTOCOMPLETE_MAX_TOKENS, chosen.max_output),
-            "temperature": 0.2,
-            "stop": list(FIM_STOP_TOKENS),
-        },
-    })
+    if chosen.fim != "none":  # a base without FIM tokens: no autocomplete model (continue_config says why)
+        models.append({
+            "name": f"Forge {chosen.language} autocomplete ({chosen.tag})",
+            **conn,
+            "model": chosen.tag,
+            "roles": ["autocomplete"],
+            "promptTemplates": {"autocomplete": continue_fim_template(chosen.fim)},
+            "defaultCompletionOptions": {
+                "contextLength": chosen.context,
+                "maxTokens": min(AUTOCOMPLETE_MAX_TOKENS, chosen.max_output),
+                "temperature": 0.2,
+                "stop": scheme_named(chosen.fim).stop_tokens(),
+            },
+        })
     return {"name": f"Forge ({served.target})", "version": "1.0.0", "schema": "v1", "models": models}
 
 
 def continue_config(served: Served, language: str | None = None) -> str:
     """Continue's ``config.yaml`` text (``~/.continue/config.yaml`` or a workspace's ``.continue`` config)."""
     head = (f"# Continue config for Forge's {served.target} endpoint {served.base_url}\n"
-            f"# languages: {', '.join(served.languages)}\n")
+            f"# languages: {', '.join(served.languages)}\n" + _no_fim_comment(served.model_for(language)))
     body = yaml.safe_dump(continue_dict(served, language), sort_keys=False, allow_unicode=True, width=4096)
     return head + body
 
@@ -264,10 +285,19 @@ def tabby_dict(served: Served, language: str | None = None) -> dict:
         endpoint = f"{served.server_root}/lang/{chosen.language}"
     else:
         endpoint = served.server_root if served.target == "ollama" else served.openai_base
-    completion = {"kind": kind, "model_name": chosen.tag, "api_endpoint": endpoint, "prompt_template": TABBY_FIM_TEMPLATE}
     chat = {"kind": "openai/chat", "model_name": chosen.tag, "api_endpoint": served.openai_base,
             "supported_models": [m.tag for m in ordered]}
+    if chosen.fim == "none":  # a base without FIM tokens: no completion model (tabby_config says why)
+        return {"model": {"chat": {"http": chat}}}
+    completion = {"kind": kind, "model_name": chosen.tag, "api_endpoint": endpoint, "prompt_template": tabby_fim_template(chosen.fim)}
     return {"model": {"completion": {"http": completion}, "chat": {"http": chat}}}
+
+
+def _no_fim_comment(chosen: ServedModel) -> str:
+    if chosen.fim != "none":
+        return ""
+    return (f"# no autocomplete (fill-in-the-middle) model: {chosen.tag} was trained on a base whose tokenizer has no FIM "
+            "tokens, so its server refuses FIM requests; chat works.\n")
 
 
 def tabby_config(served: Served, language: str | None = None) -> str:
@@ -276,12 +306,14 @@ def tabby_config(served: Served, language: str | None = None) -> str:
     chosen = served.model_for(language)
     lines = [f"# Tabby config for Forge's {served.target} endpoint {served.base_url}",
              f"# completion and chat: {chosen.language} ({chosen.tag}); languages deployed: {', '.join(served.languages)}"]
+    if chosen.fim == "none":
+        lines.append(_no_fim_comment(chosen).rstrip("\n").replace("autocomplete (fill-in-the-middle)", "code completion (fill-in-the-middle)"))
     if served.target == "llama-server":
         lines.append("# llama.cpp/completion posts to <api_endpoint>/completion with no model name; Forge's server answers "
                      "/lang/<language>/completion with that language's adapter.")
     elif served.target == "mlx-lm":
-        lines.append("# mlx_lm.server ignores the OpenAI 'suffix' field, so Tabby renders Qwen's FIM prompt itself (the no-FIM kind).")
-    for section in ("completion", "chat"):
+        lines.append("# mlx_lm.server ignores the OpenAI 'suffix' field, so Tabby renders the base's FIM prompt itself (the no-FIM kind).")
+    for section in [s for s in ("completion", "chat") if s in data]:
         lines += ["", f"[model.{section}.http]"]
         lines += [f"{key} = {_toml_value(value)}" for key, value in data[section]["http"].items()]
     return "\n".join(lines) + "\n"

@@ -13,9 +13,13 @@ is a thin OpenAI-compatible layer over llama.cpp through llama-cpp-python's bind
   ``llama_set_adapters_lora``; the KV cache is reset when the adapter changes) and its chat template;
 - ``/v1/chat/completions`` renders messages and tools with the model's own chat template (``forge_assets.chat``,
   the template training used) and returns Qwen ``<tool_call>`` blocks as OpenAI ``tool_calls``, streamed or not;
-- ``/v1/completions`` does FIM when ``suffix`` is given (Qwen's ``<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>``);
+- ``/v1/completions`` does FIM when ``suffix`` is given, in the FIM tokens of the base's family, found in the GGUF's
+  vocabulary when it loads (``fim_tokens.scheme_of_llama``: Qwen's ``<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>``,
+  StarCoder's ``<fim_prefix>…``, CodeLlama's ``▁<PRE>…``, DeepSeek's ``<｜fim▁begin｜>…``); a base without FIM tokens
+  answers FIM requests with 400 ``fim_not_supported`` rather than a completion of garbled text;
 - ``/completion`` and ``/lang/<language>/completion`` speak llama-server's native completion API (Tabby's
-  ``llama.cpp/completion`` kind);
+  ``llama.cpp/completion`` kind): a prompt already in FIM tokens (Forge's canonical Qwen ones are rewritten in the
+  base's), or FIM from ``suffix`` / ``input_prefix`` + ``input_suffix`` (llama-server's infill fields);
 - ``/v1/models`` and ``/health`` list every tag with its language and context; ``/apply-template`` (as llama-server)
   returns the exact prompt a chat request becomes.
 
@@ -43,8 +47,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from forge_assets.export.lora_gguf import apply_lora
-from forge_assets.chat import (FIM_MIDDLE, FIM_PREFIX, FIM_STOP_TOKENS, FIM_SUFFIX, STOP_TOKENS, TOOL_CALL_OPEN, ChatTemplateError,
-                               parse_tool_calls, render_chat)
+from forge_assets.chat import FIM_PREFIX, STOP_TOKENS, TOOL_CALL_OPEN, ChatTemplateError, parse_tool_calls, render_chat
+from forge_assets.fim_tokens import FAMILIES, FimScheme, scheme_of_llama
+
+NO_FIM_MESSAGE = "this model's tokenizer has no fill-in-the-middle tokens; use chat or plain completion"
 
 
 class RequestError(Exception):
@@ -65,6 +71,7 @@ class Base:
     llm: object  # llama_cpp.Llama
     lock: threading.Lock = field(default_factory=threading.Lock)
     active: tuple | None = (None, 1.0)  # (adapter path, scale) now set on the context; (None, 1.0): the base alone
+    fim: FimScheme | None = None  # the FIM tokens of the GGUF's vocabulary (fim_tokens.scheme_of_llama)
 
 
 @dataclass
@@ -106,8 +113,10 @@ class ModelServer:
                 # flash attention: long agent prompts (OpenCode's is ~7k Qwen tokens) read in a fraction of the time
                 llm = llama_cpp.Llama(model_path=path, n_ctx=self.n_ctx, n_threads=threads, n_gpu_layers=self.gpu_layers,
                                       verbose=False, seed=0, flash_attn=bool(config.get("flash_attn", True)))
-                self.bases[path] = Base(path, llm)
-                _log(f"loaded {path} (n_ctx {self.n_ctx}, gpu layers {self.gpu_layers}) in {time.time() - t0:.1f}s")
+                scheme = scheme_of_llama(llm, f"the GGUF {Path(path).name}")
+                self.bases[path] = Base(path, llm, fim=scheme)
+                _log(f"loaded {path} (n_ctx {self.n_ctx}, gpu layers {self.gpu_layers}) in {time.time() - t0:.1f}s; FIM: "
+                     + (f"{scheme.label} tokens" if scheme.has_fim else f"none ({scheme.skip_reason})"))
             base = self.bases[path]
             adapter = str(entry["lora"]) if entry.get("lora") else None
             if adapter:
@@ -191,6 +200,26 @@ class ModelServer:
                     finish = choice["finish_reason"]
                 yield {"text": choice.get("text") or "", "finish_reason": None}
             yield {"text": "", "finish_reason": finish, "prompt_tokens": len(ids), "completion_tokens": len(self.tokenize(m, text))}
+
+    def fim_scheme(self, m: Served) -> FimScheme:
+        """m's FIM scheme; RequestError 400 `fim_not_supported` when its base has no FIM tokens."""
+        scheme = m.base.fim
+        if scheme is None or not scheme.has_fim:
+            raise RequestError(400, f"{NO_FIM_MESSAGE} ({m.id}: {scheme.skip_reason if scheme else 'unknown FIM tokens'}).",
+                               "fim_not_supported", "suffix")
+        return scheme
+
+    def fim_prompt(self, m: Served, prefix: str, suffix: str) -> str:
+        """The PSM prompt for m's base: its family's prefix, suffix and middle tokens around prefix and suffix."""
+        return self.fim_scheme(m).psm(prefix, suffix)
+
+    def native_fim(self, m: Served, prompt: str) -> str | None:
+        """A native prompt that is already FIM (any family's prefix token in it) in m's base's tokens (Forge's canonical
+        Qwen tokens rewritten); None when it is plain text. 400 when the base has no FIM tokens."""
+        if not any(f.prefix in prompt for f in FAMILIES.values()):
+            return None
+        scheme = self.fim_scheme(m)
+        return scheme.to_base(prompt) if FIM_PREFIX in prompt and scheme.family.prefix not in prompt else prompt
 
     def chat_prompt(self, m: Served, body: dict) -> str:
         messages = body.get("messages")
@@ -356,10 +385,10 @@ def create_app(server: ModelServer):
             prompt = prompt[0]
         suffix = body.get("suffix")
         fim = suffix is not None
-        text_in = f"{FIM_PREFIX}{prompt}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}" if fim else str(prompt)
+        text_in = server.fim_prompt(m, str(prompt), str(suffix)) if fim else str(prompt)
         max_tokens = _max_tokens(body, 16)
         server.budget(len(server.tokenize(m, text_in)), max_tokens, m)
-        gen = server.generate(m, text_in, max_tokens, stop=_stops(body, FIM_STOP_TOKENS if fim else STOP_TOKENS),
+        gen = server.generate(m, text_in, max_tokens, stop=_stops(body, m.base.fim.stop_tokens() if fim else STOP_TOKENS),
                               temperature=float(body.get("temperature", 0.0) or 0.0), top_p=float(body.get("top_p", 1.0) or 1.0),
                               seed=body.get("seed"))
         cid, created, t0 = f"cmpl-{uuid.uuid4().hex}", int(time.time()), time.time()
@@ -399,10 +428,15 @@ def create_app(server: ModelServer):
         prompt = body.get("prompt", "")
         if not isinstance(prompt, str):
             raise RequestError(400, "`prompt` must be a string.", param="prompt")
-        fim = FIM_PREFIX in prompt
+        suffix = body.get("input_suffix", body.get("suffix"))
+        if suffix is not None:  # llama-server's infill fields: the prefix is input_prefix, then prompt
+            prompt, fim = server.fim_prompt(m, str(body.get("input_prefix", "")) + prompt, str(suffix)), True
+        else:
+            fim_text = server.native_fim(m, prompt)
+            prompt, fim = (fim_text, True) if fim_text is not None else (prompt, False)
         max_tokens = _max_tokens(body, None)
         server.budget(len(server.tokenize(m, prompt)), max_tokens, m)
-        gen = server.generate(m, prompt, max_tokens, stop=_stops(body, FIM_STOP_TOKENS if fim else STOP_TOKENS),
+        gen = server.generate(m, prompt, max_tokens, stop=_stops(body, m.base.fim.stop_tokens() if fim else STOP_TOKENS),
                               temperature=float(body.get("temperature", 0.0) or 0.0), seed=body.get("seed"))
         t0 = time.time()
         if not body.get("stream"):

@@ -216,10 +216,19 @@ def smoke_chat(endpoint: str, tag: str, prompt: str = "Write a hello world funct
 
 
 def smoke_fim(endpoint: str, tag: str, max_tokens: int = 8) -> dict:
-    """One fill-in-the-middle completion (`suffix` given) against the served tag; raises DeployError unless it answers."""
+    """One fill-in-the-middle completion (`suffix` given) against the served tag; raises DeployError unless it answers,
+    or refuses FIM because the model has no FIM tokens (then {"middle": "", "skipped": the server's reason})."""
     try:
         out = _http("POST", f"{endpoint}/completions", {"model": tag, "prompt": "def add(a, b):\n    ", "suffix": "\n    return result\n",
                                                        "max_tokens": max_tokens, "temperature": 0})
+    except urllib.error.HTTPError as exc:
+        try:
+            err = json.loads(exc.read().decode() or "{}").get("error") or {}
+        except ValueError:
+            err = {}
+        if exc.code == 400 and err.get("code") == "fim_not_supported":
+            return {"middle": "", "skipped": err.get("message", "")}
+        raise DeployError(f"smoke test: POST {endpoint}/completions (FIM) failed: {exc}") from None
     except (OSError, urllib.error.URLError, ValueError) as exc:
         raise DeployError(f"smoke test: POST {endpoint}/completions (FIM) failed: {exc}") from None
     choice = (out.get("choices") or [{}])[0]

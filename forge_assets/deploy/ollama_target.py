@@ -73,6 +73,19 @@ QWEN25_CHAT_TEMPLATE = (
 
 FIM_BRANCH = FIM_PREFIX + "{{ .Prompt }}" + FIM_SUFFIX + "{{ .Suffix }}" + FIM_MIDDLE
 FIM_STOPS = [FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, FIM_PAD, FILE_SEP, REPO_NAME]
+_SUFFIX_BRANCH = "{{- if .Suffix }}"
+
+
+def fim_branch(scheme=None) -> str:
+    """The TEMPLATE's FIM branch (a PSM prompt of .Prompt and .Suffix) in a base's FIM tokens (fim_tokens.FimScheme;
+    None: Qwen's, FIM_BRANCH)."""
+    return FIM_BRANCH if scheme is None else scheme.psm("{{ .Prompt }}", "{{ .Suffix }}")
+
+
+def fim_stops(scheme) -> list[str]:
+    """What a FIM completion of this scheme may end with: its FIM, pad and middle-end tokens and the file/repository ones."""
+    f = scheme.family
+    return list(dict.fromkeys(t for t in (f.prefix, f.suffix, f.middle, f.pad, f.eot, scheme.file, scheme.repo) if t)) if f else []
 # Architectures whose LoRA adapters Ollama's create applies (its safetensors adapter converter: llama, whose GGUF
 # architecture Mistral shares, and Gemma); any other (qwen2, qwen3, ...) is deployed as a merged GGUF.
 ADAPTER_ARCHITECTURES = frozenset({"llama", "mistral", "gemma", "gemma2"})
@@ -167,10 +180,12 @@ _JSON_DEFINES = """
 {{- "}" }}{{ end }}"""
 
 
-def qwen25_template(fim: bool = True) -> str:
-    """Ollama's TEMPLATE for Qwen2.5's chat format; with fim, a `{{ if .Suffix }}` FIM branch for generate+suffix."""
+def qwen25_template(fim=True) -> str:
+    """Ollama's TEMPLATE for Qwen2.5's chat format; with fim (True: Qwen's FIM tokens, or a base's fim_tokens.FimScheme
+    with FIM tokens), a `{{ if .Suffix }}` FIM branch for generate+suffix."""
     chat = _QWEN25_CHAT.replace("%(default_system)s", QWEN25_DEFAULT_SYSTEM).strip("\n")
-    body = ("{{- if .Suffix }}" + FIM_BRANCH + "\n{{- else }}\n" + chat + "\n{{- end }}") if fim else chat
+    branch = fim_branch(None if fim is True else fim) if fim else ""
+    body = (_SUFFIX_BRANCH + branch + "\n{{- else }}\n" + chat + "\n{{- end }}") if fim else chat
     return body + _JSON_DEFINES
 
 
@@ -333,8 +348,9 @@ def template_for(model_dir: Path) -> tuple[str, list[str]]:
     """Ollama's TEMPLATE and stop tokens, derived from the tokenizer's chat template and special tokens.
 
     The chat template must render as Qwen2.5-Instruct's does (checked on probe conversations). Stops: <|im_end|> and
-    <|endoftext|>; with the FIM tokens in the vocabulary the TEMPLATE gets its FIM branch and the stops the FIM and
-    repo tokens, which a FIM completion may end with.
+    <|endoftext|>; with FIM tokens in the vocabulary (any family's, ``fim_tokens.scheme_of_folder``) the TEMPLATE gets
+    a FIM branch in those tokens and the stops the FIM and repo tokens, which a FIM completion may end with; without
+    them there is no FIM branch, so Ollama answers a generate with a suffix as the model cannot do FIM.
     """
     model_dir = Path(model_dir)
     chat = _chat_template(model_dir)
@@ -350,9 +366,11 @@ def template_for(model_dir: Path) -> tuple[str, list[str]]:
             f"for Qwen2.5's chat format only{' (Qwen3 thinking templates are not supported yet)' if qwen3 else ''}, since a "
             "TEMPLATE that renders differently from training degrades the model. Fix: deploy it with deploy.target: "
             "llama-server (it renders the GGUF's own chat template), or train on a Qwen2.5 base.")
-    fim = all(t in specials for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE))
-    stops = [IM_END] + [t for t in [EOT] + (FIM_STOPS if fim else []) if t in specials]
-    return qwen25_template(fim=fim), stops
+    from forge_assets.fim_tokens import scheme_of_folder
+
+    scheme = scheme_of_folder(model_dir)
+    stops = [IM_END] + [t for t in [EOT] + fim_stops(scheme) if t in specials]
+    return qwen25_template(fim=scheme if scheme.has_fim else False), stops
 
 
 def _adapter_files(adapter: Path) -> dict[str, Path]:
@@ -396,7 +414,7 @@ def deploy(gguf: Path, tag: str, model_dir: Path, host: str, latest_tag: str | N
             f"adapters only for {', '.join(sorted(ADAPTER_ARCHITECTURES))}, and Qwen adapters load with no effect. Fix: set "
             f"deploy.merge: true so Forge merges the adapter and deploys the merged GGUF. {_untouched(latest_tag)}")
     template, stops = template_for(model_dir)
-    fim = FIM_BRANCH in template
+    fim = _SUFFIX_BRANCH in template
     client = ollama.Client(host=host)
     created = False
     smoke: dict = {}

@@ -54,7 +54,18 @@ def model_entry(gguf: Artifact, tag: str, language: str) -> dict:
     else:
         model, adapter = gguf_path(gguf), None
     return {"id": tag, "language": language, "gguf": str(model), "lora": str(adapter) if adapter else None,
-            "chat_template": template_of(gguf.path)}
+            "chat_template": template_of(gguf.path), "fim": fim_scheme(gguf)}
+
+
+def fim_scheme(gguf: Artifact) -> str:
+    """The FIM scheme name (fim_tokens.SCHEMES) of the base a gguf version was exported from: its tokenizer files are kept
+    beside the GGUF (export.pipeline.KEEP), else the GGUF's own vocabulary is read."""
+    from forge_assets.fim_tokens import scheme_of_folder, scheme_of_gguf
+
+    if (gguf.path / "tokenizer.json").is_file() or (gguf.path / "tokenizer_config.json").is_file():
+        return scheme_of_folder(gguf.path).name
+    found = sorted(gguf.path.glob("*.gguf"))
+    return scheme_of_gguf(found[0]).name if found else "qwen"
 
 
 def context_for(gguf: Artifact, d) -> int:
@@ -172,7 +183,8 @@ def served(store: ArtifactStore, cfg, extra: dict | None = None, language: str |
         if not state or not state.get("models"):
             raise ArtifactError("nothing is deployed on Forge's server yet. Fix: run `forge run` (it deploys every language).")
         ctx = int(state.get("n_ctx") or MIN_CONTEXT)
-        models = [clients.ServedModel(m["id"], m["language"], ctx, min(d.max_output, ctx // 2)) for m in state["models"] if m.get("language")]
+        models = [clients.ServedModel(m["id"], m["language"], ctx, min(d.max_output, ctx // 2), fim=_entry_fim(m))
+                  for m in state["models"] if m.get("language")]
         return clients.Served("llama-server", state["endpoint"], models)
     records = {}
     for folder in sorted((store.root / "deployment").glob("*")):
@@ -185,13 +197,23 @@ def served(store: ArtifactStore, cfg, extra: dict | None = None, language: str |
         if rec.get("target") != d.target or (d.target == "mlx-lm" and lang != (language or lang)):
             continue
         ctx = int(rec.get("context") or d.context or MIN_CONTEXT)
-        models.append(clients.ServedModel(rec.get("client_model") or rec["tag"], lang, ctx, min(d.max_output, ctx // 2)))
+        models.append(clients.ServedModel(rec.get("client_model") or rec["tag"], lang, ctx, min(d.max_output, ctx // 2),
+                                          fim=rec.get("fim") or "qwen"))  # records from before FIM schemes were Qwen's
         if d.target == "mlx-lm":
             break  # one server per language: a client config names one of them
     if not models:
         raise ArtifactError(f"no language is deployed to {d.target} yet. Fix: run `forge run`.")
     base_url = d.ollama_host if d.target == "ollama" else records[models[0].language]["endpoint"]
     return clients.Served(d.target, base_url, models)
+
+
+def _entry_fim(entry: dict) -> str:
+    """A server entry's FIM scheme: recorded, else read from its base GGUF's vocabulary (entries from before schemes)."""
+    if entry.get("fim"):
+        return entry["fim"]
+    from forge_assets.fim_tokens import scheme_of_gguf
+
+    return scheme_of_gguf(Path(entry["gguf"])).name if Path(entry.get("gguf") or "").is_file() else "qwen"
 
 
 def gguf_path(art: Artifact) -> Path:
@@ -292,6 +314,7 @@ def deploy_gguf(store: ArtifactStore, cfg, language: str, gguf: Artifact, *, act
                                      num_ctx=context_for(gguf, d))
         record = {"target": d.target, "tag": tag, "endpoint": state["endpoint"], "gguf": gguf.version, "smoke": state["smoke"],
                   "latest_tag": state["latest_tag"], "context": state.get("num_ctx")}
+    record.setdefault("fim", fim_scheme(gguf))  # the FIM tokens the tag's base has ("none": clients get no autocomplete)
     with store.write("deployment", language, {"input_key": key, "inputs": {"gguf": gguf.version}}) as out:  # promoted: it is serving
         (out.path / "deployment.json").write_text(json.dumps({k: v for k, v in record.items() if k != "smoke"}, indent=2, sort_keys=True))
         # Ready-to-paste client configurations for every tag now served (also printed by `forge client-config`).
