@@ -6,7 +6,8 @@ from dagster import AssetExecutionContext, Failure, MetadataValue, asset
 
 from forge_assets.artifacts import input_key
 from forge_assets.assets.common import figures, materialized
-from forge_assets.mining.dataset import build_dataset, dataset_card, write_dataset
+from forge_assets.fim_tokens import configured_base_scheme
+from forge_assets.mining.dataset import build_dataset, dataset_card, fim_note, write_dataset
 from forge_assets.mining.snapshot import FileEntry
 from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
@@ -22,7 +23,12 @@ def dataset(context: AssetExecutionContext, forge: ForgeResource):
     language = context.partition_key
     snapshot = store.require("repo_snapshot", language)
     sessions = store.require("session_logs", language)
-    key = input_key(snapshot=snapshot.version, sessions=sessions.version, mining=cfg.mining.model_dump(exclude={"workers"}), code=CODE_VERSION)
+    # The card says what FIM samples become for the configured base; the key names its FIM scheme only when that is not
+    # the canonical one the samples are written in, so datasets for Qwen bases (forge-tiny) keep their versions.
+    base = configured_base_scheme(cfg.base_model, cfg.resolve("."))
+    scheme = base[0].name if base[0] is not None else "unknown"
+    key = input_key(snapshot=snapshot.version, sessions=sessions.version, mining=cfg.mining.model_dump(exclude={"workers"}), code=CODE_VERSION,
+                    **({"base_fim": scheme} if scheme != "qwen" else {}))
     if (art := store.reusable("dataset", language, key)) is not None:
         context.log.info(f"dataset {art.version} was built from these very inputs; reusing it.")
         return materialized(art, figures(art.manifest()["stats"]), reused=True)
@@ -39,8 +45,10 @@ def dataset(context: AssetExecutionContext, forge: ForgeResource):
     manifest = {"input_key": key, "inputs": {"repo_snapshot": snapshot.version, "session_logs": sessions.version}, "stats": data.stats}
     with store.write("dataset", language, manifest) as out:
         write_dataset(data, out.path)
-        (out.path / "README.md").write_text(dataset_card(data))
-    return materialized(out.artifact, {**figures(data.stats), "card": MetadataValue.md(dataset_card(data))})
+        (out.path / "README.md").write_text(dataset_card(data, base))
+    if base[0] is not None and not base[0].has_fim and data.stats.get("samples_by_kind", {}).get("fim"):
+        context.log.warning(" ".join(fim_note(data, base)).replace("**", ""))
+    return materialized(out.artifact, {**figures(data.stats), "card": MetadataValue.md(dataset_card(data, base))})
 
 
 def _files(snapshot) -> list[FileEntry]:

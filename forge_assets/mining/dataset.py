@@ -689,8 +689,31 @@ def _table(rows: dict, head: tuple[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def dataset_card(dataset: Dataset) -> str:
-    """A Markdown dataset card: what is in the dataset, where it came from and what was removed."""
+def fim_note(dataset: Dataset, base) -> list[str]:
+    """The card's lines on FIM and the configured base: `base` is (fim_tokens.FimScheme or None when unknown, a phrase
+    naming the base), from ``fim_tokens.configured_base_scheme``."""
+    scheme, named = base
+    n = dataset.stats.get("samples_by_kind", {}).get("fim", 0)
+    canonical = "FIM samples are written in Forge's canonical markup (Qwen2.5-Coder's tokens)"
+    if scheme is None:
+        return [f"{canonical}. The configured base {named} cannot be read yet: whether it has FIM tokens is checked when "
+                "the adapter is trained and evaluated (their `fim_skipped` metadata says so when it has none)."]
+    if not scheme.has_fim:
+        return [f"**Warning: the {n:,} FIM samples will be skipped** for the configured base {named}: {scheme.skip_reason}. "
+                "Training and evaluation leave them out (with a count in the adapter's and eval_scores' metadata) and the "
+                "served model answers FIM requests with an error. Fix: for editor autocomplete, configure a base with FIM "
+                "tokens (Qwen2.5-Coder, StarCoder2, CodeLlama, DeepSeek-Coder)."]
+    if scheme.canonical:
+        return [f"{canonical}, which the configured base {named} reads as they are."]
+    f = scheme.family
+    return [f"{canonical}; training and evaluation write them in the configured base {named}'s {f.label} tokens "
+            f"(`{f.prefix}` `{f.suffix}` `{f.middle}`)" + ("" if f.spm else "; it was trained on PSM only, so SPM samples "
+                                                                      "train as PSM samples with an empty prefix") + "."]
+
+
+def dataset_card(dataset: Dataset, base=None) -> str:
+    """A Markdown dataset card: what is in the dataset, where it came from and what was removed; with `base` (see
+    fim_note), what FIM samples become for the configured base model."""
     s = dataset.stats
     lang = display(dataset.language)
     split = s.get("split", {})
@@ -715,12 +738,13 @@ def dataset_card(dataset: Dataset) -> str:
         "",
         _table({k: v for k, v in s.get("samples_by_kind", {}).items() if v}, ("kind", "samples")),
         "- `code`: functions, methods and classes (tree-sitter units; line windows without a clean tree)",
-        "- `fim`: fill-in-the-middle with Qwen tokens, PSM and SPM, middles from AST spans or random spans",
+        "- `fim`: fill-in-the-middle in Forge's canonical (Qwen) tokens, PSM and SPM, middles from AST spans or random spans",
         "- `instruction`: doc comment -> implementation, signature -> body",
         "- `commit`: commit message + pre-image of the touched function/file -> the change",
         "- `synthetic`: implement / fix / refactor tasks built from real units (under-represented languages)",
         "- `chat`, `code_change`: coding-agent sessions",
         "",
+        *([*fim_note(dataset, base), ""] if base is not None else []),
         "## Filtering",
         "",
         _table(s.get("skipped", {}), ("reason", "files")),

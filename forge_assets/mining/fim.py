@@ -1,4 +1,8 @@
-"""Fill-in-the-middle samples in Qwen2.5-Coder's tokens, the middle an AST span or a random span.
+"""Fill-in-the-middle samples in Forge's canonical markup (Qwen2.5-Coder's tokens), the middle an AST span or a random span.
+
+Samples are mined once in this markup whatever the base: training and evaluation write them in the base's own FIM
+tokens when they tokenize (``forge_assets.fim_tokens``, ``training.samples.Tok``), and skip them for a base without
+FIM tokens, so a dataset never has to be re-mined when the base changes.
 
 Every sample opens with the repository-level header ``<|repo_name|>{repo}\\n<|file_sep|>{path}\\n``
 and then orders the parts PSM or SPM:
