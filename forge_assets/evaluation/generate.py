@@ -40,6 +40,9 @@ def greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, *, batch_s
 
     A prompt longer than the model's context less max_new_tokens keeps its last tokens.
     """
+    if hasattr(model, "greedy"):  # an mlx-lm model (mlx_eval.MlxModel: an MLX-quantized base), same contract
+        return model.greedy(tokenizer, prompts, max_new_tokens, batch_size=batch_size, stop_at_newline=stop_at_newline,
+                            progress=progress)
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 

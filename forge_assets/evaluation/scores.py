@@ -42,6 +42,8 @@ def perplexity(model, tokenizer, texts: list[str], seq_len: int, batch_size: int
 def summed_loss(model, tokenizer, texts: list[str], seq_len: int, batch_size: int = 4, progress=None) -> tuple[float, int]:
     """Summed next-token cross-entropy (nats) over texts, each truncated to seq_len tokens, and the tokens scored; the
     logits are taken a chunk of tokens at a time (training/loss.py). `progress` gets (batches done, batches)."""
+    if hasattr(model, "summed_loss"):  # an mlx-lm model (mlx_eval.MlxModel: an MLX-quantized base)
+        return model.summed_loss(tokenizer, texts, seq_len, batch_size, progress)
     import torch
 
     from forge_assets.training.loss import summed_loss as batch_loss
@@ -217,6 +219,7 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
     from forge_assets.evaluation.sandbox import available_isolation
     from forge_assets.training import peft_backend
     from forge_assets.training.adapter import adapter_backend, merge_adapter
+    from forge_assets.training.base_model import mlx_quantization
 
     ev = EvalConfig(**(ev or {})).model_dump()
     started = time.monotonic()
@@ -272,14 +275,22 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
     per_case: dict[str, list[tuple[float, float]]] = {}
     try:
         sides = {"base": (base, None)}
-        if adapter_backend(adapter) == "peft":
+        # An MLX-quantized base (mlx-community 4/8-bit), which transformers cannot load: both sides scored by mlx-lm on
+        # the quantized weights, the mlx adapter applied as trained (evaluation/mlx_eval.py says why not a dequantized copy).
+        load_model = peft_backend.load_model
+        if mlx_quantization(base) is not None:
+            from forge_assets.evaluation import mlx_eval
+
+            load_model, scores["scored_with"] = mlx_eval.load_model, "mlx"
+            sides["adapter"] = (base, adapter)
+        elif adapter_backend(adapter) == "peft":
             sides["adapter"] = (base, adapter)
         else:  # an mlx-lm adapter is scored through its fused weights
             tmp = Path(tempfile.mkdtemp(prefix="forge-eval-"))
             merge_adapter(base, adapter, tmp / "merged")
             sides["adapter"] = (tmp / "merged", None)
         for side, (model_dir, peft_dir) in sides.items():
-            model, tokenizer = peft_backend.load_model(model_dir, peft_dir)
+            model, tokenizer = load_model(model_dir, peft_dir)
             got = _score_side(model, tokenizer, side, plan, ev, seq_len, language, log)
             if "_fim_per_case" in got:
                 per_case[side] = got.pop("_fim_per_case")
