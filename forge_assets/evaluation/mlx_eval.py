@@ -2,10 +2,10 @@
 mlx-community 4-bit and 8-bit models). The base and base + its mlx adapter are scored on their quantized weights, as
 they were trained and as `mlx_lm server` serves them; `scores.evaluate` switches to this when the base is one.
 
-Why not a dequantized copy scored by transformers: the copy is 4× (8-bit) to 8× (4-bit) the quantized model in bf16
-on disk, and transformers on a Mac's CPU loads it in fp32 (a 32 B base: 34 GB as mlx holds it in 8 bits, 64 GB
-dequantized on disk, 128 GB in memory), which the Mac that trains on a quantized base does not have. mlx-lm's
-quantized matmul computes with the exact affine weights (scales · q + biases in float32, tested), so nothing is lost.
+Why not a dequantized copy scored by transformers: in bf16 the copy is about 2× (8-bit) to 3.6× (4-bit) the quantized
+model on disk, and transformers on a Mac's CPU loads it in fp32 (a 32 B base: 35 GB as mlx holds it in 8 bits, 65 GB
+dequantized on disk, 128 GB in memory), which the Mac that trains on a quantized base does not have; and mlx-lm
+scores exactly what was trained and what `mlx_lm server` serves.
 
 The figures are the ones transformers' path computes, on the same token ids (the base's Hugging Face tokenizer):
 
