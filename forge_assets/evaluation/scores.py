@@ -242,7 +242,7 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
 
     by_kind: dict[str, list[str]] = defaultdict(list)
     for r in records:
-        by_kind[str(r.get("kind", "other"))].append(fim.to_base(r["text"]))
+        by_kind[str(r.get("kind", "other"))].append(r["text"])  # canonical: batches() tokenizes it as training does
     n_he = humaneval_count(ev["humaneval"]["problems"])
     plan = {
         "perplexity": {k: _sample(v, int(ev["perplexity_samples"]), seed) for k, v in by_kind.items()},

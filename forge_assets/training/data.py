@@ -62,11 +62,16 @@ def read_texts(folder: Path, split: str, template: str | None = None, fim=None, 
 
 
 def batches(tokenizer, texts: list[str], seq_len: int, batch_size: int):
-    """Padded (input_ids, attention_mask, labels) tensors; padding positions are ignored by the loss."""
+    """Padded (input_ids, attention_mask, labels) tensors; padding positions are ignored by the loss. Texts in Forge's
+    canonical markup are tokenized as training tokenizes them (``samples.Tok``: the base's own FIM, repository and file
+    tokens; the same ids as the tokenizer's for a Qwen base)."""
     import torch
 
+    from forge_assets.training.samples import Tok
+
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out either way (a Llama 3 has no pad)
-    enc = [tokenizer(t, add_special_tokens=False)["input_ids"][:seq_len] for t in texts]
+    tok = Tok(tokenizer)
+    enc = [tok(t)[:seq_len] for t in texts]
     enc = [e for e in enc if len(e) > 1]
     for i in range(0, len(enc), batch_size):
         chunk = enc[i:i + batch_size]

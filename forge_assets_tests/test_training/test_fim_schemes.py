@@ -249,3 +249,15 @@ def test_fim_eval_cases_prompt_in_the_base_tokens_and_cut_at_its_markers():
     block = next(c for c in star if c.kind == "block")
     assert truncate_middle("    return x\n<file_sep>app/other.py\n", block) == "    return x\n"
     assert truncate_middle("    x = 1\n\u2581<EOT>junk", block) == "    x = 1\n"
+
+
+def test_perplexity_batches_take_the_ids_training_takes(toks):
+    """Evaluation's perplexity batches tokenize canonical texts through Tok: a CodeLlama base is scored on ▁<PRE>… ids as it
+    was trained (its tokenizer alone would read <|fim_prefix|> as text), forge-tiny on its tokenizer's own ids."""
+    from forge_assets.training.data import batches
+
+    for kind in ("codellama", "qwen"):
+        tok = toks[kind]
+        (ids, mask, labels), = batches(tok, [PSM], 512, 4)
+        assert ids[0].tolist() == Tok(tok)(PSM) and bool(mask.all())
+    assert Tok(toks["codellama"])(PSM) != _enc(toks["codellama"], PSM)
