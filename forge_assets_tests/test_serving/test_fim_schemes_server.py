@@ -204,3 +204,33 @@ def test_the_real_smollm2_gguf_has_no_fim_tokens_and_its_fim_requests_are_refuse
     assert scheme_of_llama(ms.model("smol:1").base.llm) == scheme
     r = TestClient(create_app(ms)).post("/v1/completions", json={"model": "smol:1", "prompt": PRE, "suffix": SUF, "max_tokens": 4})
     assert r.status_code == 400 and r.json()["error"]["message"].startswith(NO_FIM_MESSAGE)
+
+
+@pytest.mark.parametrize("kind, base, extra", [
+    ("codellama", "spm", ["\u2581<PRE>", "\u2581<SUF>", "\u2581<MID>", "\u2581<EOT>"]),
+    ("deepseek", "llama3", ["<\uff5cfim\u2581begin\uff5c>", "<\uff5cfim\u2581hole\uff5c>", "<\uff5cfim\u2581end\uff5c>"]),
+])
+def test_codellama_and_deepseek_ggufs_keep_their_fim_tokens_whole(tmp_path: Path, kind, base, extra):
+    """Forge's converter writes the families' FIM tokens as control tokens, and llama.cpp reads each as one token in the
+    server's PSM prompt (CodeLlama's ▁-prefixed ones included)."""
+    import llama_cpp
+
+    from transformers import AutoTokenizer
+
+    from forge_assets.export.gguf_export import convert_to_gguf
+    from forge_assets.export.random_models import build_random_model, build_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(build_tokenizer(base, tmp_path / "src"), local_files_only=True)
+    tok.add_special_tokens({"additional_special_tokens": extra})
+    tok.save_pretrained(tmp_path / "tok")
+    hf = build_random_model("llama", tmp_path / "m", tokenizer="forge-tiny", tokenizer_source=tmp_path / "tok", hidden_size=64,
+                            intermediate_size=128, num_heads=2, num_kv_heads=1, num_layers=1)
+    convert_to_gguf(hf, tmp_path / "m.gguf", "F32")
+    assert scheme_of_gguf(tmp_path / "m.gguf").name == kind
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=256, verbose=False)
+    scheme = scheme_of_llama(llm)
+    assert scheme.name == kind
+    words = [llm._model.token_get_text(i) for i in llm.tokenize(scheme.psm(PRE, SUF).encode(), add_bos=False, special=True)]
+    f = scheme.family
+    assert words[0] == f.prefix and words[-1] == f.middle and words.count(f.suffix) == 1
+    assert sum(w in (f.prefix, f.suffix, f.middle) for w in words) == 3
