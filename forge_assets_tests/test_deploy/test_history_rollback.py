@@ -251,7 +251,7 @@ def test_status_explains_candidates_from_their_recorded_gates(q8_gguf: Path, pro
     assert (g["promoted"], g["candidate"]) == (g1.version, g2.version) and g["promoted_scores"] == "ppl ratio 0.900, ppl 10.00, quant loss 0.50%"
     assert g["not_promoted"].startswith(f"candidate {g2.version} was not promoted: ")
     if hasattr(load_config(cfg_path), "gates"):  # forge.yaml's gates block: the loss is judged against today's limit
-        assert "quantization_loss: its held-out perplexity is 1000000000.00% above the unquantized merged GGUF's" in g["not_promoted"]
+        assert "quantization_loss: its held-out perplexity is 1000000000.00% above the reference's (unquantized base GGUF + LoRA)" in g["not_promoted"]
     # Same candidate as promoted: no note.
     store.promote(bad)
     cli.main(["status", "--language", "python"])
