@@ -13,7 +13,8 @@ Memory and disk (what a 32 B model on a 48 GB Mac needs):
   process), in chunks of whole rows of at most `CHUNK_BYTES` each, converted and written before the next chunk is
   read. Peak memory is a few chunks plus the adapter plus a constant, whatever the model's size.
 - A LoRA adapter is folded in per chunk: `W[rows] += scale · B[rows] @ A` in fp32 for those rows only.
-- The output is F16 or BF16 (`outtype="auto"`: BF16 for a bfloat16 checkpoint, F16 otherwise), F32 only when asked.
+- The output is F16 or BF16 (`outtype="auto"`: BF16 for a bfloat16 checkpoint, F16 otherwise, and F16 whenever an
+  adapter is folded in, since BF16 would round most of its delta away), F32 only when asked.
   Norms, biases and other 1-D tensors are F32, as llama.cpp requires.
 - An MLX-quantized checkpoint (mlx-lm `convert -q`, the mlx-community 4/8-bit models: packed uint32 weights with
   scales and biases per group, mixed per-module bit widths included) is dequantized chunk by chunk on the way
@@ -326,7 +327,11 @@ def _encode(x: np.ndarray, out: str) -> np.ndarray:
     if out == "F32":
         return np.ascontiguousarray(x, dtype=np.float32)
     if out == "F16":
-        return np.ascontiguousarray(x, dtype=np.float16)
+        y = np.ascontiguousarray(x, dtype=np.float16)
+        if not np.isfinite(y).all() and np.isfinite(x).all():
+            raise ExportError(f"a weight of {float(np.abs(x).max()):.6g} is beyond F16's range (65,504), so the F16 GGUF would hold "
+                              "infinities. Fix: set deploy.gguf_intermediate: F32 (or BF16) in forge.yaml.")
+        return y
     return _to_bf16(x)
 
 
@@ -553,11 +558,16 @@ def _write_tokenizer(w, model_dir: Path, n_vocab: int) -> dict:
 
 # ------------------------------------------------------------------------------------------------ convert
 
-def _pick_outtype(outtype: str, sources: dict[str, _Source]) -> str:
+def _pick_outtype(outtype: str, sources: dict[str, _Source], folding: bool = False) -> str:
+    """`auto`: F16 when an adapter is folded in (W + s·BA re-rounded to BF16 loses most of a small delta: on SmolLM2-135M
+    a merged BF16 file scored +0.68 % against transformers + PEFT, F16 +0.006 %, and Q8_0 quantized from them +1.10 %
+    against +0.39 %); else BF16 for a bfloat16 checkpoint (copied bit for bit), F16 otherwise."""
     if outtype not in OUTTYPES:
         raise ExportError(f"GGUF intermediate type `{outtype}`: choose one of {', '.join(OUTTYPES)}.")
     if outtype != "auto":
         return outtype
+    if folding:
+        return "F16"
     dtypes = {s.value_dtype for s in sources.values() if len(s.shape) == 2}  # an MLX-quantized tensor: its scales' type
     return "BF16" if dtypes == {"BF16"} else "F16"
 
@@ -611,7 +621,7 @@ def convert_hf_to_gguf(model_dir: Path, out: Path, outtype: str = "auto", name: 
     arch, permute = architecture(config, model_dir)
     sources = read_index(model_dir)
     kind = outtype
-    outtype = _pick_outtype(outtype, sources)
+    outtype = _pick_outtype(outtype, sources, folding=adapter is not None)
     embed = sources.get("model.embed_tokens.weight")
     if embed is None:
         raise ExportError(f"{model_dir}: no `model.embed_tokens.weight` tensor. Fix: this is not a complete "

@@ -15,8 +15,8 @@ llama.cpp computes in F32 beside the base matmul. It is *not* a merged GGUF: fol
 file rounds every weight of the sum again, a noise of the same order as Q8_0's, so on a real bf16 model (SmolLM2-135M)
 the merged BF16 file scored *worse* than the served Q8_0 base + LoRA and the gate read -1.79 % where transformers +
 PEFT on the same tokens gave +0.47 %. The reference above agrees with transformers + PEFT (tested on that model in
-`test_real_model_chain.py`). For an adapter that has no LoRA GGUF (DoRA, modules_to_save) the reference is
-transformers + PEFT itself, on the same bounded windows.
+`test_real_model_chain.py`). For a PEFT adapter that has no LoRA GGUF (DoRA, modules_to_save) the reference is
+transformers + PEFT itself, on the same bounded windows; for such an mlx adapter, the merged GGUF written in F16.
 
 Disk: one unquantized copy of the model (about the checkpoint's size) at a time in `work`, removed when its stage
 ends; the shipped file is written into the artifact (or the shared base folder) directly.
@@ -114,6 +114,7 @@ def export_gguf(base: Path, adapter: Path, out: Path, work: Path, qtype: str, na
     `phase` is told each step's name before it starts, so a crash can be attributed to it.
     """
     from forge_assets.export.lora_gguf import convert_lora_to_gguf, unmerged_support
+    from forge_assets.training.adapter import adapter_backend
 
     no_lora = unmerged_support(adapter)  # None: the adapter has a llama.cpp LoRA GGUF
     why_merged = None
@@ -167,8 +168,13 @@ def export_gguf(base: Path, adapter: Path, out: Path, work: Path, qtype: str, na
                     conversion = conversion or ref_conv
                 conversion = conversion or {"outtype": gguf_file_type(ref_base)}
                 reference: tuple = ("gguf", ref_base, ref_lora)
-            else:
+            elif adapter_backend(adapter) == "peft":
                 reference = ("peft", base, adapter)
+            else:  # an mlx adapter without a LoRA GGUF (DoRA): transformers cannot apply it; the merged F16 GGUF is the reference
+                if not merged_inter.is_file():
+                    phase("convert_reference")
+                    conversion = conversion or merged_gguf(base, adapter, merged_inter, work, name, intermediate, log)
+                reference = ("gguf", merged_inter, None)
             scored = score_quantizations(base, target, qtype, reference, work, held_out, list(extra_quantizations),
                                          windows, window_tokens, phase, log, lora=lora_path)
     finally:
@@ -205,7 +211,8 @@ def score_quantizations(base: Path, shipped: Path, qtype: str, reference: tuple,
     kind, ref_model, ref_adapter = reference
     if kind == "gguf":
         ref, tokens = gguf_perplexity(ref_model, wins, lora=ref_adapter)
-        described = f"unquantized base GGUF ({gguf_file_type(ref_model)}) + F16 LoRA GGUF"
+        described = (f"unquantized base GGUF ({gguf_file_type(ref_model)}) + F16 LoRA GGUF" if ref_adapter
+                     else f"unquantized merged GGUF ({gguf_file_type(ref_model)})")
     else:
         ref, tokens = hf_perplexity(ref_model, wins, adapter=ref_adapter)
         described = "transformers + PEFT (F32)"
@@ -216,7 +223,7 @@ def score_quantizations(base: Path, shipped: Path, qtype: str, reference: tuple,
                "quantization_loss_by_type": {served: quantization_loss_pct(ref, ppl)}}
     log(f"quantization: {served} perplexity {ppl:.4f} vs {described} {ref:.4f} on {tokens} held-out tokens "
         f"({figures['quantization_loss_pct']:+.3f} %)")
-    if extra and kind != "gguf":
+    if extra and (kind != "gguf" or ref_adapter is None):
         log(f"quantization: extra types {extra} are not scored: this adapter has no LoRA GGUF to apply to a quantized base")
         extra = []
     for other in extra:
