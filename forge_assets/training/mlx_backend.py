@@ -322,7 +322,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx_lm.utils import load
 
-    from forge_assets.progress import Progress, peak_memory
+    from forge_assets.progress import Progress, pace, peak_memory
     from forge_assets.training import samples
     from forge_assets.training.samples import Row, coverage, encode, packing_stats, validation_subset
 
@@ -429,7 +429,8 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
         curve.append([step, round(loss, 4)])
         lr_curve.append([step, optimizer.learning_rate.item()])  # the rate this step used
         if step == 1 or step % 10 == 0 or step == total:
-            log(f"step {step}/{total}: loss {loss:.4f}")
+            spent = time.time() - started - validation_seconds  # training steps only
+            log(f"step {step}/{total}: loss {loss:.4f} ({pace(step - start, total - step, spent, 'steps')})")
         if valid_batches and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
             t = time.time()
             val = _evaluate(model, valid_batches, pad_id, Progress(log, f"step {step}/{total}: validation", "batches"))

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from forge_assets.config import TrainingConfig
-from forge_assets.progress import Progress as ProgressLines, peak_memory  # Progress: the Trainer callback in train()
+from forge_assets.progress import Progress as ProgressLines, pace, peak_memory  # Progress: the Trainer callback in train()
 from forge_assets.training.loss import chunk_parts, summed_loss
 from forge_assets.training.samples import (IGNORE, collate, coverage, encode, pack, packing_stats, trained_coverage,
                                            validation_subset)
@@ -258,12 +258,17 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
             return loss / max(n, 1)
 
     class Progress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.began, self.first, self.validated = time.time(), state.global_step, validation_seconds[0]
+
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs and state.global_step > (curve[-1][0] if curve else 0):
                 curve.append([state.global_step, round(float(logs["loss"]), 4)])
                 lrs.append([state.global_step, float(logs.get("learning_rate", 0.0))])
                 if state.global_step % 10 == 0 or state.global_step in (1, total):
-                    log(f"step {state.global_step}/{total}: loss {logs['loss']:.4f}")
+                    spent = time.time() - self.began - (validation_seconds[0] - self.validated)  # training steps only
+                    log(f"step {state.global_step}/{total}: loss {logs['loss']:.4f} "
+                        f"({pace(state.global_step - self.first, total - state.global_step, spent, 'steps')})")
 
         def on_step_end(self, args, state, control, model=None, **kw):
             step = state.global_step

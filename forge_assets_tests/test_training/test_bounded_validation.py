@@ -1,6 +1,7 @@
 """training.val_batches: validation scores a bounded, seeded, length-spread subset, in both backends, with progress lines,
 its seconds and the peak memory in the adapter result."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,8 @@ def _check(result: dict, lines: list[str], seen: list[int], cap: int, validation
     lasts = [line for line in lines if f"validation {cap}/{cap} batches in " in line]
     assert len(firsts) == validations and len(lasts) == validations
     assert not any("valid loss" in line for line in firsts + lasts)  # progress lines are not loss lines
+    steps = [line for line in lines if re.fullmatch(r"step \d+/\d+: loss \d+\.\d{4} \(\S+ (steps/s|s/step), ETA \d+ s\)", line)]
+    assert steps and steps[0].startswith("step 1/") and steps[-1].endswith("ETA 0 s)")  # training steps: rate and ETA too
 
 
 def test_peft_validation_is_capped_at_every_validation(tiny_model: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch):
@@ -108,6 +111,7 @@ def test_progress_lines_give_rate_and_eta_and_are_not_chatty(monkeypatch):
     assert len(lines) == 1 + 4 + 1
     assert progress.rate(1, 12.0, "batches") == "12 s/batch" and progress.duration(200) == "3 min 20 s"
     assert progress.duration(3 * 3600 + 5 * 60) == "3 h 05 min"
+    assert progress.pace(4, 36, 20.0, "steps") == "5 s/step, ETA 3 min 0 s" and progress.pace(0, 5, 0.0, "steps") == ""
 
 
 def test_adapter_metadata_carries_validation_seconds_and_peak_memory():
