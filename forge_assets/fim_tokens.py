@@ -80,6 +80,10 @@ CANONICAL = (EOT, IM_START, IM_END, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD,
 # middle is cut at the first of them (generate.stop_ids, fim_eval.truncate_middle).
 ALL_MARKERS = tuple(dict.fromkeys([*CANONICAL, *(t for f in FAMILIES.values() for t in (f.prefix, f.suffix, f.middle, f.pad, f.eot) if t),
                                    *REPO_TOKENS, *FILE_TOKENS, *(t for t in TEXT_ENDS if t != "</s>")]))
+# What no training text may hold as plain content (mining/filters.control_token_in): Forge's markup and every family's
+# FIM and end tokens; not the StarCoder-style `<filename>`/`<reponame>`, which XML and templates use as ordinary tags.
+CONTROL_TOKENS = tuple(dict.fromkeys([*CANONICAL, *(t for f in FAMILIES.values() for t in (f.prefix, f.suffix, f.middle, f.pad, f.eot) if t),
+                                      "<|end_of_text|>"]))
 _HEAD = re.compile(r"^(?:" + re.escape(REPO_NAME) + r"([^\n]*)\n)?(?:" + re.escape(FILE_SEP) + r"([^\n]*)\n)?")
 _CANONICAL_RE = re.compile("|".join(re.escape(t) for t in CANONICAL))
 

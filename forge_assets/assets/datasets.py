@@ -12,7 +12,7 @@ from forge_assets.mining.snapshot import FileEntry
 from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
 
-CODE_VERSION = "3"  # 2: splits weigh samples (test_fraction of samples, every kind represented); PEP 263 decoding; 3: chats in Qwen2.5's rendering (default system turn, tools)
+CODE_VERSION = "4"  # 4: files holding chat/FIM control token text are skipped (`control_tokens`); 2: splits weigh samples (test_fraction of samples, every kind represented); PEP 263 decoding; 3: chats in Qwen2.5's rendering (default system turn, tools)
 
 
 @asset(partitions_def=language_partitions, group_name="mining", deps=["repo_snapshot", "session_logs"], code_version=CODE_VERSION)

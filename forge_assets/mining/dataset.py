@@ -45,7 +45,7 @@ from forge_assets.mining import commits as history
 from forge_assets.mining.decontaminate import BOILERPLATE_ORIGINS, NGRAM, boilerplate, contains_any, humaneval_index, ngram_hashes_of
 from forge_assets.mining.dedup import NUM_PERM, chunks, deduplicate, minhash_rows, pool_workers
 from forge_assets.mining.encoding import decode_source, encoding_of, recode_line
-from forge_assets.mining.filters import GitIgnore, content_check, path_skip_reason
+from forge_assets.mining.filters import GitIgnore, content_check, control_token_in, path_skip_reason
 from forge_assets.mining.fim import fim_sample, header
 from forge_assets.mining.instruct import UnitText, code_block, display, instruction_pair, synthetic_samples, unit_texts
 from forge_assets.mining.snapshot import FileEntry
@@ -277,6 +277,8 @@ def _change_images(job: _ChangeJob) -> tuple[str | None, str, str]:
     before = decode_source(before_raw, change.path) if before_raw else ""
     if before is None:
         return "not_utf8", "", ""
+    if control_token_in(before):
+        return "control_tokens", "", ""
     # git printed the diff in the file's own bytes (kept as surrogate escapes): decode its lines like the images.
     old_enc, new_enc = encoding_of(before_raw, change.path), encoding_of(after_raw, change.path)
     change.diff = [recode_line(line, old_enc if line[:1] == "-" else new_enc) for line in change.diff]

@@ -122,7 +122,21 @@ def content_check(data: bytes, path: str = "") -> tuple[str | None, str | None]:
             return "minified", None
     if _is_license_only(text):
         return "license_only", None
+    if control_token_in(text):
+        return "control_tokens", None
     return None, text
+
+
+def control_token_in(text: str) -> str | None:
+    """The first chat/FIM control token string (``<|im_start|>``, ``<|fim_prefix|>``, ``<fim_middle>``, ...) the text
+    holds, or None. Such a file (LLM tooling, tokenizer tests, Forge's own source) cannot be a sample: its text would be
+    tokenized as control tokens, so the model would learn to emit them mid-code, and a chat sample quoting it could not
+    be parsed back into its turns to be rendered with a base's own template."""
+    from forge_assets.fim_tokens import CONTROL_TOKENS
+
+    if "<" not in text:
+        return None
+    return next((t for t in CONTROL_TOKENS if t in text), None)
 
 
 def _translate(pattern: str) -> str:

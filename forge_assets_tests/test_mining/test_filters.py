@@ -76,3 +76,17 @@ def test_gitignore_agrees_with_git(tmp_path):
 
 def test_no_gitignore_ignores_nothing():
     assert not GitIgnore({}).ignored("anything/at/all.py")
+
+
+def test_text_holding_control_tokens_is_skipped_with_its_reason():
+    """A file quoting <|im_start|> or a FIM token (LLM tooling, Forge's own source) is no sample: as training text it
+    would be tokenized as control tokens, and a chat quoting it could not be parsed back into turns for a base's template."""
+    from forge_assets.mining.filters import content_check, control_token_in
+
+    assert content_check(b'OPEN = "<|im_start|>"\n', "chat.py") == ("control_tokens", None)
+    assert content_check("PRE = '\u2581<PRE>'\n".encode(), "fim.py") == ("control_tokens", None)
+    assert content_check(b"x = '<fim_middle>'\n", "fim.py") == ("control_tokens", None)
+    assert control_token_in("a <|endoftext|> b") == "<|endoftext|>"
+    # ordinary tags and comparisons stay
+    assert content_check(b"<filename>a.txt</filename>\n<reponame>x</reponame>\n", "a.xml")[0] is None
+    assert content_check(b"if a < b and c > d:\n    pass\n", "a.py")[0] is None
