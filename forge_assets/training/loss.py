@@ -4,10 +4,12 @@ A causal LM's forward returns logits for every position of the batch, batch x le
 fp32 for 2 rows of 1,024 tokens with Qwen's 151,936-token vocabulary, and the loss keeps more of that size for the
 backward pass (the log-softmax and the logits' gradient). `summed_loss` instead runs the decoder to its last hidden
 states, keeps the positions whose next-token label is not -100, and applies the LM head and the cross-entropy to
-about `CHUNK_BYTES` of fp32 logits at a time. When gradients are needed each chunk is checkpointed
-(`torch.utils.checkpoint`), so the backward pass recomputes that chunk's logits instead of keeping them. The sums
-are the plain path's (up to float rounding); positions without a label never reach the head, which also saves its
-compute under `train_on: completions`.
+about `CHUNK_BYTES` of fp32 logits at a time. When gradients are needed and the head is a frozen linear layer (LoRA
+leaves it alone), each chunk's gradient with respect to its hidden states (softmax minus one-hot, times the head's
+weight) is computed in the same pass and kept instead of its logits: no more compute than the plain path's backward.
+A trainable or wrapped head takes `torch.utils.checkpoint` per chunk instead (the backward recomputes the chunk's
+logits). The sums are the plain path's (up to float rounding); positions without a label never reach the head, which
+also saves its compute under `train_on: completions`.
 
 Only architectures whose logits are exactly ``lm_head(last_hidden_state)`` take this path (`CHUNKED_TYPES`); others
 (logit soft-capping or scaling: Gemma 2, Cohere, Granite) and models wrapped for several GPUs take the plain one.
@@ -16,6 +18,8 @@ the input embeddings or not).
 """
 
 from __future__ import annotations
+
+import functools
 
 from forge_assets.training.samples import IGNORE
 
@@ -43,9 +47,51 @@ def _chunk_loss(head, hidden, targets):
     return torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
+def _frozen_linear(head) -> bool:
+    import torch
+
+    return (type(head) is torch.nn.Linear and not head.weight.requires_grad
+            and (head.bias is None or not head.bias.requires_grad))
+
+
+@functools.cache
+def _linear_cross_entropy():
+    """The autograd Function behind the fused path (built on first use: this module imports no torch at import)."""
+    import torch
+
+    class LinearCrossEntropy(torch.autograd.Function):
+        """Summed cross-entropy of hidden @ weight.T + bias against targets, a chunk of rows at a time; forward keeps
+        d(sum)/d(hidden) (N x H), never logits. The weight and bias get no gradient (a frozen head)."""
+
+        @staticmethod
+        def forward(ctx, hidden, weight, bias, targets, step):
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad = torch.empty_like(hidden)
+            for i in range(0, hidden.shape[0], step):
+                logits = torch.nn.functional.linear(hidden[i:i + step], weight, bias)  # autocast applies as in the plain path
+                t = targets[i:i + step]
+                lf = logits.float()
+                lse = torch.logsumexp(lf, dim=-1)
+                total += (lse - lf.gather(1, t[:, None]).squeeze(1)).sum()
+                d = torch.exp(lf - lse[:, None])  # softmax; minus one-hot: d(cross-entropy)/d(logits)
+                d[torch.arange(t.shape[0], device=t.device), t] -= 1
+                del lf, lse  # (logits is lf for an fp32 head)
+                grad[i:i + step] = (d.to(logits.dtype) @ weight.to(logits.dtype)).to(hidden.dtype)
+            ctx.save_for_backward(grad)
+            return total
+
+        @staticmethod
+        def backward(ctx, g):
+            (grad,) = ctx.saved_tensors
+            return grad * g.to(grad.dtype), None, None, None, None
+
+    return LinearCrossEntropy
+
+
 def chunked_cross_entropy(hidden, head, targets, vocab_size: int, chunk_tokens: int | None = None):
     """Summed cross-entropy of ``head(hidden)`` (N x H hidden states) against N targets, `chunk_tokens` rows at a
-    time (default: about CHUNK_BYTES of fp32 logits), each chunk recomputed in the backward pass when grads flow."""
+    time (default: about CHUNK_BYTES of fp32 logits). With gradients: fused (gradient taken in the forward pass) for
+    a frozen linear head, else each chunk checkpointed (recomputed in the backward pass)."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
@@ -54,6 +100,8 @@ def chunked_cross_entropy(hidden, head, targets, vocab_size: int, chunk_tokens: 
         return hidden.sum() * 0.0  # keeps the graph (and the device) of the batch
     step = chunk_tokens or max(1, CHUNK_BYTES // (4 * vocab_size))
     recompute = torch.is_grad_enabled() and hidden.requires_grad
+    if recompute and _frozen_linear(head):
+        return _linear_cross_entropy().apply(hidden, head.weight, head.bias, targets, step)
     total = None
     for i in range(0, n, step):
         h, t = hidden[i:i + step], targets[i:i + step]

@@ -46,14 +46,16 @@ def _packed_batch():
 
 
 def _lora_grads(model) -> dict:
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_chunked_loss_and_lora_gradients_equal_the_plain_forward(tied: bool):
+@pytest.mark.parametrize("tied,head", [(True, "frozen"), (False, "frozen"), (True, "trained"), (False, "trained")])
+def test_chunked_loss_and_lora_gradients_equal_the_plain_forward(tied: bool, head: str):
+    """A frozen head (LoRA's case) takes the fused path, a trained one the checkpointed path: both give the plain grads."""
     import torch
 
     model = _lora_model(tied)
+    model.get_output_embeddings().weight.requires_grad_(head == "trained")
     ids, labels, pos = _packed_batch()
     n_items = int((labels[:, 1:] != IGNORE).sum())
 
@@ -66,22 +68,26 @@ def test_chunked_loss_and_lora_gradients_equal_the_plain_forward(tied: bool):
     assert chunked.chunk_parts(model) is not None
     total, n = chunked.summed_loss(model, ids, labels, position_ids=pos, chunk_tokens=7)  # 7: several chunks, one ragged
     assert n == n_items
+    assert (type(total.grad_fn).__name__ == "LinearCrossEntropyBackward") == (head == "frozen")  # the path taken
     (total / n).backward()
     got = _lora_grads(model)
 
     assert float(total / n) == pytest.approx(float(plain), abs=1e-5)
     assert want.keys() == got.keys() and len(want) > 0
+    assert any("lora_" not in k for k in want) == (head == "trained")  # the head (or the embedding tied to it) too
     assert all(want[k].abs().sum() > 0 for k in want)  # the comparison is not between zeros
     for k in want:
         torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4)
 
 
-def test_chunks_are_recomputed_in_backward_not_kept():
-    """With grads on, no chunk's logits (chunk x vocabulary) stay saved for the backward pass: the graph keeps only
-    the hidden states, and the logits are rebuilt chunk by chunk when gradients are taken."""
+@pytest.mark.parametrize("head", ["frozen", "trained"])
+def test_no_logits_are_kept_for_the_backward_pass(head: str):
+    """With grads on, no chunk's logits (chunk x vocabulary) stay saved for the backward pass: the fused path keeps
+    the gradient of the hidden states, the checkpointed one rebuilds the logits chunk by chunk."""
     import torch
 
     model = _lora_model(tied=True)
+    model.get_output_embeddings().weight.requires_grad_(head == "trained")
     ids, labels, pos = _packed_batch()
     vocab = model.config.vocab_size
     saved: list[tuple] = []
@@ -98,6 +104,28 @@ def test_chunks_are_recomputed_in_backward_not_kept():
         logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits
         torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1), reduction="sum")
     assert any(s and s[-1] == vocab for s in saved)  # the plain path does keep them: the check above can fail
+
+
+def test_bf16_autocast_gives_the_plain_loss_and_gradients_within_bf16_rounding():
+    """As training runs on a CUDA GPU (bf16 autocast), here on CPU's autocast: the head's matmuls in bf16 on both paths."""
+    import torch
+
+    model = _lora_model(tied=True)
+    ids, labels, pos = _packed_batch()
+    n = int((labels[:, 1:] != IGNORE).sum())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = model(input_ids=ids, position_ids=pos, labels=labels, num_items_in_batch=torch.tensor(n), use_cache=False).loss
+    plain.backward()
+    want = _lora_grads(model)
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total, _ = chunked.summed_loss(model, ids, labels, position_ids=pos, chunk_tokens=7)
+    (total / n).backward()
+    got = _lora_grads(model)
+    assert float(total / n) == pytest.approx(float(plain), rel=1e-3)
+    for k in want:
+        assert want[k].abs().sum() > 0 and got[k].dtype == want[k].dtype
+        torch.testing.assert_close(got[k], want[k], atol=2e-3, rtol=3e-2)
 
 
 def test_validation_batch_loss_chunked_equals_plain():
