@@ -220,7 +220,7 @@ class GatesConfig(_Strict):
     # 2 points: forge-tiny's FIM sits near chance (edit similarity ~0.1) and moves by about a point between adapters.
     fim_tolerance: float = Field(0.02, ge=0, le=1)
     max_humaneval_regression_points: float = Field(5.0, ge=0)  # base pass@1 - adapter pass@1, in points (eval_scores)
-    max_quantization_loss_pct: float = Field(5.0, ge=0)  # shipped GGUF vs the unquantized merged GGUF's perplexity, in percent (gguf)
+    max_quantization_loss_pct: float = Field(5.0, ge=0)  # served GGUF vs the unquantized base GGUF + LoRA (the reference) perplexity, in percent (gguf)
 
 
 class ForgeConfig(_Strict):

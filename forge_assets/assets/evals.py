@@ -23,7 +23,7 @@ from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
 from forge_assets.training.base_model import model_folder
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"  # 3: FIM in the base's own tokens (skipped without), FIM cases from a seeded sample of files, phase seconds
 GATE = EVAL_GATES[0]  # adapter_beats_base, the perplexity gate
 _DESCRIPTIONS = {
     "adapter_beats_base": "Blocks an adapter whose held-out perplexity exceeds gates.max_perplexity_ratio times the base model's.",
