@@ -186,6 +186,8 @@ def status(languages: list[str] | None = None, endpoint: bool | None = None) -> 
         if scores:
             s = json.loads((scores.path / "scores.json").read_text())
             row["perplexity"] = {"base": s["base_perplexity"], "adapter": s["adapter_perplexity"]}
+            if s.get("fim_skipped"):  # a base without FIM tokens: said where `forge run` ends, not only in its log
+                row["fim"] = f"skipped: {s['fim_skipped']}"
         promotion = {asset: info for asset in ("eval_scores", "gguf") if (info := _promotion(store, cfg, lang, asset))}
         if promotion:
             row["promotion"] = promotion

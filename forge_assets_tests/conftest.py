@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -146,6 +147,33 @@ def write_config(folder: Path, repos: list[Path], **overrides) -> Path:
     path = folder / "forge.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+@contextlib.contextmanager
+def materialized_chain(cfg: Path, language: str = "python"):
+    """Every asset and check materialized for one language partition of the forge.yaml at cfg, in a test instance.
+    Yields (result, meta): meta(asset) is that asset's latest materialization metadata as plain values. The model
+    server the deployment started is stopped on the way out."""
+    from dagster import AssetKey, instance_for_test, materialize
+
+    from forge_assets.definitions import all_assets, all_checks
+    from forge_assets.deploy import llama_server
+    from forge_assets.resources import ForgeResource
+
+    root = Path(yaml.safe_load(Path(cfg).read_text())["artifact_root"])
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("language", [language])
+        try:
+            result = materialize([*all_assets, *all_checks], partition_key=language, instance=instance,
+                                 resources={"forge": ForgeResource(config_path=str(cfg))}, raise_on_error=False)
+
+            def meta(asset: str) -> dict:
+                event = instance.get_latest_materialization_event(AssetKey(asset))
+                return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+            yield result, meta
+        finally:
+            llama_server.stop(root / "deployment" / "_endpoint")
 
 
 def free_port() -> int:

@@ -19,14 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dagster import AssetKey, instance_for_test, materialize
 
-from forge_assets.definitions import all_assets, all_checks
-from forge_assets.deploy import llama_server
 from forge_assets.export.gguf_export import gguf_summary
 from forge_assets.export.random_models import build_random_model
-from forge_assets.resources import ForgeResource
-from forge_assets_tests.conftest import free_port, write_config
+from forge_assets_tests.conftest import free_port, materialized_chain, write_config
 
 SERVED_TOL = 3e-2
 TEXT = "def handle_get(request, store):\n    key = request['key']\n    return store.get(key)\n"
@@ -51,41 +47,35 @@ def test_random_base_goes_from_base_model_to_a_deployed_tag(kind, tiny_model: Pa
                               "max_quantization_loss_pct": 50.0},
                        training={"max_steps": 2})
     root = tmp_path / "artifacts"
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
+    with materialized_chain(cfg) as (result, metadata):
+        assert result.success
+        meta = metadata("gguf")
+        assert meta["architecture"] == {"llama": "llama"}.get(kind, kind)
+        assert meta["served_as"] == "base+lora" and meta["intermediate"] == "F16"
+
+        served = json.loads((root / "gguf" / "python" / "promoted" / "served.json").read_text())
+        base_gguf, lora = Path(served["base_gguf"]), root / "gguf" / "python" / "promoted" / served["lora"]
+        assert gguf_summary(base_gguf)["architecture"] == kind
+        models = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30).read())
+        tags = [m["id"] for m in models["data"]]
+        assert any(t.startswith("forge-python:") for t in tags), tags
+        body = json.dumps({"model": "forge-python:latest", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        reply = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        assert reply["choices"][0]["message"]["role"] == "assistant" and reply["usage"]["completion_tokens"] > 0
+
+        # What the server runs (base GGUF + LoRA GGUF in llama.cpp) against transformers + the PEFT adapter.
+        adapter = root / "adapter" / "python" / "promoted"
+        ids = AutoTokenizer.from_pretrained(base, local_files_only=True)(TEXT)["input_ids"]
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).eval()
+        with torch.no_grad():
+            want = model(torch.tensor([ids])).logits[0].numpy()
+        llm = llama_cpp.Llama(model_path=str(base_gguf), lora_path=str(lora), n_ctx=128, logits_all=True, verbose=False,
+                              type_k=0, type_v=0, n_threads=2)
         try:
-            result = materialize([*all_assets, *all_checks], partition_key="python", instance=instance,
-                                 resources={"forge": ForgeResource(config_path=str(cfg))}, raise_on_error=False)
-            assert result.success
-            meta = instance.get_latest_materialization_event(AssetKey("gguf")).asset_materialization.metadata
-            assert meta["architecture"].value == {"llama": "llama"}.get(kind, kind)
-            assert meta["served_as"].value == "base+lora" and meta["intermediate"].value == "F16"
-
-            served = json.loads((root / "gguf" / "python" / "promoted" / "served.json").read_text())
-            base_gguf, lora = Path(served["base_gguf"]), root / "gguf" / "python" / "promoted" / served["lora"]
-            assert gguf_summary(base_gguf)["architecture"] == kind
-            models = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30).read())
-            tags = [m["id"] for m in models["data"]]
-            assert any(t.startswith("forge-python:") for t in tags), tags
-            body = json.dumps({"model": "forge-python:latest", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                         headers={"Content-Type": "application/json"})
-            reply = json.loads(urllib.request.urlopen(req, timeout=60).read())
-            assert reply["choices"][0]["message"]["role"] == "assistant" and reply["usage"]["completion_tokens"] > 0
-
-            # What the server runs (base GGUF + LoRA GGUF in llama.cpp) against transformers + the PEFT adapter.
-            adapter = root / "adapter" / "python" / "promoted"
-            ids = AutoTokenizer.from_pretrained(base, local_files_only=True)(TEXT)["input_ids"]
-            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).eval()
-            with torch.no_grad():
-                want = model(torch.tensor([ids])).logits[0].numpy()
-            llm = llama_cpp.Llama(model_path=str(base_gguf), lora_path=str(lora), n_ctx=128, logits_all=True, verbose=False,
-                                  type_k=0, type_v=0, n_threads=2)
-            try:
-                llm.eval(ids)
-                got = np.array(llm.scores[: len(ids)])
-            finally:
-                llm.close()
-            assert np.abs(got - want).max() < SERVED_TOL
+            llm.eval(ids)
+            got = np.array(llm.scores[: len(ids)])
         finally:
-            llama_server.stop(root / "deployment" / "_endpoint")
+            llm.close()
+        assert np.abs(got - want).max() < SERVED_TOL

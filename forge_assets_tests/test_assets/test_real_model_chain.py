@@ -26,14 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dagster import AssetKey, instance_for_test, materialize
-
-from forge_assets.definitions import all_assets, all_checks
-from forge_assets.deploy import llama_server
 from forge_assets.export.gguf_eval import _nll, token_windows
 from forge_assets.export.packaged_models import PackagedModelError, build_packaged_model, default_cache
-from forge_assets.resources import ForgeResource
-from forge_assets_tests.conftest import free_port, make_repo, write_config
+from forge_assets_tests.conftest import free_port, make_repo, materialized_chain, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 MIXED = "def größe(x: int) -> str:\n    return f'{x:,} 個 ≥ 12345.678e-9'  # naïve café, Ωμέγα\n\tprint(0x1F, \"tabs\\t\")\n"
@@ -56,7 +51,7 @@ def _repo(tmp_path: Path) -> Path:
     return make_repo(tmp_path / "repo", files)
 
 
-def test_real_pretrained_model_goes_from_base_model_to_a_served_tag(smollm2: Path, tmp_path: Path):
+def test_real_pretrained_model_goes_from_base_model_to_a_served_tag(smollm2: Path, tmp_path: Path, monkeypatch, capsys):
     import llama_cpp
     import torch
     from peft import PeftModel
@@ -71,29 +66,29 @@ def test_real_pretrained_model_goes_from_base_model_to_a_served_tag(smollm2: Pat
                              "gguf_windows": 6, "gguf_window_tokens": 192},
                        gates={"max_perplexity_ratio": 1.0, "max_quantization_loss_pct": 5.0})
     root = tmp_path / "artifacts"
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
-        try:
-            result = materialize([*all_assets, *all_checks], partition_key="python", instance=instance,
-                                 resources={"forge": ForgeResource(config_path=str(cfg))}, raise_on_error=False)
+    try:
+        with materialized_chain(cfg) as (result, meta):
             assert result.success
-
-            def meta(asset: str) -> dict:
-                return {k: v.value for k, v in instance.get_latest_materialization_event(AssetKey(asset)).asset_materialization.metadata.items()}
-
-            ev, gg = meta("eval_scores"), meta("gguf")
+            ev, gg, ad = meta("eval_scores"), meta("gguf"), meta("adapter")
             # The adapter lowers held-out perplexity (gates.max_perplexity_ratio 1.0 also demands it).
             assert ev["adapter_perplexity"] < ev["base_perplexity"], (ev["base_perplexity"], ev["adapter_perplexity"])
             assert gg["architecture"] == "llama" and gg["served_as"] == "base+lora" and gg["intermediate"] == "BF16"
             # No FIM tokens: FIM samples and cases are skipped, and every stage says so (the choice for such a base).
-            ad = meta("adapter")
             assert ev["fim_scheme"] == "none" and "base has no FIM tokens" in ev["fim_skipped"] and ev["fim_cases"] == 0
             assert ad["fim_samples_skipped"] > 0 and "base has no FIM tokens" in ad["fim_skipped"]
             assert ad["validation_batches"] == 2  # training.val_batches caps validation
+            # ... and so does `forge status`, which `forge run` prints where it ends.
+            monkeypatch.setenv("FORGE_CONFIG", str(cfg))
+            from forge_assets import cli
+
+            capsys.readouterr()  # what the run printed
+            assert cli.status(["python"], endpoint=False) == 0
+            row = json.loads(capsys.readouterr().out)
+            assert row["fim"].startswith("skipped: base has no FIM tokens"), row
 
             # llama.cpp's tokenizer (from the served GGUF) against transformers' on mixed text.
             served = json.loads((root / "gguf" / "python" / "promoted" / "served.json").read_text())
-            base_gguf, lora = Path(served["base_gguf"]), root / "gguf" / "python" / "promoted" / served["lora"]
+            base_gguf = Path(served["base_gguf"])
             tokenizer = AutoTokenizer.from_pretrained(smollm2, local_files_only=True)
             vocab = llama_cpp.Llama(model_path=str(base_gguf), vocab_only=True, verbose=False)
             try:
@@ -130,6 +125,5 @@ def test_real_pretrained_model_goes_from_base_model_to_a_served_tag(smollm2: Pat
             req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
             reply = json.loads(urllib.request.urlopen(req, timeout=120).read())
             assert reply["choices"][0]["message"]["role"] == "assistant" and reply["usage"]["completion_tokens"] > 0
-        finally:
-            llama_server.stop(root / "deployment" / "_endpoint")
-            shutil.rmtree(root / "base_gguf", ignore_errors=True)
+    finally:
+        shutil.rmtree(root / "base_gguf", ignore_errors=True)

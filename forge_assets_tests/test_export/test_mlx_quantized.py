@@ -410,12 +410,7 @@ def test_a_quantized_base_goes_from_base_model_to_a_deployed_tag(mlx_quantized: 
     and answering; what the server runs computes what mlx-lm computes with the adapter."""
     import urllib.request
 
-    from dagster import AssetKey, instance_for_test, materialize
-
-    from forge_assets.definitions import all_assets, all_checks
-    from forge_assets.deploy import llama_server
-    from forge_assets.resources import ForgeResource
-    from forge_assets_tests.conftest import free_port, write_config
+    from forge_assets_tests.conftest import free_port, materialized_chain, write_config
 
     q4 = mlx_quantized["q4"]
     port = free_port()
@@ -426,33 +421,23 @@ def test_a_quantized_base_goes_from_base_model_to_a_deployed_tag(mlx_quantized: 
                               "max_quantization_loss_pct": 50.0},
                        training={"max_steps": 2, "backend": "auto"})
     root = tmp_path / "artifacts"
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
-        try:
-            result = materialize([*all_assets, *all_checks], partition_key="python", instance=instance,
-                                 resources={"forge": ForgeResource(config_path=str(cfg))}, raise_on_error=False)
-            assert result.success
+    with materialized_chain(cfg) as (result, meta):
+        assert result.success
+        assert meta("base_model")["quantization"] == "mlx affine 4-bit, group size 64"
+        assert meta("adapter")["backend"] == "mlx"
+        assert meta("eval_scores")["scored_with"] == "mlx"
+        gguf = meta("gguf")
+        assert gguf["served_as"] == "base+lora" and gguf["intermediate"] == "BF16"
 
-            def meta(asset: str) -> dict:
-                return instance.get_latest_materialization_event(AssetKey(asset)).asset_materialization.metadata
+        body = json.dumps({"model": "forge-python:latest", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        reply = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        assert reply["choices"][0]["message"]["role"] == "assistant" and reply["usage"]["completion_tokens"] > 0
 
-            assert meta("base_model")["quantization"].value == "mlx affine 4-bit, group size 64"
-            assert meta("adapter")["backend"].value == "mlx"
-            assert meta("eval_scores")["scored_with"].value == "mlx"
-            gguf = meta("gguf")
-            assert gguf["served_as"].value == "base+lora" and gguf["intermediate"].value == "BF16"
-
-            body = json.dumps({"model": "forge-python:latest", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                         headers={"Content-Type": "application/json"})
-            reply = json.loads(urllib.request.urlopen(req, timeout=60).read())
-            assert reply["choices"][0]["message"]["role"] == "assistant" and reply["usage"]["completion_tokens"] > 0
-
-            served = json.loads((root / "gguf" / "python" / "promoted" / "served.json").read_text())
-            lora = root / "gguf" / "python" / "promoted" / served["lora"]
-            ids = hf_ids(q4)
-            want = mlx_logits(q4, ids, root / "adapter" / "python" / "promoted")
-            assert np.abs(llama_logits(Path(served["base_gguf"]), ids, lora=lora) - want).max() < SERVED_TOL
-            assert np.abs(mlx_logits(q4, ids) - want).max() > SERVED_TOL  # not blind: the adapter moves them further
-        finally:
-            llama_server.stop(root / "deployment" / "_endpoint")
+        served = json.loads((root / "gguf" / "python" / "promoted" / "served.json").read_text())
+        lora = root / "gguf" / "python" / "promoted" / served["lora"]
+        ids = hf_ids(q4)
+        want = mlx_logits(q4, ids, root / "adapter" / "python" / "promoted")
+        assert np.abs(llama_logits(Path(served["base_gguf"]), ids, lora=lora) - want).max() < SERVED_TOL
+        assert np.abs(mlx_logits(q4, ids) - want).max() > SERVED_TOL  # not blind: the adapter moves them further
