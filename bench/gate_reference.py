@@ -21,7 +21,6 @@ About 4 minutes on 2 cores (the model's build is cached in ~/.cache/forge/models
 from __future__ import annotations
 
 import json
-import math
 import sys
 import tempfile
 import time
@@ -34,13 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> dict:
-    import numpy as np
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from forge_assets.config import TrainingConfig
-    from forge_assets.export.gguf_eval import _nll, gguf_perplexity, token_windows
+    from forge_assets.export.gguf_eval import gguf_perplexity, hf_perplexity, token_windows
     from forge_assets.export.gguf_export import quantize
     from forge_assets.export.hf_to_gguf import convert_hf_to_gguf
     from forge_assets.export.lora_gguf import convert_lora_to_gguf
@@ -58,14 +54,7 @@ def main() -> dict:
         peft_backend.train(base, train[:60], [], adapter, cfg, log=lambda m: print(m, file=sys.stderr))
         tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
         wins = token_windows(tokenizer, held, 256, 12)
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).eval()
-        total = count = 0
-        with torch.no_grad():
-            for ids in wins:
-                total += _nll(model(torch.tensor([ids])).logits[0, :-1].numpy(), np.asarray(ids[1:]))
-                count += len(ids) - 1
-        del model
-        truth = math.exp(total / count)
+        truth, count = hf_perplexity(base, wins, adapter=adapter)  # transformers + PEFT, F32: the truth
         lora = w / "lora-F16.gguf"
         convert_lora_to_gguf(adapter, base, lora, "F16")
         for out in ("BF16", "F16", "F32"):

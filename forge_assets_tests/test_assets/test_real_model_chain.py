@@ -19,14 +19,12 @@ the adapter as an F16 LoRA GGUF), deployment on the one model server. Then:
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
-from forge_assets.export.gguf_eval import _nll, token_windows
+from forge_assets.export.gguf_eval import hf_perplexity, token_windows
 from forge_assets.export.packaged_models import PackagedModelError, build_packaged_model, default_cache
 from forge_assets_tests.conftest import free_port, make_repo, materialized_chain, write_config
 
@@ -53,9 +51,7 @@ def _repo(tmp_path: Path) -> Path:
 
 def test_real_pretrained_model_goes_from_base_model_to_a_served_tag(smollm2: Path, tmp_path: Path, monkeypatch, capsys):
     import llama_cpp
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     port = free_port()
     cfg = write_config(tmp_path, [_repo(tmp_path)], base_model=str(smollm2),
@@ -105,14 +101,8 @@ def test_real_pretrained_model_goes_from_base_model_to_a_served_tag(smollm2: Pat
             dataset = root / "dataset" / "python" / "promoted"
             windows = token_windows(tokenizer, held_out_texts(dataset, 0, template_of(smollm2), scheme_of_folder(smollm2)), 192, 6)
             adapter = root / "adapter" / "python" / "promoted"
-            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32), adapter).eval()
-            total = count = 0
-            with torch.no_grad():
-                for ids in windows:
-                    total += _nll(model(torch.tensor([ids])).logits[0, :-1].numpy(), np.asarray(ids[1:]))
-                    count += len(ids) - 1
+            evaluated, count = hf_perplexity(smollm2, windows, adapter=adapter)  # transformers + PEFT, F32
             assert count == gg["quantization_scored_tokens"]  # the very windows the gguf stage scored
-            evaluated = math.exp(total / count)
             truth_pct = (gg["gguf_perplexity"] / evaluated - 1) * 100
             assert abs(truth_pct) < 1.0, (gg["gguf_perplexity"], evaluated)
             # The gate's figure agrees with the served model against transformers + PEFT.
