@@ -160,7 +160,17 @@ class DeployConfig(_Strict):
     # language's LoRA GGUF (falls back to merged for an adapter llama.cpp cannot apply, e.g. DoRA).
     merge: bool = False
     gpu_layers: int | Literal["auto"] = "auto"  # auto: all layers on the GPU when llama.cpp has CUDA or Metal
-    max_output: int = Field(4096, gt=0)  # the output limit written into client configurations
+    max_output: int = Field(4096, gt=0)  # the output limit written into client configurations, and the server's max_tokens cap
+    # Concurrent requests the llama.cpp engine decodes together (its slots, each with its own prompt cache; they share
+    # deploy.context tokens of KV cache). 4: an agent team of four sessions keeps every session's prefix cached.
+    parallel: int = Field(4, ge=1, le=64)
+    # The endpoint's API key. None: a loopback bind needs none; any other deploy.host gets one generated into
+    # deployment/_endpoint/api_key (mode 0600), which `forge client-config` writes into the client configs.
+    # `$NAME` reads it from the environment variable NAME.
+    api_key: str | None = Field(None, min_length=1)
+    allowed_hosts: list[str] = Field(default_factory=list)  # Host-header names accepted besides loopback and deploy.host
+    max_body_mb: float = Field(16, gt=0)  # request bodies larger than this are refused (413)
+    request_timeout_s: float = Field(600, gt=0)  # a request still generating after this is stopped (finish "length")
     ollama_host: str = "http://127.0.0.1:11434"
     tag_prefix: str = Field("forge", pattern=r"^[a-z0-9][a-z0-9._-]*$")
     # Q8_0 (default): near-lossless, 1.06 bytes a weight (a 32 B model: ~34 GB, fits a 48 GB Mac with context).

@@ -139,6 +139,7 @@ class Served:
     target: str
     base_url: str
     models: list[ServedModel] = field(default_factory=list)
+    api_key: str | None = None  # the endpoint's API key (a LAN bind has one): written into every client's config
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -208,7 +209,7 @@ def opencode_config(served: Served, language: str | None = None) -> dict:
             PROVIDER_ID: {
                 "npm": "@ai-sdk/openai-compatible",
                 "name": f"Forge ({served.target})",
-                "options": {"baseURL": served.openai_base},
+                "options": {"baseURL": served.openai_base, **({"apiKey": served.api_key} if served.api_key else {})},
                 "models": models,
             }
         },
@@ -221,9 +222,10 @@ def opencode_config(served: Served, language: str | None = None) -> dict:
 
 
 def _continue_connection(served: Served) -> dict:
+    key = {"apiKey": served.api_key} if served.api_key else {}
     if served.target == "ollama":
-        return {"provider": "ollama", "apiBase": f"{served.server_root}/"}
-    return {"provider": "openai", "apiBase": f"{served.openai_base}/"}  # Continue resolves paths against apiBase
+        return {"provider": "ollama", "apiBase": f"{served.server_root}/", **key}
+    return {"provider": "openai", "apiBase": f"{served.openai_base}/", **key}  # Continue resolves paths against apiBase
 
 
 def continue_dict(served: Served, language: str | None = None) -> dict:
@@ -285,11 +287,13 @@ def tabby_dict(served: Served, language: str | None = None) -> dict:
         endpoint = f"{served.server_root}/lang/{chosen.language}"
     else:
         endpoint = served.server_root if served.target == "ollama" else served.openai_base
+    key = {"api_key": served.api_key} if served.api_key else {}
     chat = {"kind": "openai/chat", "model_name": chosen.tag, "api_endpoint": served.openai_base,
-            "supported_models": [m.tag for m in ordered]}
+            "supported_models": [m.tag for m in ordered], **key}
     if chosen.fim == "none":  # a base without FIM tokens: no completion model (tabby_config says why)
         return {"model": {"chat": {"http": chat}}}
-    completion = {"kind": kind, "model_name": chosen.tag, "api_endpoint": endpoint, "prompt_template": tabby_fim_template(chosen.fim)}
+    completion = {"kind": kind, "model_name": chosen.tag, "api_endpoint": endpoint, "prompt_template": tabby_fim_template(chosen.fim),
+                  **key}
     return {"model": {"completion": {"http": completion}, "chat": {"http": chat}}}
 
 
@@ -333,14 +337,14 @@ def render(kind: Kind, served: Served, language: str | None = None) -> tuple[str
     raise ValueError(f"unknown client kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -359,5 +363,5 @@ def write_all(served: Served, folder: Path, language: str | None = None) -> dict
     paths: dict[str, Path] = {}
     for kind, (name, text) in rendered.items():
         paths[kind] = folder / name
-        _atomic_write(paths[kind], text)
+        _atomic_write(paths[kind], text, 0o600 if served.api_key else 0o644)  # a config with a key is the owner's alone
     return paths

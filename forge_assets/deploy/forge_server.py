@@ -1,56 +1,62 @@
-"""Forge's model server: one process, one base model held once, each language's LoRA adapter applied per request.
+"""Forge's model server: llama.cpp's own server engine for batching and prompt caches, Forge's protocol on top.
 
     python -m forge_assets.deploy.forge_server --config server.json --host 127.0.0.1 --port 8100
 
-Why not llama-cpp-python's own server: it holds one model at a time and reloads the whole model whenever a request
-names another one (``LlamaProxy``), and it does not turn Qwen's ``<tool_call>`` text into OpenAI ``tool_calls``.
-The real ``llama-server`` binary is not shipped by any wheel (building it adds ~20 minutes on 2 cores). This server
-is a thin OpenAI-compatible layer over llama.cpp through llama-cpp-python's bindings:
+Two layers in one process:
 
-- every distinct GGUF in the config is loaded once (``llama_cpp.Llama``, all layers on the GPU when llama.cpp was
-  built with CUDA or Metal), and every LoRA GGUF once (``llama_adapter_lora_init``) against its base;
-- a request's ``model`` picks the entry: its base, its adapter (switched on the context with
-  ``llama_set_adapters_lora``; the KV cache is reset when the adapter changes) and its chat template;
-- ``/v1/chat/completions`` renders messages and tools with the model's own chat template (``forge_assets.chat``,
-  the template training used) and returns Qwen ``<tool_call>`` blocks as OpenAI ``tool_calls``, streamed or not;
-- ``/v1/completions`` does FIM when ``suffix`` is given, in the FIM tokens of the base's family, found in the GGUF's
-  vocabulary when it loads (``fim_tokens.scheme_of_llama``: Qwen's ``<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>``,
-  StarCoder's ``<fim_prefix>…``, CodeLlama's ``▁<PRE>…``, DeepSeek's ``<｜fim▁begin｜>…``); a base without FIM tokens
-  answers FIM requests with 400 ``fim_not_supported`` rather than a completion of garbled text;
-- ``/completion`` and ``/lang/<language>/completion`` speak llama-server's native completion API (Tabby's
-  ``llama.cpp/completion`` kind): a prompt already in FIM tokens (Forge's canonical Qwen ones are rewritten in the
-  base's), or FIM from ``suffix`` / ``input_prefix`` + ``input_suffix`` (llama-server's infill fields);
-- ``/v1/models`` and ``/health`` list every tag with its language and context; ``/apply-template`` (as llama-server)
-  returns the exact prompt a chat request becomes.
+- **The engine** is llama.cpp's C++ server (``tools/server``) as the prebuilt ``xllamacpp`` wheel (CPU, Metal, CUDA;
+  nothing to compile). One engine per base GGUF holds the base once, with ``parallel`` slots over one unified KV
+  cache: concurrent requests are batched (continuous batching), each slot keeps its own prompt cache, and every
+  language's LoRA GGUF is loaded once at scale 0 and switched on per request (the engine's ``lora`` field), so an
+  agent session in one language does not evict the cached prefix of a session in another. The engine listens on a
+  random loopback port with a random key only this process knows.
+- **Forge's front** (FastAPI, all I/O async: nothing blocks the event loop) is what clients reach through the
+  router. It adds what Forge promises on top of the engine: stable tags and ``<prefix>-<language>[:latest]``
+  aliases chosen by ``model``; chat rendered with the exact template training used (``forge_assets.chat``) and Qwen
+  ``<tool_call>`` blocks returned as OpenAI ``tool_calls``, streamed or not; FIM in the base family's tokens
+  (``/v1/completions`` with ``suffix``, llama.cpp's native ``/completion`` with ``input_suffix``, Tabby's
+  ``/lang/<language>/completion``), and 400 ``fim_not_supported`` for a base without FIM tokens; ``/apply-template``.
 
-Requests are served one at a time (a llama.cpp context is not thread-safe; on 2 cores batching would not help).
-Each request is logged on one line; failures are logged with ERROR and answered with an OpenAI-style error body.
+Why not llama-cpp-python's server (Forge's server until issue 20): it holds one llama.cpp context behind a lock, so
+four agent sessions evicted each other's prompt prefixes on every turn (4.6x slower than the engine, ``bench/serving.py``).
 
-Config (JSON): ``{"n_ctx": 32768, "threads": 2, "gpu_layers": "auto", "models": [{"id": "forge-python:abc",
-"language": "python", "gguf": "/…/base-Q8_0.gguf", "lora": "/…/adapter-F16.gguf" | null, "chat_template": "…"}]}``.
+Defences for a LAN bind (``guard``): API keys (``Authorization: Bearer`` or ``x-api-key``; ``/health`` stays open), a
+Host-header allow-list (DNS rebinding), JSON-only POSTs (a browser's CORS-simple ``text/plain`` POST is refused), a
+body-size limit, a ``max_tokens`` cap, a per-request deadline, and generation cancelled when the client goes away
+(the engine stops decoding when its connection closes). ``/docs`` and ``/openapi.json`` are off and no absolute path
+is shown.
+
+Config (JSON): ``{"n_ctx": 32768, "threads": 2, "gpu_layers": "auto", "parallel": 4, "api_key_file": null,
+"allowed_hosts": ["localhost", ...], "max_body_bytes": 16777216, "max_tokens_cap": 4096, "request_timeout": 600,
+"models": [{"id": "forge-python:abc", "language": "python", "gguf": "/…/base-Q8_0.gguf", "lora": "/…/adapter-F16.gguf"
+| null, "chat_template": "…"}]}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import hmac
 import json
 import os
+import secrets
+import socket
 import sys
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from forge_assets.export.lora_gguf import apply_lora
 from forge_assets.chat import FIM_PREFIX, STOP_TOKENS, TOOL_CALL_OPEN, ChatTemplateError, parse_tool_calls, render_chat
-from forge_assets.fim_tokens import FAMILIES, FimScheme, scheme_of_llama
+from forge_assets.fim_tokens import FAMILIES, FimScheme, scheme_of_gguf
 
 NO_FIM_MESSAGE = "this model's tokenizer has no fill-in-the-middle tokens; use chat or plain completion"
+DEFAULTS = {"parallel": 4, "max_body_bytes": 16 << 20, "max_tokens_cap": 4096, "request_timeout": 600.0}
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "localhost.localdomain")
 
 
 class RequestError(Exception):
@@ -65,65 +71,105 @@ def _log(msg: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} forge-server: {msg}", file=sys.stderr, flush=True)
 
 
-@dataclass
-class Base:
-    path: str
-    llm: object  # llama_cpp.Llama
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    active: tuple | None = (None, 1.0)  # (adapter path, scale) now set on the context; (None, 1.0): the base alone
-    fim: FimScheme | None = None  # the FIM tokens of the GGUF's vocabulary (fim_tokens.scheme_of_llama)
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gpu_layers(setting) -> int:
+    """`auto`: every layer on the GPU where the engine has one (CUDA, Metal; none on a CPU build), else the number."""
+    if setting in (None, "auto"):
+        return -1
+    return int(setting)
+
+
+class Engine:
+    """llama.cpp's server engine (``xllamacpp.Server``) for one base GGUF and the LoRA GGUFs trained on it."""
+
+    def __init__(self, path: str, loras: list[str], *, n_ctx: int, parallel: int, threads: int, gpu_layers: int):
+        import xllamacpp
+
+        p = xllamacpp.CommonParams()
+        p.model.path = path
+        p.n_ctx = n_ctx  # one KV cache the slots share (kv_unified): each request may use all of it
+        p.n_parallel = parallel
+        p.kv_unified = True
+        p.cpuparams.n_threads = threads
+        p.cpuparams_batch.n_threads = threads
+        p.n_gpu_layers = gpu_layers
+        p.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(lora, 0.0) for lora in loras]
+        p.lora_init_without_apply = True  # every adapter at scale 0 unless a request switches it on
+        p.cache_prompt = True
+        p.endpoint_metrics = True
+        p.hostnames = ["127.0.0.1"]
+        p.port = _free_port()
+        self.key = secrets.token_urlsafe(24)
+        p.api_keys = [self.key]
+        self.path, self.n_ctx, self.parallel = path, n_ctx, parallel
+        self.lora_ids = {lora: i for i, lora in enumerate(loras)}
+        self.server = xllamacpp.Server(p)  # loads the model and starts the engine's HTTP threads
+        self.url = f"http://127.0.0.1:{p.port}"
+        self.fim = scheme_of_gguf(Path(path))
+        # The context a request really gets: llama.cpp caps a slot at the GGUF's trained context_length.
+        import urllib.request
+
+        req = urllib.request.Request(f"{self.url}/props", headers={"Authorization": f"Bearer {self.key}"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            props = json.loads(resp.read())
+        self.n_ctx_slot = int((props.get("default_generation_settings") or {}).get("n_ctx") or n_ctx)
 
 
 @dataclass
 class Served:
     id: str
     language: str | None
-    base: Base
-    lora: str | None
+    base: Engine
     adapter: str | None  # the LoRA GGUF applied for this model (None: the base or a merged GGUF alone)
     chat_template: str | None
     scale: float = 1.0
 
-
-def gpu_layers(setting) -> int:
-    """`auto`: every layer on the GPU when llama.cpp can offload (CUDA, Metal), else none; or a number."""
-    import llama_cpp
-
-    if setting in (None, "auto"):
-        return -1 if llama_cpp.llama_supports_gpu_offload() else 0
-    return int(setting)
+    @property
+    def lora(self) -> list[dict]:
+        """The engine's per-request adapter field: this model's adapter on, every other one off."""
+        return [{"id": i, "scale": (self.scale if path == self.adapter else 0.0)} for path, i in self.base.lora_ids.items()]
 
 
 class ModelServer:
-    """The models of a config, loaded once; generation for a named model (plain code, testable without HTTP)."""
+    """The models of a config on their engines; generation for a named model (plain code, testable without HTTP)."""
 
     def __init__(self, config: dict):
-        import llama_cpp
-
         self.config = config
         self.n_ctx = int(config.get("n_ctx", 32768))
         threads = int(config.get("threads") or os.cpu_count() or 2)
-        self.gpu_layers = gpu_layers(config.get("gpu_layers", "auto"))
-        self.bases: dict[str, Base] = {}
+        self.parallel = int(config.get("parallel") or DEFAULTS["parallel"])
+        self.max_tokens_cap = int(config.get("max_tokens_cap") or DEFAULTS["max_tokens_cap"])
+        self.request_timeout = float(config.get("request_timeout") or DEFAULTS["request_timeout"])
+        self.max_body_bytes = int(config.get("max_body_bytes") or DEFAULTS["max_body_bytes"])
+        self.allowed_hosts = [h.lower() for h in (config.get("allowed_hosts") or LOOPBACK_NAMES)]
+        key_file = config.get("api_key_file")
+        self.api_keys = [k.strip() for k in Path(key_file).read_text().splitlines() if k.strip()] if key_file else []
+        if key_file and not self.api_keys:
+            raise RuntimeError(f"the API key file {key_file} is empty. Fix: redeploy with `forge run` (it writes a key).")
+        layers = gpu_layers(config.get("gpu_layers", "auto"))
+        self.bases: dict[str, Engine] = {}
         self.models: dict[str, Served] = {}
-        for entry in config["models"]:
-            path = str(entry["gguf"])
-            if path not in self.bases:
-                t0 = time.time()
-                # flash attention: long agent prompts (OpenCode's is ~7k Qwen tokens) read in a fraction of the time
-                llm = llama_cpp.Llama(model_path=path, n_ctx=self.n_ctx, n_threads=threads, n_gpu_layers=self.gpu_layers,
-                                      verbose=False, seed=0, flash_attn=bool(config.get("flash_attn", True)))
-                scheme = scheme_of_llama(llm, f"the GGUF {Path(path).name}")
-                self.bases[path] = Base(path, llm, fim=scheme)
-                _log(f"loaded {path} (n_ctx {self.n_ctx}, gpu layers {self.gpu_layers}) in {time.time() - t0:.1f}s; FIM: "
-                     + (f"{scheme.label} tokens" if scheme.has_fim else f"none ({scheme.skip_reason})"))
-            base = self.bases[path]
+        entries = config["models"]
+        for path in dict.fromkeys(str(e["gguf"]) for e in entries):
+            loras = list(dict.fromkeys(str(e["lora"]) for e in entries if e.get("lora") and str(e["gguf"]) == path))
+            t0 = time.time()
+            self.bases[path] = engine = Engine(path, loras, n_ctx=self.n_ctx, parallel=self.parallel, threads=threads,
+                                               gpu_layers=layers)
+            _log(f"engine for {Path(path).name} with {len(loras)} adapter(s), {self.parallel} slots over n_ctx {self.n_ctx}, "
+                 f"up in {time.time() - t0:.1f}s; FIM: "
+                 + (f"{engine.fim.label} tokens" if engine.fim.has_fim else f"none ({engine.fim.skip_reason})"))
+        capped = min(e.n_ctx_slot for e in self.bases.values())
+        if capped < self.n_ctx:
+            _log(f"context {self.n_ctx} capped to {capped} tokens: the base's trained context (llama.cpp serves no more)")
+            self.n_ctx = capped
+        for entry in entries:
             adapter = str(entry["lora"]) if entry.get("lora") else None
-            if adapter:
-                apply_lora(base.llm, adapter)  # loaded (and checked against its base) now, not on the first request
-                apply_lora(base.llm, None)
-                _log(f"loaded adapter {adapter} for {entry['id']}")
-            self.models[entry["id"]] = Served(entry["id"], entry.get("language"), base, entry.get("lora"), adapter,
+            self.models[entry["id"]] = Served(entry["id"], entry.get("language"), self.bases[str(entry["gguf"])], adapter,
                                               entry.get("chat_template"), float(entry.get("scale", 1.0)))
         if not self.models:
             raise RuntimeError("the server config lists no models")
@@ -137,6 +183,7 @@ class ModelServer:
             for alias in (family, f"{family}:latest"):
                 if alias not in self.models:
                     self.aliases[alias] = mid
+        self._client = None
 
     # -- model selection -----------------------------------------------------------------------------------------
 
@@ -157,49 +204,78 @@ class ModelServer:
         raise RequestError(404, f"No model for language `{language}` on this server (it serves "
                                 f"{', '.join(sorted({m.language or '?' for m in self.models.values()}))}).", "model_not_found")
 
-    def _activate(self, m: Served) -> None:
-        """Put m's adapter (or none) on its base's context (``lora_gguf.apply_lora``; it resets the KV cache)."""
-        base = m.base
-        if base.active == (m.adapter, m.scale):
-            return
-        try:
-            apply_lora(base.llm, m.adapter, m.scale)
-        except Exception as exc:  # noqa: BLE001 - llama.cpp refused: the request fails, the server stays up
-            base.active = None
-            raise RequestError(500, f"cannot switch to the adapter of {m.id}: {exc}", "server_error") from None
-        base.active = (m.adapter, m.scale)
-
     # -- generation ------------------------------------------------------------------------------------------------
 
-    def tokenize(self, m: Served, text: str) -> list[int]:
-        return m.base.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    def client(self):
+        import httpx
 
-    def budget(self, prompt_tokens: int, max_tokens: int | None, m: Served) -> int:
-        room = self.n_ctx - prompt_tokens
-        if room <= 0 or (max_tokens is not None and max_tokens > room):
-            asked = f" plus max_tokens {max_tokens}" if max_tokens is not None else ""
-            raise RequestError(400, f"This request needs {prompt_tokens} prompt tokens{asked}, more than {m.id}'s context of "
-                                    f"{self.n_ctx} tokens. Fix: shorten the conversation or lower max_tokens, or deploy with a "
-                                    "larger deploy.context in forge.yaml.", "context_length_exceeded", "messages")
-        return room if max_tokens is None else max_tokens
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
+                                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+        return self._client
 
-    def generate(self, m: Served, prompt: str, max_tokens: int | None, *, stop: list[str], temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None) -> Iterator[dict]:
-        """Stream {"text", "finish_reason", "prompt_tokens", "completion_tokens"} pieces; the last has finish_reason set."""
-        ids = self.tokenize(m, prompt)
-        n = self.budget(len(ids), max_tokens, m)
-        with m.base.lock:
-            self._activate(m)
-            text, finish = "", "length"
-            stream = m.base.llm.create_completion(ids, max_tokens=n, temperature=temperature, top_p=top_p, stop=stop, stream=True,
-                                                  seed=seed)
-            for chunk in stream:
-                choice = chunk["choices"][0]
-                text += choice.get("text") or ""
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
-                yield {"text": choice.get("text") or "", "finish_reason": None}
-            yield {"text": "", "finish_reason": finish, "prompt_tokens": len(ids), "completion_tokens": len(self.tokenize(m, text))}
+    def budget(self, max_tokens: int | None, m: Served) -> int:
+        """The tokens a request may generate: its max_tokens, at most the server's cap; 400 when it exceeds the context."""
+        if max_tokens is not None and max_tokens >= self.n_ctx:
+            raise RequestError(400, f"max_tokens {max_tokens} is more than {m.id}'s context of {self.n_ctx} tokens. Fix: lower "
+                                    "max_tokens, or deploy with a larger deploy.context in forge.yaml.", "context_length_exceeded",
+                               "max_tokens")
+        return min(max_tokens or self.max_tokens_cap, self.max_tokens_cap)
+
+    async def generate(self, m: Served, prompt: str, max_tokens: int | None, *, stop: list[str], temperature: float = 0.0,
+                       top_p: float = 1.0, seed: int | None = None) -> AsyncIterator[dict]:
+        """Start generating on m's engine (errors raise RequestError before anything is streamed) and return an async
+        iterator of {"text", "finish_reason"} pieces; the last has finish_reason, prompt_tokens, completion_tokens and
+        cached_tokens. Closing the iterator (client gone, deadline) closes the engine connection, which stops decoding."""
+        n = self.budget(max_tokens, m)
+        body = {"prompt": prompt, "n_predict": n, "temperature": temperature, "top_p": top_p, "stop": stop, "stream": True,
+                "cache_prompt": True, "lora": m.lora, "return_tokens": False}
+        if seed is not None:
+            body["seed"] = int(seed)
+        client = self.client()
+        req = client.build_request("POST", f"{m.base.url}/completion", json=body,
+                                   headers={"Authorization": f"Bearer {m.base.key}"})
+        resp = await client.send(req, stream=True)
+        if resp.status_code != 200:
+            raw = await resp.aread()
+            await resp.aclose()
+            raise self._engine_error(m, resp.status_code, raw)
+        return self._pieces(resp)
+
+    def _engine_error(self, m: Served, status: int, raw: bytes) -> RequestError:
+        try:
+            err = json.loads(raw).get("error") or {}
+        except ValueError:
+            err = {"message": raw.decode(errors="replace")[:300]}
+        if err.get("type") == "exceed_context_size_error" or "context" in str(err.get("message", "")).lower():
+            asked = err.get("n_prompt_tokens")
+            return RequestError(400, f"This request needs {asked or 'more'} prompt tokens, more than {m.id}'s context of "
+                                     f"{self.n_ctx} tokens. Fix: shorten the conversation or lower max_tokens, or deploy with a "
+                                     "larger deploy.context in forge.yaml.", "context_length_exceeded", "messages")
+        return RequestError(500 if status >= 500 else 400, f"the engine refused the request: {err.get('message') or status}",
+                            "server_error" if status >= 500 else "invalid_request_error")
+
+    async def _pieces(self, resp) -> AsyncIterator[dict]:
+        finish, last = "length", {}
+        try:
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = json.loads(line[6:])
+                if "error" in data:
+                    raise RequestError(500, f"the engine failed mid-generation: {data['error'].get('message')}", "server_error")
+                if data.get("stop"):
+                    last = data
+                    finish = "length" if data.get("stop_type") == "limit" else "stop"
+                    if data.get("content"):
+                        yield {"text": data["content"], "finish_reason": None}
+                    break
+                yield {"text": data.get("content") or "", "finish_reason": None}
+        finally:
+            await resp.aclose()
+        timings = last.get("timings") or {}
+        yield {"text": "", "finish_reason": finish, "prompt_tokens": int(last.get("tokens_evaluated") or 0),
+               "completion_tokens": int(last.get("tokens_predicted") or 0), "cached_tokens": int(timings.get("cache_n") or 0)}
 
     def fim_scheme(self, m: Served) -> FimScheme:
         """m's FIM scheme; RequestError 400 `fim_not_supported` when its base has no FIM tokens."""
@@ -231,6 +307,13 @@ class ModelServer:
         except ChatTemplateError as exc:
             raise RequestError(400, str(exc), param="messages") from None
 
+    async def tokenize(self, m: Served, text: str) -> list[int]:
+        """The engine's tokens for text (special tokens parsed, no BOS), as its prompts are tokenized."""
+        r = await self.client().post(f"{m.base.url}/tokenize", json={"content": text, "add_special": False, "parse_special": True},
+                                     headers={"Authorization": f"Bearer {m.base.key}"})
+        r.raise_for_status()
+        return r.json()["tokens"]
+
 
 def _stops(body: dict, defaults: list[str]) -> list[str]:
     stop = body.get("stop")
@@ -242,9 +325,18 @@ def _max_tokens(body: dict, default: int | None) -> int | None:
     v = body.get("max_completion_tokens", body.get("max_tokens", body.get("n_predict", default)))
     if v is None or (isinstance(v, int) and v < 0):
         return default
-    if not isinstance(v, int) or v == 0:
+    if not isinstance(v, int) or isinstance(v, bool) or v == 0:
         raise RequestError(400, f"max_tokens must be a positive integer, not {v!r}.", param="max_tokens")
     return v
+
+
+def _number(body: dict, name: str, default: float) -> float:
+    v = body.get(name, default)
+    if v is None:
+        return default
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        raise RequestError(400, f"{name} must be a number, not {v!r}.", param=name)
+    return float(v)
 
 
 def _held_back(text: str) -> int:
@@ -255,31 +347,147 @@ def _held_back(text: str) -> int:
     return 0
 
 
+def _host_of(header: str) -> str:
+    """The host name of a Host header, without its port (``[::1]:8088`` -> ``::1``), lower case."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+class Guard:
+    """ASGI middleware: Host allow-list, API key, JSON-only POSTs and a body-size limit, before any route runs."""
+
+    OPEN = ("/health",)
+
+    def __init__(self, app, server: ModelServer):
+        self.app, self.server = app, server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        s, path = self.server, scope.get("path", "")
+        host = _host_of(headers.get("host", ""))
+        if "*" not in s.allowed_hosts and host not in s.allowed_hosts:
+            return await self._refuse(send, 403, "host_not_allowed", f"the Host header `{host}` is not one this server answers "
+                                      "to (a DNS-rebinding guard). Fix: reach it by a name in deploy.allowed_hosts, or add "
+                                      "this name to deploy.allowed_hosts in forge.yaml.")
+        if s.api_keys and path not in self.OPEN:
+            given = headers.get("authorization", "")
+            given = given[7:].strip() if given.lower().startswith("bearer ") else headers.get("x-api-key", "").strip()
+            if not any(hmac.compare_digest(given.encode(), k.encode()) for k in s.api_keys):
+                return await self._refuse(send, 401, "invalid_api_key", "a valid API key is required (`Authorization: Bearer "
+                                          "<key>`). Fix: use the key `forge client-config` writes into your client's config "
+                                          "(it is in deployment/_endpoint/api_key on the serving machine).")
+        if scope.get("method") == "POST":
+            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                return await self._refuse(send, 415, "unsupported_media_type", f"POST bodies must be `application/json`, not "
+                                          f"`{ctype or 'none'}` (browsers' cross-site form and text posts are refused).")
+            length = headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > s.max_body_bytes:
+                return await self._refuse(send, 413, "request_too_large", self._too_large())
+            seen = 0
+
+            async def limited():
+                nonlocal seen
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body") or b"")
+                    if seen > s.max_body_bytes:
+                        raise _TooLarge()
+                return message
+
+            try:
+                return await self.app(scope, limited, send)
+            except _TooLarge:
+                return await self._refuse(send, 413, "request_too_large", self._too_large())
+        return await self.app(scope, receive, send)
+
+    def _too_large(self) -> str:
+        return (f"the request body is larger than {self.server.max_body_bytes} bytes. Fix: shorten the conversation, or raise "
+                "deploy.max_body_mb in forge.yaml.")
+
+    @staticmethod
+    async def _refuse(send, status: int, code: str, message: str) -> None:
+        _log(f"refused {status} {code}: {message[:120]}")
+        body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
 def create_app(server: ModelServer):
-    app = FastAPI(title="Forge model server")
+    app = FastAPI(title="Forge model server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Guard, server=server)
 
     def error(exc: RequestError) -> JSONResponse:
         return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error" if exc.status < 500 else "server_error",
                                        "param": exc.param, "code": exc.code}}, status_code=exc.status)
 
     async def read(request: Request) -> dict:
+        raw = await request.body()
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except ValueError:
             raise RequestError(400, "the request body is not JSON.") from None
         if not isinstance(body, dict):
             raise RequestError(400, "the request body must be a JSON object.")
         return body
 
-    def sse(events: Iterator[dict | str]) -> StreamingResponse:
-        def lines():
-            for e in events:
+    def sse(events: AsyncIterator[dict | str]) -> StreamingResponse:
+        async def lines():
+            async for e in events:
                 yield f"data: {e if isinstance(e, str) else json.dumps(e, ensure_ascii=False)}\n\n"
         return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    def logged(kind: str, m: Served, t0: float, usage: dict, finish: str | None, calls: int = 0) -> None:
-        _log(f"{kind} {m.id}: {usage.get('prompt_tokens')} prompt + {usage.get('completion_tokens')} completion tokens, "
-             f"finish {finish}{f', {calls} tool call(s)' if calls else ''}, {time.time() - t0:.2f}s")
+    async def timed(pieces: AsyncIterator[dict]) -> AsyncIterator[dict]:
+        """pieces until the request deadline; then a final piece with finish_reason "deadline" (the engine stops)."""
+        deadline = asyncio.get_running_loop().time() + server.request_timeout
+        it = pieces.__aiter__()
+        try:
+            while True:
+                left = deadline - asyncio.get_running_loop().time()
+                try:
+                    piece = await asyncio.wait_for(it.__anext__(), max(left, 0.001))
+                except StopAsyncIteration:
+                    return
+                except asyncio.TimeoutError:
+                    _log(f"deadline: generation stopped after {server.request_timeout:.0f}s (deploy.request_timeout_s)")
+                    yield {"text": "", "finish_reason": "length", "prompt_tokens": 0, "completion_tokens": 0, "deadline": True}
+                    return
+                yield piece
+        finally:
+            await it.aclose()
+
+    async def collect(request: Request, pieces: AsyncIterator[dict]) -> tuple[str, dict]:
+        """All of a non-streamed generation; stops (and the engine with it) when the client disconnects."""
+
+        async def run():
+            text, last = "", {}
+            async for piece in timed(pieces):
+                text += piece["text"]
+                last = piece
+            return text, last
+
+        task = asyncio.ensure_future(run())
+        while not task.done():
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if not done and await request.is_disconnected():
+                task.cancel()
+                _log("client disconnected: generation cancelled")
+                raise RequestError(499, "the client closed the connection", "client_closed")
+        return task.result()
+
+    def logged(kind: str, m: Served, t0: float, usage: dict, finish: str | None, calls: int = 0, last: dict | None = None) -> None:
+        cached = (last or {}).get("cached_tokens")
+        _log(f"{kind} {m.id}: {usage.get('prompt_tokens')} prompt ({cached or 0} cached) + {usage.get('completion_tokens')} "
+             f"completion tokens, finish {finish}{f', {calls} tool call(s)' if calls else ''}, {time.time() - t0:.2f}s")
 
     @app.exception_handler(RequestError)
     async def _request_error(_request, exc: RequestError):
@@ -287,33 +495,28 @@ def create_app(server: ModelServer):
         return error(exc)
 
     @app.get("/health")
-    def health():
-        return {"status": "ok", "models": [_card(m, server) for m in server.models.values()]}
+    async def health():
+        return {"status": "ok"}
 
     @app.get("/v1/models")
-    def models():
+    async def models():
         return {"object": "list", "data": [_card(m, server) for m in server.models.values()]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await read(request)
         m = server.model(body.get("model"))
-        prompt = server.chat_prompt(m, body)
-        max_tokens = _max_tokens(body, None)
-        server.budget(len(server.tokenize(m, prompt)), max_tokens, m)  # refuse before a stream starts
-        gen = server.generate(m, prompt, max_tokens, stop=_stops(body, STOP_TOKENS), temperature=float(body.get("temperature", 0.0) or 0.0),
-                              top_p=float(body.get("top_p", 1.0) or 1.0), seed=body.get("seed"))
+        prompt = await asyncio.to_thread(server.chat_prompt, m, body)
+        gen = await server.generate(m, prompt, _max_tokens(body, None), stop=_stops(body, STOP_TOKENS),
+                                    temperature=_number(body, "temperature", 0.0), top_p=_number(body, "top_p", 1.0), seed=body.get("seed"))
         cid, created, t0 = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), time.time()
         tools_on = bool(body.get("tools")) and body.get("tool_choice") != "none"
         if not body.get("stream"):
-            text, last = "", {}
-            for piece in gen:
-                text += piece["text"]
-                last = piece
+            text, last = await collect(request, gen)
             content, calls = parse_tool_calls(text) if tools_on else (text, [])
             usage = _usage(last)
             finish = "tool_calls" if calls else last["finish_reason"]
-            logged("chat", m, t0, usage, finish, len(calls))
+            logged("chat", m, t0, usage, finish, len(calls), last)
             message = {"role": "assistant", "content": content if (content or not calls) else None}
             if calls:
                 message["tool_calls"] = calls
@@ -322,7 +525,7 @@ def create_app(server: ModelServer):
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-        def events():
+        async def events():
             def chunk(delta: dict, finish: str | None = None) -> dict:
                 return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": m.id,
                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
@@ -330,7 +533,7 @@ def create_app(server: ModelServer):
             yield chunk({"role": "assistant", "content": ""})
             text, sent, last = "", 0, {}
             try:
-                for piece in gen:
+                async for piece in timed(gen):
                     text += piece["text"]
                     last = piece
                     if piece["finish_reason"]:
@@ -356,7 +559,7 @@ def create_app(server: ModelServer):
                 yield chunk({"content": text[sent:]})
             usage = _usage(last)
             finish = "tool_calls" if calls else last.get("finish_reason", "stop")
-            logged("chat stream", m, t0, usage, finish, len(calls))
+            logged("chat stream", m, t0, usage, finish, len(calls), last)
             final = chunk({}, finish)
             if include_usage:
                 yield final
@@ -372,7 +575,7 @@ def create_app(server: ModelServer):
         """llama-server's POST /apply-template: the exact prompt a chat request becomes, for checking templates."""
         body = await read(request)
         m = server.model(body.get("model"))
-        return {"prompt": server.chat_prompt(m, body), "model": m.id}
+        return {"prompt": await asyncio.to_thread(server.chat_prompt, m, body), "model": m.id}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -386,29 +589,23 @@ def create_app(server: ModelServer):
         suffix = body.get("suffix")
         fim = suffix is not None
         text_in = server.fim_prompt(m, str(prompt), str(suffix)) if fim else str(prompt)
-        max_tokens = _max_tokens(body, 16)
-        server.budget(len(server.tokenize(m, text_in)), max_tokens, m)
-        gen = server.generate(m, text_in, max_tokens, stop=_stops(body, m.base.fim.stop_tokens() if fim else STOP_TOKENS),
-                              temperature=float(body.get("temperature", 0.0) or 0.0), top_p=float(body.get("top_p", 1.0) or 1.0),
-                              seed=body.get("seed"))
+        gen = await server.generate(m, text_in, _max_tokens(body, 16), stop=_stops(body, m.base.fim.stop_tokens() if fim else STOP_TOKENS),
+                                    temperature=_number(body, "temperature", 0.0), top_p=_number(body, "top_p", 1.0), seed=body.get("seed"))
         cid, created, t0 = f"cmpl-{uuid.uuid4().hex}", int(time.time()), time.time()
 
         def choice(text: str, finish: str | None) -> dict:
             return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
 
         if not body.get("stream"):
-            text, last = "", {}
-            for piece in gen:
-                text += piece["text"]
-                last = piece
+            text, last = await collect(request, gen)
             usage = _usage(last)
-            logged("fim" if fim else "completion", m, t0, usage, last["finish_reason"])
+            logged("fim" if fim else "completion", m, t0, usage, last["finish_reason"], last=last)
             return {"id": cid, "object": "text_completion", "created": created, "model": m.id,
                     "choices": [choice(text, last["finish_reason"])], "usage": usage}
 
-        def events():
+        async def events():
             last = {}
-            for piece in gen:
+            async for piece in timed(gen):
                 last = piece
                 if piece["text"] or piece["finish_reason"]:
                     out = {"id": cid, "object": "text_completion", "created": created, "model": m.id,
@@ -416,7 +613,7 @@ def create_app(server: ModelServer):
                     if piece["finish_reason"]:
                         out["usage"] = _usage(piece)
                     yield out
-            logged("fim stream" if fim else "completion stream", m, t0, _usage(last), last.get("finish_reason"))
+            logged("fim stream" if fim else "completion stream", m, t0, _usage(last), last.get("finish_reason"), last=last)
             yield "[DONE]"
 
         return sse(events())
@@ -434,26 +631,21 @@ def create_app(server: ModelServer):
         else:
             fim_text = server.native_fim(m, prompt)
             prompt, fim = (fim_text, True) if fim_text is not None else (prompt, False)
-        max_tokens = _max_tokens(body, None)
-        server.budget(len(server.tokenize(m, prompt)), max_tokens, m)
-        gen = server.generate(m, prompt, max_tokens, stop=_stops(body, m.base.fim.stop_tokens() if fim else STOP_TOKENS),
-                              temperature=float(body.get("temperature", 0.0) or 0.0), seed=body.get("seed"))
+        gen = await server.generate(m, prompt, _max_tokens(body, None), stop=_stops(body, m.base.fim.stop_tokens() if fim else STOP_TOKENS),
+                                    temperature=_number(body, "temperature", 0.0), seed=body.get("seed"))
         t0 = time.time()
         if not body.get("stream"):
-            text, last = "", {}
-            for piece in gen:
-                text += piece["text"]
-                last = piece
-            logged("native", m, t0, _usage(last), last["finish_reason"])
+            text, last = await collect(request, gen)
+            logged("native", m, t0, _usage(last), last["finish_reason"], last=last)
             return {"content": text, "model": m.id, "stop": True, "stop_type": "limit" if last["finish_reason"] == "length" else "eos",
                     "tokens_evaluated": last["prompt_tokens"], "tokens_predicted": last["completion_tokens"]}
 
-        def events():
+        async def events():
             last = {}
-            for piece in gen:
+            async for piece in timed(gen):
                 last = piece
                 yield {"content": piece["text"], "stop": bool(piece["finish_reason"]), "model": m.id}
-            logged("native stream", m, t0, _usage(last), last.get("finish_reason"))
+            logged("native stream", m, t0, _usage(last), last.get("finish_reason"), last=last)
 
         return sse(events())
 
@@ -474,8 +666,10 @@ def _usage(last: dict) -> dict:
 
 
 def _card(m: Served, server: ModelServer) -> dict:
+    """A /v1/models entry: file names only (no absolute path leaves the server)."""
     return {"id": m.id, "object": "model", "created": 0, "owned_by": "forge",
-            "meta": {"language": m.language, "context": server.n_ctx, "base": m.base.path, "adapter": m.lora,
+            "meta": {"language": m.language, "context": server.n_ctx, "base": Path(m.base.path).name,
+                     "adapter": Path(m.adapter).name if m.adapter else None,
                      "aliases": sorted(a for a, t in server.aliases.items() if t == m.id)}}
 
 
@@ -493,8 +687,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the first line of the log must say why the server did not start
         _log(f"ERROR cannot start: {exc}")
         return 1
-    _log(f"serving {', '.join(server.models)} on {args.host}:{args.port}")
-    uvicorn.run(create_app(server), host=args.host, port=args.port, log_level="warning", access_log=False)
+    _log(f"serving {', '.join(server.models)} on {args.host}:{args.port}"
+         + (" (API key required)" if server.api_keys else ""))
+    uvicorn.run(create_app(server), host=args.host, port=args.port, log_level="warning", access_log=False,
+                timeout_keep_alive=30)
     return 0
 
 

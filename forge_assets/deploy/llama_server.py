@@ -50,9 +50,10 @@ class DeployError(RuntimeError):
     """A model could not be served; the message says what failed, what still serves, and where the log is."""
 
 
-def _http(method: str, url: str, body: dict | None = None, timeout: float = 60.0) -> dict:
+def _http(method: str, url: str, body: dict | None = None, timeout: float = 60.0, key: str | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read().decode() or "{}")
 
@@ -138,13 +139,29 @@ def _log_tail(log_path: Path, offset: int) -> str:
     return ""
 
 
-def server_config(models: list[dict], n_ctx: int, threads: int | None = None, gpu_layers: int | str = "auto") -> dict:
-    """The Forge server's config: every model entry {id, language, gguf, lora, chat_template}, one context size."""
-    return {"n_ctx": int(n_ctx), "threads": threads or min(os.cpu_count() or 2, 8), "gpu_layers": gpu_layers, "models": models}
+def server_config(models: list[dict], n_ctx: int, threads: int | None = None, gpu_layers: int | str = "auto",
+                  options: dict | None = None) -> dict:
+    """The Forge server's config: every model entry {id, language, gguf, lora, chat_template}, one context size, and the
+    serving options (forge_server.DEFAULTS: parallel, api_key_file, allowed_hosts, max_body_bytes, max_tokens_cap,
+    request_timeout)."""
+    return {"n_ctx": int(n_ctx), "threads": threads or min(os.cpu_count() or 2, 8), "gpu_layers": gpu_layers,
+            **(options or {}), "models": models}
+
+
+def key_of(options: dict | None) -> str | None:
+    """The API key Forge's own checks send (the first line of options' api_key_file), or None when there is none."""
+    path = (options or {}).get("api_key_file")
+    if not path:
+        return None
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                return line.strip()
+    return None
 
 
 def start(gguf: Path | None, tag: str, host: str, port: int, log_path: Path, n_ctx: int = 32768, timeout: float = 120.0,
-          models: list[dict] | None = None, gpu_layers: int | str = "auto") -> dict:
+          models: list[dict] | None = None, gpu_layers: int | str = "auto", options: dict | None = None) -> dict:
     """Start a detached Forge model server (``forge_server.py``) on host:port; wait until /v1/models lists every tag.
 
     `models` are the server's entries (one base held once, each tag with its LoRA); without them the one GGUF is
@@ -157,7 +174,8 @@ def start(gguf: Path | None, tag: str, host: str, port: int, log_path: Path, n_c
     tags = [m["id"] for m in models]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     config_path = log_path.parent / f"server-{port}.json"
-    _atomic_write(config_path, json.dumps(server_config(models, n_ctx, gpu_layers=gpu_layers), indent=2))
+    _atomic_write(config_path, json.dumps(server_config(models, n_ctx, gpu_layers=gpu_layers, options=options), indent=2))
+    os.chmod(config_path, 0o600)
     cmd = [sys.executable, "-m", SERVER_MODULE, "--config", str(config_path), "--host", host, "--port", str(port)]
     with open(log_path, "ab") as log:
         log.write(f"\n=== forge: {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {', '.join(tags)} on {host}:{port}\n".encode())
@@ -177,11 +195,17 @@ def start(gguf: Path | None, tag: str, host: str, port: int, log_path: Path, n_c
             raise DeployError(f"the model server could not serve {', '.join(tags)} from {files}: it exited with code {proc.returncode} "
                               f"while loading ({_log_tail(log_path, offset) or 'no output'}). See {log_path}.")
         with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
-            models_listed = _http("GET", f"{endpoint}/models", timeout=2)
+            models_listed = _http("GET", f"{endpoint}/models", timeout=2, key=key_of(options))
             if set(tags) <= {m.get("id") for m in models_listed.get("data", [])}:
+                served_ctx = min(int((m.get("meta") or {}).get("context") or n_ctx) for m in models_listed["data"])
+                listening = procs.listener(host, port)
+                if listening is not None and listening.pid != proc.pid:  # another program answered on the port we chose
+                    procs.terminate(record)
+                    raise DeployError(f"port {port} on {host} answered, but from {procs.describe(listening)}, not the model "
+                                      f"server Forge started (pid {proc.pid}); nothing was switched. Fix: run `forge run` again.")
                 return {"pid": proc.pid, "host": host, "port": port, "endpoint": endpoint, "tag": tag, "tags": tags,
-                        "gguf": str(gguf) if gguf else None, "config": str(config_path), "models": models, "n_ctx": int(n_ctx),
-                        "log": str(log_path), "log_offset": offset, "process": record,
+                        "gguf": str(gguf) if gguf else None, "config": str(config_path), "models": models, "n_ctx": served_ctx,
+                        "log": str(log_path), "log_offset": offset, "process": record, "options": options or {},
                         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         time.sleep(0.2)
     procs.terminate(record)
@@ -189,23 +213,25 @@ def start(gguf: Path | None, tag: str, host: str, port: int, log_path: Path, n_c
 
 
 def _start_upstream(gguf: Path | None, tag: str, log_path: Path, n_ctx: int, timeout: float, models: list[dict] | None,
-                    gpu_layers: int | str) -> dict:
+                    gpu_layers: int | str, options: dict | None = None) -> dict:
     """start() on a free loopback port, trying another port if the chosen one was taken meanwhile."""
     for attempt in range(3):
         port = _free_port()
         try:
-            return start(gguf, tag, UPSTREAM_HOST, port, log_path, n_ctx=n_ctx, timeout=timeout, models=models, gpu_layers=gpu_layers)
+            return start(gguf, tag, UPSTREAM_HOST, port, log_path, n_ctx=n_ctx, timeout=timeout, models=models, gpu_layers=gpu_layers,
+                         options=options)
         except DeployError as exc:
             if attempt == 2 or ("in use" not in str(exc) and "address already in use" not in str(exc).lower()):
                 raise
     raise AssertionError("unreachable")
 
 
-def smoke_chat(endpoint: str, tag: str, prompt: str = "Write a hello world function.", max_tokens: int = 16) -> dict:
+def smoke_chat(endpoint: str, tag: str, prompt: str = "Write a hello world function.", max_tokens: int = 16,
+               key: str | None = None) -> dict:
     """One chat completion against the served tag; raises DeployError unless it answers properly."""
     try:
         out = _http("POST", f"{endpoint}/chat/completions", {
-            "model": tag, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0})
+            "model": tag, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0}, key=key)
     except (OSError, urllib.error.URLError, ValueError) as exc:
         raise DeployError(f"smoke test: POST {endpoint}/chat/completions failed: {exc}") from None
     choice = (out.get("choices") or [{}])[0]
@@ -215,12 +241,12 @@ def smoke_chat(endpoint: str, tag: str, prompt: str = "Write a hello world funct
             "completion_tokens": (out.get("usage") or {}).get("completion_tokens")}
 
 
-def smoke_fim(endpoint: str, tag: str, max_tokens: int = 8) -> dict:
+def smoke_fim(endpoint: str, tag: str, max_tokens: int = 8, key: str | None = None) -> dict:
     """One fill-in-the-middle completion (`suffix` given) against the served tag; raises DeployError unless it answers,
     or refuses FIM because the model has no FIM tokens (then {"middle": "", "skipped": the server's reason})."""
     try:
         out = _http("POST", f"{endpoint}/completions", {"model": tag, "prompt": "def add(a, b):\n    ", "suffix": "\n    return result\n",
-                                                       "max_tokens": max_tokens, "temperature": 0})
+                                                       "max_tokens": max_tokens, "temperature": 0}, key=key)
     except urllib.error.HTTPError as exc:
         try:
             err = json.loads(exc.read().decode() or "{}").get("error") or {}
@@ -269,12 +295,12 @@ def _write_route(route: Path, upstream: dict) -> None:
                                      "pid": upstream["pid"]}))
 
 
-def _through(endpoint: str, tag: str, timeout: float = 15.0) -> None:
+def _through(endpoint: str, tag: str, timeout: float = 15.0, key: str | None = None) -> None:
     """Wait until the stable endpoint lists tag (the router forwards to the new server)."""
     deadline, last = time.time() + timeout, "no answer"
     while time.time() < deadline:
         try:
-            ids = [m.get("id") for m in _http("GET", f"{endpoint}/models", timeout=5).get("data", [])]
+            ids = [m.get("id") for m in _http("GET", f"{endpoint}/models", timeout=5, key=key).get("data", [])]
             if tag in ids:
                 return
             last = f"it lists {ids}"
@@ -305,7 +331,8 @@ def _still_serving(previous: dict | None) -> str:
 
 
 def deploy(gguf: Path | None, tag: str, host: str, port: int, state_dir: Path, *, n_ctx: int = 32768,
-           drain_timeout: float = 30.0, start_timeout: float = 120.0, models=None, gpu_layers: int | str = "auto") -> dict:
+           drain_timeout: float = 30.0, start_timeout: float = 120.0, models=None, gpu_layers: int | str = "auto",
+           options: dict | None = None) -> dict:
     """Serve `models` (or the one gguf as tag) on the stable endpoint http://host:port/v1 from one Forge model server,
     replacing the previous server only once the new one has answered for `tag` (chat and FIM) and lists every tag;
     returns the state (endpoint, tag, tags, pid, smoke, router, server …).
@@ -316,11 +343,12 @@ def deploy(gguf: Path | None, tag: str, host: str, port: int, state_dir: Path, *
     with _deploy_lock(state_dir):
         if callable(models):
             models = models(read_state(state_dir))
-        return _deploy(Path(gguf) if gguf else None, tag, host, port, state_dir, n_ctx, drain_timeout, start_timeout, models, gpu_layers)
+        return _deploy(Path(gguf) if gguf else None, tag, host, port, state_dir, n_ctx, drain_timeout, start_timeout, models, gpu_layers,
+                       options)
 
 
 def _deploy(gguf: Path | None, tag: str, host: str, port: int, state_dir: Path, n_ctx: int, drain_timeout: float,
-            start_timeout: float, models: list[dict] | None = None, gpu_layers: int | str = "auto") -> dict:
+            start_timeout: float, models: list[dict] | None = None, gpu_layers: int | str = "auto", options: dict | None = None) -> dict:
     previous = read_state(state_dir)
     prev_server, prev_router = _server_record(previous), (previous or {}).get("router")
     route = state_dir / ROUTE
@@ -335,12 +363,13 @@ def _deploy(gguf: Path | None, tag: str, host: str, port: int, state_dir: Path, 
 
     # 1. the new server, on a free loopback port, proven directly
     try:
-        new = _start_upstream(gguf, tag, state_dir / "server.log", n_ctx, start_timeout, models, gpu_layers)
+        new = _start_upstream(gguf, tag, state_dir / "server.log", n_ctx, start_timeout, models, gpu_layers, options)
     except DeployError as exc:
         raise DeployError(f"{exc} {_still_serving(previous)}") from None
     try:
-        smoke = smoke_chat(new["endpoint"], tag)
-        smoke["fim"] = smoke_fim(new["endpoint"], tag)
+        key = key_of(options)
+        smoke = smoke_chat(new["endpoint"], tag, key=key)
+        smoke["fim"] = smoke_fim(new["endpoint"], tag, key=key)
     except DeployError as exc:
         procs.terminate(new["process"])
         raise DeployError(f"{exc} See {new['log']}. {_still_serving(previous)}") from None
@@ -354,7 +383,7 @@ def _deploy(gguf: Path | None, tag: str, host: str, port: int, state_dir: Path, 
             if legacy_on_port:  # once, when upgrading from a deployment without a router: a short gap
                 procs.terminate(prev_server)
             router = start_router(host, port, route, state_dir / "router.log")
-        _through(endpoint, tag)
+        _through(endpoint, tag, key=key)
     except DeployError as exc:
         if old_route is not None:
             _atomic_write(route, old_route)
@@ -372,7 +401,7 @@ def _deploy(gguf: Path | None, tag: str, host: str, port: int, state_dir: Path, 
              "gguf": str(gguf) if gguf else None, "host": host, "port": port, "endpoint": endpoint, "pid": new["pid"],
              "upstream": {"host": new["host"], "port": new["port"], "endpoint": new["endpoint"]},
              "log": new["log"], "router": router, "server": new["process"], "started_at": new["started_at"],
-             "smoke": smoke, "retiring": retiring}
+             "smoke": smoke, "retiring": retiring, "options": options or {}}
     _write_state(state_dir, state)
     retired = []
     if retiring:
@@ -414,7 +443,7 @@ def health(state_dir: Path, timeout: float = 5.0) -> dict:
     where = f"{state['host']}:{state['port']}"
     out = {"endpoint": endpoint, "tag": tag, "models": []}
     try:
-        ids = [m.get("id") for m in _http("GET", f"{endpoint}/models", timeout=timeout).get("data", [])]
+        ids = [m.get("id") for m in _http("GET", f"{endpoint}/models", timeout=timeout, key=key_of(state.get("options"))).get("data", [])]
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")[:300]
         with contextlib.suppress(ValueError, AttributeError, TypeError):

@@ -11,8 +11,12 @@ that was deployed before.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
+import os
+import secrets
+import socket
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +44,67 @@ ENDPOINT = "_endpoint"  # deployment/_endpoint: the one server every language's 
 def endpoint_dir(store: ArtifactStore) -> Path:
     """Where the shared server's state, config and logs live (not a language)."""
     return store.root / "deployment" / ENDPOINT
+
+
+API_KEY = "api_key"  # deployment/_endpoint/api_key: the endpoint's key (mode 0600)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def api_key_file(store: ArtifactStore, d) -> Path | None:
+    """The endpoint's API key file: deploy.api_key written there (`$NAME`: from the environment), else the key kept
+    there from before, else a new random key when deploy.host is not loopback; None for a loopback bind without one."""
+    path = endpoint_dir(store) / API_KEY
+    key = d.api_key
+    if key and key.startswith("$"):
+        key = os.environ.get(key[1:])
+        if not key:
+            raise ArtifactError(f"deploy.api_key names the environment variable {d.api_key[1:]}, which is not set. Fix: export "
+                                f"{d.api_key[1:]}=<key> before `forge run`, or remove deploy.api_key from forge.yaml.")
+    if key is None and path.is_file() and path.read_text().strip():
+        return path
+    if key is None and is_loopback(d.host):
+        return None
+    key = key or secrets.token_urlsafe(32)
+    if not path.is_file() or path.read_text().strip() != key:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{API_KEY}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key + "\n")
+        os.replace(tmp, path)
+    os.chmod(path, 0o600)
+    return path
+
+
+def allowed_hosts(d) -> list[str]:
+    """The Host-header names the server answers to: loopback names, deploy.host, deploy.allowed_hosts, and for a bind
+    beyond loopback this machine's names and addresses (what a teammate's client puts in its URL)."""
+    from forge_assets.deploy.forge_server import LOOPBACK_NAMES
+
+    names = [*LOOPBACK_NAMES, d.host, *d.allowed_hosts]
+    if not is_loopback(d.host):
+        import psutil
+
+        names += [socket.gethostname(), socket.getfqdn()]
+        names += [a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
+                  if a.family in (socket.AF_INET, socket.AF_INET6)]
+    return sorted({n.lower().strip("[]") for n in names if n})
+
+
+def server_options(store: ArtifactStore, d) -> dict:
+    """forge_server's serving options from deploy: slots, key file, Host allow-list and the request limits."""
+    key = api_key_file(store, d)
+    return {"parallel": d.parallel, "api_key_file": str(key) if key else None, "allowed_hosts": allowed_hosts(d),
+            "max_body_bytes": int(d.max_body_mb * (1 << 20)), "max_tokens_cap": d.max_output, "request_timeout": d.request_timeout_s}
 
 
 def model_entry(gguf: Artifact, tag: str, language: str) -> dict:
@@ -185,7 +250,7 @@ def served(store: ArtifactStore, cfg, extra: dict | None = None, language: str |
         ctx = int(state.get("n_ctx") or MIN_CONTEXT)
         models = [clients.ServedModel(m["id"], m["language"], ctx, min(d.max_output, ctx // 2), fim=_entry_fim(m))
                   for m in state["models"] if m.get("language")]
-        return clients.Served("llama-server", state["endpoint"], models)
+        return clients.Served("llama-server", state["endpoint"], models, api_key=llama_server.key_of(state.get("options")))
     records = {}
     for folder in sorted((store.root / "deployment").glob("*")):
         dep = store.promoted("deployment", folder.name) if folder.name != ENDPOINT else None
@@ -298,7 +363,7 @@ def deploy_gguf(store: ArtifactStore, cfg, language: str, gguf: Artifact, *, act
         entry = model_entry(gguf, tag, language)
         _retire_legacy(store, d, log, only_port=d.port)  # a per-language server on deploy.port must make way (once)
         state = llama_server.deploy(None, tag, d.host, d.port, state_dir, n_ctx=context_for(gguf, d), gpu_layers=d.gpu_layers,
-                                    models=lambda previous: _with(previous, entry))
+                                    models=lambda previous: _with(previous, entry), options=server_options(store, d))
         _retire_legacy(store, d, log)  # the rest once the one server answers for every language
         record = {"target": d.target, "tag": tag, "endpoint": state["endpoint"], "gguf": gguf.version, "smoke": state["smoke"],
                   "tags": state["tags"], "context": state["n_ctx"], "unmerged": entry["lora"] is not None}

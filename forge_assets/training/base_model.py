@@ -99,7 +99,9 @@ def build_tiny_model(texts: list[str], out: Path, cfg: TinyModelConfig, log=prin
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=cfg.context_length or 2048, rope_theta=10000.0, rms_norm_eps=1e-6,
+        # The window it declares (and llama.cpp serves: its engine caps a slot at the GGUF's context_length) is at least
+        # 32,768 tokens, what agent clients send; RoPE takes any position. It trains on context_length windows.
+        max_position_embeddings=max(cfg.context_length or 2048, 32768), rope_theta=10000.0, rms_norm_eps=1e-6,
         tie_word_embeddings=True, bos_token_id=None, eos_token_id=im_end, pad_token_id=pad,
         use_sliding_window=False, torch_dtype="float32",
     )

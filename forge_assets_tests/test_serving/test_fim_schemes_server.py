@@ -47,6 +47,22 @@ def ggufs(tmp_path_factory) -> dict[str, Path]:
     return {"starcoder": _model(root, "starcoder", STARCODER), "none": _model(root, "plain", [])}
 
 
+def _llama(path: Path):
+    """The GGUF in llama-cpp-python, as the reference the serving engine (the same llama.cpp) is checked against."""
+    import llama_cpp
+
+    return llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=1, verbose=False, seed=0)
+
+
+def _engine_tokens(m, text: str) -> list[int]:
+    """How the model's serving engine tokenizes a prompt (its /tokenize, special tokens parsed, no BOS)."""
+    import httpx
+
+    r = httpx.post(f"{m.base.url}/tokenize", json={"content": text, "add_special": False, "parse_special": True},
+                   headers={"Authorization": f"Bearer {m.base.key}"})
+    return r.json()["tokens"]
+
+
 @pytest.fixture(scope="module")
 def served(ggufs):
     from fastapi.testclient import TestClient
@@ -56,7 +72,7 @@ def served(ggufs):
     ms = ModelServer({"n_ctx": 1024, "threads": 1, "gpu_layers": 0, "models": [
         {"id": "forge-python:star", "language": "python", "gguf": str(ggufs["starcoder"]), "lora": None},
         {"id": "forge-rust:plain", "language": "rust", "gguf": str(ggufs["none"]), "lora": None}]})
-    return ms, TestClient(create_app(ms))
+    return ms, TestClient(create_app(ms), base_url="http://localhost")
 
 
 def test_the_gguf_vocabulary_names_the_scheme_and_llama_cpp_keeps_each_token_whole(ggufs, served):
@@ -65,10 +81,12 @@ def test_the_gguf_vocabulary_names_the_scheme_and_llama_cpp_keeps_each_token_who
     star = ms.model("forge-python:star")
     assert star.base.fim.name == "starcoder" and star.base.fim.file == "<file_sep>" and star.base.fim.repo == "<repo_name>"
     assert ms.model("forge-rust:plain").base.fim.name == "none"
-    assert scheme_of_llama(star.base.llm) == star.base.fim
+    llm = _llama(ggufs["starcoder"])
+    assert scheme_of_llama(llm) == star.base.fim
     for token in ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<file_sep>"):  # one special token each, as llama.cpp reads it
-        (tid,) = star.base.llm.tokenize(token.encode(), add_bos=False, special=True)
-        assert star.base.llm._model.token_get_text(tid) == token
+        (tid,) = llm.tokenize(token.encode(), add_bos=False, special=True)
+        assert llm._model.token_get_text(tid) == token
+        assert _engine_tokens(star, token) == [tid]  # and the serving engine reads it the same
 
 
 def test_a_starcoder_gguf_gets_its_own_fim_prompt(served):
@@ -76,19 +94,21 @@ def test_a_starcoder_gguf_gets_its_own_fim_prompt(served):
     m = ms.model("forge-python:star")
     prompt = ms.fim_prompt(m, PRE, SUF)
     assert prompt == f"<fim_prefix>{PRE}<fim_suffix>{SUF}<fim_middle>"
-    ids = ms.tokenize(m, prompt)
-    text = m.base.llm._model.token_get_text
-    body_pre = ms.tokenize(m, PRE)
+    llm = _llama(Path(m.base.path))
+    ids = _engine_tokens(m, prompt)
+    assert ids == llm.tokenize(prompt.encode(), add_bos=False, special=True)
+    text = llm._model.token_get_text
+    body_pre = _engine_tokens(m, PRE)
     assert text(ids[0]) == "<fim_prefix>" and text(ids[1 + len(body_pre)]) == "<fim_suffix>" and text(ids[-1]) == "<fim_middle>"
-    want = m.base.llm.create_completion(ids, max_tokens=6, temperature=0.0)["choices"][0]["text"]
-    m.base.llm.reset()
+    full = llm.tokenize(prompt.encode(), add_bos=True, special=True)  # the BOS the GGUF asks for, as the engine adds it
+    want = llm.create_completion(full, max_tokens=6, temperature=0.0)["choices"][0]["text"]
     out = client.post("/v1/completions", json={"model": m.id, "prompt": PRE, "suffix": SUF, "max_tokens": 6}).json()
-    assert out["usage"]["prompt_tokens"] == len(ids) and out["choices"][0]["text"] == want
+    assert out["usage"]["prompt_tokens"] == len(full) and out["choices"][0]["text"] == want
     for body in ({"input_prefix": PRE, "input_suffix": SUF},  # llama-server's infill fields
                  {"prompt": f"{FIM_PREFIX}{PRE}{FIM_SUFFIX}{SUF}{FIM_MIDDLE}"},  # Forge's canonical (Qwen) prompt, rewritten
                  {"prompt": prompt}):  # already in the base's tokens
         native = client.post("/completion", json={**body, "model": m.id, "n_predict": 6}).json()
-        assert native["tokens_evaluated"] == len(ids) and native["content"] == want, body
+        assert native["tokens_evaluated"] == len(full) and native["content"] == want, body
 
 
 def test_a_gguf_without_fim_tokens_refuses_fim_with_the_reason(served):
@@ -201,8 +221,8 @@ def test_the_real_smollm2_gguf_has_no_fim_tokens_and_its_fim_requests_are_refuse
     scheme = scheme_of_gguf(gguf)
     assert (scheme.name, scheme.repo, scheme.file, scheme.end) == ("none", "<repo_name>", "<file_sep>", "<|endoftext|>")
     ms = ModelServer({"n_ctx": 512, "threads": 2, "gpu_layers": 0, "models": [{"id": "smol:1", "language": "python", "gguf": str(gguf)}]})
-    assert scheme_of_llama(ms.model("smol:1").base.llm) == scheme
-    r = TestClient(create_app(ms)).post("/v1/completions", json={"model": "smol:1", "prompt": PRE, "suffix": SUF, "max_tokens": 4})
+    assert scheme_of_llama(_llama(gguf)) == scheme == ms.model("smol:1").base.fim
+    r = TestClient(create_app(ms), base_url="http://localhost").post("/v1/completions", json={"model": "smol:1", "prompt": PRE, "suffix": SUF, "max_tokens": 4})
     assert r.status_code == 400 and r.json()["error"]["message"].startswith(NO_FIM_MESSAGE)
 
 
