@@ -450,6 +450,7 @@ def create_app(server: ModelServer):
         """pieces until the request deadline; then a final piece with finish_reason "deadline" (the engine stops)."""
         deadline = asyncio.get_running_loop().time() + server.request_timeout
         it = pieces.__aiter__()
+        produced = 0  # the engine streams one token a piece
         try:
             while True:
                 left = deadline - asyncio.get_running_loop().time()
@@ -459,8 +460,9 @@ def create_app(server: ModelServer):
                     return
                 except asyncio.TimeoutError:
                     _log(f"deadline: generation stopped after {server.request_timeout:.0f}s (deploy.request_timeout_s)")
-                    yield {"text": "", "finish_reason": "length", "prompt_tokens": 0, "completion_tokens": 0, "deadline": True}
+                    yield {"text": "", "finish_reason": "length", "prompt_tokens": 0, "completion_tokens": produced, "deadline": True}
                     return
+                produced += bool(piece["text"])
                 yield piece
         finally:
             await it.aclose()
