@@ -463,6 +463,44 @@ def stop(languages: list[str] | None) -> int:
     return 0
 
 
+# --- forge service install|uninstall|status: the endpoint as a per-user service that survives a reboot -------------
+
+def _service_parser(sub) -> None:
+    p_svc = sub.add_parser("service", help="install, remove or show the per-user service (systemd / launchd) that keeps the endpoint "
+                                           "served across reboots")
+    p_svc.add_argument("action", choices=["install", "uninstall", "status"])
+    p_svc.add_argument("--no-start", action="store_true", help="install: only write the unit file and print the commands that start it")
+
+
+def service(action: str, start: bool = True) -> int:
+    """Install (write, enable and start), uninstall or show the service that runs the endpoint's supervisor
+    (forge_assets.deploy.supervisor) for <artifact_root>/deployment/_endpoint."""
+    from forge_assets.config import load_config
+    from forge_assets.deploy import system_service
+    from forge_assets.deploy.service import ENDPOINT
+
+    cfg = load_config()
+    state_dir = cfg.artifact_path / "deployment" / ENDPOINT
+
+    def say(msg: str) -> None:
+        print(f"forge service: {msg}", flush=True)
+
+    try:
+        if action == "install":
+            out = system_service.install(state_dir, activate=start, log=say)
+            if out["started"]:
+                say(f"the endpoint recorded in {state_dir} is now served by the service; `forge run` deploys through it")
+        elif action == "uninstall":
+            system_service.uninstall(state_dir, log=say)
+        else:
+            print(json.dumps(system_service.status(state_dir), indent=2))
+    except system_service.ServiceError as exc:
+        cause, fix = _split_fix(str(exc))
+        print(f"forge service: {cause}\n  Fix: {fix}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="forge", description="Forge: per-language fine-tuned code models as Dagster assets.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -484,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     p_gc = sub.add_parser("gc", help="remove old artifact versions that are neither promoted nor deployed")
     p_gc.add_argument("--keep", type=int, default=3, help="newest versions to keep per asset and language besides promoted ones (default 3)")
     p_gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    _service_parser(sub)
     args = parser.parse_args(argv)
     from forge_assets.config import ConfigError
 
@@ -494,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
             return rollback(args.language, args.to)
         if args.command == "client-config":
             return client_config(args.client, args.language, args.write)
+        if args.command == "service":
+            return service(args.action, start=not args.no_start)
         return {"run": run, "status": status, "stop": stop, "history": history}[args.command](args.language)
     except ConfigError as exc:
         print(f"forge: {exc}", file=sys.stderr)
