@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from forge_assets.artifacts import Artifact, ArtifactError, ArtifactStore, input_key
-from forge_assets.deploy import clients, llama_server, ollama_target
+from forge_assets.deploy import clients, llama_server, ollama_target, supervisor
 
 CODE_VERSION = "2"  # 2: every language on one endpoint, base + LoRA  # the deployment asset's code version: part of the deployment artifact's input key
 DEPLOY, ROLLBACK = "deploy", "rollback"
@@ -362,8 +362,14 @@ def deploy_gguf(store: ArtifactStore, cfg, language: str, gguf: Artifact, *, act
         state_dir = endpoint_dir(store)
         entry = model_entry(gguf, tag, language)
         _retire_legacy(store, d, log, only_port=d.port)  # a per-language server on deploy.port must make way (once)
-        state = llama_server.deploy(None, tag, d.host, d.port, state_dir, n_ctx=context_for(gguf, d), gpu_layers=d.gpu_layers,
-                                    models=lambda previous: _with(previous, entry), options=server_options(store, d))
+        n_ctx, options = context_for(gguf, d), server_options(store, d)
+        if supervisor.running(state_dir):  # `forge service install`: the service's supervisor deploys, its children serve
+            state = supervisor.submit(state_dir, supervisor.request(tag, d.host, d.port, entry, n_ctx=n_ctx,
+                                                                    gpu_layers=d.gpu_layers, options=options))
+            log("deployed through the Forge service (`forge service status`); it keeps serving across reboots")
+        else:
+            state = llama_server.deploy(None, tag, d.host, d.port, state_dir, n_ctx=n_ctx, gpu_layers=d.gpu_layers,
+                                        models=lambda previous: _with(previous, entry), options=options)
         _retire_legacy(store, d, log)  # the rest once the one server answers for every language
         record = {"target": d.target, "tag": tag, "endpoint": state["endpoint"], "gguf": gguf.version, "smoke": state["smoke"],
                   "tags": state["tags"], "context": state["n_ctx"], "unmerged": entry["lora"] is not None}
