@@ -197,6 +197,7 @@ def test_a_lan_bind_refuses_keyless_requests_end_to_end(tmp_path: Path):
     state = llama_server.deploy(None, "forge-python:lan", d.host, d.port, state_dir, n_ctx=2048, models=models,
                                 options=service.server_options(store, d))
     try:
+        assert state["endpoint"] == f"http://0.0.0.0:{d.port}/v1" and state["router"]["host"] == "0.0.0.0"
         key = (state_dir / service.API_KEY).read_text().strip()
         ep = f"http://127.0.0.1:{d.port}/v1"
         assert _call(f"{ep}/models")[0] == 401
