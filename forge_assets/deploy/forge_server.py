@@ -92,7 +92,10 @@ class Engine:
 
         p = xllamacpp.CommonParams()
         p.model.path = path
-        p.n_ctx = n_ctx  # one KV cache the slots share (kv_unified): each request may use all of it
+        # As Ollama's OLLAMA_NUM_PARALLEL: every slot may hold a full context (an agent prompt is 7-20k tokens), so the
+        # KV cache is parallel x n_ctx tokens, one pool (kv_unified) with each slot capped at n_ctx.
+        p.n_ctx = n_ctx * parallel
+        p.kv_unified_per_slot = n_ctx
         p.n_parallel = parallel
         p.kv_unified = True
         p.cpuparams.n_threads = threads
@@ -160,7 +163,7 @@ class ModelServer:
             t0 = time.time()
             self.bases[path] = engine = Engine(path, loras, n_ctx=self.n_ctx, parallel=self.parallel, threads=threads,
                                                gpu_layers=layers)
-            _log(f"engine for {Path(path).name} with {len(loras)} adapter(s), {self.parallel} slots over n_ctx {self.n_ctx}, "
+            _log(f"engine for {Path(path).name} with {len(loras)} adapter(s), {self.parallel} slots of {self.n_ctx} tokens each, "
                  f"up in {time.time() - t0:.1f}s; FIM: "
                  + (f"{engine.fim.label} tokens" if engine.fim.has_fim else f"none ({engine.fim.skip_reason})"))
         capped = min(e.n_ctx_slot for e in self.bases.values())

@@ -152,3 +152,56 @@ def test_opencode_answers_through_the_served_model_and_forge_reads_its_session(
     assert len(records) == 1 and records[0]["session"] == session.id
     roles = [m["role"] for m in records[0]["messages"]]
     assert roles == ["user", "assistant"] and "calc/add.py" in records[0]["messages"][0]["content"]
+
+
+def test_four_opencode_sessions_at_once_on_a_lan_bind_with_its_key(opencode_binary: Path, q8_gguf: Path, tiny_model: Path,
+                                                                     tmp_path: Path) -> None:
+    """An agent team: 4 real OpenCode runs at once against one endpoint bound beyond loopback (0.0.0.0, so it has a
+    key), each from the `forge client-config opencode` file that carries the key; every run exits 0 and the server
+    refused nothing. (The traffic stays on this machine: 0.0.0.0 is reached through the local stack.)"""
+    import concurrent.futures
+    from types import SimpleNamespace
+
+    from forge_assets.chat import template_of
+    from forge_assets.config import DeployConfig
+    from forge_assets.deploy import llama_server, service
+    from forge_assets_tests.conftest import write_config
+
+    port = free_port()
+    config_path = write_config(tmp_path, [], deploy={"port": port, "max_output": OUTPUT, "host": "0.0.0.0"})
+    store = SimpleNamespace(root=tmp_path / "artifacts")
+    d = DeployConfig(host="0.0.0.0", port=port, max_output=OUTPUT)
+    state_dir = service.endpoint_dir(store)
+    models = [{"id": MODEL, "language": "python", "gguf": str(q8_gguf), "lora": None, "chat_template": template_of(tiny_model)}]
+    state = llama_server.deploy(None, MODEL, d.host, port, state_dir, n_ctx=CONTEXT, models=models,
+                                options=service.server_options(store, d))
+    endpoint = ServedEndpoint(state["endpoint"], MODEL, Path(state["log"]), config_path)
+    try:
+        env = {**os.environ, "FORGE_CONFIG": str(config_path)}
+        printed = subprocess.run([sys.executable, "-m", "forge_assets.cli", "client-config", "opencode", "--language", "python"],
+                                 capture_output=True, text=True, env=env, check=True).stdout
+        config = json.loads(printed)
+        key = (state_dir / service.API_KEY).read_text().strip()
+        assert config["provider"]["forge"]["options"]["apiKey"] == key  # the key reaches the client's config
+
+        def one(i: int):
+            project = tmp_path / f"project-{i}"
+            project.mkdir()
+            subprocess.run(["git", "init", "-q", str(project)], check=True)
+            return opencode_client.run(opencode_binary, project, config, MESSAGE, timeout=RUN_TIMEOUT * 2,
+                                       run_dir=tmp_path / f"opencode-{i}", stop_when=lambda: bool(endpoint.http_errors()))
+
+        t0 = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(one, range(4)))
+        print(f"\n[opencode] 4 sessions at once: {time.monotonic() - t0:.1f} s; each "
+              f"{', '.join(f'{r.seconds:.1f}' for r in results)} s")
+        report = "\n".join(r.describe() for r in results) + "\n--- server log\n" + "\n".join(endpoint.lines()[-40:])
+        assert endpoint.http_errors() == [], report
+        assert [r.returncode for r in results] == [0, 0, 0, 0], report
+        for r in results:
+            built = [a for a in opencode_client.assistant_answers(r.db) if a["agent"] == "build"]
+            assert built and built[-1]["completed"] and built[-1]["error"] is None, report
+        assert len([line for line in endpoint.chat_lines() if "chat stream" in line]) >= 8, report  # title + agent, each
+    finally:
+        llama_server.stop(state_dir)
