@@ -3,9 +3,9 @@ OpenCode sends its real requests (system prompt, tool list, streaming) to the se
 proxy, exits 0, records the answer in its own opencode.db, and Forge's session reading (what the
 `session_logs` asset runs) reads and classifies that database.
 
-`served_endpoint` is forge-tiny deployed by Forge's own deploy path (`llama_server.deploy`: Forge's model server
-behind the router, default context 32,768), and the project's `opencode.json` is what `forge client-config
-opencode` prints for it. Without npm (or when the npm install fails) the test skips, or fails when $CI is set.
+The endpoint is forge-tiny deployed by Forge's own deploy path (`llama_server.deploy`: Forge's model server on
+llama.cpp's engine behind the router, context 32,768 per slot, 4 slots) bound to 0.0.0.0, so it has a key, and four
+OpenCode runs go at once, each with the `opencode.json` that `forge client-config opencode` prints (key included). Without npm (or when the npm install fails) the test skips, or fails when $CI is set.
 Times (install, deploy, opencode run) are printed (`pytest -s`). `request_recorder.py` (a recording proxy) was used
 to learn what OpenCode sends; its findings are below.
 
@@ -24,7 +24,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,84 +78,9 @@ def opencode_binary() -> Path:
     return binary
 
 
-@pytest.fixture
-def served_endpoint(q8_gguf: Path, tiny_model: Path, tmp_path: Path) -> Iterator[ServedEndpoint]:
-    """forge-tiny deployed the way `forge run` deploys it: Forge's model server behind the router on the stable port,
-    its state in <artifact_root>/deployment/_endpoint, the default context (32,768)."""
-    from forge_assets.chat import template_of
-    from forge_assets.deploy import llama_server
-    from forge_assets.deploy.service import ENDPOINT
-    from forge_assets_tests.conftest import write_config
-
-    start = time.monotonic()
-    port = free_port()
-    config = write_config(tmp_path, [], deploy={"port": port, "max_output": OUTPUT})
-    state_dir = tmp_path / "artifacts" / "deployment" / ENDPOINT
-    models = [{"id": MODEL, "language": "python", "gguf": str(q8_gguf), "lora": None, "chat_template": template_of(tiny_model)}]
-    state = llama_server.deploy(None, MODEL, "127.0.0.1", port, state_dir, n_ctx=CONTEXT, models=models)
-    try:
-        endpoint = ServedEndpoint(state["endpoint"], MODEL, Path(state["log"]), config)
-        endpoint.timings["deploy"] = time.monotonic() - start
-        yield endpoint
-    finally:
-        llama_server.stop(state_dir)
-
-
-def test_opencode_answers_through_the_served_model_and_forge_reads_its_session(
-        opencode_binary: Path, served_endpoint: ServedEndpoint, tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    subprocess.run(["git", "init", "-q", str(project)], check=True)
-    # The project's opencode.json is exactly what `forge client-config opencode` prints for the deployment.
-    env = {**os.environ, "FORGE_CONFIG": str(served_endpoint.config)}
-    printed = subprocess.run([sys.executable, "-m", "forge_assets.cli", "client-config", "opencode", "--language", "python"],
-                             capture_output=True, text=True, env=env, check=True).stdout
-    config = json.loads(printed)
-    assert config["model"] == f"forge/{MODEL}" and config["provider"]["forge"]["options"]["baseURL"] == served_endpoint.base_url
-
-    result = opencode_client.run(opencode_binary, project, config, MESSAGE, timeout=RUN_TIMEOUT, run_dir=tmp_path / "opencode",
-                                 stop_when=lambda: bool(served_endpoint.http_errors()))
-    timings = {**served_endpoint.timings, "opencode_run": result.seconds}
-    print(f"\n[opencode] timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
-    report = f"{result.describe()}\n--- server log\n" + "\n".join(served_endpoint.lines()[-40:])
-
-    # The server refused or failed nothing, and OpenCode finished on its own.
-    assert served_endpoint.http_errors() == [], report
-    assert result.returncode == 0, report
-    # What OpenCode sent: streamed chats; the agent's carried its tools (rendered into the prompt) and its
-    # ~20k-token prompt (system prompt + 10 tool schemas in forge-tiny's small vocabulary) fitted the context.
-    chats = [line for line in served_endpoint.chat_lines() if "chat stream" in line]  # the deploy's own smoke chat is not streamed
-    assert len(chats) >= 2, report  # the title request and the agent's
-    prompt_tokens = [int(re.search(r": (\d+) prompt", line).group(1)) for line in chats]
-    assert max(prompt_tokens) > 4000, report
-
-    # OpenCode recorded an answer with text in its own database.
-    answers = opencode_client.assistant_answers(result.db)
-    built = [a for a in answers if a["agent"] == "build"]
-    assert built and built[-1]["text"].strip(), f"{answers}\n{report}"
-    assert built[-1]["completed"] and built[-1]["error"] is None and built[-1]["finish"] in ("stop", "length"), built[-1]
-
-    # Forge reads that database as the session_logs asset does, and classifies the session.
-    source = [{"opencode": str(result.db)}]
-    loaded = load_sources(source, tmp_path)
-    assert loaded.warnings == [] and len(loaded.sessions) == 1, loaded.warnings
-    session = loaded.sessions[0]
-    assert session.directory == str(project.resolve())
-    assert [m.role for m in session.messages] == ["user", "assistant"]
-    assert MESSAGE in session.messages[0].parts[0]["text"]  # `opencode run` stores it in double quotes
-    assert session.messages[1].completed and session.messages[1].agent == "build"
-    assert "python" in classifications(loaded)[session.id].languages
-
-    records, stats, warnings = collect(source, tmp_path, "python")
-    assert warnings == [] and stats["sessions"] == 1, stats
-    assert len(records) == 1 and records[0]["session"] == session.id
-    roles = [m["role"] for m in records[0]["messages"]]
-    assert roles == ["user", "assistant"] and "calc/add.py" in records[0]["messages"][0]["content"]
-
-
 def test_four_opencode_sessions_at_once_on_a_lan_bind_with_its_key(opencode_binary: Path, q8_gguf: Path, tiny_model: Path,
                                                                      tmp_path: Path) -> None:
-    """An agent team: 4 real OpenCode runs at once against one endpoint bound beyond loopback (0.0.0.0, so it has a
+    """The real OpenCode client as an agent team: 4 real OpenCode runs at once against one endpoint bound beyond loopback (0.0.0.0, so it has a
     key), each from the `forge client-config opencode` file that carries the key; every run exits 0 and the server
     refused nothing. (The traffic stays on this machine: 0.0.0.0 is reached through the local stack.)"""
     import concurrent.futures
@@ -202,6 +126,30 @@ def test_four_opencode_sessions_at_once_on_a_lan_bind_with_its_key(opencode_bina
         for r in results:
             built = [a for a in opencode_client.assistant_answers(r.db) if a["agent"] == "build"]
             assert built and built[-1]["completed"] and built[-1]["error"] is None, report
-        assert len([line for line in endpoint.chat_lines() if "chat stream" in line]) >= 8, report  # title + agent, each
+        chats = [line for line in endpoint.chat_lines() if "chat stream" in line]  # the deploy's own smoke chat is not streamed
+        assert len(chats) >= 8, report  # the title request and the agent's, for each session
+        # the agent's ~20k-token prompt (system prompt + 10 tool schemas in forge-tiny's small vocabulary) fitted each slot
+        assert max(int(re.search(r": (\d+) prompt", line).group(1)) for line in chats) > 4000, report
     finally:
         llama_server.stop(state_dir)
+
+    # Forge reads one session's opencode.db as the session_logs asset does, and classifies the session.
+    result, project = results[0], (tmp_path / "project-0")
+    answers = opencode_client.assistant_answers(result.db)
+    built = [a for a in answers if a["agent"] == "build"]
+    assert built and built[-1]["text"].strip(), answers
+    assert built[-1]["finish"] in ("stop", "length"), built[-1]
+    source = [{"opencode": str(result.db)}]
+    loaded = load_sources(source, tmp_path)
+    assert loaded.warnings == [] and len(loaded.sessions) == 1, loaded.warnings
+    session = loaded.sessions[0]
+    assert session.directory == str(project.resolve())
+    assert [m.role for m in session.messages] == ["user", "assistant"]
+    assert MESSAGE in session.messages[0].parts[0]["text"]  # `opencode run` stores it in double quotes
+    assert session.messages[1].completed and session.messages[1].agent == "build"
+    assert "python" in classifications(loaded)[session.id].languages
+    records, stats, warnings = collect(source, tmp_path, "python")
+    assert warnings == [] and stats["sessions"] == 1, stats
+    assert len(records) == 1 and records[0]["session"] == session.id
+    roles = [m["role"] for m in records[0]["messages"]]
+    assert roles == ["user", "assistant"] and "calc/add.py" in records[0]["messages"][0]["content"]
