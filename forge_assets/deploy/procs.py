@@ -65,15 +65,16 @@ def alive(rec: dict | None) -> bool:
     return verify(rec)[0] is not None
 
 
-def established(proc: psutil.Process) -> int:
-    """How many established TCP connections the process has (requests in flight, or idle keep-alives)."""
+def established(proc: psutil.Process, port: int | None = None) -> int:
+    """How many established TCP connections the process has (requests in flight, or idle keep-alives); with port, only
+    those accepted on that local port (its clients: not a server's own connections to its engine)."""
     try:
         conns = proc.net_connections(kind="tcp") if hasattr(proc, "net_connections") else proc.connections(kind="tcp")
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return 0
     except psutil.AccessDenied:
         return 0
-    return sum(1 for c in conns if c.status == psutil.CONN_ESTABLISHED)
+    return sum(1 for c in conns if c.status == psutil.CONN_ESTABLISHED and (port is None or (c.laddr and c.laddr.port == port)))
 
 
 def drain(rec: dict | None, timeout: float) -> bool:
@@ -83,7 +84,7 @@ def drain(rec: dict | None, timeout: float) -> bool:
         return True
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not proc.is_running() or established(proc) == 0:
+        if not proc.is_running() or established(proc, (rec or {}).get("port")) == 0:
             return True
         time.sleep(0.1)
     return False
