@@ -138,7 +138,7 @@ def status(languages: list[str] | None = None, endpoint: bool | None = None) -> 
     """Print each language's latest artifact versions and deployment, checking the endpoint over HTTP."""
     from forge_assets.artifacts import ArtifactStore
     from forge_assets.config import load_config
-    from forge_assets.deploy import llama_server, ollama_target
+    from forge_assets.deploy import llama_server, targets
 
     cfg = load_config()
     store = ArtifactStore(cfg.artifact_path)
@@ -162,26 +162,8 @@ def status(languages: list[str] | None = None, endpoint: bool | None = None) -> 
         record = json.loads((dep.path / "deployment.json").read_text()) if dep else None
         if record:
             row["deployment"] = record
-        state_dir = store.folder("deployment", lang)
-        if record and record.get("target") == "llama-server" and record.get("tags"):
-            state_dir = shared  # served with every other language from the one server
-        if record and record.get("target") == "ollama":
-            row["health"] = ollama_target.health(record["endpoint"], record["tag"])["health"]
-        elif record and record.get("target") == "mlx-lm":
-            from forge_assets.deploy import mlx_target
-            from forge_assets.deploy.service import MLX_STATE
-
-            mlx_state = state_dir / MLX_STATE
-            row["health"] = mlx_target.health(json.loads(mlx_state.read_text()) if mlx_state.is_file() else None)["health"]
-        elif record and record.get("target") == "vllm":
-            row["health"] = f"not run by Forge (vLLM needs a GPU); start it with: {record.get('command')}"
-        elif record or (state_dir / llama_server.STATE).is_file():
-            h = llama_server.health(state_dir)
-            row["health"] = h["health"]
-            if state_dir == shared:
-                row["endpoint_tags"] = h.get("models") or []
-            if h["tag"] and record and record.get("tag") not in (h.get("models") or [h["tag"]]):
-                row["serving"] = {"tag": h["tag"], "endpoint": h["endpoint"]}
+        if record or (store.folder("deployment", lang) / llama_server.STATE).is_file():  # (a per-language server from before)
+            row.update(targets.of_record(record).describe(store, lang, record))  # health, over HTTP where the target serves
         scores = store.promoted("eval_scores", lang)
         if scores:
             s = json.loads((scores.path / "scores.json").read_text())
@@ -359,8 +341,8 @@ def rollback(language: str, to: str | None = None) -> int:
     """Serve the GGUF served before the current one (or the version `to` names) again, and point gguf's `promoted` at it."""
     from forge_assets.artifacts import ArtifactError
     from forge_assets.config import load_config
-    from forge_assets.deploy import llama_server, ollama_target
     from forge_assets.deploy.service import ROLLBACK, deploy_gguf, format_scores, key_scores
+    from forge_assets.deploy.targets import deploy_errors
 
     cfg = load_config()
     store = _store(cfg, mirror=True)
@@ -389,7 +371,7 @@ def rollback(language: str, to: str | None = None) -> int:
         scores = format_scores(key_scores(store, language, gguf=target))
         say(f"serving `gguf` {target.version} again in place of {current_record['tag']}" + (f" ({scores})" if scores else ""))
         art, record, reused = deploy_gguf(store, cfg, language, target, action=ROLLBACK, log=say)
-    except (RollbackError, ArtifactError, llama_server.DeployError, ollama_target.OllamaDeployError) as exc:
+    except (RollbackError, ArtifactError, *deploy_errors()) as exc:
         cause, fix = _split_fix(str(exc))
         print(f"forge rollback: {language}: {cause}\n  Fix: {fix}", file=sys.stderr)
         return 1
@@ -432,34 +414,19 @@ def client_config(kind: str, language: str | None, write: str | None) -> int:
 
 
 def stop(languages: list[str] | None) -> int:
-    """Stop the routers and llama.cpp servers Forge started (all, or the named languages').
+    """Stop the routers and servers Forge started (all, or the named languages'), whatever target started them.
 
     Only processes that still match what Forge recorded (pid, start time, command line) are signalled; a dead
     or reused pid just clears the record.
     """
+    from forge_assets.artifacts import ArtifactStore
     from forge_assets.config import load_config
-    from forge_assets.deploy import llama_server
+    from forge_assets.deploy.targets import TARGETS
 
     cfg = load_config()
-    root = cfg.artifact_path / "deployment"
-    from forge_assets.deploy.service import ENDPOINT
-
-    langs = languages or sorted(p.name for p in root.glob("*") if (p / llama_server.STATE).is_file())
-    if languages and (root / ENDPOINT / llama_server.STATE).is_file():
-        print(f"forge: every language is served by one server ({root / ENDPOINT}); `forge stop` without --language stops it")
-    from forge_assets.deploy import mlx_target
-    from forge_assets.deploy.service import MLX_STATE
-
-    for mlx_state in sorted(root.glob(f"*/{MLX_STATE}")):
-        if not languages or mlx_state.parent.name in languages:
-            print(f"forge: {mlx_state.parent.name}: {mlx_target.stop(json.loads(mlx_state.read_text()))}; record cleared")
-            mlx_state.unlink()
-    for lang in langs:
-        stopped = llama_server.stop(root / lang)
-        if stopped is None:
-            print(f"forge: {lang}: no llama.cpp deployment recorded; nothing to stop")
-            continue
-        print(f"forge: {lang}: {stopped['tag']} on {stopped['endpoint']}: " + "; ".join(stopped["messages"]) + "; record cleared")
+    store = ArtifactStore(cfg.artifact_path)
+    for target in TARGETS.values():
+        target.stop(store, cfg, languages, log=lambda line: print(f"forge: {line}", flush=True))
     return 0
 
 

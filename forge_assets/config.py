@@ -10,6 +10,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from forge_assets.deploy.targets import DEFAULT_TARGET, TARGET_NAMES  # standard library only: no serving code is imported
+
 DEFAULT_CONFIG = "forge.yaml"
 
 
@@ -148,9 +150,10 @@ class TrainingConfig(_Strict):
 class DeployConfig(_Strict):
     """Where a language's model is served, and under what tag."""
 
+    # One of forge_assets/deploy/targets.py's TARGETS (default llama-server):
     # llama-server: every language on one Forge model server (llama.cpp), base once + one LoRA per language;
     # ollama: a merged GGUF per language; mlx-lm: mlx_lm.server with --adapter-path; vllm: a launch plan (not run here).
-    target: Literal["llama-server", "ollama", "mlx-lm", "vllm"] = "llama-server"
+    target: Literal[TARGET_NAMES] = DEFAULT_TARGET  # type: ignore[valid-type]
     host: str = "127.0.0.1"
     port: int = Field(8088, gt=0, lt=65536)  # llama-server: the one endpoint every language's tag is served on
     # Tokens of context the server gives each request. None: the model's trained context, and at least 32,768

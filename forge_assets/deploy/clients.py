@@ -7,18 +7,10 @@ endpoint and its tags; `render` turns it into a client's configuration file and 
                     [ServedModel("forge-python:1a2b3c4d5e6f", "python", context=32768, max_output=4096)])
     write_all(served, Path("clients"))   # opencode.json, continue-config.yaml, tabby-config.toml
 
-Targets and the URLs each client is given (``base_url`` is the OpenAI-style base ``.../v1``; for ``ollama`` the
-Ollama host, with or without ``/v1``):
-
-- ``llama-server``: OpenCode and Continue (provider ``openai``) use ``<base>/v1``; Tabby completion is
-  ``llama.cpp/completion`` at ``<server root>/lang/<language>`` (Forge's server answers llama.cpp's native
-  ``/completion`` there with that language's adapter, since Tabby sends no model name).
-- ``ollama``: OpenCode uses ``<host>/v1``; Continue provider ``ollama`` at ``<host>/``; Tabby completion is
-  ``ollama/completion`` at ``<host>``.
-- ``mlx-lm``: OpenCode and Continue (provider ``openai``) use ``<base>/v1``; Tabby completion is
-  ``openai/legacy_completion_no_fim`` at ``<base>/v1`` (see below why).
-- ``vllm``: OpenCode and Continue (provider ``openai``) use ``<base>/v1``; Tabby completion is ``vllm/completion``
-  at ``<base>/v1``; each tag is a LoRA module name.
+Each target (``llama-server``, ``ollama``, ``mlx-lm``, ``vllm``) is described once in `forge_assets.deploy.targets`:
+its Tabby completion kind and endpoint, Continue's provider and apiBase, whether ``base_url`` is the OpenAI-style
+base ``.../v1`` (Ollama: its host, with or without ``/v1``), and a note for the Tabby config; this module reads
+them from the target object (``Served.deploy_target``) and names no target itself. OpenCode always uses ``<base>/v1``.
 
 Tabby chat is always ``openai/chat`` at ``<base>/v1`` (Ollama serves an OpenAI-compatible ``/v1`` too).
 
@@ -60,11 +52,13 @@ from urllib.parse import urlsplit
 import yaml
 
 from forge_assets.chat import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+from forge_assets.deploy.targets import TARGET_NAMES, DeployTarget
+from forge_assets.deploy.targets import TARGETS as _TARGET_OBJECTS
 from forge_assets.fim_tokens import SCHEMES, scheme_named
 
-Target = Literal["llama-server", "ollama", "mlx-lm", "vllm"]
+Target = Literal[TARGET_NAMES]  # the names targets.TARGETS holds
 Kind = Literal["opencode", "continue", "tabby"]
-TARGETS: tuple[str, ...] = get_args(Target)
+TARGETS: tuple[str, ...] = TARGET_NAMES
 KINDS: tuple[str, ...] = get_args(Kind)
 
 FILE_NAMES: dict[str, str] = {"opencode": "opencode.json", "continue": "continue-config.yaml", "tabby": "tabby-config.toml"}
@@ -89,12 +83,7 @@ def tabby_fim_template(scheme: str = "qwen") -> str:
 
 AUTOCOMPLETE_MAX_TOKENS = 256  # a completion is a few lines; the model's whole output budget would be slow
 
-TABBY_COMPLETION_KIND: dict[str, str] = {
-    "llama-server": "llama.cpp/completion",
-    "ollama": "ollama/completion",
-    "mlx-lm": "openai/legacy_completion_no_fim",
-    "vllm": "vllm/completion",
-}
+TABBY_COMPLETION_KIND: dict[str, str] = {name: t.tabby_completion_kind for name, t in _TARGET_OBJECTS.items()}
 
 
 @dataclass(frozen=True)
@@ -149,7 +138,7 @@ class Served:
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
             raise ValueError(f"base_url must be an http(s) URL without query or fragment, got {self.base_url!r}")
-        if self.target != "ollama" and not self.base_url.rstrip("/").endswith("/v1"):
+        if self.deploy_target.openai_base_url and not self.base_url.rstrip("/").endswith("/v1"):
             raise ValueError(f"{self.target}: base_url must be the OpenAI-style base ending in /v1 "
                              f"(e.g. http://127.0.0.1:8088/v1), got {self.base_url!r}")
         if not self.models:
@@ -159,6 +148,11 @@ class Served:
             dupes = sorted({v for v in seen if seen.count(v) > 1})
             if dupes:
                 raise ValueError(f"Served.models repeats {what} {', '.join(dupes)}; one tag per language")
+
+    @property
+    def deploy_target(self) -> DeployTarget:
+        """The target object (targets.TARGETS) whose client facts this endpoint's configurations follow."""
+        return _TARGET_OBJECTS[self.target]
 
     @property
     def openai_base(self) -> str:
@@ -223,9 +217,8 @@ def opencode_config(served: Served, language: str | None = None) -> dict:
 
 def _continue_connection(served: Served) -> dict:
     key = {"apiKey": served.api_key} if served.api_key else {}
-    if served.target == "ollama":
-        return {"provider": "ollama", "apiBase": f"{served.server_root}/", **key}
-    return {"provider": "openai", "apiBase": f"{served.openai_base}/", **key}  # Continue resolves paths against apiBase
+    target = served.deploy_target  # Continue resolves paths against apiBase (hence its trailing slash)
+    return {"provider": target.continue_provider, "apiBase": target.continue_api_base(served), **key}
 
 
 def continue_dict(served: Served, language: str | None = None) -> dict:
@@ -282,11 +275,8 @@ def _toml_value(value) -> str:
 def tabby_dict(served: Served, language: str | None = None) -> dict:
     """Tabby's ``config.toml`` as data: ``model.completion.http`` and ``model.chat.http`` for language's tag."""
     chosen, ordered = _ordered(served, language)
-    kind = TABBY_COMPLETION_KIND[served.target]
-    if served.target == "llama-server":  # Forge's server: /lang/<language>/completion is llama.cpp's /completion for that tag
-        endpoint = f"{served.server_root}/lang/{chosen.language}"
-    else:
-        endpoint = served.server_root if served.target == "ollama" else served.openai_base
+    target = served.deploy_target
+    kind, endpoint = target.tabby_completion_kind, target.tabby_completion_endpoint(served, chosen.language)
     key = {"api_key": served.api_key} if served.api_key else {}
     chat = {"kind": "openai/chat", "model_name": chosen.tag, "api_endpoint": served.openai_base,
             "supported_models": [m.tag for m in ordered], **key}
@@ -312,11 +302,8 @@ def tabby_config(served: Served, language: str | None = None) -> str:
              f"# completion and chat: {chosen.language} ({chosen.tag}); languages deployed: {', '.join(served.languages)}"]
     if chosen.fim == "none":
         lines.append(_no_fim_comment(chosen).rstrip("\n").replace("autocomplete (fill-in-the-middle)", "code completion (fill-in-the-middle)"))
-    if served.target == "llama-server":
-        lines.append("# llama.cpp/completion posts to <api_endpoint>/completion with no model name; Forge's server answers "
-                     "/lang/<language>/completion with that language's adapter.")
-    elif served.target == "mlx-lm":
-        lines.append("# mlx_lm.server ignores the OpenAI 'suffix' field, so Tabby renders the base's FIM prompt itself (the no-FIM kind).")
+    if served.deploy_target.tabby_note:
+        lines.append(served.deploy_target.tabby_note)
     for section in [s for s in ("completion", "chat") if s in data]:
         lines += ["", f"[model.{section}.http]"]
         lines += [f"{key} = {_toml_value(value)}" for key, value in data[section]["http"].items()]

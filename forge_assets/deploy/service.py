@@ -1,7 +1,7 @@
 """Serving a stored GGUF version: the one path the `deployment` asset and `forge rollback` share.
 
-deploy_gguf() serves a gguf artifact version on the configured target (a llama.cpp server behind the Forge
-router, blue-green with its smoke test, or Ollama), records it as the `deployment` artifact (promoted: it is
+deploy_gguf() serves a gguf artifact version on the configured target (targets.py: a llama.cpp server behind the
+Forge router, blue-green with its smoke test, Ollama, mlx-lm, or a vLLM plan), records it as the `deployment` artifact (promoted: it is
 what serves) and appends a `deploy` or `rollback` event to the deployment partition's history.jsonl with the
 tag, the GGUF, the adapter and eval_scores it was made from, and their key scores.
 
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from forge_assets.artifacts import Artifact, ArtifactError, ArtifactStore, input_key
-from forge_assets.deploy import clients, llama_server, ollama_target, supervisor
+from forge_assets.deploy import clients, targets
+from forge_assets.deploy.targets import MLX_STATE  # noqa: F401  (deployment/<language>/mlx.json; importers read it here)
 
 CODE_VERSION = "2"  # 2: every language on one endpoint, base + LoRA  # the deployment asset's code version: part of the deployment artifact's input key
 DEPLOY, ROLLBACK = "deploy", "rollback"
@@ -151,33 +152,6 @@ def _with(previous: dict | None, entry: dict) -> list[dict]:
     return sorted(kept + [entry], key=lambda m: m["language"])
 
 
-def _retire_legacy(store: ArtifactStore, d, log, only_port: int | None = None) -> None:
-    """Stop servers of deployments made before one server held every language (deployment/<language>/server.json);
-    with only_port, just the one whose endpoint is on that port."""
-    for state_file in sorted((store.root / "deployment").glob(f"*/{llama_server.STATE}")):
-        if state_file.parent.name == ENDPOINT:
-            continue
-        if only_port is not None and (llama_server.read_state(state_file.parent) or {}).get("port") != only_port:
-            continue
-        stopped = llama_server.stop(state_file.parent)
-        if stopped:
-            log(f"stopped the per-language server of {stopped.get('tag')} on {stopped.get('endpoint')}: every language now serves "
-                f"from one server on port {d.port}")
-
-
-def _still_serving(store: ArtifactStore, d, language: str, tag: str) -> bool:
-    if d.target == "llama-server":
-        return llama_server.serving(endpoint_dir(store), tag)
-    if d.target == "mlx-lm":
-        from forge_assets.deploy import mlx_target
-
-        return mlx_target.health(_read_json(store.folder("deployment", language) / MLX_STATE) or None)["ok"]
-    return True  # ollama keeps its tags; a vLLM plan is a file
-
-
-MLX_STATE = "mlx.json"
-
-
 def _trained_from(store: ArtifactStore, gguf: Artifact) -> tuple[Path, Path]:
     """(the Hugging Face base folder, the adapter folder) a gguf version was made from."""
     from forge_assets.training.base_model import model_folder
@@ -188,88 +162,11 @@ def _trained_from(store: ArtifactStore, gguf: Artifact) -> tuple[Path, Path]:
     return model_folder(base.path), adapter.path
 
 
-def _deploy_mlx(store: ArtifactStore, cfg, language: str, gguf: Artifact, tag: str, log) -> dict:
-    """mlx_lm.server for this language (base + --adapter-path), started, smoke-tested, then the old one stopped.
-
-    mlx_lm.server reloads the whole model whenever a request names another adapter, so each language gets its own
-    server on its own port (deploy.port + the language's index, remembered in deployment/ports.json)."""
-    from forge_assets.deploy import mlx_target
-    from forge_assets.deploy.ports import port_for
-
-    d = cfg.deploy
-    base_dir, adapter_dir = _trained_from(store, gguf)
-    state_dir = store.folder("deployment", language)
-    previous = _read_json(state_dir / MLX_STATE) or None
-    port = port_for(store.root, language, d.port)
-    if previous and mlx_target.health(previous)["ok"] and previous.get("port") == port:
-        port = llama_server._free_port()  # blue-green needs the new server up before the old one stops
-    work = state_dir / f"mlx-{gguf.version[:12]}"
-    rec = mlx_target.start(base_dir, {language: adapter_dir}, d.host, port, work / "server.log")
-    try:
-        smoke = mlx_target.smoke(rec)
-    except Exception:
-        mlx_target.stop(rec)
-        raise
-    if previous:
-        log(mlx_target.stop(previous))
-    (state_dir / MLX_STATE).write_text(json.dumps(rec, indent=2, default=str))
-    return {"target": "mlx-lm", "tag": tag, "endpoint": rec["endpoint"], "gguf": gguf.version, "smoke": smoke,
-            "request_fields": rec.get("requests", {}).get(language), "context": d.context or MIN_CONTEXT,
-            "client_model": mlx_target.DEFAULT_MODEL}  # mlx_lm.server's name for --model with its --adapter-path
-
-
-def _plan_vllm(store: ArtifactStore, cfg, language: str, gguf: Artifact, tag: str, log) -> dict:
-    """A `vllm serve` command and --lora-modules manifest for every language deployed so far (vLLM is not run here)."""
-    from forge_assets.deploy import vllm_target
-
-    d = cfg.deploy
-    base_dir, adapter_dir = _trained_from(store, gguf)
-    adapters = {}
-    for folder in sorted((store.root / "deployment").glob("*")):
-        dep = store.promoted("deployment", folder.name) if folder.name not in (ENDPOINT, language) else None
-        rec = _read_json(dep.path / "deployment.json") if dep else {}
-        if rec.get("target") == "vllm" and rec.get("adapter_path") and Path(rec["adapter_path"]).is_dir():
-            adapters[rec["tag"]] = Path(rec["adapter_path"])
-    adapters[tag] = adapter_dir
-    plan = vllm_target.plan(str(base_dir), adapters, d.host, d.port, context=d.context)
-    command = vllm_target.command_line(plan)
-    log(f"vLLM cannot run on this machine; on a GPU machine serve every language with:\n{command}")
-    return {"target": "vllm", "tag": tag, "endpoint": plan["manifest"]["endpoint"], "gguf": gguf.version, "adapter_path": str(adapter_dir),
-            "command": command, "manifest": plan["manifest"], "context": d.context or MIN_CONTEXT, "runs_here": False}
-
-
 def served(store: ArtifactStore, cfg, extra: dict | None = None, language: str | None = None) -> clients.Served:
     """What clients can reach now: every deployed tag with its context, from the one server's state (llama-server)
     or from each language's deployment record (ollama, vllm; mlx-lm: the one language's own server, default the
     first). `extra` adds records not yet written ({language: record})."""
-    d = cfg.deploy
-    if d.target == "llama-server":
-        state = llama_server.read_state(endpoint_dir(store))
-        if not state or not state.get("models"):
-            raise ArtifactError("nothing is deployed on Forge's server yet. Fix: run `forge run` (it deploys every language).")
-        ctx = int(state.get("n_ctx") or MIN_CONTEXT)
-        models = [clients.ServedModel(m["id"], m["language"], ctx, min(d.max_output, ctx // 2), fim=_entry_fim(m))
-                  for m in state["models"] if m.get("language")]
-        return clients.Served("llama-server", state["endpoint"], models, api_key=llama_server.key_of(state.get("options")))
-    records = {}
-    for folder in sorted((store.root / "deployment").glob("*")):
-        dep = store.promoted("deployment", folder.name) if folder.name != ENDPOINT else None
-        if dep is not None:
-            records[folder.name] = _read_json(dep.path / "deployment.json")
-    records.update(extra or {})
-    models = []
-    for lang, rec in sorted(records.items()):
-        if rec.get("target") != d.target or (d.target == "mlx-lm" and lang != (language or lang)):
-            continue
-        ctx = int(rec.get("context") or d.context or MIN_CONTEXT)
-        models.append(clients.ServedModel(rec.get("client_model") or rec["tag"], lang, ctx, min(d.max_output, ctx // 2),
-                                          fim=rec.get("fim") or "qwen"))  # records from before FIM schemes were Qwen's
-        if d.target == "mlx-lm":
-            break  # one server per language: a client config names one of them
-    if not models:
-        raise ArtifactError(f"no language is deployed to {d.target} yet. Fix: run `forge run`.")
-    base_url = d.ollama_host if d.target == "ollama" else records[models[0].language]["endpoint"]
-    return clients.Served(d.target, base_url, models)
+    return targets.target(cfg.deploy.target).served(store, cfg, extra=extra, language=language)
 
 
 def _entry_fim(entry: dict) -> str:
@@ -345,7 +242,7 @@ def deploy_gguf(store: ArtifactStore, cfg, language: str, gguf: Artifact, *, act
     Nothing is redone while the stable endpoint already answers with that tag (reused=True, no event). Otherwise the
     configured target serves it (llama.cpp: blue-green, the old server keeps serving if anything fails), the
     `deployment` artifact is written and promoted, and an `action` event (deploy or rollback) is logged.
-    Raises llama_server.DeployError / ollama_target.OllamaDeployError when it cannot be served.
+    Raises what the target's errors() names (llama_server.DeployError, ollama_target.OllamaDeployError) when it cannot be served.
     """
     if action not in (DEPLOY, ROLLBACK):
         raise ValueError(f"action must be {DEPLOY!r} or {ROLLBACK!r}, not {action!r}")
@@ -353,38 +250,13 @@ def deploy_gguf(store: ArtifactStore, cfg, language: str, gguf: Artifact, *, act
     tag = f"{d.tag_prefix}-{language}:{gguf.version[:12]}"
     key = input_key(gguf=gguf.version, deploy=d.model_dump(exclude={"max_perplexity_ratio"}), code=CODE_VERSION)
     # Reused only while the stable endpoint really answers with this tag (a dead server is redeployed).
-    if (art := store.reusable("deployment", language, key)) is not None and _still_serving(store, d, language, tag):
+    serving = targets.target(d.target)
+    if (art := store.reusable("deployment", language, key)) is not None and serving.health(store, cfg, language, tag):
         log(f"{tag} is already deployed and answering; nothing to do.")
         return art, json.loads((art.path / "deployment.json").read_text()), True
     before = store.promoted("deployment", language)
     before_gguf = _read_json(before.path / "deployment.json").get("gguf") if before else None
-    if d.target == "llama-server":
-        state_dir = endpoint_dir(store)
-        entry = model_entry(gguf, tag, language)
-        _retire_legacy(store, d, log, only_port=d.port)  # a per-language server on deploy.port must make way (once)
-        n_ctx, options = context_for(gguf, d), server_options(store, d)
-        if supervisor.running(state_dir):  # `forge service install`: the service's supervisor deploys, its children serve
-            state = supervisor.submit(state_dir, supervisor.request(tag, d.host, d.port, entry, n_ctx=n_ctx,
-                                                                    gpu_layers=d.gpu_layers, options=options))
-            log("deployed through the Forge service (`forge service status`); it keeps serving across reboots")
-        else:
-            state = llama_server.deploy(None, tag, d.host, d.port, state_dir, n_ctx=n_ctx, gpu_layers=d.gpu_layers,
-                                        models=lambda previous: _with(previous, entry), options=options)
-        _retire_legacy(store, d, log)  # the rest once the one server answers for every language
-        record = {"target": d.target, "tag": tag, "endpoint": state["endpoint"], "gguf": gguf.version, "smoke": state["smoke"],
-                  "tags": state["tags"], "context": state["n_ctx"], "unmerged": entry["lora"] is not None}
-        log(f"{tag} serves on {state['endpoint']} with {', '.join(t for t in state['tags'] if t != tag) or 'no other tag'} "
-            f"from one server (context {state['n_ctx']}, {'base + LoRA' if entry['lora'] else 'merged GGUF'}).")
-    elif d.target == "mlx-lm":
-        record = _deploy_mlx(store, cfg, language, gguf, tag, log)
-    elif d.target == "vllm":
-        record = _plan_vllm(store, cfg, language, gguf, tag, log)
-    else:
-        model_file = gguf_path(gguf)
-        state = ollama_target.deploy(model_file, tag, gguf.path, d.ollama_host, latest_tag=f"{d.tag_prefix}-{language}:latest",
-                                     num_ctx=context_for(gguf, d))
-        record = {"target": d.target, "tag": tag, "endpoint": state["endpoint"], "gguf": gguf.version, "smoke": state["smoke"],
-                  "latest_tag": state["latest_tag"], "context": state.get("num_ctx")}
+    record = serving.deploy(store, cfg, language, gguf, tag, log)
     record.setdefault("fim", fim_scheme(gguf))  # the FIM tokens the tag's base has ("none": clients get no autocomplete)
     with store.write("deployment", language, {"input_key": key, "inputs": {"gguf": gguf.version}}) as out:  # promoted: it is serving
         (out.path / "deployment.json").write_text(json.dumps({k: v for k, v in record.items() if k != "smoke"}, indent=2, sort_keys=True))
