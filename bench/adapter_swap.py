@@ -97,7 +97,7 @@ def main() -> int:
                     state = llama_server.deploy(None, models[-1]["id"], "127.0.0.1", port, state_dir, n_ctx=N_CTX, models=models,
                                                 options={"parallel": 1}, start_timeout=600)
                     seconds = time.perf_counter() - t0
-                    return {"seconds": round(seconds, 2), "engine_up_s": _engine_up(log, offset),
+                    return {"seconds": round(seconds, 2), "engine_up_s": _engine_up(log, offset), **state["timings"],
                             "server_read_mb": round(_read_bytes(state["pid"]) / 2**20, 1), "pid": state["pid"]}
 
                 first = deploy(entries[:1])

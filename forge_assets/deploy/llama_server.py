@@ -362,11 +362,13 @@ def _deploy(gguf: Path | None, tag: str, host: str, port: int, state_dir: Path, 
                           f"deployment/ports.json). {_still_serving(previous)}")
 
     # 1. the new server, on a free loopback port, proven directly
+    timings, t0 = {}, time.monotonic()
     try:
         new = _start_upstream(gguf, tag, state_dir / "server.log", n_ctx, start_timeout, models, gpu_layers, options)
     except DeployError as exc:
         raise DeployError(f"{exc} {_still_serving(previous)}") from None
     try:
+        timings["start_s"] = round(time.monotonic() - t0, 2)
         key = key_of(options)
         smoke = smoke_chat(new["endpoint"], tag, key=key)
         smoke["fim"] = smoke_fim(new["endpoint"], tag, key=key)
@@ -374,6 +376,7 @@ def _deploy(gguf: Path | None, tag: str, host: str, port: int, state_dir: Path, 
         procs.terminate(new["process"])
         raise DeployError(f"{exc} See {new['log']}. {_still_serving(previous)}") from None
 
+    timings["smoke_s"] = round(time.monotonic() - t0 - timings["start_s"], 2)
     # 2. new connections go to it; the stable endpoint must list the new tag
     old_route = route.read_text() if route.is_file() else None
     _write_route(route, new)
@@ -403,6 +406,8 @@ def _deploy(gguf: Path | None, tag: str, host: str, port: int, state_dir: Path, 
              "log": new["log"], "router": router, "server": new["process"], "started_at": new["started_at"],
              "smoke": smoke, "retiring": retiring, "options": options or {}}
     _write_state(state_dir, state)
+    timings["switch_s"] = round(time.monotonic() - t0 - timings["start_s"] - timings["smoke_s"], 2)
+    t_drain = time.monotonic()
     retired = []
     if retiring:
         time.sleep(0.3)  # a connection the router accepted just before the switch reaches the old server first
@@ -412,7 +417,8 @@ def _deploy(gguf: Path | None, tag: str, host: str, port: int, state_dir: Path, 
         retired.append(note if drained else f"{note} after {drain_timeout:.0f}s with connections still open")
     state.pop("retiring")
     _write_state(state_dir, state)
-    return {**state, "retired": retired}
+    timings["drain_s"] = round(time.monotonic() - t_drain, 2)
+    return {**state, "retired": retired, "timings": timings}
 
 
 def stop(state_dir: Path) -> dict | None:
