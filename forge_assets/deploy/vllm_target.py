@@ -77,7 +77,7 @@ from pathlib import Path
 
 import psutil
 
-from forge_assets.deploy import procs
+from forge_assets.deploy import llama_server, procs
 from forge_assets.deploy.llama_server import DeployError
 
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -523,9 +523,7 @@ def _install(venv: Path, version: str, log, python: str, install_timeout: float)
 
 
 def free_port(host: str = LOOPBACK) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return llama_server._free_port(host)
 
 
 def _request(method: str, url: str, body: dict | None = None, timeout: float = 60.0) -> tuple[int, str]:
@@ -599,7 +597,7 @@ def start(plan_or_base: dict | str | Path, adapters: dict[str, Path] | None = No
     max_loras = len(manifest["lora_modules"]) + max(0, int(spare_lora_slots)) + 1
     command[command.index("--max-loras") + 1] = str(max_loras)
     host, run_port = command[command.index("--host") + 1], int(command[command.index("--port") + 1])
-    if not _port_free(host, run_port):
+    if not llama_server.port_free(host, run_port):
         raise VllmError(f"port {run_port} on {host} is in use by {procs.describe(procs.listener(host, run_port))}. Fix: "
                         "stop that program, or start on another port.")
     venv = Path(venv) if venv is not None else ensure_venv(log=log)
@@ -649,16 +647,6 @@ def start(plan_or_base: dict | str | Path, adapters: dict[str, Path] | None = No
     procs.terminate(record)
     raise VllmError(f"vLLM did not answer on {endpoint} within {timeout:.0f}s while starting {what} "
                     f"({_tail(log_path, offset) or 'no output'}). See {log_path}. Fix: pass a larger timeout.")
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def stop(record: dict | None, grace: float = 15.0) -> str:
