@@ -103,12 +103,14 @@ def test_a_starcoder_gguf_gets_its_own_fim_prompt(served):
     full = llm.tokenize(prompt.encode(), add_bos=True, special=True)  # the BOS the GGUF asks for, as the engine adds it
     want = llm.create_completion(full, max_tokens=6, temperature=0.0)["choices"][0]["text"]
     out = client.post("/v1/completions", json={"model": m.id, "prompt": PRE, "suffix": SUF, "max_tokens": 6}).json()
-    assert out["usage"]["prompt_tokens"] == len(full) and out["choices"][0]["text"] == want
+    # A lone byte token (this random model can sample one) is U+FFFD in the engine's text and dropped by llama-cpp-python's
+    # decoder; the tokens are the same.
+    assert out["usage"]["prompt_tokens"] == len(full) and out["choices"][0]["text"].replace("\ufffd", "") == want
     for body in ({"input_prefix": PRE, "input_suffix": SUF},  # llama-server's infill fields
                  {"prompt": f"{FIM_PREFIX}{PRE}{FIM_SUFFIX}{SUF}{FIM_MIDDLE}"},  # Forge's canonical (Qwen) prompt, rewritten
                  {"prompt": prompt}):  # already in the base's tokens
         native = client.post("/completion", json={**body, "model": m.id, "n_predict": 6}).json()
-        assert native["tokens_evaluated"] == len(full) and native["content"] == want, body
+        assert native["tokens_evaluated"] == len(full) and native["content"].replace("\ufffd", "") == want, body
 
 
 def test_a_gguf_without_fim_tokens_refuses_fim_with_the_reason(served):
