@@ -177,11 +177,7 @@ def start(gguf: Path | None, tag: str, host: str, port: int, log_path: Path, n_c
     _atomic_write(config_path, json.dumps(server_config(models, n_ctx, gpu_layers=gpu_layers, options=options), indent=2))
     os.chmod(config_path, 0o600)
     cmd = [sys.executable, "-m", SERVER_MODULE, "--config", str(config_path), "--host", host, "--port", str(port)]
-    with open(log_path, "ab") as log:
-        log.write(f"\n=== forge: {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {', '.join(tags)} on {host}:{port}\n".encode())
-        log.flush()
-        offset = log.tell()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd="/")
+    proc, offset = procs.spawn(cmd, log_path, f"starting {', '.join(tags)} on {host}:{port}")
     what = f"Forge model server for {', '.join(tags)}"
     try:
         record = {**procs.record(proc.pid, [SERVER_MODULE, str(config_path), str(port)], what), "port": port}

@@ -57,7 +57,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -463,13 +462,8 @@ def start(base_dir: Path, adapters: dict[str, Path] | Path, host: str, port: int
            "--host", host, "--port", str(port)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "ab") as log:
-        log.write(f"\n=== forge: {time.strftime('%Y-%m-%dT%H:%M:%S')} starting mlx-lm server for {model_dir} with "
-                  f"{', '.join(served)} on {host}:{port}\n".encode())
-        log.flush()
-        offset = log.tell()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True, cwd="/")
+    proc, offset = procs.spawn(cmd, log_path, f"starting mlx-lm server for {model_dir} with {', '.join(served)} on {host}:{port}",
+                               env=env)
     what = f"mlx-lm server for {', '.join(served)} on port {port}"
     try:
         process = {**procs.record(proc.pid, ["mlx_lm", "server", model_dir, str(port)], what), "port": port}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import time
+from pathlib import Path
 
 import psutil
 
@@ -20,6 +22,20 @@ CREATE_TIME_TOLERANCE = 0.05  # seconds; psutil derives it from boot time + cloc
 def record(pid: int, marker: list[str], what: str) -> dict:
     """The identity record of a process this Forge process just started."""
     return {"pid": pid, "create_time": psutil.Process(pid).create_time(), "marker": list(marker), "what": what}
+
+
+def spawn(cmd: list[str], log_path: Path, banner: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
+    """Start cmd detached (its own session, cwd /, no stdin), its output appended to log_path after a dated
+    `=== forge: <banner>` line; returns the process and the log offset where its output starts."""
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"\n=== forge: {time.strftime('%Y-%m-%dT%H:%M:%S')} {banner}\n".encode())
+        log.flush()
+        offset = log.tell()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True, cwd="/")
+    return proc, offset
 
 
 def _reap(pid: int) -> None:

@@ -613,13 +613,8 @@ def start(plan_or_base: dict | str | Path, adapters: dict[str, Path] | None = No
     names = [m["name"] for m in manifest["lora_modules"]]
     served = manifest.get("served_model_name") or manifest["base_model"]
     started = time.monotonic()
-    with open(log_path, "ab") as fh:
-        fh.write(f"\n=== forge: {time.strftime('%Y-%m-%dT%H:%M:%S')} starting vLLM for {served} with {', '.join(names)} "
-                 f"on {host}:{run_port}\n=== {shlex.join(cmd)}\n".encode())
-        fh.flush()
-        offset = fh.tell()
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True, cwd="/")
+    proc, offset = procs.spawn(cmd, log_path, f"starting vLLM for {served} with {', '.join(names)} on {host}:{run_port}\n"
+                               f"=== {shlex.join(cmd)}", env=env)
     what = f"vLLM server for {served} with {', '.join(names)}"
     try:
         record = {**procs.record(proc.pid, [SERVER_MODULE, "--port", str(run_port)], what), "port": run_port}
