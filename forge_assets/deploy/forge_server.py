@@ -310,13 +310,6 @@ class ModelServer:
         except ChatTemplateError as exc:
             raise RequestError(400, str(exc), param="messages") from None
 
-    async def tokenize(self, m: Served, text: str) -> list[int]:
-        """The engine's tokens for text (special tokens parsed, no BOS), as its prompts are tokenized."""
-        r = await self.client().post(f"{m.base.url}/tokenize", json={"content": text, "add_special": False, "parse_special": True},
-                                     headers={"Authorization": f"Bearer {m.base.key}"})
-        r.raise_for_status()
-        return r.json()["tokens"]
-
 
 def _stops(body: dict, defaults: list[str]) -> list[str]:
     stop = body.get("stop")
