@@ -11,11 +11,24 @@ One template is the single source of truth for a base model: it goes into the to
 renders requests with it, so training and serving agree. Rendering goes through transformers' own chat-template
 renderer (the one ``tokenizer.apply_chat_template`` uses), so a base model's own template (Qwen2.5, Qwen3) renders
 here exactly as it does in transformers.
+
+Qwen3-Coder: `QWEN3_CODER_CHAT_TEMPLATE` is Forge's own Jinja text for Qwen3-Coder's chat format, written to render
+byte for byte as Qwen3-Coder's template does (tested against the real file). It has no system turn unless the
+conversation has one or tools are given (then Qwen3-Coder's default one); tools are listed as ``<function>`` blocks
+with ``<name>``, ``<description>`` and one ``<parameter>`` block per property (any other schema key as its own
+``<key>value</key>`` line); an assistant's tool call is a ``<tool_call>`` block holding ``<function=NAME>``
+and one ``<parameter=P>`` block per argument, each tag and each value on its own lines, a value written as text
+(an object or array as JSON); consecutive tool results are ``<tool_response>`` blocks in one user turn. Datasets
+are still rendered in Forge's ChatML template; `retemplate` renders them again in a Qwen3-Coder base's template, so
+it trains on XML tool calls. `parse_tool_calls` reads both forms back, typing Qwen3-Coder's text values by the
+request's tool schemas.
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import math
 import re
 import uuid
 from pathlib import Path
@@ -216,27 +229,127 @@ def template_of(model_dir: Path) -> str | None:
 _TOOL_CALL = re.compile(re.escape(TOOL_CALL_OPEN) + r"\s*(.*?)\s*(?:" + re.escape(TOOL_CALL_CLOSE) + r"|$)", re.S)
 
 
-def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
-    """Split a model's answer into its text and OpenAI `tool_calls` (Qwen's ``<tool_call>{json}</tool_call>`` blocks).
+def parse_tool_calls(text: str, tools: list[dict] | None = None) -> tuple[str, list[dict]]:
+    """Split a model's answer into its text and OpenAI `tool_calls`: Qwen2.5's ``<tool_call>{json}</tool_call>``
+    blocks and Qwen3-Coder's ``<tool_call><function=NAME><parameter=P>VALUE</parameter></function></tool_call>`` ones.
 
-    A block whose JSON does not parse, or that names no function, is left in the text: the client sees what the
-    model wrote rather than a call that would fail. Arguments come back as a JSON string, as OpenAI sends them.
+    A block that does not parse (JSON that does not load or names no function; a function block not closed, or with
+    anything but parameters in it) is left in the text: the client sees what the model wrote rather than a call that
+    would fail. The closing ``</tool_call>`` of the last block may be missing (generation stopped there). A
+    Qwen3-Coder parameter's value is text; `tools` (the request's) gives it its JSON type, as vLLM's qwen3_coder parser
+    does: integer, number, boolean, object, array and null values become those JSON values, a string, an unknown type,
+    a parameter the schema does not name, or a value that does not convert stays a string. Arguments come back as a
+    JSON string, as OpenAI sends them.
     """
+    return _split_tool_calls(text, tools, xml=True)
+
+
+_FUNCTION_OPEN, _PARAMETER_OPEN = re.compile(r"<function=([^<>\n]+)>"), re.compile(r"<parameter=([^<>\n]+)>")
+_SPACE = re.compile(r"\s*")
+_INTEGER, _NUMBER = re.compile(r"[+-]?[0-9]+"), re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _split_tool_calls(text: str, tools: list[dict] | None, xml: bool) -> tuple[str, list[dict]]:
     calls, kept, pos = [], [], 0
     for m in _TOOL_CALL.finditer(text):
-        try:
-            obj = json.loads(m.group(1))
-        except ValueError:
+        call = _json_call(m.group(1)) or (_xml_call(m.group(1), tools) if xml else None)
+        if call is None:
             continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-            continue
-        args = obj.get("arguments", obj.get("parameters", {}))
+        name, args = call
         kept.append(text[pos:m.start()])
         pos = m.end()
         calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                      "function": {"name": obj["name"], "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}})
+                      "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)}})
     kept.append(text[pos:])
     return "".join(kept).strip() if calls else text, calls
+
+
+def _json_call(body: str) -> tuple[str, object] | None:
+    """A ``{"name": ..., "arguments": {...}}`` block's name and arguments, or None."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    return obj["name"], obj.get("arguments", obj.get("parameters", {}))
+
+
+def _xml_call(body: str, tools: list[dict] | None) -> tuple[str, dict] | None:
+    """A ``<function=NAME>`` block's name and typed arguments, or None unless the block is whole: parameters, each
+    closed, then ``</function>`` and nothing else. A value loses the newline the template puts on each side of it."""
+    m = _FUNCTION_OPEN.match(body)
+    if not m or not m.group(1).strip():
+        return None
+    name, pos, args = m.group(1).strip(), m.end(), {}
+    schema = _parameter_schemas(tools, name)
+    while True:
+        pos = _SPACE.match(body, pos).end()
+        if body.startswith("</function>", pos):
+            return (name, args) if not body[pos + len("</function>"):].strip() else None
+        p = _PARAMETER_OPEN.match(body, pos)
+        end = body.find("</parameter>", p.end()) if p else -1
+        if end < 0 or not p.group(1).strip():
+            return None
+        value = body[p.end():end]
+        value = value[1:] if value.startswith("\n") else value
+        value = value[:-1] if value.endswith("\n") else value
+        key = p.group(1).strip()
+        args[key] = _typed(value, schema.get(key))
+        pos = end + len("</parameter>")
+
+
+def _parameter_schemas(tools: list[dict] | None, name: str) -> dict:
+    """The `properties` of the tool called `name` among a request's tools ({} when it is not there)."""
+    for tool in tools or []:
+        fn = tool.get("function", tool) if isinstance(tool, dict) else None
+        if isinstance(fn, dict) and fn.get("name") == name:
+            params = fn.get("parameters")
+            props = params.get("properties") if isinstance(params, dict) else None
+            return props if isinstance(props, dict) else {}
+    return {}
+
+
+def _schema_types(schema) -> list[str]:
+    """A JSON schema's types, lower-cased: `type` (a name or a list of them), then those of anyOf/oneOf."""
+    if not isinstance(schema, dict):
+        return []
+    t = schema.get("type")
+    types = [t] if isinstance(t, str) else [x for x in t if isinstance(x, str)] if isinstance(t, list) else []
+    for key in ("anyOf", "oneOf"):
+        for alt in schema.get(key) if isinstance(schema.get(key), list) else []:
+            types += _schema_types(alt)
+    return [x.strip().lower() for x in types]
+
+
+def _typed(value: str, schema) -> object:
+    """A Qwen3-Coder parameter's text as the JSON value its schema's type says (see parse_tool_calls)."""
+    types = _schema_types(schema)
+    if not types or types == ["string"] or not set(types) & {"integer", "number", "boolean", "object", "array", "null"}:
+        return value
+    v = value.strip()
+    if v in ("null", "None") and ("null" in types or "string" not in types):
+        return None
+    for t in types:
+        if t == "integer" and _INTEGER.fullmatch(v):
+            return int(v)
+        if t == "number" and _NUMBER.fullmatch(v):
+            if _INTEGER.fullmatch(v):
+                return int(v)
+            if math.isfinite(float(v)):
+                return float(v)
+        if t == "boolean" and v.lower() in ("true", "false"):
+            return v.lower() == "true"
+        if t in ("object", "array"):
+            want = dict if t == "object" else list
+            for load in (json.loads, ast.literal_eval):  # JSON as the template writes it, or a Python literal
+                try:
+                    obj = load(v)
+                except Exception:  # ValueError, SyntaxError, RecursionError, MemoryError
+                    continue
+                if isinstance(obj, want):
+                    return obj
+    return value
 
 
 def parse_rendered(text: str) -> tuple[list[dict], list[dict] | None]:
@@ -268,7 +381,7 @@ def parse_rendered(text: str) -> tuple[list[dict], list[dict] | None]:
                 messages.append({"role": "tool", "content": part[: part.rindex("\n</tool_response>")]})
             continue
         if role == "assistant" and TOOL_CALL_OPEN in content:
-            before, calls = parse_tool_calls(content)
+            before, calls = _split_tool_calls(content, None, xml=False)  # Forge's template writes JSON calls
             if calls:
                 for c in calls:
                     c["function"]["arguments"] = json.loads(c["function"]["arguments"])
