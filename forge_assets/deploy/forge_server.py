@@ -511,7 +511,7 @@ def create_app(server: ModelServer):
         tools_on = bool(body.get("tools")) and body.get("tool_choice") != "none"
         if not body.get("stream"):
             text, last = await collect(request, gen)
-            content, calls = parse_tool_calls(text) if tools_on else (text, [])
+            content, calls = parse_tool_calls(text, body.get("tools")) if tools_on else (text, [])
             usage = _usage(last)
             finish = "tool_calls" if calls else last["finish_reason"]
             logged("chat", m, t0, usage, finish, len(calls), last)
@@ -546,7 +546,7 @@ def create_app(server: ModelServer):
                 _log(f"ERROR {exc}")
                 yield {"error": {"message": str(exc), "code": exc.code}}
                 return
-            content, calls = parse_tool_calls(text) if tools_on else (text, [])
+            content, calls = parse_tool_calls(text, body.get("tools")) if tools_on else (text, [])
             if calls:
                 rest = text[sent:text.find(TOOL_CALL_OPEN)] if TOOL_CALL_OPEN in text[sent:] else ""
                 if rest.strip():
