@@ -301,7 +301,7 @@ def _xml_call(body: str, tools: list[dict] | None) -> tuple[str, dict] | None:
 
 def _parameter_schemas(tools: list[dict] | None, name: str) -> dict:
     """The `properties` of the tool called `name` among a request's tools ({} when it is not there)."""
-    for tool in tools or []:
+    for tool in tools if isinstance(tools, list) else []:
         fn = tool.get("function", tool) if isinstance(tool, dict) else None
         if isinstance(fn, dict) and fn.get("name") == name:
             params = fn.get("parameters")
