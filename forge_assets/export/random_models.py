@@ -155,14 +155,19 @@ def _write_tokenizer_files(out: Path, tokenizer_json: str, config: dict, special
     (out / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
 
 
-def build_tokenizer(kind: str, out: Path, *, source: Path | None = None) -> Path:
+def build_tokenizer(kind: str, out: Path, *, source: Path | None = None, chat_template: str | None = None) -> Path:
     """Write a tokenizer's files into out (tokenizer.json, tokenizer_config.json, chat_template.jinja and, for
     llama3 and spm, special_tokens_map.json); return out.
 
     kind `forge-tiny` copies them from `source`, a forge-tiny model folder; with no source, forge-tiny's tokenizer
     is trained afresh (training.base_model.train_tokenizer, FORGE_TINY_VOCAB) on Forge's source. `llama3` and `spm`
     are trained on Forge's source (see the module docstring); each loads with AutoTokenizer and decodes what it encodes.
+    `chat_template`, when given, replaces the kind's chat template (e.g. chat.QWEN3_CODER_CHAT_TEMPLATE).
     """
+    if chat_template is not None:
+        build_tokenizer(kind, out, source=source)
+        _replace_chat_template(Path(out), chat_template)
+        return Path(out)
     out = Path(out)
     if kind not in TOKENIZERS:
         raise RandomModelError(f"tokenizer `{kind}` is not one Forge builds. Fix: choose one of {', '.join(TOKENIZERS)}.")
@@ -215,6 +220,18 @@ def build_tokenizer(kind: str, out: Path, *, source: Path | None = None) -> Path
     return out
 
 
+def _replace_chat_template(out: Path, chat_template: str) -> None:
+    """chat_template.jinja where the builder wrote one, and tokenizer_config.json's `chat_template` where it has one
+    (or no .jinja file holds it): gguf-py and transformers read either."""
+    jinja, cfg = out / "chat_template.jinja", out / "tokenizer_config.json"
+    if jinja.is_file():
+        jinja.write_text(chat_template, encoding="utf-8")
+    config = json.loads(cfg.read_text(encoding="utf-8")) if cfg.is_file() else {}
+    if "chat_template" in config or not jinja.is_file():
+        config["chat_template"] = chat_template
+        _write_json(cfg, config)
+
+
 def _rope_kwargs(config_cls, rope_theta: float, rope_scaling: dict | None) -> dict:
     """rope_theta and rope_scaling in the installed transformers' terms (5.x: one `rope_parameters` dict)."""
     scaling = dict(rope_scaling or {})
@@ -244,7 +261,7 @@ def build_random_model(kind: str, out: Path, *, tokenizer: str = "forge-tiny", t
                        num_kv_heads: int = 2, head_dim: int | None = None, tie_word_embeddings: bool = False,
                        dtype: str = "float32", max_shard_size: str | None = None, rope_scaling: dict | None = None,
                        rope_theta: float = 10000.0, max_position_embeddings: int = 2048, seed: int = 0,
-                       initializer_range: float = 0.05) -> Path:
+                       initializer_range: float = 0.05, chat_template: str | None = None) -> Path:
     """A random model of `kind` (one of KINDS) with the `tokenizer` (one of TOKENIZERS), saved to out; return out.
 
     The embedding has len(tokenizer) rounded up to a multiple of 64 rows (padding rows past the tokenizer, as in
@@ -270,7 +287,7 @@ def build_random_model(kind: str, out: Path, *, tokenizer: str = "forge-tiny", t
     if hidden_size % num_heads or num_heads % num_kv_heads:
         raise RandomModelError(f"{num_heads} heads and {num_kv_heads} KV heads do not fit hidden_size {hidden_size}. Fix: make "
                                "hidden_size a multiple of num_heads and num_heads a multiple of num_kv_heads.")
-    build_tokenizer(tokenizer, out, source=tokenizer_source)
+    build_tokenizer(tokenizer, out, source=tokenizer_source, chat_template=chat_template)
     tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
     vocab_size = -(-len(tok) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
     config_cls = type(AutoConfig.for_model(kind))
