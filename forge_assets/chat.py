@@ -291,11 +291,8 @@ def _xml_call(body: str, tools: list[dict] | None) -> tuple[str, dict] | None:
         end = body.find("</parameter>", p.end()) if p else -1
         if end < 0 or not p.group(1).strip():
             return None
-        value = body[p.end():end]
-        value = value[1:] if value.startswith("\n") else value
-        value = value[:-1] if value.endswith("\n") else value
         key = p.group(1).strip()
-        args[key] = _typed(value, schema.get(key))
+        args[key] = _typed(body[p.end():end].removeprefix("\n").removesuffix("\n"), schema.get(key))
         pos = end + len("</parameter>")
 
 
@@ -331,25 +328,29 @@ def _typed(value: str, schema) -> object:
     if v in ("null", "None") and ("null" in types or "string" not in types):
         return None
     for t in types:
-        if t == "integer" and _INTEGER.fullmatch(v):
+        if t in ("integer", "number") and _INTEGER.fullmatch(v) and len(v) <= 300:  # int() refuses 4,300 digits and more
             return int(v)
-        if t == "number" and _NUMBER.fullmatch(v):
-            if _INTEGER.fullmatch(v):
-                return int(v)
-            if math.isfinite(float(v)):
-                return float(v)
+        if t == "number" and _NUMBER.fullmatch(v) and math.isfinite(float(v)):
+            return float(v)
         if t == "boolean" and v.lower() in ("true", "false"):
             return v.lower() == "true"
         if t in ("object", "array"):
-            want = dict if t == "object" else list
-            for load in (json.loads, ast.literal_eval):  # JSON as the template writes it, or a Python literal
-                try:
-                    obj = load(v)
-                except Exception:  # ValueError, SyntaxError, RecursionError, MemoryError
-                    continue
-                if isinstance(obj, want):
-                    return obj
+            obj = _literal(v)
+            if isinstance(obj, dict if t == "object" else list):
+                return obj
     return value
+
+
+def _literal(v: str) -> object:
+    """JSON as the template writes it, else a Python literal (what vLLM falls back to); None when neither."""
+    try:
+        return json.loads(v)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        return ast.literal_eval(v)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
 
 
 def parse_rendered(text: str) -> tuple[list[dict], list[dict] | None]:
