@@ -1,5 +1,6 @@
-"""Hugging Face safetensors → GGUF, streamed tensor by tensor, for Qwen2/Qwen2.5, Qwen3 (dense) and Llama-family
-(Llama 2/3, Mistral) models, with an optional LoRA adapter folded in on the way.
+"""Hugging Face safetensors → GGUF, streamed tensor by tensor, for the families of the architecture registry
+(`forge_assets/architectures`: Qwen2/Qwen2.5, dense Qwen3, Llama 2/3, Mistral, Qwen3 MoE, Qwen3-Next), with an
+optional LoRA adapter folded in on the way.
 
 Why Forge's own writer (on the `gguf` package) rather than llama.cpp's `convert_hf_to_gguf.py`: that script is in
 llama-cpp-python's source distribution only, not in the installed wheel, so no installed Forge could run it; it
@@ -51,9 +52,6 @@ from forge_assets.export.gguf_export import ExportError
 
 CHUNK_BYTES = 64 << 20  # fp32 working size of one chunk of rows
 OUTTYPES = ("auto", "F16", "BF16", "F32")
-# Hugging Face model_type -> (gguf-py MODEL_ARCH member, permute q/k for llama.cpp's rotary layout)
-ARCHITECTURES = {"qwen2": ("QWEN2", False), "qwen3": ("QWEN3", False), "llama": ("LLAMA", True), "mistral": ("LLAMA", True)}
-SUPPORTED = "qwen2 (Qwen2, Qwen2.5, Qwen2.5-Coder), qwen3 (dense Qwen3), llama (Llama 2/3) and mistral"
 _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
 # tokenizer.json pre-tokenizer regexes -> llama.cpp's pre-tokenizer names (llama.cpp implements these splits).
@@ -310,6 +308,12 @@ class _Plan:
     out: str  # "F32", "F16", "BF16"
     permute_rows: int = 0  # llama q/k: rows per head (head_dim), permuted within each head; 0: none
     data: np.ndarray | None = None  # computed tensors
+    parts: tuple[str, ...] = ()  # MoE experts: the per-expert source tensors stacked, in order (hf is the first)
+    transform: object = None  # a registry value transform applied to float32 rows (Qwen3-Next's A_log, norms)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return self.parts or ((self.hf,) if self.hf else ())
 
     @property
     def nbytes(self) -> int:
@@ -349,18 +353,16 @@ def _config(model_dir: Path) -> dict:
 
 
 def architecture(config: dict, where: Path):
-    """(gguf MODEL_ARCH, permute q/k) for a Hugging Face config, or ExportError naming what is unsupported."""
+    """(gguf MODEL_ARCH, registry Family) for a Hugging Face config, or ExportError naming what is unsupported."""
     import gguf
 
-    kind = config.get("model_type")
-    if kind not in ARCHITECTURES:
-        hint = (" Mixture-of-experts models (Qwen3-Coder-30B-A3B/480B) are not converted by Forge yet."
-                if kind and "moe" in kind else "")
-        raise ExportError(f"{where}/config.json: model_type `{kind}` ({', '.join(config.get('architectures') or [])}) is not an "
-                          f"architecture Forge exports to GGUF; it exports {SUPPORTED}.{hint} "
-                          "Fix: choose a base model of one of those families.")
-    member, permute = ARCHITECTURES[kind]
-    return getattr(gguf.MODEL_ARCH, member), permute
+    from forge_assets.architectures import UnknownArchitecture, of_config
+
+    try:
+        fam = of_config(config, f"{where}/config.json")
+    except UnknownArchitecture as exc:
+        raise ExportError(str(exc)) from None
+    return getattr(gguf.MODEL_ARCH, fam.gguf_arch), fam
 
 
 def _rope(config: dict) -> tuple[float, dict | None]:
@@ -572,7 +574,40 @@ def _pick_outtype(outtype: str, sources: dict[str, _Source], folding: bool = Fal
     return "BF16" if dtypes == {"BF16"} else "F16"
 
 
-def _plan(config: dict, sources: dict[str, _Source], arch, permute: bool, outtype: str, where: Path) -> list[_Plan]:
+_EXPERT = re.compile(r"^(?P<prefix>.+\.mlp\.experts)\.(?P<e>\d+)\.(?P<proj>\w+)\.weight$")
+
+
+def _stack_experts(sources: dict[str, _Source], config: dict, where: Path) -> tuple[dict[str, _Source], dict[str, tuple[str, ...]]]:
+    """Per-expert tensors (`….mlp.experts.{e}.gate_proj.weight`) grouped into one stacked tensor each
+    (`….mlp.experts.gate_proj.weight` [experts, out, in], the name gguf-py maps to `ffn_gate_exps`).
+    Returns (sources with each group as one entry of the stacked shape, {stacked name: its parts in expert order})."""
+    groups: dict[str, dict[int, str]] = {}
+    for name in sources:
+        m = _EXPERT.match(name)
+        if m:
+            groups.setdefault(f"{m['prefix']}.{m['proj']}.weight", {})[int(m["e"])] = name
+    if not groups:
+        return sources, {}
+    n = int(config.get("num_experts") or config.get("num_local_experts") or 0)
+    out = {k: v for k, v in sources.items() if not _EXPERT.match(k)}
+    parts: dict[str, tuple[str, ...]] = {}
+    for stacked, by_e in groups.items():
+        if sorted(by_e) != list(range(n)):
+            missing = sorted(set(range(n)) - set(by_e))[:3]
+            raise ExportError(f"{where}: `{stacked}` has {len(by_e)} expert tensors, not config.json's {n} "
+                              f"(missing experts {missing}). Fix: copy every shard, or check num_experts in config.json.")
+        names = tuple(by_e[e] for e in range(n))
+        shapes = {sources[x].shape for x in names}
+        if len(shapes) != 1:
+            raise ExportError(f"{where}: the experts of `{stacked}` differ in shape ({sorted(shapes)[:2]}). "
+                              "Fix: this is not a plain checkpoint of the family; re-download it.")
+        first = sources[names[0]]
+        out[stacked] = _Source(first.file, first.dtype, (n, *first.shape), first.offset)
+        parts[stacked] = names
+    return out, parts
+
+
+def _plan(config: dict, sources: dict[str, _Source], arch, fam, outtype: str, where: Path) -> list[_Plan]:
     import gguf
 
     n_layers = int(config["num_hidden_layers"])
@@ -580,23 +615,31 @@ def _plan(config: dict, sources: dict[str, _Source], arch, permute: bool, outtyp
     heads, kv_heads = int(config["num_attention_heads"]), int(config.get("num_key_value_heads") or config["num_attention_heads"])
     head_dim = _head_dim(config)
     tied = bool(config.get("tie_word_embeddings", False)) or "lm_head.weight" not in sources
+    stacked_sources, stacked = _stack_experts(sources, config, where)
     plans = []
-    for hf_name, src in sources.items():
+    for hf_name, src in stacked_sources.items():
         if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
             continue
-        new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if fam.skip and fam.skip(hf_name):
+            continue
+        mapped = fam.rename(hf_name) if fam.rename else hf_name
+        new = names.get_name(mapped, try_suffixes=(".weight", ".bias"))
         if new is None:
             raise ExportError(f"{where}: tensor `{hf_name}` has no GGUF name in the {arch.name.lower()} architecture. "
                               "Fix: this is not a plain checkpoint of that family (merge adapters and drop extra heads first).")
-        out = outtype if len(src.shape) == 2 else "F32"
+        shape = fam.rows_shape(hf_name, src.shape) if fam.rows_shape else src.shape
+        keep_f32 = len(shape) < 2 or any(new.endswith(f".{t}.weight") or new.endswith(f".{t}") for t in fam.f32_tensors)
+        out = "F32" if keep_f32 else outtype
         group = 0
-        if permute and re.search(r"\.self_attn\.(q|k)_proj\.(weight|bias)$", hf_name):
+        if fam.permute_qk and re.search(r"\.self_attn\.(q|k)_proj\.(weight|bias)$", hf_name):
             group = head_dim  # rows per head to permute (q: heads × head_dim rows, k: kv_heads × head_dim)
             expected = (heads if ".q_proj." in hf_name else kv_heads) * head_dim
             if src.rows != expected:
                 raise ExportError(f"{where}: `{hf_name}` has {src.rows} rows, not heads × head_dim = {expected}. "
                                   "Fix: check num_attention_heads / num_key_value_heads / head_dim in config.json.")
-        plans.append(_Plan(new, hf_name, src.shape, out, permute_rows=group))
+        transform = fam.transform(hf_name) if fam.transform else None
+        plans.append(_Plan(new, stacked[hf_name][0] if hf_name in stacked else hf_name, tuple(shape), out,
+                           permute_rows=group, parts=stacked.get(hf_name, ()), transform=transform))
     order = {"token_embd": 0, "output_norm": 2, "output": 3}
     plans.sort(key=lambda p: (order.get(p.name.split(".")[0], 1), _block_of(p.name), p.name))
     return plans
@@ -618,7 +661,7 @@ def convert_hf_to_gguf(model_dir: Path, out: Path, outtype: str = "auto", name: 
 
     model_dir, out = Path(model_dir), Path(out)
     config = _config(model_dir)
-    arch, permute = architecture(config, model_dir)
+    arch, fam = architecture(config, model_dir)
     sources = read_index(model_dir)
     kind = outtype
     outtype = _pick_outtype(outtype, sources, folding=adapter is not None)
@@ -631,12 +674,14 @@ def convert_hf_to_gguf(model_dir: Path, out: Path, outtype: str = "auto", name: 
     w = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[arch])
     w.add_name(name)
     computed = _write_hparams(w, config, model_dir, n_layers)
+    if fam.write_hparams:
+        fam.write_hparams(w, config)
     w.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
                      "BF16": gguf.LlamaFileType.MOSTLY_BF16}[outtype])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     tok = _write_tokenizer(w, model_dir, embed.shape[0])
-    plans = computed + _plan(config, sources, arch, permute, outtype, model_dir)
-    unused = set(lora) - {p.hf.removesuffix(".weight") for p in plans if p.hf}
+    plans = computed + _plan(config, sources, arch, fam, outtype, model_dir)
+    unused = set(lora) - {h.removesuffix(".weight") for p in plans for h in p.sources}
     if unused:
         raise ExportError(f"{adapter}: the adapter changes {sorted(unused)[:3]}, which this base model has no weight for. "
                           "Fix: export the adapter with the base model it was trained on.")
@@ -647,27 +692,19 @@ def convert_hf_to_gguf(model_dir: Path, out: Path, outtype: str = "auto", name: 
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    handles: dict[Path, object] = {}
+    shards = _Shards()
     merged = 0
     try:
         for p in plans:
             if p.data is not None:
                 w.write_tensor_data(_encode(p.data, p.out))
                 continue
-            src = sources[p.hf]
-            fh = handles.get(src.file)
-            if fh is None:
-                for old in handles.values():
-                    old.close()  # one shard open at a time
-                handles = {src.file: open(src.file, "rb")}  # noqa: SIM115 (closed above or in finally)
-                fh = handles[src.file]
-            pair = lora.get(p.hf.removesuffix(".weight")) if p.hf.endswith(".weight") else None
-            merged += pair is not None
-            w.write_tensor_data(_Streamed(p.nbytes, _writer(src, fh, p, pair, chunk_bytes)))
+            pairs = [lora.get(h.removesuffix(".weight")) if h.endswith(".weight") else None for h in p.sources]
+            merged += sum(x is not None for x in pairs)
+            w.write_tensor_data(_Streamed(p.nbytes, _writer([sources[h] for h in p.sources], shards, p, pairs, chunk_bytes)))
         w.close()
     finally:
-        for fh in handles.values():
-            fh.close()
+        shards.close()
     types: dict[str, int] = {}
     for p in plans:
         types[p.out] = types.get(p.out, 0) + 1
@@ -676,25 +713,50 @@ def convert_hf_to_gguf(model_dir: Path, out: Path, outtype: str = "auto", name: 
             "lora_merged_tensors": merged, **tok}
 
 
-def _writer(src: _Source, fh, p: _Plan, pair, chunk_bytes: int):
-    """A function writing tensor p's data to a file, chunk by chunk of whole rows (whole heads for permuted q/k)."""
-    passthrough = pair is None and not p.permute_rows and p.out == src.dtype
-    align = p.permute_rows or 1
-    per_chunk = max(align, (chunk_bytes // (4 * src.row_elements)) // align * align)
+class _Shards:
+    """The one safetensors shard open at a time (tensors are written in GGUF order, which mostly follows the shards)."""
+
+    def __init__(self):
+        self.path: Path | None = None
+        self.fh = None
+
+    def get(self, path: Path):
+        if self.path != path:
+            self.close()
+            self.fh, self.path = open(path, "rb"), path  # noqa: SIM115 (closed by close())
+        return self.fh
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+        self.fh, self.path = None, None
+
+
+def _writer(parts: list[_Source], shards: _Shards, p: _Plan, pairs: list, chunk_bytes: int):
+    """A function writing tensor p's data to a file: each source part (one, or an MoE layer's experts in order) chunk
+    by chunk of whole rows (whole heads for permuted q/k), with its LoRA pair folded in and the registry's value
+    transform applied."""
 
     def write(fout) -> None:
-        for start in range(0, src.rows, per_chunk):
-            stop = min(src.rows, start + per_chunk)
-            if passthrough:
-                _read_raw(src, fh, start, stop).tofile(fout)
-                continue
-            rows = _read_rows(src, fh, start, stop)
-            if pair is not None:
-                a, b, scale = pair
-                rows = rows + np.float32(scale) * (b[start:stop] @ a)
-            if p.permute_rows:
-                rows = _permute_rows(rows, p.permute_rows)
-            _encode(rows, p.out).tofile(fout)
+        for src, pair in zip(parts, pairs):
+            fh = shards.get(src.file)
+            passthrough = pair is None and not p.permute_rows and p.transform is None and p.out == src.dtype
+            align = p.permute_rows or 1
+            per_chunk = max(align, (chunk_bytes // (4 * src.row_elements)) // align * align)
+            for start in range(0, src.rows, per_chunk):
+                stop = min(src.rows, start + per_chunk)
+                if passthrough:
+                    _read_raw(src, fh, start, stop).tofile(fout)
+                    continue
+                rows = _read_rows(src, fh, start, stop)
+                if pair is not None:
+                    a, b, scale = pair
+                    rows = rows + np.float32(scale) * (b[start:stop] @ a)
+                if p.transform is not None:
+                    rows = p.transform(rows)
+                if p.permute_rows:
+                    rows = _permute_rows(rows, p.permute_rows)
+                _encode(rows, p.out).tofile(fout)
 
     return write
 

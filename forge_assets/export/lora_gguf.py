@@ -15,9 +15,15 @@ What llama.cpp expects of a LoRA file (read in its `src/llama-adapter.cpp`, `con
   plain LoRA writes `alpha`; rsLoRA (PEFT `use_rslora`: `alpha / sqrt(r)`) writes `alpha * sqrt(r)`; an mlx-lm
   adapter (it stores `scale` itself) writes `scale * r`. A tensor whose own scale differs from `alpha_gguf / r_t`
   (PEFT `rank_pattern` / `alpha_pattern`) gets the ratio folded into its B, so every tensor keeps its exact scale;
-- llama architecture only: HF q/k rows are permuted for llama.cpp's interleaved rotary layout; the rows of
-  `q_proj`/`k_proj` B are permuted the same way (A is untouched, since the permutation acts on output rows).
-  qwen2 and qwen3 use the NEOX layout and need no permutation.
+- llama architecture only (Llama, Mistral: the registry's `permute_qk`): HF q/k rows are permuted for llama.cpp's
+  interleaved rotary layout; the rows of `q_proj`/`k_proj` B are permuted the same way (A is untouched, since the
+  permutation acts on output rows). The Qwen families use the NEOX layout and need no permutation;
+- MoE experts (qwen3_moe): PEFT trains them through `target_parameters` on transformers' fused 3-D expert tensors
+  (`mlp.experts.gate_up_proj` [E, 2·ff, in], `mlp.experts.down_proj` [E, in, ff]; PEFT's ParamWrapper holds
+  lora_A [E·r, in] whose rows e·r…e·r+r−1 are expert e's, and lora_B [out, r·E] whose column k·E+e is expert e's
+  k-th; delta_e = s · B_e @ A_e). They are read as per-expert pairs named like the on-disk tensors
+  (`mlp.experts.{e}.gate_proj`, gate rows first in gate_up) and written as 3-D `ffn_*_exps.lora_a` [E, r, in] /
+  `.lora_b` [E, out, r], which llama.cpp multiplies through its `mul_mat_id` LoRA path, unmerged.
 
 PiSSA as Forge saves it: `peft_backend.train` saves with `path_initial_model_for_weight_conversion`, which turns the
 PiSSA adapter into an ordinary LoRA of rank 2r for the *unchanged* base (its adapter_config has
@@ -42,12 +48,20 @@ import numpy as np
 from forge_assets.export.gguf_export import ExportError
 
 MERGE_FIX = "set deploy.merge: true to serve a merged GGUF"
-# Hugging Face model_type -> gguf-py architecture name (the MODEL_ARCH member is looked up by this name).
-ARCHITECTURES = {"qwen2": "QWEN2", "qwen3": "QWEN3", "llama": "LLAMA"}
-# The projections llama.cpp multiplies through its LoRA-aware matmul in every block of these architectures.
-LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 OUTTYPES = ("F32", "F16", "BF16", "Q8_0")
-_BLOCK_MODULE = re.compile(r"^(?:.*\.)?layers\.(\d+)\.(?:self_attn|mlp)\.(" + "|".join(LORA_MODULES) + r")$")
+# A PEFT ParamWrapper on fused MoE experts: `….mlp.experts` with one `.base_layer` per parameter wrapped after it.
+_EXPERT_WRAPPER = re.compile(r"^(?P<prefix>(?:.*\.)?layers\.\d+\.mlp\.experts)(?P<depth>(?:\.base_layer)*)$")
+_PER_EXPERT = re.compile(r"^(?P<prefix>(?:.*\.)?layers\.\d+\.mlp\.experts)\.(?P<e>\d+)\.(?P<proj>\w+)$")
+
+
+def _block_module(module: str) -> bool:
+    """A module llama.cpp's LoRA path multiplies: a registry family's LoRA target in a transformer block, or an expert."""
+    from forge_assets.architectures import FAMILIES, all_lora_modules
+
+    if _EXPERT_WRAPPER.match(module) or _PER_EXPERT.match(module):
+        return True
+    leaves = all_lora_modules() + tuple(p for f in FAMILIES.values() for p in f.expert_projections)
+    return re.match(r"^(?:.*\.)?layers\.\d+\.(?:[\w.]+\.)?(" + "|".join(leaves) + r")$", module) is not None
 _PEFT_SUFFIX = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<kind>embedding_)?(?P<ab>[AB])(?:\.weight)?$")
 _MLX_SUFFIX = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[ab])$")
 
@@ -86,9 +100,11 @@ def _tensor_problem(weights: Path, keys: list[str], pattern: re.Pattern, ab: str
     """A LoRA on a module llama.cpp cannot take, else a tensor that is no LoRA matrix, else None."""
     matches = [pattern.match(k) for k in keys]
     for m in matches:
-        if m is not None and not _BLOCK_MODULE.match(m["module"]):
+        if m is not None and not _block_module(m["module"]):
+            from forge_assets.architectures import all_lora_modules
+
             return _fail(weights, f"it adapts `{m['module']}`, and Forge's llama.cpp LoRA export covers only the "
-                                  f"{'/'.join(LORA_MODULES)} projections of the transformer blocks")
+                                  f"{'/'.join(all_lora_modules())} projections and MoE experts of the transformer blocks")
     for key, m in zip(keys, matches):
         if m is None:
             return _fail(weights, f"it holds `{key}`, a tensor that is not a LoRA {ab} matrix")
@@ -117,9 +133,16 @@ def _peft_problem(adapter_dir: Path) -> str | None:
     if (isinstance(init, str) and init.lower().startswith(("pissa", "olora", "corda", "loftq"))) or cfg.get("loftq_config"):
         return _fail(cfg_path, f"it was saved unconverted (init_lora_weights: {init}), so it applies to a modified "
                                "residual base, not the original one (Forge saves PiSSA converted to a plain LoRA)")
-    for key in ("layer_replication", "trainable_token_indices", "target_parameters", "alora_invocation_tokens"):
+    for key in ("layer_replication", "trainable_token_indices", "alora_invocation_tokens"):
         if cfg.get(key):
             return _fail(cfg_path, f"it uses {key}")
+    from forge_assets.architectures import FAMILIES
+
+    experts = {f"mlp.experts.{p}" for f in FAMILIES.values() for p in f.expert_parameters}
+    odd = [t for t in cfg.get("target_parameters") or [] if not any(t == e or t.endswith("." + e) for e in experts)]
+    if odd:
+        return _fail(cfg_path, f"it targets the parameters {odd[:3]} (target_parameters), and only MoE expert tensors "
+                               f"({', '.join(sorted(experts))}) convert")
     if cfg.get("fan_in_fan_out"):
         return _fail(cfg_path, "it adapts Conv1D (fan_in_fan_out) layers")
     weights = adapter_dir / "adapter_model.safetensors"
@@ -166,13 +189,16 @@ def _base_dir_of(adapter_dir: Path, backend: str) -> Path | None:
 
 
 def _arch_problem(base_dir: Path) -> str | None:
+    from forge_assets.architectures import FAMILIES, lookup
+
     try:
         model_type = json.loads((base_dir / "config.json").read_text()).get("model_type")
     except (OSError, ValueError) as exc:
         return f"{base_dir}/config.json: unreadable ({exc}). Fix: point at the adapter's Hugging Face base model folder."
-    if model_type not in ARCHITECTURES:
-        return _fail(base_dir / "config.json", f"base model_type `{model_type}` is not one Forge exports LoRA GGUFs for "
-                                               f"({', '.join(ARCHITECTURES)})")
+    fam = lookup(model_type)
+    if fam is None or not fam.llama_cpp_lora:
+        ok = ", ".join(t for f in FAMILIES.values() if f.llama_cpp_lora for t in f.model_types)
+        return _fail(base_dir / "config.json", f"base model_type `{model_type}` is not one Forge exports LoRA GGUFs for ({ok})")
     return None
 
 
@@ -221,12 +247,49 @@ def _read_peft(adapter_dir: Path) -> _Lora:
             raise ExportError(f"{adapter_dir}/adapter_model.safetensors: `{module}` has lora_{''.join(ab)} but not its "
                               "pair. Fix: re-save the adapter with PEFT's save_pretrained.")
         a, b = ab["A"], ab["B"]
+        wrapper = _EXPERT_WRAPPER.match(module)
+        if wrapper:
+            _expert_pairs(lora, adapter_dir, cfg, wrapper, a, b, scale_of)
+            continue
         r = a.shape[0]  # the module's own rank (rank_pattern), as PEFT's scaling uses it
         if a.ndim != 2 or b.ndim != 2 or b.shape[1] != r:
             raise ExportError(f"{adapter_dir}: `{module}` has A {list(a.shape)} and B {list(b.shape)}, whose ranks "
                               "differ. Fix: re-save the adapter with PEFT's save_pretrained.")
         lora.pairs[module] = (a, b, scale_of(r, float(_pattern_value(cfg.get("alpha_pattern"), module, alpha))))
     return lora
+
+
+def _expert_pairs(lora: _Lora, adapter_dir: Path, cfg: dict, wrapper: re.Match, a: np.ndarray, b: np.ndarray, scale_of) -> None:
+    """A PEFT ParamWrapper LoRA on a fused expert tensor, added to `lora` as per-expert pairs named like the on-disk
+    tensors (`….mlp.experts.{e}.gate_proj`): which tensor it is comes from its place in target_parameters (PEFT wraps
+    them in order, each later one around the earlier: the i-th of n sits under n−1−i `base_layer`s)."""
+    from forge_assets.architectures import FAMILIES
+
+    targets = [t for t in cfg.get("target_parameters") or [] if ".experts." in f".{t}"]
+    depth = wrapper["depth"].count(".base_layer")
+    if depth >= len(targets):
+        raise ExportError(f"{adapter_dir}: `{wrapper.group(0)}` has no matching entry in target_parameters {targets}. "
+                          "Fix: re-save the adapter with PEFT's save_pretrained.")
+    param = targets[len(targets) - 1 - depth].rsplit(".", 1)[-1]
+    projections = next((f.expert_parameters[param] for f in FAMILIES.values() if param in f.expert_parameters), None)
+    if projections is None:
+        raise ExportError(f"{adapter_dir}: LoRA on expert tensor `{param}`, which no registry family declares. "
+                          f"Fix: {MERGE_FIX}.")
+    name = f"{wrapper['prefix']}.{param}"
+    r = int(_pattern_value(cfg.get("rank_pattern"), name, cfg["r"]))
+    experts, rem = divmod(a.shape[0], r)
+    if rem or a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0] or b.shape[0] % len(projections):
+        raise ExportError(f"{adapter_dir}: `{name}` has A {list(a.shape)} and B {list(b.shape)}, which are no rank-{r} "
+                          "expert LoRA. Fix: re-save the adapter with PEFT's save_pretrained.")
+    scale = scale_of(r, float(_pattern_value(cfg.get("alpha_pattern"), name, cfg["lora_alpha"])))
+    a3 = a.reshape(experts, r, a.shape[1])  # [E, r, in]
+    b3 = b.reshape(b.shape[0], r, experts)  # [out, r, E]: column k·E + e is expert e's k-th
+    rows = b.shape[0] // len(projections)
+    for e in range(experts):
+        be = b3[:, :, e]
+        for i, proj in enumerate(projections):
+            lora.pairs[f"{wrapper['prefix']}.{e}.{proj}"] = (np.ascontiguousarray(a3[e]),
+                                                             np.ascontiguousarray(be[i * rows:(i + 1) * rows]), scale)
 
 
 def _read_mlx(adapter_dir: Path) -> _Lora:
@@ -318,22 +381,26 @@ def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, out: Path, outtype: 
     problem = _arch_problem(base_dir)
     if problem is not None:
         raise ExportError(problem)
+    from forge_assets.architectures import lookup
+
     model_type = config["model_type"]
+    fam = lookup(model_type)
     lora = _read_adapter(adapter_dir)
     n_layers = int(config["num_hidden_layers"])
     n_head = int(config["num_attention_heads"])
     n_kv = int(config.get("num_key_value_heads") or n_head)
-    arch = getattr(gguf.MODEL_ARCH, ARCHITECTURES[model_type])
+    arch = getattr(gguf.MODEL_ARCH, fam.gguf_arch)
     names = gguf.get_tensor_name_map(arch, n_layers)
     shapes = _base_shapes(base_dir)
 
     # One alpha for the file: the adapter-wide scale times its rank; per-tensor differences fold into B.
     alpha = lora.scale * lora.rank if lora.scale else float(lora.rank)
     tensors: list[tuple[str, np.ndarray]] = []
+    stacks: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}  # MoE: per stacked tensor, each expert's pair
     folded = 0
     for module, (a, b, scale) in sorted(lora.pairs.items()):
         weight = f"{module}.weight"
-        target = names.get_name(weight, try_suffixes=(".weight",))
+        target = names.get_name(weight, try_suffixes=(".weight",)) or (weight if _PER_EXPERT.match(module) else None)
         if target is None or weight not in shapes:
             raise ExportError(f"{adapter_dir}: it adapts `{module}`, which the {model_type} base {base_dir} does not have "
                               f"(no {'GGUF name' if target is None else 'tensor'} for `{weight}`). Fix: convert it "
@@ -348,10 +415,24 @@ def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, out: Path, outtype: 
         if not math.isclose(ratio, 1.0, rel_tol=1e-6):
             b = b * np.float32(ratio)
             folded += 1
-        if model_type == "llama" and module.endswith(("q_proj", "k_proj")):
+        if fam.permute_qk and module.endswith(("q_proj", "k_proj")):
             b = _rope_permute(b, n_head if module.endswith("q_proj") else n_kv)
+        expert = _PER_EXPERT.match(module)
+        if expert:
+            stacks.setdefault(f"{expert['prefix']}.{expert['proj']}", {})[int(expert["e"])] = (a, b)
+            continue
         tensors.append((f"{target}.lora_a", np.ascontiguousarray(a)))
         tensors.append((f"{target}.lora_b", np.ascontiguousarray(b)))
+    n_experts = int(config.get("num_experts") or config.get("num_local_experts") or 0)
+    for stacked, by_e in sorted(stacks.items()):
+        target = names.get_name(f"{stacked}.weight", try_suffixes=(".weight",))
+        ranks = {a.shape[0] for a, _ in by_e.values()}
+        if target is None or sorted(by_e) != list(range(n_experts)) or len(ranks) != 1:
+            raise ExportError(f"{adapter_dir}: the expert LoRA on `{stacked}` covers experts {sorted(by_e)[:4]}… of "
+                              f"{n_experts} with ranks {sorted(ranks)}; llama.cpp needs every expert at one rank. "
+                              f"Fix: {MERGE_FIX}.")
+        tensors.append((f"{target}.lora_a", np.stack([by_e[e][0] for e in range(n_experts)])))  # [E, r, in]
+        tensors.append((f"{target}.lora_b", np.stack([by_e[e][1] for e in range(n_experts)])))  # [E, out, r]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")

@@ -34,6 +34,7 @@ CASES = {
               "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                "original_max_position_embeddings": 512}},
     "mistral": {"tokenizer": "spm", "rope_scaling": {"type": "linear", "factor": 2.0}},
+    "qwen3_moe": {"tokenizer": "llama3", "moe_intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2},
 }
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}
 
