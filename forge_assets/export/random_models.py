@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-KINDS = ("qwen2", "qwen3", "llama", "mistral")
+KINDS = ("qwen2", "qwen3", "llama", "mistral", "qwen3_moe")  # registry families (forge_assets/architectures)
 TOKENIZERS = ("forge-tiny", "llama3", "spm")
 
 # Meta-Llama-3's split (tokenizer.json's pre_tokenizer); llama.cpp's `llama-bpe` pre-tokenizer implements the same regex.
@@ -261,15 +261,17 @@ def build_random_model(kind: str, out: Path, *, tokenizer: str = "forge-tiny", t
                        num_kv_heads: int = 2, head_dim: int | None = None, tie_word_embeddings: bool = False,
                        dtype: str = "float32", max_shard_size: str | None = None, rope_scaling: dict | None = None,
                        rope_theta: float = 10000.0, max_position_embeddings: int = 2048, seed: int = 0,
-                       initializer_range: float = 0.05, chat_template: str | None = None) -> Path:
+                       initializer_range: float = 0.05, chat_template: str | None = None, **family_options) -> Path:
     """A random model of `kind` (one of KINDS) with the `tokenizer` (one of TOKENIZERS), saved to out; return out.
 
     The embedding has len(tokenizer) rounded up to a multiple of 64 rows (padding rows past the tokenizer, as in
     Qwen's checkpoints); config.json names the tokenizer's bos/eos/pad ids. Weights are cast to `dtype` and saved as
     safetensors (several shards and model.safetensors.index.json when `max_shard_size` is small). `rope_scaling`
     (e.g. {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512}) goes to the config as is;
-    transformers 5 stores it, rope_theta included, as config.json's `rope_parameters`. qwen2 has no sliding window,
-    mistral neither (sliding_window null, as Mistral-7B-v0.2 and later).
+    transformers 5 stores it, rope_theta included, as config.json's `rope_parameters`. The family's `random_config`
+    in the architecture registry adds its own settings, with `family_options` (e.g. num_experts=8, num_experts_per_tok=2,
+    moe_intermediate_size=64 for qwen3_moe): qwen2 has no sliding window, mistral neither (sliding_window null, as
+    Mistral-7B-v0.2 and later).
     """
     import torch
     from transformers import (
@@ -300,10 +302,13 @@ def build_random_model(kind: str, out: Path, *, tokenizer: str = "forge-tiny", t
     )
     if head_dim is not None or kind != "qwen2":  # Qwen3 defaults to 128; Qwen2's config has no head_dim unless asked
         kwargs["head_dim"] = head_dim or hidden_size // num_heads
-    if kind == "qwen2":
-        kwargs.update(use_sliding_window=False)
-    if kind == "mistral":
-        kwargs.update(sliding_window=None)
+    from forge_assets.architectures import FAMILIES
+
+    fam = FAMILIES[kind]
+    if fam.random_config:  # the family's own settings (MoE experts, no sliding window, ...); family_options override
+        kwargs.update(fam.random_config(**family_options))
+    elif family_options:
+        raise RandomModelError(f"{kind} takes no options {sorted(family_options)}. Fix: drop them.")
     config = AutoConfig.for_model(kind, **kwargs)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
