@@ -84,15 +84,15 @@ def build_base(out: Path) -> dict:
 
 
 def build_adapters(base: Path, outs: list[Path]) -> None:
-    """PEFT LoRA adapters on `base` (rank RANK, TARGET_MODULES), each with its own random non-zero A and B."""
+    """PEFT LoRA adapters on `base` (rank RANK, list(DEFAULT_LORA_MODULES)), each with its own random non-zero A and B."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from forge_assets.training.peft_backend import TARGET_MODULES
+    from forge_assets.architectures import DEFAULT_LORA_MODULES
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, local_files_only=True)
-    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=TARGET_MODULES,
+    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=list(DEFAULT_LORA_MODULES),
                                              bias="none", task_type="CAUSAL_LM"))
     for i, out in enumerate(outs):
         gen = torch.Generator().manual_seed(1000 + i)

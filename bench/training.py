@@ -59,12 +59,13 @@ def _baseline(base: Path, texts: list[str], cfg, out: Path) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainingArguments
 
-    from forge_assets.training.peft_backend import TARGET_MODULES, load_model
+    from forge_assets.architectures import DEFAULT_LORA_MODULES
+    from forge_assets.training.peft_backend import load_model
 
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_model(base)
     model = get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                             target_modules=TARGET_MODULES, bias="none", task_type="CAUSAL_LM"))
+                                             target_modules=list(DEFAULT_LORA_MODULES), bias="none", task_type="CAUSAL_LM"))
     model.train()
     full = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     data = [{"input_ids": ids[: cfg.seq_len]} for ids in full]

@@ -106,6 +106,9 @@ class TrainingConfig(_Strict):
     rank: int = Field(8, gt=0)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
+    # MoE bases (qwen3_moe, qwen3_next): LoRA on the routed experts too (router frozen), not attention alone.
+    # Costs rank × (2·hidden + 3·moe_ff) × experts parameters per block; see docs/architectures.md for figures.
+    expert_lora: bool = True
     learning_rate: float = Field(1e-3, gt=0)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # after warmup
     warmup_ratio: float = Field(0.1, ge=0, lt=1)  # share of the optimizer steps spent warming up linearly

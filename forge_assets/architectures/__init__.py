@@ -24,6 +24,7 @@ from pathlib import Path
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
+DEFAULT_LORA_MODULES = ATTENTION + MLP  # also what a backend targets on a model whose family is not registered
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Family:
     gguf_arch: str  # gguf-py MODEL_ARCH member
     permute_qk: bool = False  # llama.cpp's interleaved rotary layout: q/k rows permuted per head (Llama, Mistral)
     # LoRA targets, as leaf module names in the transformer blocks (PEFT target_modules, mlx-lm keys' last part)
-    lora_modules: tuple[str, ...] = ATTENTION + MLP
+    lora_modules: tuple[str, ...] = DEFAULT_LORA_MODULES
     # MoE experts stored fused as 3-D parameters in transformers (PEFT target_parameters), with their on-disk
     # per-expert projections: {parameter: (projections it holds, in order of its rows)}
     expert_parameters: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -48,6 +49,8 @@ class Family:
     ollama_adapter: bool = False  # Ollama's create applies a safetensors ADAPTER for it
     mlx: bool = True  # mlx-lm loads it (training and serving)
     mlx_lora_modules: tuple[str, ...] | None = None  # mlx-lm's leaf names when they differ from lora_modules
+    mlx_expert_modules: tuple[str, ...] = ()  # mlx-lm's expert layers (SwitchLinear) for training.expert_lora
+    plain_head: bool = True  # logits are exactly lm_head(last hidden state): the chunked loss applies (training/loss.py)
     # converter hooks (hf_to_gguf): extra GGUF keys, and per tensor: skip, rename, reshape and value transform
     write_hparams: Callable | None = None  # (gguf writer, config) -> None
     skip: Callable[[str], bool] | None = None
@@ -122,6 +125,12 @@ def of_model_dir(model_dir: Path) -> Family | None:
 
 def of_hf_architecture(name: str | None) -> Family | None:
     return BY_HF_ARCHITECTURE.get(name or "")
+
+
+def lora_modules_of(model_type: str | None) -> tuple[str, ...]:
+    """The LoRA target modules for a model_type: its family's, or DEFAULT_LORA_MODULES for an unregistered one."""
+    fam = lookup(model_type)
+    return fam.lora_modules if fam else DEFAULT_LORA_MODULES
 
 
 def all_lora_modules() -> tuple[str, ...]:

@@ -261,16 +261,20 @@ def _read_peft(adapter_dir: Path) -> _Lora:
 
 def _expert_pairs(lora: _Lora, adapter_dir: Path, cfg: dict, wrapper: re.Match, a: np.ndarray, b: np.ndarray, scale_of) -> None:
     """A PEFT ParamWrapper LoRA on a fused expert tensor, added to `lora` as per-expert pairs named like the on-disk
-    tensors (`….mlp.experts.{e}.gate_proj`): which tensor it is comes from its place in target_parameters (PEFT wraps
-    them in order, each later one around the earlier: the i-th of n sits under n−1−i `base_layer`s)."""
+    tensors (`….mlp.experts.{e}.gate_proj`). Which tensor it is comes from its nesting: PEFT wraps a module's targeted
+    parameters in the module's own parameter order (the registry's `expert_parameters` order), each around the
+    previous one, so of n targeted ones the i-th sits under n−1−i `base_layer`s. (adapter_config.json's
+    target_parameters is saved in set order, so its order says nothing.)"""
     from forge_assets.architectures import FAMILIES
 
-    targets = [t for t in cfg.get("target_parameters") or [] if ".experts." in f".{t}"]
+    listed = {t.rsplit(".", 1)[-1] for t in cfg.get("target_parameters") or [] if ".experts." in f".{t}"}
+    order = next((list(f.expert_parameters) for f in FAMILIES.values() if listed and listed <= set(f.expert_parameters)), [])
+    targets = [p for p in order if p in listed]
     depth = wrapper["depth"].count(".base_layer")
     if depth >= len(targets):
-        raise ExportError(f"{adapter_dir}: `{wrapper.group(0)}` has no matching entry in target_parameters {targets}. "
-                          "Fix: re-save the adapter with PEFT's save_pretrained.")
-    param = targets[len(targets) - 1 - depth].rsplit(".", 1)[-1]
+        raise ExportError(f"{adapter_dir}: `{wrapper.group(0)}` matches no MoE expert tensor of a registry family "
+                          f"(target_parameters {sorted(listed)}). Fix: {MERGE_FIX}.")
+    param = targets[len(targets) - 1 - depth]
     projections = next((f.expert_parameters[param] for f in FAMILIES.values() if param in f.expert_parameters), None)
     if projections is None:
         raise ExportError(f"{adapter_dir}: LoRA on expert tensor `{param}`, which no registry family declares. "

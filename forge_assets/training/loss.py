@@ -11,7 +11,8 @@ A trainable or wrapped head takes `torch.utils.checkpoint` per chunk instead (th
 logits). The sums are the plain path's (up to float rounding); positions without a label never reach the head, which
 also saves its compute under `train_on: completions`.
 
-Only architectures whose logits are exactly ``lm_head(last_hidden_state)`` take this path (`CHUNKED_TYPES`); others
+Only architectures whose logits are exactly ``lm_head(last_hidden_state)`` take this path (the registry's
+`plain_head`, forge_assets/architectures); others
 (logit soft-capping or scaling: Gemma 2, Cohere, Granite) and models wrapped for several GPUs take the plain one.
 PEFT models work unchanged: the LoRA layers sit inside the decoder's modules, the head is the base model's (tied to
 the input embeddings or not).
@@ -23,7 +24,6 @@ import functools
 
 from forge_assets.training.samples import IGNORE
 
-CHUNKED_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 CHUNK_BYTES = 64 << 20  # fp32 logits per chunk: 110 tokens of Qwen's vocabulary, 26,000 of forge-tiny's
 
 
@@ -32,7 +32,10 @@ def chunk_parts(model):
     ``lm_head(decoder(...).last_hidden_state)``; None for any other model (it takes the plain path)."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(lm, "config", None)
-    if getattr(config, "model_type", None) not in CHUNKED_TYPES or getattr(config, "final_logit_softcapping", None):
+    from forge_assets.architectures import lookup
+
+    fam = lookup(getattr(config, "model_type", None))
+    if fam is None or not fam.plain_head or getattr(config, "final_logit_softcapping", None):
         return None
     decoder = getattr(lm, "model", None)
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None

@@ -38,7 +38,6 @@ from pathlib import Path
 
 from forge_assets.config import TrainingConfig
 
-TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 QLORA_BITS, QLORA_GROUP_SIZE = 4, 64
 CLIP_NORM = 1.0
 KEEP_CHECKPOINTS = 2
@@ -160,14 +159,30 @@ def _checkpoint_blocks(model) -> None:
         layer.__class__ = made[base_cls]
 
 
-def _lora_keys(model) -> list[str]:
-    """Block-relative names of the targeted linear layers (`self_attn.q_proj`, `mlp.down_proj`, ...)."""
-    import mlx.nn as nn
+def _targets(model, experts: bool = False) -> tuple[str, ...]:
+    """The registry's LoRA target names for this mlx-lm model's family (leaf names, or block-relative paths for
+    experts: `switch_mlp.gate_proj`)."""
+    from forge_assets.architectures import DEFAULT_LORA_MODULES, lookup
 
+    fam = lookup(getattr(model, "model_type", None))
+    if fam is None:
+        return DEFAULT_LORA_MODULES
+    return (fam.mlx_lora_modules or fam.lora_modules) + (fam.mlx_expert_modules if experts else ())
+
+
+def _lora_keys(model, experts: bool = False) -> list[str]:
+    """Block-relative names of the targeted linear layers (`self_attn.q_proj`, `mlp.down_proj`, and with `experts`
+    an MoE family's SwitchLinear experts, `mlp.switch_mlp.gate_proj`)."""
+    import mlx.nn as nn
+    from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
+
+    targets = _targets(model, experts)
+    kinds = (nn.Linear, nn.QuantizedLinear, SwitchLinear, QuantizedSwitchLinear)
     keys = set()
     for layer in model.layers:
         for name, module in layer.named_modules():
-            if name.rsplit(".", 1)[-1] in TARGET_MODULES and isinstance(module, (nn.Linear, nn.QuantizedLinear)):
+            if (name.rsplit(".", 1)[-1] in targets or any(name == t or name.endswith("." + t) for t in targets)) \
+                    and isinstance(module, kinds):
                 keys.add(name)
     return sorted(keys)
 
@@ -197,11 +212,11 @@ def _adapter_settings(cfg: TrainingConfig, model, init_adapter: Path | None) -> 
                              "that wrote it), or set init_from: base.")
         params = dict(prev["lora_parameters"])
         params["dropout"] = cfg.dropout
-        params.setdefault("keys", _lora_keys(model))
+        params.setdefault("keys", _lora_keys(model, cfg.expert_lora))
         return prev.get("fine_tune_type", "lora"), params
     scale = cfg.alpha / (math.sqrt(cfg.rank) if cfg.method == "rslora" else cfg.rank)
     return ("dora" if cfg.method == "dora" else "lora"), {"rank": cfg.rank, "scale": scale, "dropout": cfg.dropout,
-                                                          "keys": _lora_keys(model)}
+                                                          "keys": _lora_keys(model, cfg.expert_lora)}
 
 
 def _load_adapter_weights(model, folder: Path) -> None:
@@ -374,7 +389,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     model.freeze()
     fine_tune_type, lora_parameters = _adapter_settings(cfg, model, init_adapter)
     if not lora_parameters["keys"]:
-        raise ValueError(f"{base}: no {', '.join(TARGET_MODULES)} linear layers in its transformer blocks, so LoRA has "
+        raise ValueError(f"{base}: no {', '.join(_targets(model))} linear layers in its transformer blocks, so LoRA has "
                          "nothing to adapt. Fix: use a Llama/Qwen-style base model.")
     linear_to_lora_layers(model, len(model.layers), lora_parameters, use_dora=fine_tune_type == "dora")
     if init_adapter is not None:

@@ -14,8 +14,6 @@ from forge_assets.training.loss import chunk_parts, summed_loss
 from forge_assets.training.samples import (IGNORE, collate, coverage, encode, pack, packing_stats, trained_coverage,
                                            validation_subset)
 
-TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
 
 def device() -> str:
     import torch
@@ -94,14 +92,29 @@ def _load_for_training(base: Path, cfg: TrainingConfig, precision: str):
     return model, tokenizer
 
 
-def lora_config(cfg: TrainingConfig):
-    """PEFT's LoraConfig for a method. No modules_to_save, so the adapter stays loadable by vLLM (DoRA is not)."""
+def lora_config(cfg: TrainingConfig, model_type: str | None = None):
+    """PEFT's LoraConfig for a method and a base's family (the architecture registry's LoRA targets; for an MoE
+    family with `training.expert_lora`, its fused expert tensors through `target_parameters`, the router frozen).
+    No modules_to_save, so the adapter stays loadable by vLLM (DoRA is not)."""
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=TARGET_MODULES,
+    from forge_assets.architectures import lookup, lora_modules_of
+
+    fam = lookup(model_type)
+    parameters = fam.target_parameters(cfg.expert_lora) if fam else []
+    if parameters and cfg.method in ("dora", "pissa"):
+        raise ValueError(f"training.method `{cfg.method}` cannot adapt the experts of a {model_type} base (PEFT's LoRA on "
+                         "expert tensors has no DoRA or PiSSA). Fix: set training.method lora or rslora, or "
+                         "training.expert_lora: false (attention only).")
+    if parameters and cfg.dropout:
+        raise ValueError(f"training.dropout {cfg.dropout} cannot apply to the experts of a {model_type} base (PEFT's "
+                         "LoRA on expert tensors takes no dropout). Fix: set training.dropout: 0, or "
+                         "training.expert_lora: false.")
+    extra = {"target_parameters": parameters} if parameters else {}
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(lora_modules_of(model_type)),
                       use_rslora=cfg.method == "rslora", use_dora=cfg.method == "dora",
                       init_lora_weights="pissa_niter_4" if cfg.method == "pissa" else True,
-                      bias="none", task_type="CAUSAL_LM")
+                      bias="none", task_type="CAUSAL_LM", **extra)
 
 
 def batch_loss(model, rows, pad_id: int, chunked: bool = True) -> tuple[float, int]:
@@ -202,7 +215,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
         model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
         log(f"continuing adapter {init_adapter}")
     else:
-        model = get_peft_model(model, lora_config(cfg))
+        model = get_peft_model(model, lora_config(cfg, getattr(model.config, "model_type", None)))
     pissa_init = work / "pissa-init"
     if cfg.method == "pissa" and init_adapter is None and not (pissa_init / "adapter_model.safetensors").is_file():
         # PiSSA changes the base's residual weights; saving with this initial adapter converts the result to a plain

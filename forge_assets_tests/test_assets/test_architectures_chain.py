@@ -28,7 +28,10 @@ SERVED_TOL = 3e-2
 TEXT = "def handle_get(request, store):\n    key = request['key']\n    return store.get(key)\n"
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "llama"])
+MOE = {"qwen3_moe": {"moe_intermediate_size": 128, "num_experts": 8, "num_experts_per_tok": 2}}
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "llama", "qwen3_moe"])
 def test_random_base_goes_from_base_model_to_a_deployed_tag(kind, tiny_model: Path, two_language_repo: Path, tmp_path: Path):
     import llama_cpp
     import torch
@@ -37,7 +40,7 @@ def test_random_base_goes_from_base_model_to_a_deployed_tag(kind, tiny_model: Pa
 
     base = build_random_model(kind, tmp_path / f"{kind}-base", tokenizer_source=tiny_model, hidden_size=256, intermediate_size=512,
                               num_heads=4, num_kv_heads=2, head_dim=128 if kind == "qwen3" else None, max_shard_size="400KB",
-                              max_position_embeddings=512, seed=1)
+                              max_position_embeddings=512, seed=1, **MOE.get(kind, {}))
     port = free_port()
     cfg = write_config(tmp_path, [two_language_repo], base_model=str(base),
                        deploy={"port": port, "quantization": "F16"},
@@ -50,12 +53,12 @@ def test_random_base_goes_from_base_model_to_a_deployed_tag(kind, tiny_model: Pa
     with materialized_chain(cfg) as (result, metadata):
         assert result.success
         meta = metadata("gguf")
-        assert meta["architecture"] == {"llama": "llama"}.get(kind, kind)
+        assert meta["architecture"] == {"qwen3_moe": "qwen3moe"}.get(kind, kind)
         assert meta["served_as"] == "base+lora" and meta["intermediate"] == "F16"
 
         served = json.loads((root / "gguf" / "python" / "promoted" / "served.json").read_text())
         base_gguf, lora = Path(served["base_gguf"]), root / "gguf" / "python" / "promoted" / served["lora"]
-        assert gguf_summary(base_gguf)["architecture"] == kind
+        assert gguf_summary(base_gguf)["architecture"] == meta["architecture"]
         models = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30).read())
         tags = [m["id"] for m in models["data"]]
         assert any(t.startswith("forge-python:") for t in tags), tags

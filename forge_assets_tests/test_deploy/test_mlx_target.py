@@ -12,7 +12,7 @@ import pytest
 from forge_assets.deploy import mlx_target, procs
 from forge_assets.deploy.llama_server import DeployError
 from forge_assets.training import mlx_backend
-from forge_assets.training.peft_backend import TARGET_MODULES
+from forge_assets.architectures import DEFAULT_LORA_MODULES
 from forge_assets_tests.conftest import free_port
 
 pytestmark = pytest.mark.skipif(not mlx_backend.available(), reason="mlx[cpu] / mlx-lm not installed")
@@ -28,7 +28,7 @@ def make_peft(base: Path, out: Path, seed: int = 0, **lora) -> Path:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    settings = {"r": 4, "lora_alpha": 8, "target_modules": TARGET_MODULES, "init_lora_weights": False, **lora}
+    settings = {"r": 4, "lora_alpha": 8, "target_modules": list(DEFAULT_LORA_MODULES), "init_lora_weights": False, **lora}
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), LoraConfig(**settings))
     model.save_pretrained(out)
     return out

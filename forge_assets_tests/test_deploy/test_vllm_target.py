@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from forge_assets.deploy import vllm_target
-from forge_assets.training.peft_backend import TARGET_MODULES
+from forge_assets.architectures import DEFAULT_LORA_MODULES
 
 HIDDEN = 16
 
@@ -21,7 +21,7 @@ def make_base(folder: Path, arch: str = "Qwen2ForCausalLM", max_positions: int =
     return folder
 
 
-def make_adapter(folder: Path, base: Path | str, r: int = 8, modules=TARGET_MODULES, weights: bool = True, **config) -> Path:
+def make_adapter(folder: Path, base: Path | str, r: int = 8, modules=list(DEFAULT_LORA_MODULES), weights: bool = True, **config) -> Path:
     """A PEFT LoRA folder: adapter_config.json (PEFT's keys, overridable) and small adapter_model.safetensors."""
     from safetensors.numpy import save_file
 
@@ -107,7 +107,7 @@ RULES = {  # adapter_config.json overrides (or how to build the adapter) -> word
     "qalora": ({"use_qalora": True}, "QALoRA"),
     "rank": ({"r": 32}, "greater than --max-lora-rank 16"),
     "rank_pattern": ({"rank_pattern": {"down_proj": 64}}, "--max-lora-rank 64"),
-    "targets": ({"modules": [*TARGET_MODULES, "embed_tokens"]}, "embed_tokens"),
+    "targets": ({"modules": [*list(DEFAULT_LORA_MODULES), "embed_tokens"]}, "embed_tokens"),
 }
 
 
@@ -115,7 +115,7 @@ RULES = {  # adapter_config.json overrides (or how to build the adapter) -> word
 def test_each_vllm_rule_fails_on_a_crafted_adapter(tmp_path: Path, base: Path, rule: str):
     overrides, words = RULES[rule]
     overrides = dict(overrides)
-    modules = overrides.pop("modules", TARGET_MODULES)
+    modules = overrides.pop("modules", list(DEFAULT_LORA_MODULES))
     a = make_adapter(tmp_path / rule, base, r=overrides.pop("r", 8), modules=modules, **overrides)
     problems = vllm_target.validate_adapter(a, 16)
     assert len(problems) == 1, problems
@@ -124,7 +124,7 @@ def test_each_vllm_rule_fails_on_a_crafted_adapter(tmp_path: Path, base: Path, r
 
 def test_embeddings_are_fine_for_llama_but_not_qwen(tmp_path: Path):
     llama = make_base(tmp_path / "llama", arch="LlamaForCausalLM")
-    a = make_adapter(tmp_path / "a", llama, modules=[*TARGET_MODULES, "lm_head"])
+    a = make_adapter(tmp_path / "a", llama, modules=[*list(DEFAULT_LORA_MODULES), "lm_head"])
     assert vllm_target.validate_adapter(a, 16) == []
     assert "lm_head" in vllm_target.validate_adapter(a, 16, architecture="Qwen3ForCausalLM")[0]
 

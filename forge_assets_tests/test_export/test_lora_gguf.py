@@ -32,11 +32,11 @@ def make_peft_adapter(base: Path, out: Path, seed: int, save_kwargs: dict | None
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from forge_assets.training.peft_backend import TARGET_MODULES
+    from forge_assets.architectures import DEFAULT_LORA_MODULES
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, local_files_only=True)
-    options = {"r": 4, "lora_alpha": 8, "target_modules": TARGET_MODULES, "init_lora_weights": False,
+    options = {"r": 4, "lora_alpha": 8, "target_modules": list(DEFAULT_LORA_MODULES), "init_lora_weights": False,
                "task_type": "CAUSAL_LM", **lora_kwargs}
     peft_model = get_peft_model(model, LoraConfig(**options))
     peft_model.save_pretrained(out, **(save_kwargs or {}))
@@ -233,11 +233,11 @@ def test_pissa_as_forge_saves_it_converts_and_matches(tiny_model, base_gguf, ids
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from forge_assets.training.peft_backend import TARGET_MODULES
+    from forge_assets.architectures import DEFAULT_LORA_MODULES
 
     torch.manual_seed(3)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, local_files_only=True)
-    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=TARGET_MODULES, init_lora_weights="pissa_niter_4",
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(DEFAULT_LORA_MODULES), init_lora_weights="pissa_niter_4",
                                           task_type="CAUSAL_LM"))
     init, out = work / "pissa-init", work / "pissa"
     pm.peft_config["default"].init_lora_weights = True

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from forge_assets.architectures import DEFAULT_LORA_MODULES
 from forge_assets.config import TrainingConfig
 from forge_assets.training import mlx_backend
 from forge_assets.training.data import read_texts
@@ -150,7 +151,7 @@ def test_methods_train_and_merge_into_a_transformers_model(method: str, tiny_mod
     params = conf["lora_parameters"]
     assert conf["fine_tune_type"] == ("dora" if method == "dora" else "lora") and conf["num_layers"] == 1
     assert params["rank"] == 4 and params["scale"] == pytest.approx(8 / 2 if method == "rslora" else 8 / 4)
-    assert sorted(k.rsplit(".", 1)[-1] for k in params["keys"]) == sorted(mlx_backend.TARGET_MODULES)
+    assert sorted(k.rsplit(".", 1)[-1] for k in params["keys"]) == sorted(DEFAULT_LORA_MODULES)
     assert (conf["base_quantization"] is not None) == (method == "qlora")
 
     mlx_backend.merge(tiny_model, tmp_path / "adapter", tmp_path / "fused")
@@ -193,6 +194,7 @@ def test_precision_and_gradient_checkpointing(tiny_model: Path, texts, tmp_path:
 CHILD = """
 import json, sys, time
 from pathlib import Path
+from forge_assets.architectures import DEFAULT_LORA_MODULES
 from forge_assets.config import TrainingConfig
 from forge_assets.training import mlx_backend
 a = json.loads(sys.argv[1])
