@@ -74,7 +74,7 @@ class Family:
         return [f"mlp.experts.{p}" for p in self.expert_parameters] if experts else []
 
 
-_MODULES = ("qwen2", "qwen3", "llama", "qwen3_moe")
+_MODULES = ("qwen2", "qwen3", "llama", "qwen3_moe", "qwen3_next")
 
 
 def _load() -> dict[str, Family]:

@@ -409,7 +409,9 @@ def _write_hparams(w, config: dict, where: Path, n_layers: int) -> list[_Plan]:
     head_dim = _head_dim(config)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
+    params = config.get("rope_parameters") or {}
+    partial = config.get("partial_rotary_factor") or params.get("partial_rotary_factor") or 1.0
+    w.add_rope_dimension_count(int(head_dim * float(partial)))  # Qwen3-Next rotates a quarter of each head
     w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     theta, scaling = _rope(config)
     w.add_rope_freq_base(theta)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-KINDS = ("qwen2", "qwen3", "llama", "mistral", "qwen3_moe")  # registry families (forge_assets/architectures)
+KINDS = ("qwen2", "qwen3", "llama", "mistral", "qwen3_moe", "qwen3_next")  # registry families (forge_assets/architectures)
 TOKENIZERS = ("forge-tiny", "llama3", "spm")
 
 # Meta-Llama-3's split (tokenizer.json's pre_tokenizer); llama.cpp's `llama-bpe` pre-tokenizer implements the same regex.

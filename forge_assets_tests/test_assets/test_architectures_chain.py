@@ -7,6 +7,8 @@ evaluation, GGUF export (the base converted by Forge's streamed converter + the 
 on the one model server. deploy.quantization is F16 here so the served logits can be held to a tolerance: llama.cpp
 with base-F16.gguf + adapter-F16.gguf against transformers with the PEFT adapter, F32, on the same token ids.
 Measured max |diff|: 2.9e-3 (qwen2), 2.9e-3 (qwen3), 3.1e-3 (llama) on logits of magnitude 3 to 3.8; tolerance SERVED_TOL.
+The MoE families (qwen3_moe, qwen3_next: 8 experts, top-2, several shards) are held to F16_REL_TOL relative to the
+largest logit: a hybrid linear-attention stack in F16 drifts more (0.054 absolute, 8.6e-3 relative).
 The gates are opened wide and the evaluation cut to perplexity: a random model's figures say nothing, the chain's
 wiring is what is tested (the full evaluation runs in test_end_to_end.py).
 """
@@ -25,13 +27,15 @@ from forge_assets.export.random_models import build_random_model
 from forge_assets_tests.conftest import free_port, materialized_chain, write_config
 
 SERVED_TOL = 3e-2
+F16_REL_TOL = 2e-2  # MoE families: max |diff| / max |logit|; measured 8.2e-4 (qwen3_moe), 8.6e-3 (qwen3_next)
 TEXT = "def handle_get(request, store):\n    key = request['key']\n    return store.get(key)\n"
 
 
-MOE = {"qwen3_moe": {"moe_intermediate_size": 128, "num_experts": 8, "num_experts_per_tok": 2}}
+MOE = {"qwen3_moe": {"moe_intermediate_size": 128, "num_experts": 8, "num_experts_per_tok": 2},
+       "qwen3_next": {"moe_intermediate_size": 128, "num_experts": 8, "num_experts_per_tok": 2, "num_layers": 4}}
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "llama", "qwen3_moe"])
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "llama", "qwen3_moe", "qwen3_next"])
 def test_random_base_goes_from_base_model_to_a_deployed_tag(kind, tiny_model: Path, two_language_repo: Path, tmp_path: Path):
     import llama_cpp
     import torch
@@ -53,7 +57,7 @@ def test_random_base_goes_from_base_model_to_a_deployed_tag(kind, tiny_model: Pa
     with materialized_chain(cfg) as (result, metadata):
         assert result.success
         meta = metadata("gguf")
-        assert meta["architecture"] == {"qwen3_moe": "qwen3moe"}.get(kind, kind)
+        assert meta["architecture"] == {"qwen3_moe": "qwen3moe", "qwen3_next": "qwen3next"}.get(kind, kind)
         assert meta["served_as"] == "base+lora" and meta["intermediate"] == "F16"
 
         served = json.loads((root / "gguf" / "python" / "promoted" / "served.json").read_text())
@@ -81,4 +85,7 @@ def test_random_base_goes_from_base_model_to_a_deployed_tag(kind, tiny_model: Pa
             got = np.array(llm.scores[: len(ids)])
         finally:
             llm.close()
-        assert np.abs(got - want).max() < SERVED_TOL
+        if kind in MOE:  # the issue's F16 target, relative to the largest logit
+            assert np.abs(got - want).max() / np.abs(want).max() < F16_REL_TOL
+        else:
+            assert np.abs(got - want).max() < SERVED_TOL
