@@ -86,9 +86,9 @@ def fim_stops(scheme) -> list[str]:
     """What a FIM completion of this scheme may end with: its FIM, pad and middle-end tokens and the file/repository ones."""
     f = scheme.family
     return list(dict.fromkeys(t for t in (f.prefix, f.suffix, f.middle, f.pad, f.eot, scheme.file, scheme.repo) if t)) if f else []
-# Architectures whose LoRA adapters Ollama's create applies (its safetensors adapter converter: llama, whose GGUF
-# architecture Mistral shares, and Gemma); any other (qwen2, qwen3, ...) is deployed as a merged GGUF.
-ADAPTER_ARCHITECTURES = frozenset({"llama", "mistral", "gemma", "gemma2"})
+# Which architectures' LoRA adapters Ollama's create applies (its safetensors adapter converter: llama, whose GGUF
+# architecture Mistral shares) is the registry's `ollama_adapter` (forge_assets/architectures); any other family
+# (qwen2, qwen3, qwen3_moe, ...) is deployed as a merged GGUF.
 
 # The chat part: Ollama feeds it {System, Messages, Tools, ...} (template/template.go, Execute). It does not read
 # .System, which joins *every* system message; like the Jinja template it takes the first message when that is a
@@ -407,11 +407,15 @@ def deploy(gguf: Path, tag: str, model_dir: Path, host: str, latest_tag: str | N
 
     if isinstance(num_ctx, bool) or not isinstance(num_ctx, int) or num_ctx < 1:
         raise OllamaDeployError(f"num_ctx must be a positive whole number of tokens, not {num_ctx!r}. Fix: set deploy.context. {_untouched(latest_tag)}")
+    from forge_assets.architectures import FAMILIES, lookup
+
     arch = architecture(model_dir)
-    if adapter is not None and arch not in ADAPTER_ARCHITECTURES:
+    fam = lookup(arch)
+    if adapter is not None and not (fam and fam.ollama_adapter):
+        takes = sorted(t for f in FAMILIES.values() if f.ollama_adapter for t in f.model_types)
         raise OllamaDeployError(
             f"Ollama cannot apply a LoRA adapter to a {arch or 'model of unknown architecture'} base: its create applies "
-            f"adapters only for {', '.join(sorted(ADAPTER_ARCHITECTURES))}, and Qwen adapters load with no effect. Fix: set "
+            f"adapters only for {', '.join(takes)}, and Qwen adapters load with no effect. Fix: set "
             f"deploy.merge: true so Forge merges the adapter and deploys the merged GGUF. {_untouched(latest_tag)}")
     template, stops = template_for(model_dir)
     fim = _SUFFIX_BRANCH in template

@@ -79,7 +79,6 @@ def gguf_perplexity(gguf: Path, windows: list[list[int]], n_ctx: int | None = No
     """The same figure computed by llama.cpp on a GGUF file (with a LoRA GGUF applied, as the server applies it):
     each window evaluated from an empty cache, the logits of positions 0..n-2 scored against ids[1:].
     Returns (perplexity, tokens scored)."""
-    import llama_cpp
 
     _check_windows(windows, "gguf_perplexity")
     longest = max(len(w) for w in windows)
@@ -88,8 +87,10 @@ def gguf_perplexity(gguf: Path, windows: list[list[int]], n_ctx: int | None = No
         raise ValueError(f"gguf_perplexity: a window of {longest} tokens does not fit n_ctx={n_ctx}. "
                          "Fix: pass a larger n_ctx or cut the windows shorter (token_windows' max_tokens).")
     # n_batch = n_ctx: a window is decoded in one batch, and logits_all keeps every position's logits.
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
-                          n_threads=n_threads, n_threads_batch=n_threads, lora_path=str(lora) if lora else None)
+    from forge_assets.export.lora_gguf import open_llama
+
+    llm = open_llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
+                     n_threads=n_threads, n_threads_batch=n_threads, lora_path=str(lora) if lora else None)
     try:
         n_vocab = llm.n_vocab()
         bad = sorted({i for w in windows for i in w if not 0 <= i < n_vocab})

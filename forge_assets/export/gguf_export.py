@@ -58,10 +58,10 @@ def quantize(src: Path, dst: Path, qtype: str = "Q8_0", threads: int = 0) -> Non
 
 def load_llama(path: Path, n_ctx: int = 512, logits_all: bool = False, lora: Path | None = None):
     """A llama.cpp model for a GGUF file (CPU, quiet), with a LoRA GGUF applied when given."""
-    import llama_cpp
+    from forge_assets.export.lora_gguf import open_llama
 
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=2, verbose=False, logits_all=logits_all, seed=0,
-                           lora_path=str(lora) if lora else None)
+    return open_llama(model_path=str(path), n_ctx=n_ctx, n_threads=2, verbose=False, logits_all=logits_all, seed=0,
+                      lora_path=str(lora) if lora else None)
 
 
 def smoke_generate(path: Path, prompt: str, max_tokens: int = 16, lora: Path | None = None) -> dict:

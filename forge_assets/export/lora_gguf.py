@@ -470,6 +470,24 @@ def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, out: Path, outtype: 
 
 # ------------------------------------------------------------------------------------------------ serving
 
+def open_llama(lora_path: str | None = None, **kwargs):
+    """`llama_cpp.Llama(..., lora_path=...)` that fails when llama.cpp refuses the LoRA.
+
+    llama-cpp-python 0.3.36 tests the refused adapter's handle with `is None`, but ctypes hands back a NULL pointer
+    object, so a LoRA llama.cpp rejected (wrong architecture, names or shapes; its log says which) leaves a Llama that
+    crashes the process on its first eval. Here it is an ExportError instead."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(lora_path=lora_path, **kwargs)
+    if lora_path and not llm._lora_adapter:
+        llm._lora_adapter = None  # nothing to free
+        llm.close()
+        raise ExportError(f"{lora_path}: llama.cpp refused this LoRA for {kwargs.get('model_path')} (architecture, "
+                          "tensor names or shapes; llama.cpp's log says which). Fix: export it with "
+                          f"convert_lora_to_gguf against this base model, or {MERGE_FIX}.")
+    return llm
+
+
 def apply_lora(llm, adapter: Path | str | None, scale: float = 1.0) -> None:
     """Switch the LoRA adapter of a live `llama_cpp.Llama` (base loaded once) and reset its KV cache.
 

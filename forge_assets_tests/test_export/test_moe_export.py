@@ -186,3 +186,16 @@ def test_training_targets_attention_and_experts_and_refuses_what_peft_cannot():
     assert set(nxt.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "in_proj_qkvz", "in_proj_ba", "out_proj"}
     dense = lora_config(TrainingConfig(), "qwen2")
     assert set(dense.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_a_lora_llama_cpp_refuses_is_an_error_not_a_crash(moe_base: Path, tmp_path: Path):
+    """llama-cpp-python 0.3.36 misses llama.cpp's refusal (a NULL handle) and segfaults on the first eval; open_llama
+    turns the refusal into an ExportError naming the file. Here: the MoE base's LoRA GGUF on a dense Qwen2 base."""
+    from forge_assets.export.gguf_export import load_llama
+
+    lora = tmp_path / "lora.gguf"
+    convert_lora_to_gguf(make_moe_adapter(moe_base, tmp_path / "adapter"), moe_base, lora, outtype="F32")
+    other = build_random_model("qwen2", tmp_path / "dense", tokenizer="llama3", hidden_size=64, intermediate_size=128)
+    convert_hf_to_gguf(other, tmp_path / "dense.gguf", outtype="F32")
+    with pytest.raises(ExportError, match=r"lora.gguf: llama.cpp refused this LoRA.*Fix"):
+        load_llama(tmp_path / "dense.gguf", lora=lora)
