@@ -42,7 +42,8 @@ FAMILIES = [Family(
     hf_architectures=("Qwen3MoeForCausalLM",), gguf_arch="QWEN3MOE", lora_modules=ATTENTION,
     expert_parameters={"gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)},
     mlx_expert_modules=("switch_mlp.gate_proj", "switch_mlp.up_proj", "switch_mlp.down_proj"),
-    vllm_lora_modules=frozenset(ATTENTION), write_hparams=write_hparams, random_config=random_config,
+    vllm_lora_modules=frozenset(ATTENTION + ("gate", "embed_tokens", "lm_head")), vllm_expert_lora=True,
+    write_hparams=write_hparams, random_config=random_config,
     notes="llama.cpp LoRA GGUF on attention and experts (Tabby's setup); vLLM LoRA on attention; Ollama and a "
           "LoRA on the experts elsewhere get a merged GGUF.",
 )]

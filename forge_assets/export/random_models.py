@@ -326,6 +326,13 @@ def build_random_model(kind: str, out: Path, *, tokenizer: str = "forge-tiny", t
     if max_shard_size is not None:
         save_kwargs["max_shard_size"] = max_shard_size
     model.save_pretrained(out, **save_kwargs)
+    config_path = out / "config.json"
+    saved = json.loads(config_path.read_text())
+    if "num_local_experts" in saved and "num_experts" not in saved:
+        # transformers 5 saves qwen3_moe's expert count as num_local_experts; the released checkpoints (and mlx-lm,
+        # which reads config.json itself) name it num_experts
+        saved["num_experts"] = saved["num_local_experts"]
+        _write_json(config_path, saved)
     return out
 
 

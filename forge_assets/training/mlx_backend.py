@@ -136,6 +136,10 @@ def _model_config(base: Path) -> dict:
         extra["rope_theta"] = rope["rope_theta"]
         if rope.get("rope_type", "default") != "default" and not config.get("rope_scaling"):
             extra["rope_scaling"] = rope
+    if isinstance(rope, dict) and "partial_rotary_factor" in rope and "partial_rotary_factor" not in config:
+        extra["partial_rotary_factor"] = rope["partial_rotary_factor"]  # Qwen3-Next: mlx-lm reads it at the top level
+    if "num_local_experts" in config and "num_experts" not in config:  # transformers 5's name for qwen3_moe's count
+        extra["num_experts"] = config["num_local_experts"]
     return extra
 
 
