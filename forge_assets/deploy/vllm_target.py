@@ -138,7 +138,7 @@ _LEAF = re.compile(r"\.([^.]+)\.lora_(?:embedding_)?[AB](?:\.weight)?$")
 
 
 def _expert_kind(name: str) -> str | None:
-    """"3d" for a fused expert LoRA tensor, "2d" for a per-expert one, else None."""
+    """The expert LoRA kind of a tensor name: "3d" (fused experts), "2d" (one expert), else None."""
     return "3d" if _EXPERTS_3D.search(name) else "2d" if _EXPERT_2D.search(name) else None
 
 

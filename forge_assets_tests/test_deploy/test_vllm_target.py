@@ -126,7 +126,23 @@ def test_embeddings_are_fine_for_llama_but_not_qwen(tmp_path: Path):
     llama = make_base(tmp_path / "llama", arch="LlamaForCausalLM")
     a = make_adapter(tmp_path / "a", llama, modules=[*list(DEFAULT_LORA_MODULES), "lm_head"])
     assert vllm_target.validate_adapter(a, 16) == []
-    assert "lm_head" in vllm_target.validate_adapter(a, 16, architecture="Qwen3ForCausalLM")[0]
+    [problem] = vllm_target.validate_adapter(a, 16, architecture="Qwen3ForCausalLM")
+    assert "it targets ['lm_head']" in problem and "Fix: train with target modules among those" in problem
+    assert "the registry's LoRA targets for qwen3 (forge_assets/architectures)" in problem
+    assert "TARGET_MODULES" not in problem
+
+
+def test_targets_come_from_the_registry(tmp_path: Path):
+    from forge_assets.architectures import FAMILIES
+
+    a = make_adapter(tmp_path / "a", "Qwen/Qwen2.5-Coder-1.5B", modules=[*list(DEFAULT_LORA_MODULES), "lm_head"])
+    assert vllm_target.validate_adapter(a, 16) == []  # a base the registry cannot name: not checked, as before
+    assert vllm_target.validate_adapter(a, 16, architecture="SomeNewForCausalLM") == []
+    for family in FAMILIES.values():
+        for arch in family.hf_architectures:
+            problems = vllm_target.validate_adapter(a, 16, architecture=arch)
+            assert (problems == []) == ({*DEFAULT_LORA_MODULES, "lm_head"} <= family.vllm_lora_modules), (arch, problems)
+    assert not hasattr(vllm_target, "LORA_TARGETS")
 
 
 def test_other_refusals(tmp_path: Path, base: Path):
