@@ -35,6 +35,8 @@ CASES = {
                                "original_max_position_embeddings": 512}},
     "mistral": {"tokenizer": "spm", "rope_scaling": {"type": "linear", "factor": 2.0}},
     "qwen3_moe": {"tokenizer": "llama3", "moe_intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2},
+    "qwen3_next": {"tokenizer": "llama3", "moe_intermediate_size": 32, "num_experts": 8, "num_experts_per_tok": 2,
+                   "shared_expert_intermediate_size": 32, "num_layers": 4},
 }
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}
 
@@ -66,7 +68,7 @@ def built(tiny_model: Path, tmp_path_factory):
 
     def get(kind: str) -> Path:
         if kind not in cache:
-            cache[kind] = build_random_model(kind, root / kind, tokenizer_source=tiny_model, **SMALL, **CASES[kind])
+            cache[kind] = build_random_model(kind, root / kind, tokenizer_source=tiny_model, **{**SMALL, **CASES[kind]})
         return cache[kind]
 
     return get
