@@ -136,3 +136,39 @@ def lora_modules_of(model_type: str | None) -> tuple[str, ...]:
 def all_lora_modules() -> tuple[str, ...]:
     """Every leaf LoRA module name any family targets (for checks that do not know the family)."""
     return tuple(dict.fromkeys(m for f in FAMILIES.values() for m in f.lora_modules))
+
+
+def lora_parameter_count(config: dict, rank: int, experts: bool = True) -> dict[str, int]:
+    """LoRA parameters a base gets from Forge's targets at `rank`, from its config.json alone: {"attention": …,
+    "other": … (linear attention, dense MLP), "experts": … (0 unless `experts`)} — what training.expert_lora costs,
+    before training anything (fp32 weights, gradients and two Adam moments: 16 bytes each)."""
+    fam = of_config(config)
+    hidden = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    kv = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    q_out = heads * head_dim * (2 if fam.name == "qwen3_next" else 1)  # Qwen3-Next's q_proj holds the output gate
+    shapes = {"q_proj": (hidden, q_out), "k_proj": (hidden, kv * head_dim), "v_proj": (hidden, kv * head_dim),
+              "o_proj": (heads * head_dim, hidden)}
+    ff = int(config.get("intermediate_size") or 0)
+    if not fam.is_moe:
+        shapes.update(gate_proj=(hidden, ff), up_proj=(hidden, ff), down_proj=(ff, hidden))
+    layers = int(config["num_hidden_layers"])
+    recurrent = sum(1 for t in config.get("layer_types") or [] if t == "linear_attention")
+    if fam.name == "qwen3_next":
+        nk, nv = int(config["linear_num_key_heads"]), int(config["linear_num_value_heads"])
+        dk, dv = int(config["linear_key_head_dim"]), int(config["linear_value_head_dim"])
+        linear = {"in_proj_qkvz": (hidden, 2 * nk * dk + 2 * nv * dv), "in_proj_ba": (hidden, 2 * nv),
+                  "out_proj": (nv * dv, hidden)}
+    else:
+        linear, recurrent = {}, 0
+    per = {m: rank * (i + o) for m, (i, o) in shapes.items() if m in fam.lora_modules}
+    attention = sum(v for m, v in per.items() if m in ATTENTION) * (layers - recurrent)
+    other = sum(v for m, v in per.items() if m not in ATTENTION) * layers
+    other += sum(rank * (i + o) for m, (i, o) in linear.items() if m in fam.lora_modules) * recurrent
+    expert = 0
+    if experts and fam.is_moe:
+        n = int(config.get("num_experts") or config["num_local_experts"])
+        moe_ff = int(config["moe_intermediate_size"])
+        expert = n * rank * ((hidden + 2 * moe_ff) + (moe_ff + hidden)) * layers  # gate_up [2·ff, hidden], down [hidden, ff]
+    return {"attention": attention, "other": other, "experts": expert}

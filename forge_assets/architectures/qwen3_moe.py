@@ -44,6 +44,6 @@ FAMILIES = [Family(
     mlx_expert_modules=("switch_mlp.gate_proj", "switch_mlp.up_proj", "switch_mlp.down_proj"),
     vllm_lora_modules=frozenset(ATTENTION + ("gate", "embed_tokens", "lm_head")), vllm_expert_lora=True,
     write_hparams=write_hparams, random_config=random_config,
-    notes="llama.cpp LoRA GGUF on attention and experts (Tabby's setup); vLLM LoRA on attention; Ollama and a "
-          "LoRA on the experts elsewhere get a merged GGUF.",
+    notes="llama.cpp LoRA GGUF on attention and experts (Tabby's setup); vLLM LoRA on attention and experts on CUDA "
+          "(vLLM's CPU build crashes on MoE LoRA, so Forge refuses it there); mlx-lm; Ollama gets a merged GGUF.",
 )]

@@ -229,3 +229,22 @@ def test_an_mlx_trained_expert_lora_serves_as_mlx_lm_computes_it(moe_base: Path,
     assert rel(llama_logits(base_gguf, ids, lora), want) < 1e-4
     convert_hf_to_gguf(moe_base, tmp_path / "merged.gguf", outtype="F32", adapter=adapter)
     assert rel(llama_logits(tmp_path / "merged.gguf", ids), want) < 1e-4
+
+
+@pytest.mark.parametrize("experts", [True, False])
+def test_the_registry_counts_the_lora_parameters_peft_trains(moe_base: Path, experts: bool):
+    """lora_parameter_count (the figures docs/architectures.md gives for the real models) equals PEFT's count."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from forge_assets.architectures import lora_parameter_count
+    from forge_assets.config import TrainingConfig
+    from forge_assets.training.peft_backend import lora_config
+
+    config = json.loads((moe_base / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(moe_base, dtype=torch.float32)
+    pm = get_peft_model(model, lora_config(TrainingConfig(rank=8, expert_lora=experts), config["model_type"]))
+    trained = sum(p.numel() for p in pm.parameters() if p.requires_grad)
+    counted = lora_parameter_count(config, 8, experts)
+    assert trained == sum(counted.values()) and (counted["experts"] > 0) == experts
