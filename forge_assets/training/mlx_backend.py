@@ -192,11 +192,14 @@ def _lora_keys(model, experts: bool = False) -> list[str]:
 
 
 def _quantize_base(model) -> None:
-    """mlx QLoRA: the transformer blocks' linear layers to 4 bits (embeddings and head stay, as with NF4)."""
+    """mlx QLoRA: the transformer blocks' linear layers, MoE experts (SwitchLinear) included, to 4 bits (embeddings
+    and head stay, as with NF4). The experts are most of an MoE's weights: a 30B-A3B left with bf16 experts would not
+    fit a 48 GB Mac."""
     import mlx.nn as nn
+    from mlx_lm.models.switch_layers import SwitchLinear
 
     def wanted(path: str, module) -> bool:
-        return (isinstance(module, nn.Linear) and ".layers." in f".{path}"
+        return (isinstance(module, (nn.Linear, SwitchLinear)) and ".layers." in f".{path}"
                 and module.weight.shape[-1] % QLORA_GROUP_SIZE == 0)
 
     nn.quantize(model, group_size=QLORA_GROUP_SIZE, bits=QLORA_BITS, class_predicate=wanted)

@@ -248,3 +248,26 @@ def test_the_registry_counts_the_lora_parameters_peft_trains(moe_base: Path, exp
     trained = sum(p.numel() for p in pm.parameters() if p.requires_grad)
     counted = lora_parameter_count(config, 8, experts)
     assert trained == sum(counted.values()) and (counted["experts"] > 0) == experts
+
+
+def test_mlx_qlora_quantizes_the_experts_too(moe_base: Path, tmp_path: Path):
+    """The experts are most of an MoE's weights (29 of Qwen3-Coder-30B-A3B's 30.5 B): mlx QLoRA must quantize them,
+    or a 30B-A3B would not fit a 48 GB Mac. Training then puts LoRA on the quantized experts."""
+    from forge_assets.config import TrainingConfig
+    from forge_assets.training import mlx_backend
+
+    if not mlx_backend.available():
+        pytest.skip("mlx is not installed here")
+    from mlx_lm import load
+    from mlx_lm.models.switch_layers import QuantizedSwitchLinear
+
+    model, _ = load(str(moe_base), model_config=mlx_backend._model_config(moe_base))
+    mlx_backend._quantize_base(model)
+    assert all(isinstance(getattr(layer.mlp.switch_mlp, p), QuantizedSwitchLinear)
+               for layer in model.layers for p in ("gate_proj", "up_proj", "down_proj"))
+    text = TEXT * 3
+    adapter = tmp_path / "qlora"
+    mlx_backend.train(moe_base, [text] * 16, [text] * 4, adapter, TrainingConfig(backend="mlx", method="qlora", max_steps=2,
+                      batch_size=2, seq_len=128, rank=4), log=lambda *a: None)
+    keys = json.loads((adapter / "adapter_config.json").read_text())["lora_parameters"]["keys"]
+    assert "mlp.switch_mlp.down_proj" in keys
