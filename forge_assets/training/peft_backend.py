@@ -190,6 +190,13 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     if precision == "bf16" and device() == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("training.precision is bf16 but this GPU has no bf16 support. Fix: set precision: fp32 (or auto).")
     model, tokenizer = _load_for_training(base, cfg, precision)
+    from forge_assets.architectures import lookup
+
+    fam = lookup(getattr(model.config, "model_type", None))
+    if cfg.method == "qlora" and fam is not None and fam.is_moe:
+        log(f"note: bitsandbytes 4-bit quantizes nn.Linear layers only; {fam.label}'s fused expert tensors stay "
+            f"{next(model.parameters()).dtype} (most of the model's weights). On a 48 GB Mac use backend: mlx, whose "
+            "QLoRA quantizes the experts too (docs/architectures.md)")
     enc = encode(texts, tokenizer, cfg.seq_len, cfg.train_on)
     if not enc.examples:
         raise ValueError(f"none of the {len(texts)} train samples fits training.seq_len={cfg.seq_len} "
