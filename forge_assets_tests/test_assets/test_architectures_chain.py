@@ -42,9 +42,12 @@ def test_random_base_goes_from_base_model_to_a_deployed_tag(kind, tiny_model: Pa
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from forge_assets.chat import QWEN3_CODER_CHAT_TEMPLATE, render_chat
+
+    template = QWEN3_CODER_CHAT_TEMPLATE if kind in MOE else None  # the Qwen3-Coder models carry Qwen3-Coder's template
     base = build_random_model(kind, tmp_path / f"{kind}-base", tokenizer_source=tiny_model, hidden_size=256, intermediate_size=512,
                               num_heads=4, num_kv_heads=2, head_dim=128 if kind == "qwen3" else None, max_shard_size="400KB",
-                              max_position_embeddings=512, seed=1, **MOE.get(kind, {}))
+                              max_position_embeddings=512, seed=1, chat_template=template, **MOE.get(kind, {}))
     port = free_port()
     cfg = write_config(tmp_path, [two_language_repo], base_model=str(base),
                        deploy={"port": port, "quantization": "F16"},
@@ -71,6 +74,21 @@ def test_random_base_goes_from_base_model_to_a_deployed_tag(kind, tiny_model: Pa
                                      headers={"Content-Type": "application/json"})
         reply = json.loads(urllib.request.urlopen(req, timeout=60).read())
         assert reply["choices"][0]["message"]["role"] == "assistant" and reply["usage"]["completion_tokens"] > 0
+        if template is not None:  # through the GGUF and the server: the request renders in Qwen3-Coder's format
+            from gguf import GGUFReader
+
+            field = GGUFReader(base_gguf).fields["tokenizer.chat_template"]
+            assert bytes(field.parts[field.data[0]]).decode() == template
+            tools = [{"type": "function", "function": {"name": "read_file", "description": "Read a file",
+                                                       "parameters": {"type": "object", "properties": {"path": {"type": "string"}},
+                                                                      "required": ["path"]}}}]
+            msgs = [{"role": "user", "content": "open setup.cfg"}]
+            body = json.dumps({"model": "forge-python:latest", "messages": msgs, "tools": tools}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/apply-template", data=body,
+                                         headers={"Content-Type": "application/json"})
+            prompt = json.loads(urllib.request.urlopen(req, timeout=30).read())["prompt"]
+            assert prompt == render_chat(msgs, add_generation_prompt=True, tools=tools, template=template)
+            assert "<function>\n<name>read_file</name>" in prompt
 
         # What the server runs (base GGUF + LoRA GGUF in llama.cpp) against transformers + the PEFT adapter.
         adapter = root / "adapter" / "python" / "promoted"
