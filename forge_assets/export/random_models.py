@@ -25,7 +25,9 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-KINDS = ("qwen2", "qwen3", "llama", "mistral", "qwen3_moe", "qwen3_next")  # registry families (forge_assets/architectures)
+from forge_assets.architectures import FAMILIES
+
+KINDS = tuple(FAMILIES)  # every family of the architecture registry (forge_assets/architectures)
 TOKENIZERS = ("forge-tiny", "llama3", "spm")
 
 # Meta-Llama-3's split (tokenizer.json's pre_tokenizer); llama.cpp's `llama-bpe` pre-tokenizer implements the same regex.
@@ -302,8 +304,6 @@ def build_random_model(kind: str, out: Path, *, tokenizer: str = "forge-tiny", t
     )
     if head_dim is not None or kind != "qwen2":  # Qwen3 defaults to 128; Qwen2's config has no head_dim unless asked
         kwargs["head_dim"] = head_dim or hidden_size // num_heads
-    from forge_assets.architectures import FAMILIES
-
     fam = FAMILIES[kind]
     if fam.random_config:  # the family's own settings (MoE experts, no sliding window, ...); family_options override
         kwargs.update(fam.random_config(**family_options))
