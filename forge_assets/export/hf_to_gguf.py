@@ -21,6 +21,12 @@ Memory and disk (what a 32 B model on a 48 GB Mac needs):
   scales and biases per group, mixed per-module bit widths included) is dequantized chunk by chunk on the way
   (`_Quantized`); `auto` then writes the scales' type (BF16 for bfloat16 scales). mlx-lm's own `fuse --export-gguf`
   refuses Qwen; this path does not.
+- A checkpoint saved by mlx-lm (quantized or not; e.g. an mlx-community 4-bit Qwen3-Coder-30B-A3B) is mapped back to
+  the Hugging Face layout on reading (`_mlx_layout`), so its GGUF is the one the HF checkpoint converts to: the
+  stacked experts `mlp.switch_mlp.{gate,up,down}_proj` [E, out, in] (packed [E, out, in·bits/32], scales and biases
+  [E, out, groups]) become E per-expert views of the same bytes (`mlp.experts.{e}.…`, regrouped by `_stack_experts`,
+  so an expert LoRA folds in per expert); Qwen3-Next's conv1d [C, K, 1] is read as HF's [C, 1, K] (the same bytes),
+  and its zero-centred norms, which mlx-lm's `sanitize` saved as weight + 1, are not shifted a second time.
 
 Per architecture (facts from the GGUF spec and llama.cpp's model loader):
 
@@ -72,6 +78,7 @@ class _Source:
     dtype: str
     shape: tuple[int, ...]
     offset: int
+    shifted: bool = False  # mlx-lm saved this zero-centred norm as weight + 1 already: the family's +1 is not applied
 
     @property
     def rows(self) -> int:
@@ -110,7 +117,7 @@ class _Quantized(_Source):
     @property
     def words(self) -> int:
         """uint32 words per packed row."""
-        return self.shape[1] * self.bits // 32
+        return self.shape[-1] * self.bits // 32
 
 
 MLX_BITS = (2, 3, 4, 5, 6, 8)  # the affine widths mlx packs
@@ -157,6 +164,8 @@ def read_index(model_dir: Path) -> dict[str, _Source]:
             tensors[name] = _Source(f, info["dtype"], tuple(info["shape"]), base + int(info["data_offsets"][0]))
     if any(s.dtype == "U32" for s in tensors.values()):  # MLX-quantized: packed weights with scales and biases
         tensors = _mlx_quantized(tensors, model_dir)
+    if any(_MLX_SWITCH.match(name) for name in tensors):  # saved by mlx-lm: its MoE layout back to Hugging Face's
+        tensors = _mlx_layout(tensors, model_dir)
     for name, src in tensors.items():
         if src.dtype not in _ST_DTYPES and not isinstance(src, _Quantized):
             raise ExportError(f"{src.file}: tensor `{name}` is {src.dtype}; Forge converts F32, F16 and BF16 checkpoints "
@@ -166,13 +175,21 @@ def read_index(model_dir: Path) -> dict[str, _Source]:
 
 
 def _in_features(module: str, config: dict) -> int | None:
-    """The input width of a linear or embedding module of the supported architectures, from config.json."""
+    """The input width of a linear or embedding module of the supported architectures, from config.json (mlx-lm's
+    names included: `mlp.switch_mlp.*` are the MoE experts)."""
     leaf = module.rsplit(".", 1)[-1]
-    if leaf in ("embed_tokens", "lm_head", "q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
+    if leaf in ("embed_tokens", "lm_head", "q_proj", "k_proj", "v_proj", "gate_proj", "up_proj",
+                "gate", "shared_expert_gate", "in_proj_qkvz", "in_proj_ba"):  # routers, linear attention's inputs
         return int(config["hidden_size"])
     if leaf == "o_proj":
         return int(config["num_attention_heads"]) * _head_dim(config)
+    if leaf == "out_proj" and "linear_num_value_heads" in config:  # Qwen3-Next's linear attention
+        return int(config["linear_num_value_heads"]) * int(config["linear_value_head_dim"])
     if leaf == "down_proj":
+        if ".switch_mlp." in module or ".experts." in module:
+            return int(config["moe_intermediate_size"])
+        if ".shared_expert." in module:
+            return int(config["shared_expert_intermediate_size"])
         return int(config["intermediate_size"])
     return None
 
@@ -191,7 +208,8 @@ def _mlx_quantized(tensors: dict[str, _Source], model_dir: Path) -> dict[str, _S
         module = name.removesuffix(".weight")
         scales, biases = tensors.get(f"{module}.scales"), tensors.get(f"{module}.biases")
         where = f"{src.file}: `{name}`"
-        if not name.endswith(".weight") or scales is None or len(src.shape) != 2:
+        stacked = len(src.shape) == 3 and _MLX_SWITCH.match(name) is not None  # mlx-lm's experts [E, out, words]
+        if not name.endswith(".weight") or scales is None or not (len(src.shape) == 2 or stacked):
             raise ExportError(f"{where} is a uint32 tensor without `{module}.scales` beside it, so it is not an MLX-quantized "
                               "weight Forge can dequantize. Fix: start from the unquantized release of the model, or an "
                               "mlx-lm `convert -q` one.")
@@ -201,12 +219,13 @@ def _mlx_quantized(tensors: dict[str, _Source], model_dir: Path) -> dict[str, _S
             raise ExportError(f"{where} is MLX-quantized in mode `{mode}` ({'no biases, ' if biases is None else ''}scales "
                               f"{scales.dtype}); Forge dequantizes mlx's affine mode (mlx-lm convert -q, mlx-community "
                               "4-bit/8-bit models). Fix: use an affine-quantized or the unquantized release of the model.")
-        rows, words = src.shape
+        *lead, words = src.shape
+        rows = math.prod(lead)
         groups = scales.shape[-1]
         width = _in_features(module, config) or int(own.get("group_size", settings.get("group_size", 64))) * groups
         bits, group_size = words * 32 // width, width // groups
         if (bits * width != words * 32 or group_size * groups != width or bits not in MLX_BITS
-                or scales.shape != (rows, groups) or biases.shape != scales.shape):
+                or scales.shape != (*lead, groups) or biases.shape != scales.shape):
             raise ExportError(f"{where}: packed shape {list(src.shape)} with scales {list(scales.shape)} and biases "
                               f"{list(biases.shape)} is no MLX affine quantization of a {rows}×{width} matrix. Fix: check "
                               "hidden_size / intermediate_size / head_dim in config.json, or re-download the model.")
@@ -214,9 +233,53 @@ def _mlx_quantized(tensors: dict[str, _Source], model_dir: Path) -> dict[str, _S
             raise ExportError(f"{where}: config.json's quantization entry for `{module}` says {own.get('bits')} bits, group "
                               f"size {own.get('group_size')}, but its shapes hold {bits} bits, group size {group_size}. "
                               "Fix: restore the model's config.json (mlx-lm would not load it either).")
-        out[name] = _Quantized(src.file, "U32", (rows, width), src.offset, scales=scales, biases=biases, bits=bits,
-                               group_size=group_size)
+        out[name] = _Quantized(src.file, "U32", (*lead, width), src.offset, scales=scales, biases=biases, bits=bits,
+                               group_size=group_size)  # 3-D (mlx-lm's stacked experts) only until _mlx_layout splits it
         del out[f"{module}.scales"], out[f"{module}.biases"]
+    return out
+
+
+_MLX_SWITCH = re.compile(r"^(?P<prefix>.+\.mlp)\.switch_mlp\.(?P<proj>\w+)\.weight$")  # mlx-lm's stacked MoE experts
+# what mlx-lm's `sanitize` (mlx_lm/models/<model_type>.py, 0.32) changed in a checkpoint it saved, beyond stacking
+# the experts into `switch_mlp` and dropping `mtp.*`: the norms it stored as weight + 1 (Qwen3-Next's zero-centred
+# RMSNorms, 1-D), and the conv1d weights it stored as [C, K, 1] (HF: [C, 1, K])
+_MLX_SHIFTED_NORMS = {"qwen3_next": (".input_layernorm.weight", ".post_attention_layernorm.weight", "model.norm.weight",
+                                     ".q_norm.weight", ".k_norm.weight")}
+
+
+def _mlx_layout(tensors: dict[str, _Source], model_dir: Path) -> dict[str, _Source]:
+    """A checkpoint saved by mlx-lm, in Hugging Face's layout, reading the same bytes: each stacked expert tensor
+    `….mlp.switch_mlp.{proj}.weight` [E, out, in] (or MLX-quantized, with its scales and biases [E, out, groups]) as E
+    per-expert tensors `….mlp.experts.{e}.{proj}.weight` [out, in] (views at offsets into the stacked ones); conv1d
+    [C, K, 1] as [C, 1, K]; norms mlx-lm stored shifted by +1 marked so the family's +1 is not applied again."""
+    config = _config(model_dir)
+    shifted = _MLX_SHIFTED_NORMS.get(config.get("model_type"), ())
+    out: dict[str, _Source] = {}
+    for name, src in tensors.items():
+        m = _MLX_SWITCH.match(name)
+        if m is None:
+            if shifted and len(src.shape) == 1 and name.endswith(shifted):
+                src = _Source(src.file, src.dtype, src.shape, src.offset, shifted=True)
+            elif name.endswith(".conv1d.weight") and len(src.shape) == 3 and src.shape[2] == 1:
+                src = _Source(src.file, src.dtype, (src.shape[0], 1, src.shape[1]), src.offset)
+            out[name] = src
+            continue
+        if len(src.shape) != 3:
+            raise ExportError(f"{src.file}: `{name}` has shape {list(src.shape)}, not mlx-lm's stacked experts "
+                              "[experts, out, in]. Fix: re-download the model (or convert it again with mlx-lm).")
+        n, rows = src.shape[0], src.shape[1]
+        for e in range(n):
+            key = f"{m['prefix']}.experts.{e}.{m['proj']}.weight"
+            if isinstance(src, _Quantized):
+                side = {}
+                for what, part in (("scales", src.scales), ("biases", src.biases)):
+                    size = rows * part.shape[-1] * np.dtype(_ST_DTYPES[part.dtype]).itemsize
+                    side[what] = _Source(part.file, part.dtype, (rows, part.shape[-1]), part.offset + e * size)
+                out[key] = _Quantized(src.file, "U32", (rows, src.shape[2]), src.offset + e * rows * src.words * 4,
+                                      scales=side["scales"], biases=side["biases"], bits=src.bits, group_size=src.group_size)
+            else:
+                size = rows * src.shape[2] * np.dtype(_ST_DTYPES.get(src.dtype, np.uint8)).itemsize
+                out[key] = _Source(src.file, src.dtype, (rows, src.shape[2]), src.offset + e * size)
     return out
 
 
@@ -639,7 +702,7 @@ def _plan(config: dict, sources: dict[str, _Source], arch, fam, outtype: str, wh
             if src.rows != expected:
                 raise ExportError(f"{where}: `{hf_name}` has {src.rows} rows, not heads × head_dim = {expected}. "
                                   "Fix: check num_attention_heads / num_key_value_heads / head_dim in config.json.")
-        transform = fam.transform(hf_name) if fam.transform else None
+        transform = fam.transform(hf_name) if fam.transform and not src.shifted else None
         plans.append(_Plan(new, stacked[hf_name][0] if hf_name in stacked else hf_name, tuple(shape), out,
                            permute_rows=group, parts=stacked.get(hf_name, ()), transform=transform))
     order = {"token_embd": 0, "output_norm": 2, "output": 3}

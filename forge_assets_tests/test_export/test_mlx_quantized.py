@@ -23,6 +23,14 @@ Figures measured here (2 CPU cores, mlx[cpu] 0.32, mlx-lm 0.32.2, llama-cpp-pyth
   GGUF against mlx-lm with the adapter: 1.1e-2 on logits of magnitude ~2.2 (SERVED_TOL 3e-2; the adapter moves them
   by 0.24); quantization loss of the F16 base + LoRA -0.02 %. The whole file: 20 tests in 2 min 10 s, 64 s of it the
   chain.
+
+MoE bases in mlx-lm's layout (experts stacked as `mlp.switch_mlp.*` [E, out, in], routers at 8 bits): a random
+qwen3_moe (Qwen3-Coder-30B-A3B's architecture) and qwen3_next (Qwen3-Coder-Next's), 8 experts, top-2, quantized by
+mlx-lm to 4 bits with bfloat16 scales as mlx-community's are. llama.cpp on the F32 GGUF against mlx-lm on the
+quantized model: 6.9e-7 (qwen3_moe) and 5.5e-6 (qwen3_next) relative to the largest logit (F32_TOL; 4-bit quantizing
+moved them by 0.42 and 1.5); an mlx adapter trained on the 4-bit base with expert LoRA, folded in or as an F32 LoRA
+GGUF: 8.4e-7 / 7.9e-7 (qwen3_moe), 1.5e-5 / 1.2e-5 (qwen3_next). The GGUF of mlx-lm's unquantized save is byte for
+byte the GGUF of the Hugging Face checkpoint (experts, Qwen3-Next's +1 norms and conv1d layout mapped back).
 """
 
 from __future__ import annotations
@@ -441,3 +449,132 @@ def test_a_quantized_base_goes_from_base_model_to_a_deployed_tag(mlx_quantized: 
         want = mlx_logits(q4, ids, root / "adapter" / "python" / "promoted")
         assert np.abs(llama_logits(Path(served["base_gguf"]), ids, lora=lora) - want).max() < SERVED_TOL
         assert np.abs(mlx_logits(q4, ids) - want).max() > SERVED_TOL  # not blind: the adapter moves them further
+
+
+# ------------------------------------------------------------------------------------------------ MoE bases
+
+MOE_TEXT = "def handle(request, store):\n    key = request['key']  # 42 clés ünïcode\n    return store.get(key)\n"
+MOE_SHAPE = {"hidden_size": 128, "intermediate_size": 256, "num_heads": 4, "num_kv_heads": 2, "head_dim": 32,
+             "moe_intermediate_size": 64, "num_experts": 8, "num_experts_per_tok": 2}
+MOE_KINDS = {"qwen3_moe": {}, "qwen3_next": {"num_layers": 4, "shared_expert_intermediate_size": 64}}
+
+
+def _convert(hf: Path, out: Path) -> Path:
+    from mlx_lm import convert
+
+    convert(hf_path=str(hf), mlx_path=str(out))
+    return out
+
+
+@pytest.fixture(scope="module", params=list(MOE_KINDS))
+def mlx_moe(request, tmp_path_factory) -> dict[str, Path]:
+    """{"hf": a random float32 MoE base (config.json with the keys mlx-lm reads: num_experts, rope_theta,
+    partial_rotary_factor), "q4": mlx-lm's 4-bit conversion with bfloat16 scales, "plain": mlx-lm's unquantized save}."""
+    from forge_assets.export.random_models import build_random_model
+
+    root = tmp_path_factory.mktemp(f"mlx-{request.param}")
+    hf = build_random_model(request.param, root / "hf", tokenizer="llama3", seed=4, **MOE_SHAPE, **MOE_KINDS[request.param])
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**config, **mlx_backend._model_config(hf)}, indent=2))
+    return {"hf": hf, "q4": _quantize(hf, root / "q4", q_bits=4, q_group_size=64, dtype="bfloat16"),
+            "plain": _convert(hf, root / "plain")}
+
+
+def test_mlx_lm_stacked_quantized_experts_read_back_exactly(mlx_moe: dict):
+    """Each `switch_mlp` tensor (packed [E, out, in·bits/32], scales/biases [E, out, groups]) reads as E per-expert
+    matrices [out, in] equal to mx.dequantize of that expert with float32 scales; input widths (and so bit widths)
+    come out right for expert, shared-expert and router projections, the routers at mlx-lm's 8 bits."""
+    import mlx.core as mx
+
+    from forge_assets.export.hf_to_gguf import _Quantized, _read_rows, read_index
+
+    folder = mlx_moe["q4"]
+    config = json.loads((folder / "config.json").read_text())
+    weights = {}
+    for f in folder.glob("*.safetensors"):
+        weights.update(mx.load(str(f)))
+    assert any(n.endswith(".mlp.switch_mlp.down_proj.weight") for n in weights)  # mlx-lm's layout, as mlx-community ships it
+    sources = read_index(folder)
+    assert not any(".switch_mlp." in n or n.endswith((".scales", ".biases")) for n in sources)
+    quantized = {n: s for n, s in sources.items() if isinstance(s, _Quantized)}
+    routers = {n for n in quantized if n.endswith(("mlp.gate.weight", "shared_expert_gate.weight"))}
+    assert routers and {quantized[n].bits for n in routers} == {8}
+    assert {s.bits for n, s in quantized.items() if n not in routers} == {4}
+    hidden, moe_ff = config["hidden_size"], config["moe_intermediate_size"]
+    for layer in range(config["num_hidden_layers"]):
+        for e in range(config["num_experts"]):
+            name = f"model.layers.{layer}.mlp.experts.{e}.{{}}_proj.weight"
+            assert [sources[name.format(p)].shape for p in ("gate", "up", "down")] == [(moe_ff, hidden)] * 2 + [(hidden, moe_ff)]
+        if config["model_type"] == "qwen3_next":
+            shared = config["shared_expert_intermediate_size"]
+            assert sources[f"model.layers.{layer}.mlp.shared_expert.down_proj.weight"].shape == (hidden, shared)
+            assert sources[f"model.layers.{layer}.mlp.shared_expert_gate.weight"].shape == (1, hidden)
+    checked = 0
+    for name, stacked in weights.items():
+        if ".switch_mlp." not in name or not name.endswith(".weight"):
+            continue
+        module = name.removesuffix(".weight")
+        s, b = weights[f"{module}.scales"].astype(mx.float32), weights[f"{module}.biases"].astype(mx.float32)
+        for e in range(stacked.shape[0]):
+            src = sources[name.replace(".switch_mlp.", f".experts.{e}.")]
+            with open(src.file, "rb") as fh:
+                ours = _read_rows(src, fh, 0, src.rows)
+            want = mx.dequantize(stacked[e], s[e], b[e], group_size=src.group_size, bits=src.bits)
+            assert np.array_equal(ours, np.array(want)), (name, e)
+            checked += 1
+    assert checked == 3 * config["num_experts"] * config["num_hidden_layers"]
+
+
+def test_gguf_of_an_mlx_quantized_moe_computes_what_mlx_lm_computes(mlx_moe: dict, tmp_path: Path):
+    from forge_assets.export.hf_to_gguf import convert_hf_to_gguf
+
+    q4 = mlx_moe["q4"]
+    ids = hf_ids(q4, MOE_TEXT)
+    want = mlx_logits(q4, ids)
+    info = convert_hf_to_gguf(q4, tmp_path / "f32.gguf", "F32")
+    reference = convert_hf_to_gguf(mlx_moe["hf"], tmp_path / "hf.gguf", "F32")
+    assert (info["architecture"], info["tensors"]) == (reference["architecture"], reference["tensors"])
+    assert info["tensor_types"] == {"F32": info["tensors"]}
+    scale = np.abs(want).max()
+    assert np.abs(llama_logits(tmp_path / "f32.gguf", ids) - want).max() / scale < F32_TOL
+    # not blind: 4-bit quantizing moved the logits further than the tolerance (from the float32 model's GGUF)
+    assert np.abs(llama_logits(tmp_path / "hf.gguf", ids) - want).max() / scale > 10 * F32_TOL
+    assert convert_hf_to_gguf(q4, tmp_path / "auto.gguf", "auto")["outtype"] == "BF16"  # the scales' type
+
+
+def test_gguf_of_an_mlx_lm_saved_moe_is_the_hf_checkpoints_gguf(mlx_moe: dict, tmp_path: Path):
+    """mlx-lm's save (experts stacked as switch_mlp; Qwen3-Next's norms stored + 1 and conv1d as [C, K, 1]) converts
+    to the very bytes the Hugging Face checkpoint converts to."""
+    from forge_assets.export.hf_to_gguf import convert_hf_to_gguf, read_index
+
+    plain = mlx_moe["plain"]
+    names = json.loads((plain / "model.safetensors.index.json").read_text())["weight_map"]
+    assert any(".switch_mlp." in n for n in names) and set(read_index(plain)) == set(read_index(mlx_moe["hf"]))
+    convert_hf_to_gguf(mlx_moe["hf"], tmp_path / "hf.gguf", "F32")
+    convert_hf_to_gguf(plain, tmp_path / "mlx.gguf", "F32")
+    assert (tmp_path / "hf.gguf").read_bytes() == (tmp_path / "mlx.gguf").read_bytes()
+
+
+def test_an_mlx_expert_lora_on_the_quantized_moe_folds_in_or_serves_as_a_lora_gguf(mlx_moe: dict, tmp_path: Path):
+    """An mlx adapter trained on the 4-bit MoE base (LoRA on the SwitchLinear experts too): folded in per expert while
+    converting, or as an F32 LoRA GGUF on the F32 base GGUF, it computes what mlx-lm computes with it."""
+    from forge_assets.config import TrainingConfig
+    from forge_assets.export.hf_to_gguf import convert_hf_to_gguf
+    from forge_assets.export.lora_gguf import convert_lora_to_gguf
+
+    q4 = mlx_moe["q4"]
+    adapter = tmp_path / "adapter"
+    text = MOE_TEXT * 3
+    mlx_backend.train(q4, [text] * 16, [text] * 4, adapter,
+                      TrainingConfig(backend="mlx", max_steps=2, batch_size=2, seq_len=128, rank=4), log=lambda *_: None)
+    assert "mlp.switch_mlp.down_proj" in json.loads((adapter / "adapter_config.json").read_text())["lora_parameters"]["keys"]
+    ids = hf_ids(q4, MOE_TEXT)
+    want = mlx_logits(q4, ids, adapter)
+    scale = np.abs(want).max()
+    assert np.abs(mlx_logits(q4, ids) - want).max() / scale > 100 * F32_TOL  # the adapter moves the logits
+    merged = convert_hf_to_gguf(q4, tmp_path / "merged.gguf", "F32", adapter=adapter)
+    assert merged["lora_merged_tensors"] > 3 * MOE_SHAPE["num_experts"]  # every expert of the adapted projections
+    assert np.abs(llama_logits(tmp_path / "merged.gguf", ids) - want).max() / scale < F32_TOL
+    convert_hf_to_gguf(q4, tmp_path / "base.gguf", "F32")
+    convert_lora_to_gguf(adapter, q4, tmp_path / "lora.gguf", "F32")
+    assert np.abs(llama_logits(tmp_path / "base.gguf", ids, lora=tmp_path / "lora.gguf") - want).max() / scale < F32_TOL
