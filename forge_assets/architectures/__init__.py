@@ -50,6 +50,7 @@ class Family:
     mlx: bool = True  # mlx-lm loads it (training and serving)
     mlx_lora_modules: tuple[str, ...] | None = None  # mlx-lm's leaf names when they differ from lora_modules
     mlx_expert_modules: tuple[str, ...] = ()  # mlx-lm's expert layers (SwitchLinear) for training.expert_lora
+    mlx_shifted_norms: tuple[str, ...] = ()  # norms an mlx-lm-saved checkpoint holds as weight + 1 already (name suffixes)
     plain_head: bool = True  # logits are exactly lm_head(last hidden state): the chunked loss applies (training/loss.py)
     # converter hooks (hf_to_gguf): extra GGUF keys, and per tensor: skip, rename, reshape and value transform
     write_hparams: Callable | None = None  # (gguf writer, config) -> None

@@ -113,6 +113,8 @@ FAMILIES = [Family(
     hf_architectures=("Qwen3NextForCausalLM",), gguf_arch="QWEN3NEXT", lora_modules=ATTENTION + LINEAR_ATTENTION,
     expert_parameters={"gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)},
     mlx_expert_modules=("switch_mlp.gate_proj", "switch_mlp.up_proj", "switch_mlp.down_proj"),
+    mlx_shifted_norms=(".input_layernorm.weight", ".post_attention_layernorm.weight", "model.norm.weight",
+                       ".q_norm.weight", ".k_norm.weight"),  # mlx-lm's sanitize adds the +1 when it saves
     vllm_lora_modules=frozenset(ATTENTION + LINEAR_ATTENTION + MLP + ("shared_expert_gate", "gate")), vllm_expert_lora=True,
     write_hparams=write_hparams, skip=skip, rename=rename, transform=transform, rows_shape=rows_shape,
     f32_tensors=("ssm_conv1d", "ffn_gate_inp", "ffn_gate_inp_shexp", "ssm_a", "ssm_dt"), random_config=random_config,

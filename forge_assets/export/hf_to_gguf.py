@@ -240,11 +240,9 @@ def _mlx_quantized(tensors: dict[str, _Source], model_dir: Path) -> dict[str, _S
 
 
 _MLX_SWITCH = re.compile(r"^(?P<prefix>.+\.mlp)\.switch_mlp\.(?P<proj>\w+)\.weight$")  # mlx-lm's stacked MoE experts
-# what mlx-lm's `sanitize` (mlx_lm/models/<model_type>.py, 0.32) changed in a checkpoint it saved, beyond stacking
-# the experts into `switch_mlp` and dropping `mtp.*`: the norms it stored as weight + 1 (Qwen3-Next's zero-centred
-# RMSNorms, 1-D), and the conv1d weights it stored as [C, K, 1] (HF: [C, 1, K])
-_MLX_SHIFTED_NORMS = {"qwen3_next": (".input_layernorm.weight", ".post_attention_layernorm.weight", "model.norm.weight",
-                                     ".q_norm.weight", ".k_norm.weight")}
+# what else mlx-lm's `sanitize` (mlx_lm/models/<model_type>.py, 0.32) changed in a checkpoint it saved, beyond
+# stacking the experts into `switch_mlp` and dropping `mtp.*`: the norms it stored as weight + 1 (the registry's
+# `mlx_shifted_norms`), and the conv1d weights it stored as [C, K, 1] (HF: [C, 1, K])
 
 
 def _mlx_layout(tensors: dict[str, _Source], model_dir: Path) -> dict[str, _Source]:
@@ -252,8 +250,11 @@ def _mlx_layout(tensors: dict[str, _Source], model_dir: Path) -> dict[str, _Sour
     `….mlp.switch_mlp.{proj}.weight` [E, out, in] (or MLX-quantized, with its scales and biases [E, out, groups]) as E
     per-expert tensors `….mlp.experts.{e}.{proj}.weight` [out, in] (views at offsets into the stacked ones); conv1d
     [C, K, 1] as [C, 1, K]; norms mlx-lm stored shifted by +1 marked so the family's +1 is not applied again."""
+    from forge_assets.architectures import lookup
+
     config = _config(model_dir)
-    shifted = _MLX_SHIFTED_NORMS.get(config.get("model_type"), ())
+    fam = lookup(config.get("model_type"))
+    shifted = fam.mlx_shifted_norms if fam else ()
     out: dict[str, _Source] = {}
     for name, src in tensors.items():
         m = _MLX_SWITCH.match(name)
