@@ -128,6 +128,12 @@ def of_hf_architecture(name: str | None) -> Family | None:
     return BY_HF_ARCHITECTURE.get(name or "")
 
 
+def expert_count(config: dict) -> int:
+    """Routed experts of an MoE config.json (released checkpoints say num_experts, transformers 5 saves
+    num_local_experts); 0 for a dense model."""
+    return int(config.get("num_experts") or config.get("num_local_experts") or 0)
+
+
 def lora_modules_of(model_type: str | None) -> tuple[str, ...]:
     """The LoRA target modules for a model_type: its family's, or DEFAULT_LORA_MODULES for an unregistered one."""
     fam = lookup(model_type)
@@ -169,7 +175,7 @@ def lora_parameter_count(config: dict, rank: int, experts: bool = True) -> dict[
     other += sum(rank * (i + o) for m, (i, o) in linear.items() if m in fam.lora_modules) * recurrent
     expert = 0
     if experts and fam.is_moe:
-        n = int(config.get("num_experts") or config["num_local_experts"])
+        n = expert_count(config)
         moe_ff = int(config["moe_intermediate_size"])
         expert = n * rank * ((hidden + 2 * moe_ff) + (moe_ff + hidden)) * layers  # gate_up [2·ff, hidden], down [hidden, ff]
     return {"attention": attention, "other": other, "experts": expert}

@@ -26,7 +26,9 @@ def write_hparams(w, config: dict) -> None:
     if config.get("mlp_only_layers") or int(config.get("decoder_sparse_step", 1)) != 1:
         raise ExportError("config.json: mlp_only_layers / decoder_sparse_step give some blocks a dense MLP, which llama.cpp's "
                           "qwen3moe graph does not have. Fix: use a Qwen3 MoE release (every block routed).")
-    w.add_expert_count(int(config.get("num_experts") or config["num_local_experts"]))
+    from forge_assets.architectures import expert_count
+
+    w.add_expert_count(expert_count(config))
     w.add_expert_used_count(int(config["num_experts_per_tok"]))
     w.add_expert_feed_forward_length(int(config["moe_intermediate_size"]))
 

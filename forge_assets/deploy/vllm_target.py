@@ -161,8 +161,13 @@ def num_experts_of(model: str | Path | None) -> int | None:
         config = json.loads((Path(model) / "config.json").read_text())
     except (OSError, ValueError, TypeError):
         return None
-    n = config.get("num_experts") or config.get("num_local_experts") if isinstance(config, dict) else None
-    return n if isinstance(n, int) and n > 0 else None
+    from forge_assets.architectures import expert_count
+
+    try:
+        n = expert_count(config) if isinstance(config, dict) else 0
+    except (TypeError, ValueError):
+        return None
+    return n if n > 0 else None
 
 
 def _config(adapter_dir: Path) -> dict | None:

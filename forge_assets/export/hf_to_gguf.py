@@ -654,7 +654,9 @@ def _stack_experts(sources: dict[str, _Source], config: dict, where: Path) -> tu
             groups.setdefault(f"{m['prefix']}.{m['proj']}.weight", {})[int(m["e"])] = name
     if not groups:
         return sources, {}
-    n = int(config.get("num_experts") or config.get("num_local_experts") or 0)
+    from forge_assets.architectures import expert_count
+
+    n = expert_count(config)
     out = {k: v for k, v in sources.items() if not _EXPERT.match(k)}
     parts: dict[str, tuple[str, ...]] = {}
     for stacked, by_e in groups.items():

@@ -435,7 +435,9 @@ def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, out: Path, outtype: 
             continue
         tensors.append((f"{target}.lora_a", np.ascontiguousarray(a)))
         tensors.append((f"{target}.lora_b", np.ascontiguousarray(b)))
-    n_experts = int(config.get("num_experts") or config.get("num_local_experts") or 0)
+    from forge_assets.architectures import expert_count
+
+    n_experts = expert_count(config)
     for stacked, by_e in sorted(stacks.items()):
         target = names.get_name(f"{stacked}.weight", try_suffixes=(".weight",))
         ranks = {a.shape[0] for a, _ in by_e.values()}
