@@ -24,6 +24,11 @@ BOT_MARKERS = ("[bot]", "dependabot", "renovate", "github-actions", "greenkeeper
 _HUNK = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _TRAILER = re.compile(r"^(?:[A-Z][\w-]*-by|Change-Id|Signed-off-by|Co-authored-by):.*$", re.MULTILINE)
 _HEADER_FORMAT = "%x01%H%x1f%P%x1f%ct%x1f%an%x1f%ae%x1f%B%x02"
+# On every git command that renders content or diffs: a repository's .gitattributes (`*.py diff=x`)
+# with a config's diff.x.textconv / diff.x.command, or diff.external, would otherwise run a program
+# while mining and show its output instead of the file. Blobs are read raw (cat-file --batch, no
+# --textconv/--filters: read_blob_text).
+NO_CONVERSION = ("--no-textconv", "--no-ext-diff")
 
 
 def pathspecs(language: str) -> list[str]:
@@ -95,7 +100,7 @@ def _path_of(line: bytes) -> str:
 def iter_commits(repo: git.Repo, head: str, specs: list[str], max_count: int, max_diff_lines: int) -> Iterator[Commit]:
     """The commits reachable from head that touch the pathspecs, newest first, with their patches."""
     proc = repo.git(c="core.quotepath=false").log(
-        head, f"--max-count={max_count}", "--no-color", "--no-ext-diff", "--no-renames", "--full-index",
+        head, f"--max-count={max_count}", *NO_CONVERSION, "--no-color", "--no-renames", "--full-index",
         "--patch", "--unified=3", f"--format={_HEADER_FORMAT}", "--", *specs, as_process=True,
     )
     stdout = proc.proc.stdout
@@ -235,7 +240,7 @@ def last_touched(repo: git.Repo, head: str, specs: list[str], wanted: set[str]) 
     if not wanted:
         return found, oldest
     proc = repo.git(c="core.quotepath=false").log(
-        head, "--no-renames", "--name-only", "--format=%x01%ct %H", "--", *specs, as_process=True)
+        head, *NO_CONVERSION, "--no-renames", "--name-only", "--format=%x01%ct %H", "--", *specs, as_process=True)
     stdout = proc.proc.stdout
     current: tuple[int, str] | None = None
     try:
