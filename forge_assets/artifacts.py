@@ -11,6 +11,10 @@ Layout of one asset partition, <root>/<asset>/<language>/:
 
 A version is written into a private `.tmp-<pid>-*` folder and renamed into place only when complete.
 Folders left behind by a killed process are removed the next time anything is written there.
+
+Private by default (forge_assets.private): before anything is written the root is made 0700 (an existing one too,
+so a store written by an earlier Forge is locked) and the umask 077, so every folder is 0700 and every file 0600.
+Manifests and history lines pass through redact_text: a repository URL with credentials never lands in one.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from forge_assets.private import ensure_private_dir, redact_text
 
 MANIFEST = "manifest.json"
 CANDIDATE = "candidate"
@@ -93,6 +99,10 @@ class ArtifactStore:
 
     def folder(self, asset: str, language: str) -> Path:
         return self.root / asset / language
+
+    def private_root(self) -> Path:
+        """The root, created or locked 0700, with the process umask 077: called before anything is written."""
+        return ensure_private_dir(self.root)
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -170,6 +180,7 @@ class ArtifactStore:
         calls promote() when its checks pass. On any exception the temp folder is removed and both
         pointers stay as they were. The manifest dict may be filled in while the block runs.
         """
+        self.private_root()
         base = self.folder(asset, language)
         base.mkdir(parents=True, exist_ok=True)
         self.remove_stale(base)
@@ -186,7 +197,7 @@ class ArtifactStore:
             if (final / MANIFEST).is_file():  # identical content already stored: keep the first copy
                 shutil.rmtree(tmp)
             else:
-                (tmp / MANIFEST).write_text(json.dumps(man, indent=2, sort_keys=True, default=str))
+                (tmp / MANIFEST).write_text(redact_text(json.dumps(man, indent=2, sort_keys=True, default=str)))
                 try:
                     os.replace(tmp, final)
                 except OSError as exc:
@@ -207,7 +218,7 @@ class ArtifactStore:
     @contextlib.contextmanager
     def workdir(self, prefix: str) -> Iterator[Path]:
         """A scratch folder under <root>/.work, removed afterwards (or by the next run, if this process is killed)."""
-        base = self.root / ".work"
+        base = self.private_root() / ".work"
         base.mkdir(parents=True, exist_ok=True)
         self.remove_stale(base)
         tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-{prefix}-", dir=base))
@@ -242,11 +253,15 @@ class ArtifactStore:
         """
         rec: dict = {"at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "event": event, "version": version}
         rec.update({k: v for k, v in fields.items() if k not in rec})
-        line = (json.dumps(rec, default=str, ensure_ascii=False) + "\n").encode()
+        line = (redact_text(json.dumps(rec, default=str, ensure_ascii=False)) + "\n").encode()
+        self.private_root()
         base = self.folder(asset, language)
         base.mkdir(parents=True, exist_ok=True)
-        fd = os.open(base / HISTORY, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(base / HISTORY, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
+            with contextlib.suppress(OSError):  # a history an earlier Forge wrote 0644 becomes the owner's alone
+                if os.fstat(fd).st_mode & 0o077:
+                    os.fchmod(fd, 0o600)
             written = os.write(fd, line)
         finally:
             os.close(fd)
@@ -287,6 +302,7 @@ class ArtifactStore:
         return gone
 
     def _point(self, base: Path, name: str, version: str) -> None:
+        self.private_root()
         tmp_link = base / f".{name}-{os.getpid()}-{time.monotonic_ns()}"
         os.symlink(version, tmp_link)
         os.replace(tmp_link, base / name)
