@@ -1,4 +1,10 @@
-"""Repository snapshots: which file blobs at which commit make up each language's corpus."""
+"""Repository snapshots: which file blobs at which commit make up each language's corpus.
+
+A URL in forge.yaml is cloned under ``<artifact_root>/clones`` (0700, forge_assets.private). Credentials in it
+(``https://user:token@host/...``) are given to git at clone and fetch time only, through the git child's environment
+(private.git_credential_env): the clone's ``remote.origin.url`` is the URL without the secret, the token is never on a
+command line, and every message, warning and error names the URL redacted (``https://user:***@host/...``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import git
 from forge_assets.config import ForgeConfig, RepoSource
 from forge_assets.languages import language_of_path
 from forge_assets.mining.filters import path_skip_reason
+from forge_assets.private import ensure_private_dir, git_credential_env, git_remote, redact_text, redact_url
 
 
 class RepoError(ValueError):
@@ -65,6 +72,17 @@ class Snapshot:
         return sorted(lang for lang, files in self.files.items() if files)
 
 
+def repo_name(source: RepoSource) -> str:
+    """The repository's short name (its folder or URL stem), never a secret of its URL."""
+    return RepoSource(url=redact_url(source.url), branch=source.branch).name if source.url else source.name
+
+
+def clone_dir(source: RepoSource, clone_root: Path) -> Path:
+    """Where a URL is cloned: named by a hash of the URL as shown (credentials redacted), so rotating a token keeps
+    the clone."""
+    return clone_root / (hashlib.sha1(redact_url(source.url).encode()).hexdigest()[:10] + "-" + repo_name(source))
+
+
 def open_repo(source: RepoSource, base_dir: Path, clone_root: Path, index: int = 0) -> git.Repo:
     """Open a configured repository; clone or fetch a URL into clone_root first.
 
@@ -73,22 +91,35 @@ def open_repo(source: RepoSource, base_dir: Path, clone_root: Path, index: int =
     """
     where = f"forge.yaml repos[{index}]"
     if source.url:
-        target = clone_root / (hashlib.sha1(source.url.encode()).hexdigest()[:10] + "-" + source.name)
+        shown = redact_url(source.url)
+        remote, creds = git_remote(source.url)
+        env = git_credential_env(creds)
+        target = clone_dir(source, clone_root)
+        ensure_private_dir(clone_root)
+        legacy = clone_root / (hashlib.sha1(source.url.encode()).hexdigest()[:10] + "-" + source.name)
+        if legacy != target and legacy.exists() and not target.exists():
+            legacy.rename(target)  # cloned by an earlier Forge, named by the URL with its credentials
+        error = None
         try:
             if (target / ".git").exists() or (target / "HEAD").exists():
                 repo = git.Repo(target)
-                repo.remotes.origin.fetch()
-                if not source.branch:
-                    try:
-                        repo.git.remote("set-head", "origin", "--auto")
-                    except git.GitCommandError:
-                        pass  # the remote has no HEAD (empty, or a bare repository without one): _head_commit says so
+                if repo.remotes.origin.url != remote:  # also scrubs a token an earlier Forge left in .git/config
+                    repo.git.remote("set-url", "origin", remote)
+                with repo.git.custom_environment(**env):
+                    repo.remotes.origin.fetch()
+                    if not source.branch:
+                        try:
+                            repo.git.remote("set-head", "origin", "--auto")
+                        except git.GitCommandError:
+                            pass  # the remote has no HEAD (empty, or a bare repository without one): _head_commit says so
             else:
-                target.parent.mkdir(parents=True, exist_ok=True)
                 kwargs = {"branch": source.branch} if source.branch else {}
-                repo = git.Repo.clone_from(source.url, target, **kwargs)
+                repo = git.Repo.clone_from(remote, target, env=env or None, **kwargs)
         except git.GitCommandError as exc:
-            raise RepoError(f"{where}.url: cannot clone or fetch {source.url}: {exc.stderr.strip() or exc}. Fix: check the URL and your access to it.") from None
+            # GitPython's message quotes the command line; git's stderr may quote the URL: both redacted
+            error = f"{where}.url: cannot clone or fetch {shown}: {(exc.stderr or '').strip() or exc}. Fix: check the URL and your access to it."
+        if error is not None:  # raised outside the except block: no chained GitCommandError reaches a log
+            raise RepoError(redact_text(error, creds.secrets if creds else ()))
         return repo
     path = Path(source.path).expanduser()
     path = path if path.is_absolute() else (base_dir / path)
@@ -112,7 +143,7 @@ def _head_commit(repo: git.Repo, source: RepoSource, where: str, warnings: list[
             try:
                 return repo.commit("refs/remotes/origin/HEAD")
             except (git.BadName, ValueError, git.GitCommandError):
-                warnings.append(f"{where}.url: {source.url} names no default branch (no HEAD on the remote); mining the clone's "
+                warnings.append(f"{where}.url: {redact_url(source.url)} names no default branch (no HEAD on the remote); mining the clone's "
                                 f"HEAD. Fix: set `branch:` for this repository in forge.yaml.")
         commit = repo.head.commit
         if repo.head.is_detached:
@@ -141,7 +172,7 @@ def open_repos(sources: list[RepoSource], base_dir: Path, clone_root: Path) -> l
     names: Counter = Counter()
     for i, source in enumerate(sources):
         repo = open_repo(source, base_dir, clone_root, i)
-        name = source.name
+        name = repo_name(source)
         names[name] += 1
         if names[name] > 1:
             name = f"{name}-{names[name]}"
