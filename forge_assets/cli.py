@@ -22,7 +22,7 @@ def run(languages: list[str] | None) -> int:
     """Materialize the whole chain (base_model, then each language's partition); one language's failure does not stop the others."""
     from forge_assets.config import load_config
     from forge_assets.definitions import defs
-    from forge_assets.partitions import language_partitions
+    from forge_assets.partitions import add_languages
     from forge_assets.runs import fail_stale_runs, owner_tags
     from forge_assets.sensors import language_fingerprints
 
@@ -34,8 +34,7 @@ def run(languages: list[str] | None) -> int:
     instance = _instance()
     for run_id in fail_stale_runs(instance):
         print(f"forge: run {run_id} was left STARTED by a process that is gone; marked it failed.")
-    known = set(instance.get_dynamic_partitions(language_partitions.name))
-    instance.add_dynamic_partitions(language_partitions.name, [lang for lang in wanted if lang not in known])
+    add_languages(instance, wanted, "forge run")
     job = defs.get_job_def("forge")
     failures: dict[str, list[dict]] = {}
     for i, lang in enumerate(wanted):
@@ -468,23 +467,33 @@ def service(action: str, start: bool = True) -> int:
     return 0
 
 
+def _language(value: str) -> str:
+    """argparse type of every --language: a name that can be a partition key and a folder (else a usage error, no traceback)."""
+    from forge_assets.languages import language_name_problem
+
+    problem = language_name_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="forge", description="Forge: per-language fine-tuned code models as Dagster assets.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="materialize every asset for each language (the main job)")
-    p_run.add_argument("--language", action="append", help="only this language (repeatable)")
+    p_run.add_argument("--language", type=_language, action="append", help="only this language (repeatable)")
     p_status = sub.add_parser("status", help="show the latest artifact versions and deployments, and whether each endpoint answers")
-    p_status.add_argument("--language", action="append")
+    p_status.add_argument("--language", type=_language, action="append")
     p_stop = sub.add_parser("stop", help="stop the routers and llama.cpp servers Forge started (never another process)")
-    p_stop.add_argument("--language", action="append")
+    p_stop.add_argument("--language", type=_language, action="append")
     p_hist = sub.add_parser("history", help="list a language's deploys and rollbacks (tag, GGUF, key scores), newest last")
-    p_hist.add_argument("--language", action="append", help="only this language (repeatable; default: all with a history)")
+    p_hist.add_argument("--language", type=_language, action="append", help="only this language (repeatable; default: all with a history)")
     p_rb = sub.add_parser("rollback", help="serve the previously deployed GGUF again (blue-green, smoke-tested) and keep it promoted")
-    p_rb.add_argument("--language", required=True)
+    p_rb.add_argument("--language", type=_language, required=True)
     p_rb.add_argument("--to", metavar="VERSION", help="a gguf version, a unique prefix of one, or its tag (<prefix>-<language>:<version>)")
     p_cc = sub.add_parser("client-config", help="print a ready-to-paste OpenCode, Continue or Tabby configuration for the deployed tags")
     p_cc.add_argument("client", choices=["opencode", "continue", "tabby"])
-    p_cc.add_argument("--language", help="the language whose tag is the default model (default: the first deployed)")
+    p_cc.add_argument("--language", type=_language, help="the language whose tag is the default model (default: the first deployed)")
     p_cc.add_argument("--write", metavar="FILE", help="write it to FILE instead of printing (e.g. opencode.json)")
     p_gc = sub.add_parser("gc", help="remove old artifact versions that are neither promoted nor deployed")
     p_gc.add_argument("--keep", type=int, default=3, help="newest versions to keep per asset and language besides promoted ones (default 3)")
@@ -492,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     _service_parser(sub)
     args = parser.parse_args(argv)
     from forge_assets.config import ConfigError
+    from forge_assets.languages import LanguageNameError
 
     try:
         if args.command == "gc":
@@ -503,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "service":
             return service(args.action, start=not args.no_start)
         return {"run": run, "status": status, "stop": stop, "history": history}[args.command](args.language)
-    except ConfigError as exc:
+    except (ConfigError, LanguageNameError) as exc:
         print(f"forge: {exc}", file=sys.stderr)
         return 2
 

@@ -5,18 +5,30 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from forge_assets.deploy.targets import DEFAULT_TARGET, TARGET_NAMES  # standard library only: no serving code is imported
+from forge_assets.languages import language_name_problem
 
 DEFAULT_CONFIG = "forge.yaml"
 
 
 class ConfigError(ValueError):
     """forge.yaml is missing or wrong; the message names the file, the key and the fix."""
+
+
+def _language_name(name: str) -> str:
+    """A language listed in forge.yaml: a partition key and a folder name (languages.language_name_problem)."""
+    problem = language_name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+LanguageName = Annotated[str, AfterValidator(_language_name)]
 
 
 class _Strict(BaseModel):
@@ -245,7 +257,7 @@ class ForgeConfig(_Strict):
     artifact_root: str = "data/artifacts"
     repos: list[RepoSource] = Field(default_factory=list)
     sessions: list[SessionSource] = Field(default_factory=list)
-    languages: list[str] | None = None
+    languages: list[LanguageName] | None = None
     base_model: str = "forge-tiny"
     tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig)
     mining: MiningConfig = Field(default_factory=MiningConfig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 
 # Partition keys are these names: lower-case, stable, the users' words.
@@ -40,6 +41,57 @@ FENCE_NAMES: dict[str, str] = {
 }
 
 KNOWN: tuple[str, ...] = tuple(sorted(set(EXTENSIONS.values()) | set(FILENAMES.values())))
+
+# A language name becomes a Dagster partition key, a folder (<artifact_root>/<asset>/<language>), part of a
+# model tag (<prefix>-<language>:<version>, Ollama allows [a-z0-9._-]) and of a URL path (/lang/<language>/...).
+# So: lower case (two spellings would share one folder on a case-insensitive disk), no `/` `\\` `.` (no
+# path walks: `..`, `a/b`), no `+` `#` (a URL's space and fragment), no space or control character, no
+# leading `-` (an option to a command). Forge's own names (KNOWN) all fit: cpp and csharp, not c++ or c#.
+LANGUAGE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+LANGUAGE_NAME_MAX = 32
+
+
+class LanguageNameError(ValueError):
+    """A language name that cannot be a partition key or a folder name; the message says where it came from and the fix."""
+
+
+def language_name_problem(name: object) -> str | None:
+    """What is wrong with a language name, and the fix (one sentence each); None when it is fine."""
+    if isinstance(name, str) and LANGUAGE_NAME.fullmatch(name):
+        return None
+    shown = f"`{name}`" if isinstance(name, str) and name and name.isprintable() else repr(name)
+    if not isinstance(name, str):
+        what = f"is a {type(name).__name__}, not text"
+    elif not name:
+        what = "is empty"
+    elif any(c in name for c in "/\\") or name.strip(".") == "":
+        what = "is a path, not a name (it holds `/`, `\\` or is `.`/`..`), and a language name becomes a folder name"
+    elif "." in name:
+        what = "holds `.`, and a language name becomes a folder name"
+    elif any(c.isspace() or not c.isprintable() for c in name):
+        what = "holds a space or a control character"
+    elif name.lower() != name and LANGUAGE_NAME.fullmatch(name.lower()):
+        what = f"has upper-case letters (partition keys and folders are lower case: write `{name.lower()}`)"
+    elif len(name) > LANGUAGE_NAME_MAX:
+        what = f"is {len(name)} characters long, more than {LANGUAGE_NAME_MAX}"
+    elif not ("a" <= name[0] <= "z"):
+        what = "does not start with a lower-case letter"
+    else:
+        bad = "".join(sorted({c for c in name.lower() if not (c.isascii() and (c.isalnum() or c in "_-"))}))
+        what = f"holds {', '.join(f'`{c}`' for c in bad)}" if bad else "is not a usable name"
+    alias = FENCE_NAMES.get(name.strip().lower()) if isinstance(name, str) else None
+    if alias and alias != name.lower():
+        what += f" (Forge calls this language `{alias}`)"
+    return (f"the language name {shown} {what}. Fix: write a lower-case name of letters, digits, `_` and `-` that starts "
+            f"with a letter, at most {LANGUAGE_NAME_MAX} characters, like Forge's own: {', '.join(KNOWN)}")
+
+
+def check_language_name(name: object, where: str) -> str:
+    """The name itself when it can be a partition key and a folder name; else LanguageNameError naming where it came from."""
+    problem = language_name_problem(name)
+    if problem is not None:
+        raise LanguageNameError(f"{where}: {problem}.")
+    return name  # type: ignore[return-value]
 
 
 def language_of_path(path: str) -> str | None:

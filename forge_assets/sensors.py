@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from dagster import AssetSelection, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from forge_assets.config import ConfigError, ForgeConfig, load_config
+from forge_assets.languages import LanguageNameError
 from forge_assets.mining.snapshot import OpenedRepo, RepoError, Snapshot, opened_repos_of, snapshot_of, snapshot_repos
-from forge_assets.partitions import language_partitions
+from forge_assets.partitions import add_languages_request, language_partitions
 
 LANGUAGE_ASSETS = AssetSelection.assets("repo_snapshot", "session_logs", "dataset", "adapter", "eval_scores", "gguf", "deployment")
 
@@ -105,6 +106,10 @@ def git_push_sensor(context: SensorEvaluationContext):
     changed = changed_languages(previous.fingerprints, current)
     known = set(context.instance.get_dynamic_partitions(language_partitions.name))
     new = sorted(set(current) - known)
+    try:
+        add_request = [add_languages_request(new)] if new else []
+    except LanguageNameError as exc:  # forge.yaml is checked when read; this is the gate for any other source
+        return SkipReason(str(exc))
     for lang in changed:
         cursor.requests[lang] = cursor.requests.get(lang, 0) + 1
     if not changed and not new:
@@ -113,6 +118,6 @@ def git_push_sensor(context: SensorEvaluationContext):
         return SkipReason("No language's files changed since the last poll.")
     return SensorResult(
         run_requests=[RunRequest(partition_key=lang, run_key=f"{lang}:{current[lang]}:{cursor.requests[lang]}") for lang in changed],
-        dynamic_partitions_requests=[language_partitions.build_add_request(new)] if new else [],
+        dynamic_partitions_requests=add_request,
         cursor=cursor.dump(),
     )
