@@ -7,6 +7,7 @@ from dagster import AssetExecutionContext, Failure, asset
 from forge_assets.assets.common import materialized, md_table
 from forge_assets.mining.snapshot import snapshot_of
 from forge_assets.partitions import language_partitions
+from forge_assets.private import redact_text
 from forge_assets.resources import ForgeResource
 
 
@@ -19,7 +20,7 @@ def repo_snapshot(context: AssetExecutionContext, forge: ForgeResource):
     snap = snapshot_of(cfg)
     for state in snap.repos:
         for warning in state.warnings:
-            context.log.warning(warning)
+            context.log.warning(redact_text(warning))  # snapshot's warnings name URLs redacted already; a second guard
     files = snap.files.get(language, [])
     commits = {r.name: r.commit for r in snap.repos}
     with store.write("repo_snapshot", language, {"commits": commits}, promote=False) as out:

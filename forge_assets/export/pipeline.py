@@ -33,6 +33,7 @@ from typing import Callable
 
 from forge_assets.export.gguf_export import ExportError, gguf_summary, quantize, smoke_generate
 from forge_assets.export.hf_to_gguf import convert_hf_to_gguf
+from forge_assets.private import private_umask
 
 KEEP = ("tokenizer_config.json", "tokenizer.json", "chat_template.jinja", "config.json")  # what serving needs besides the GGUF
 LORA_FILE = "adapter-F16.gguf"
@@ -55,6 +56,7 @@ def base_gguf(base: Path, folder: Path, qtype: str, work: Path, phase: Callable[
     target = folder / f"base-{qtype}.gguf"
     if target.is_file():
         return target
+    private_umask()  # the folder, the lock, the GGUF and what llama.cpp writes: the owner's alone
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -116,6 +118,7 @@ def export_gguf(base: Path, adapter: Path, out: Path, work: Path, qtype: str, na
     from forge_assets.export.lora_gguf import convert_lora_to_gguf, unmerged_support
     from forge_assets.training.adapter import adapter_backend
 
+    private_umask()  # every file below, and every llama.cpp process started for them, writes 0600
     no_lora = unmerged_support(adapter)  # None: the adapter has a llama.cpp LoRA GGUF
     why_merged = None
     if not merge:
