@@ -74,6 +74,8 @@ def humaneval_gate(scores: dict, gates) -> Verdict:
     name = EVAL_GATES[2]
     limit = float(_g(gates, "max_humaneval_regression_points"))
     if "adapter_humaneval_pass_at_1" not in scores or "base_humaneval_pass_at_1" not in scores:
+        if scores.get("humaneval_skipped"):
+            return Verdict(name, True, f"{scores['humaneval_skipped']} Not judged.", {}, skipped=True)
         return Verdict(name, True, "HumanEval was not run (eval.humaneval.problems is 0): not judged.", {})
     base, adapter = 100 * float(scores["base_humaneval_pass_at_1"]), 100 * float(scores["adapter_humaneval_pass_at_1"])
     drop = round(base - adapter, 2)

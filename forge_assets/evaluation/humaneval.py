@@ -72,9 +72,10 @@ def build_program(problem: dict, completion: str) -> str:
 
 
 def score(completions: dict[str, str], problems: list[dict], *, timeout_s: float = 10.0, workers: int = 2,
-          cpu_s: int = 10, memory_mb: int = 1024, progress=None) -> dict:
+          cpu_s: int = 10, memory_mb: int = 1024, progress=None, isolation: str = "boundary") -> dict:
     """Run every problem's completion against its tests in the sandbox; pass@1 with one sample per problem.
-    `progress`, if given, gets (programs run, programs) as each one finishes.
+    `progress`, if given, gets (programs run, programs) as each one finishes. `isolation` is passed to
+    sandbox.run_program: "boundary" (the OS boundary, else SandboxUnavailable) or "boundary-or-hook" (the user's opt-in).
 
     A problem with no completion counts as failed ("missing"). Returns
     ``{"pass_at_1", "passed", "total", "results": {task_id: status}}`` where status is one of
@@ -86,7 +87,7 @@ def score(completions: dict[str, str], problems: list[dict], *, timeout_s: float
         if completion is None:
             return task_id, "missing"
         result = run_program(build_program(problem, completion), timeout_s=timeout_s, cpu_s=cpu_s,
-                             memory_mb=memory_mb)
+                             memory_mb=memory_mb, isolation=isolation)
         return task_id, result.status
 
     finished: dict[str, str] = {}

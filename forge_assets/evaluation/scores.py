@@ -200,7 +200,8 @@ def _score_side(model, tokenizer, side: str, plan: dict, ev: dict, seq_len: int,
         completions = {p["task_id"]: humaneval.truncate_completion(b) for p, b in zip(problems, bodies)}
         started = time.monotonic()
         result = humaneval.score(completions, problems, timeout_s=he["timeout_s"], cpu_s=he["cpu_s"], memory_mb=he["memory_mb"],
-                                 workers=he["workers"], progress=Progress(log, f"{side} HumanEval sandbox", "programs"))
+                                 workers=he["workers"], progress=Progress(log, f"{side} HumanEval sandbox", "programs"),
+                                 isolation="boundary-or-hook" if he["allow_hook_only"] else "boundary")
         timings["humaneval_sandbox"] = time.monotonic() - started
         out[f"{side}_humaneval_pass_at_1"] = round(result["pass_at_1"], 4)
         out[f"{side}_humaneval_passed"] = result["passed"]
@@ -253,6 +254,10 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
         "humaneval": humaneval.select_problems(n_he, seed) if n_he else [],
     }
     isolation = available_isolation() if plan["humaneval"] else {}
+    humaneval_skipped = None
+    if isolation and isolation["boundary"] is None and not ev["humaneval"]["allow_hook_only"]:
+        humaneval_skipped = f"HumanEval skipped: {isolation['boundary_problem']}"
+        plan["humaneval"] = []
     scores: dict = {
         "split": split, "test_samples": len(records), "language": language,
         **{f"test_samples_{k}": len(v) for k, v in sorted(by_kind.items())},
@@ -263,14 +268,22 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
         "codebleu_supported": codebleu_eval.supported(language),
         "humaneval_problems": len(plan["humaneval"]),
     }
-    if isolation:
+    if humaneval_skipped:
+        scores["humaneval_skipped"] = humaneval_skipped
+    elif isolation:
         scores["sandbox_network_isolation"] = isolation.get("network_isolation")
+        scores["sandbox"] = isolation["boundary"] or "hook-only (eval.humaneval.allow_hook_only)"
     scores["seconds_plan"] = round(time.monotonic() - started, 2)  # reading the split, choosing what is scored
     log(f"eval ({split} split, {len(records)} samples): perplexity on {sum(len(v) for v in plan['perplexity'].values())} samples, "
         f"{len(plan['fim'])} FIM cases, {sum(len(v) for v in plan['codebleu'].values())} CodeBLEU prompts, "
         f"{len(plan['humaneval'])} HumanEval problems; base model, then adapter")
     if not fim.has_fim:
         log(f"WARNING: FIM evaluation skipped: {fim.skip_reason}.")
+    if humaneval_skipped:
+        log(f"WARNING: {humaneval_skipped}")
+    elif plan["humaneval"] and isolation["boundary"] is None:
+        log("WARNING: HumanEval runs model-written code behind Python's audit hook alone (eval.humaneval.allow_hook_only: "
+            f"true), with no OS boundary: {isolation['boundary_problem']}")
     tmp = None
     per_case: dict[str, list[tuple[float, float]]] = {}
     try:

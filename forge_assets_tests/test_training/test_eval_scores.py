@@ -133,3 +133,27 @@ def test_codebleu_scores_through_the_codebleu_package_with_forges_grammars():
     assert score(["fn f() -> i32 { 1 }"], ["fn f() -> i32 { 2 }"], "rust")["codebleu"] > 0
     assert score(["x"], ["y"], "shell") is None and score([], [], "python") is None  # codebleu has no shell
     assert extract_code("Here it is:\n```python\ndef f():\n    pass\n```\nDone.") == "def f():\n    pass"
+
+
+def test_without_an_os_sandbox_humaneval_is_skipped_with_the_reason_unless_the_user_opts_in(
+        tiny_model: Path, kinds_dataset: Path, tmp_path: Path, monkeypatch):
+    from forge_assets.evaluation import sandbox
+
+    monkeypatch.setattr(sandbox, "_boundary", lambda: (None, "util-linux's `unshare` is not installed. Fix: install util-linux"))
+    cfg = TrainingConfig(backend="peft", rank=4, alpha=8, learning_rate=0.01, max_steps=2, batch_size=2, seq_len=64)
+    train_adapter(tiny_model, kinds_dataset, tmp_path / "adapter", cfg, log=lambda *_: None)
+    ev = {"fim_cases": 0, "codebleu_samples": 0, "perplexity_samples": 2, "humaneval": {"problems": 2, "max_new_tokens": 8}}
+    lines: list[str] = []
+    scores = evaluate(tiny_model, tmp_path / "adapter", kinds_dataset, seq_len=64, ev=ev, language="python", log=lines.append)
+    assert scores["humaneval_skipped"].startswith("HumanEval skipped: util-linux") and "Fix: install util-linux" in scores["humaneval_skipped"]
+    assert "base_humaneval_pass_at_1" not in scores and "adapter_humaneval_pass_at_1" not in scores
+    assert any(line.startswith("WARNING: HumanEval skipped") for line in lines)
+    verdict = humaneval_gate(scores, GatesConfig())
+    assert verdict.passed and verdict.skipped and "Fix: install util-linux" in verdict.message
+
+    ev["humaneval"]["allow_hook_only"] = True  # the explicit opt-in: the audit hook alone
+    lines.clear()
+    scores = evaluate(tiny_model, tmp_path / "adapter", kinds_dataset, seq_len=64, ev=ev, language="python", log=lines.append)
+    assert "humaneval_skipped" not in scores and scores["sandbox"].startswith("hook-only")
+    assert scores["base_humaneval_pass_at_1"] in (0.0, 0.5, 1.0)
+    assert any("audit hook alone" in line for line in lines)
