@@ -112,10 +112,11 @@ MERGE_FIX = ("or merge it into the base (`forge_assets.training.adapter.merge_ad
 
 
 def _safetensors_header(path: Path) -> dict:
-    """The tensor table of a safetensors file ({name: {"dtype", "shape", …}}), read without loading tensors."""
-    with open(path, "rb") as fh:
-        (size,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(size))
+    """The tensor table of a safetensors file ({name: {"dtype", "shape", …}}), read without loading tensors
+    (the header's length is bounded first: SafetensorsHeaderError, a ValueError, for a damaged file)."""
+    from forge_assets.export.safetensors_header import read_safetensors_header
+
+    header = read_safetensors_header(path)
     header.pop("__metadata__", None)
     return header
 

@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from forge_assets.export.gguf_export import ExportError
+from forge_assets.export.safetensors_header import SafetensorsHeaderError, read_safetensors_header_at
 
 CHUNK_BYTES = 64 << 20  # fp32 working size of one chunk of rows
 OUTTYPES = ("auto", "F16", "BF16", "F32")
@@ -148,16 +149,10 @@ def read_index(model_dir: Path) -> dict[str, _Source]:
     """Every tensor of a (sharded) safetensors checkpoint, from the files' headers only (no tensor data read)."""
     tensors: dict[str, _Source] = {}
     for f in _shard_files(model_dir):
-        with open(f, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise ExportError(f"{f}: truncated safetensors file ({f.stat().st_size} bytes). Fix: copy the shard again.")
-            (size,) = np.frombuffer(head, dtype="<u8")
-            try:
-                header = json.loads(fh.read(int(size)))
-            except ValueError as exc:
-                raise ExportError(f"{f}: unreadable safetensors header ({exc}). Fix: copy the shard again.") from None
-        base = 8 + int(size)
+        try:
+            header, base = read_safetensors_header_at(f)  # the length is bounded before anything is read
+        except SafetensorsHeaderError as exc:
+            raise ExportError(str(exc)) from None
         for name, info in header.items():
             if name == "__metadata__":
                 continue

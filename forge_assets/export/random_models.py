@@ -20,12 +20,12 @@ import functools
 import inspect
 import json
 import shutil
-import struct
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from forge_assets.architectures import FAMILIES
+from forge_assets.export.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 KINDS = tuple(FAMILIES)  # every family of the architecture registry (forge_assets/architectures)
 TOKENIZERS = ("forge-tiny", "llama3", "spm")
@@ -343,9 +343,10 @@ def parameter_count(model_dir: Path) -> int:
         raise RandomModelError(f"{model_dir}: no *.safetensors files.")
     total = 0
     for f in files:
-        with f.open("rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
+        try:
+            header = read_safetensors_header(f)  # the length is bounded before anything is read
+        except SafetensorsHeaderError as exc:
+            raise RandomModelError(str(exc)) from None
         for name, info in header.items():
             if name != _SAFETENSORS_METADATA_KEY:
                 count = 1
