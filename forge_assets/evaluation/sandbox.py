@@ -1,53 +1,48 @@
 """Run untrusted, model-generated Python programs in a throw-away sandbox. Imports no Dagster and no torch.
 
-``run_program(source)`` writes the program into a fresh temporary directory and starts
-``[unshare --net --] <python> -I -c BOOTSTRAP <config>`` with ``subprocess.Popen`` (no ``preexec_fn``,
-so it is safe to call from a threaded orchestrator; ``start_new_session=True`` puts the child in its own
-session and process group).  The bootstrap runs *inside* the child, before the untrusted code, and:
+Two layers, each tested on its own against the same hostile programs (forge_assets_tests/test_evaluation/test_sandbox_escapes.py,
+run as uid 65534):
 
-1. sets its own rlimits: RLIMIT_CPU (SIGXCPU, then SIGKILL one second later), RLIMIT_AS (so a huge
-   allocation raises MemoryError), RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_CORE=0, RLIMIT_NOFILE;
-2. when the caller is root, drops to a fresh unprivileged uid/gid (a random uid in
-   ``[1_700_000_000, 1_701_000_000)`` that no process is using, supplementary groups cleared).
-   As root RLIMIT_NPROC is not enforced by the kernel; as that uid it is, and because the uid is unique
-   to this run the count covers exactly the sandbox's own processes.  The uid is also what really keeps
-   the program from writing or deleting anything outside its directory (the directory is chowned to it;
-   everything else it sees is owned by root or by other users and is not writable by "others").
-   After the run every process of that uid is killed (``kill(-1)`` from a helper running as the uid, then
-   a /proc sweep with pidfds), so a child that escaped the process group with ``setsid`` does not survive.
-   Side effect: a root-only interpreter (pyenv under /root, mode 0700) cannot import its stdlib as that
-   uid, so ``available_isolation()`` probes the candidates (sys.executable, /usr/bin/python3, ...) and
-   uses the first that works as the sandbox uid: on a root container whose Python lives in /root, the
-   sandbox runs the system ``/usr/bin/python3``;
-3. installs a ``sys.addaudithook`` policy (cannot be removed once installed; its state lives only in
-   default arguments of functions whose code the hook refuses to let anyone replace): it refuses
-   opening for writing, creating, removing, renaming, chmod/chown/utime/truncate of paths outside the
-   sandbox directory (symlinks resolved), spawning (os.fork/forkpty/exec*/posix_spawn/spawn*/system,
-   subprocess.Popen and importing _posixsubprocess) unless ``allow_spawn``, ctypes (import and events),
-   gc.get_objects/get_referrers/get_referents, resource.setrlimit/prlimit, signalling other processes
-   when no separate uid is in use, and, when there is no network namespace, every ``socket.*`` event
-   (creation, connect, bind, DNS lookups: this covers ``socket.socket``, ``create_connection`` and
-   ``_socket`` alike, which replacing module attributes would not);
-4. closes a private status pipe (so the parent can tell setup failures from program failures) and runs
-   the program as ``__main__``.
+1. **An OS boundary** (``available_isolation()["boundary"]``), which needs no root:
+   - Linux, "namespaces": ``unshare`` (util-linux) puts the program in new mount, pid and network namespaces (plus
+     a user namespace when not root, mapping the caller to root there). A setup step (``_NS_SETUP``) builds its
+     filesystem on a tmpfs: /usr, /bin, /lib* and the interpreter's own install read-only, /etc/ld.so.cache and
+     /etc/localtime read-only, five device nodes, a fresh /proc of the new pid namespace, and the program's folder,
+     writable but nosuid/nodev/noexec; then the tmpfs goes read-only and the step chroots into it. The home folder,
+     the artifact store, other users' files, the host's /tmp and /proc and every socket path are simply absent; the
+     network namespace has only a downed loopback (127.0.0.1 is unreachable); the setup step stays as the pid
+     namespace's init and reports the program's wait status, and when it dies the kernel kills every process left
+     in the namespace. As root the program also runs as a fresh unprivileged uid (the kill sweep then covers
+     processes that left the group). ``bubblewrap`` would do the same; it is not installed on the machines Forge is
+     tested on, while util-linux is on every distribution, so Forge does these steps itself.
+   - macOS, "sandbox-exec": a deny-by-default Seatbelt profile (``seatbelt_profile``): no network, file writes only
+     in the program's folder, file reads only of the system's libraries, the interpreter's install and that
+     folder (metadata stays readable for path lookups), exec of the interpreter only. Written against Apple's
+     SBPL; not run by CI, which has no Mac.
+   - Neither available: ``run_program`` raises ``SandboxUnavailable`` with the reason and the fix, and HumanEval is
+     reported as skipped, unless the user opts in (``eval.humaneval.allow_hook_only: true``, isolation
+     "boundary-or-hook"), which runs with the second layer alone (plus a separate uid and a network namespace where
+     those work without the rest).
+2. **A ``sys.addaudithook`` policy** installed by the bootstrap inside the child before the untrusted code (it cannot
+   be removed; its state lives only in default arguments of functions whose code it refuses to let anyone replace).
+   It refuses: writes, creation, removal, renames, chmod/chown/utime/truncate outside the folder (symlinks resolved;
+   a relative path is judged from the cwd and from the folder's root, since the ``open`` event carries no dir_fd);
+   opening a folder outside (so no dir_fd can point outside); ``os.link``, ``os.symlink`` (and ``os.mkfifo`` /
+   ``os.mknod`` are deleted: no audit event covers them); importing sqlite3 (ATTACH and VACUUM INTO open files
+   inside SQLite, with no audit event) and its extension loading; loading native code from anywhere but the
+   interpreter's own folders; ctypes; spawning unless ``allow_spawn``; reading the caller's home folder and /root
+   (unless it holds the interpreter) and another process's /proc entry; gc introspection; setrlimit; signalling
+   other processes without a separate uid; and, without a network namespace, every ``socket.*`` event. The hook
+   is defense in depth: native code the interpreter already has can get round it (a fresh ``posix`` module from
+   ``_imp.create_builtin`` has mkfifo again), which is why it never runs alone unless asked.
 
-Network isolation, in order of preference: a new, empty network namespace (``unshare --net``, or
-``unshare --user --map-root-user --net`` when not root; it has only a downed loopback, so even
-127.0.0.1 is unreachable) -> ``network_isolation="netns"``; otherwise the audit-hook socket block ->
-``"socket-blocked"``.
+The bootstrap also sets rlimits (CPU: SIGXCPU then SIGKILL a second later; address space; processes; file size;
+no core; 256 fds), a 077 umask, and an environment of HOME/TMPDIR/TMP/TEMP (inside the folder) and LANG/LC_ALL
+only; it closes a private status pipe (so the parent can tell setup failures from program failures) and runs the
+program as ``__main__``. ``subprocess.Popen`` starts it without ``preexec_fn`` (safe from a threaded orchestrator),
+in its own session and process group, which is SIGKILLed when the program ends or times out.
 
-What works on the machine this was written on (root in a Firecracker container, kernel 6.18, cgroup v1):
-``unshare --net`` works (netns); switching to an unused uid works (separate uid), but the pyenv Python under
-/root cannot run as that uid, so the sandbox uses /usr/bin/python3 (3.11.2); a pids cgroup
-(/sys/fs/cgroup/pids) is writable too and is reported by ``available_isolation()``, but is not used:
-the unique uid + RLIMIT_NPROC already bounds and lets us reap every process of a run, without
-touching cgroups that other tenants of the machine may manage.
-
-The audit hook is defense in depth, not a security boundary on its own (CPython audit hooks can be
-evaded by native code); the kernel-enforced parts are the uid, the netns and the rlimits.  Without root
-(no separate uid) the write/spawn protection rests on the audit hook alone.
-With ``allow_spawn`` (only offered with netns + separate uid) child processes run without the hook, so only
-the uid protects the filesystem: they can still create files in world-writable places such as /tmp.
+Cost: 0.14 s per HumanEval program here (0.09 s before the namespaces), measured on 20 canonical solutions.
 """
 
 from __future__ import annotations
