@@ -55,6 +55,7 @@ from forge_assets.chat import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 from forge_assets.deploy.targets import TARGET_NAMES, DeployTarget
 from forge_assets.deploy.targets import TARGETS as _TARGET_OBJECTS
 from forge_assets.fim_tokens import SCHEMES, scheme_named
+from forge_assets.private import private_umask
 
 Target = Literal[TARGET_NAMES]  # the names targets.TARGETS holds
 Kind = Literal["opencode", "continue", "tabby"]
@@ -324,7 +325,7 @@ def render(kind: Kind, served: Served, language: str | None = None) -> tuple[str
     raise ValueError(f"unknown client kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
-def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+def _atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -346,9 +347,10 @@ def write_all(served: Served, folder: Path, language: str | None = None) -> dict
     """
     rendered = {kind: render(kind, served, language) for kind in KINDS}
     folder = Path(folder)
+    private_umask()
     folder.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for kind, (name, text) in rendered.items():
         paths[kind] = folder / name
-        _atomic_write(paths[kind], text, 0o600 if served.api_key else 0o644)  # a config with a key is the owner's alone
+        _atomic_write(paths[kind], text)  # 0600: an endpoint's address and key are the owner's alone
     return paths

@@ -38,6 +38,7 @@ from pathlib import Path
 import psutil
 
 from forge_assets.deploy import procs
+from forge_assets.private import private_umask
 
 STATE = "server.json"
 ROUTE = "route.json"
@@ -101,6 +102,7 @@ def read_state(state_dir: Path) -> dict | None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    private_umask()  # state, route and server config files 0600 in 0700 folders
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -265,6 +267,7 @@ def start_router(host: str, port: int, route: Path, log_path: Path, timeout: flo
         raise DeployError(f"{_busy(host, port)}. Fix: stop that program, or set deploy.port in forge.yaml to a free port "
                           "(Forge then re-assigns every language's port from it; see deployment/ports.json).")
     cmd = [sys.executable, str(ROUTER_SCRIPT), "--host", host, "--port", str(port), "--route", str(route)]
+    private_umask()  # the router's log; the router (a script, not importing forge_assets) inherits the umask
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -308,6 +311,7 @@ def _through(endpoint: str, tag: str, timeout: float = 15.0, key: str | None = N
 
 @contextlib.contextmanager
 def _deploy_lock(state_dir: Path):
+    private_umask()
     state_dir.mkdir(parents=True, exist_ok=True)
     with open(state_dir / ".deploy.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

@@ -68,6 +68,7 @@ import psutil
 
 from forge_assets.deploy import llama_server, procs
 from forge_assets.deploy.llama_server import DeployError, port_free
+from forge_assets.private import private_umask
 
 DEFAULT_MODEL = "default_model"  # mlx_lm.server's name for --model with --adapter-path
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapters.safetensors"
@@ -447,6 +448,7 @@ def start(base_dir: Path, adapters: dict[str, Path] | Path, host: str, port: int
     """
     base_dir, log_path = Path(base_dir), Path(log_path)
     work = log_path.parent
+    private_umask()  # the converted adapters, the base view, the cache and the server's own files
     work.mkdir(parents=True, exist_ok=True)
     if not port_free(host, port):
         raise DeployError(f"mlx-lm server: {_busy(host, port)}. Fix: stop that program, or choose a free port.")

@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from forge_assets.private import private_umask
+
 SPAN = 1000  # a language's port is within [base, base + SPAN)
 
 
@@ -32,6 +34,7 @@ def read_ports(root: Path) -> tuple[int | None, dict[str, int]]:
 
 def _write(root: Path, base: int, ports: dict[str, int]) -> None:
     path = ports_file(root)
+    private_umask()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".ports.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"base": base, "ports": dict(sorted(ports.items()))}, indent=2))
@@ -53,6 +56,7 @@ def port_for(root: Path, language: str, first: int) -> int:
 @contextlib.contextmanager
 def _locked(root: Path):
     path = ports_file(root).with_name(".ports.lock")
+    private_umask()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

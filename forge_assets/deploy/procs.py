@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 
+from forge_assets.private import private_umask
+
 CREATE_TIME_TOLERANCE = 0.05  # seconds; psutil derives it from boot time + clock ticks, stable for one process
 
 
@@ -28,6 +30,7 @@ def spawn(cmd: list[str], log_path: Path, banner: str, env: dict | None = None) 
     """Start cmd detached (its own session, cwd /, no stdin), its output appended to log_path after a dated
     `=== forge: <banner>` line; returns the process and the log offset where its output starts."""
     log_path = Path(log_path)
+    private_umask()  # the log, and everything the child writes (it inherits the umask): the owner's alone
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(f"\n=== forge: {time.strftime('%Y-%m-%dT%H:%M:%S')} {banner}\n".encode())

@@ -23,6 +23,7 @@ from typing import Callable
 from forge_assets.artifacts import Artifact, ArtifactError, ArtifactStore, input_key
 from forge_assets.deploy import clients, targets
 from forge_assets.deploy.targets import MLX_STATE  # noqa: F401  (deployment/<language>/mlx.json; importers read it here)
+from forge_assets.private import ensure_private_dir
 
 CODE_VERSION = "2"  # 2: every language on one endpoint, base + LoRA  # the deployment asset's code version: part of the deployment artifact's input key
 DEPLOY, ROLLBACK = "deploy", "rollback"
@@ -64,6 +65,7 @@ def api_key_file(store: ArtifactStore, d) -> Path | None:
     """The endpoint's API key file: deploy.api_key written there (`$NAME`: from the environment), else the key kept
     there from before, else a new random key when deploy.host is not loopback; None for a loopback bind without one."""
     path = endpoint_dir(store) / API_KEY
+    ensure_private_dir(store.root)
     key = d.api_key
     if key and key.startswith("$"):
         key = os.environ.get(key[1:])
@@ -246,6 +248,7 @@ def deploy_gguf(store: ArtifactStore, cfg, language: str, gguf: Artifact, *, act
     """
     if action not in (DEPLOY, ROLLBACK):
         raise ValueError(f"action must be {DEPLOY!r} or {ROLLBACK!r}, not {action!r}")
+    ensure_private_dir(store.root)  # the deployment state, logs and configs below it: the owner's alone
     d = cfg.deploy
     tag = f"{d.tag_prefix}-{language}:{gguf.version[:12]}"
     key = input_key(gguf=gguf.version, deploy=d.model_dump(exclude={"max_perplexity_ratio"}), code=CODE_VERSION)

@@ -39,6 +39,7 @@ from pathlib import Path
 import psutil
 
 from forge_assets.deploy import llama_server, procs
+from forge_assets.private import ensure_private_dir, private_umask
 
 MODULE = "forge_assets.deploy.supervisor"
 RECORD = "supervisor.json"  # the running supervisor's identity record
@@ -65,6 +66,7 @@ def _log(msg: str) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    private_umask()  # requests, results and the supervisor's record: 0600 in 0700 folders
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a leading dot: never taken for a request
     tmp.write_text(text)
@@ -261,7 +263,9 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # a service manager may start it with umask 022 (a unit written by an earlier Forge): everything it writes, and
+        # the router and model servers it starts, are the owner's alone; the endpoint's folder is locked
+        ensure_private_dir(self.state_dir)
         lock = open(self.state_dir / LOCK, "a")  # noqa: SIM115 - held for the process's lifetime, closed in finally
         try:
             if not self._lock(lock):

