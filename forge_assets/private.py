@@ -116,8 +116,10 @@ _TOKEN_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat
                    "glcbt-", "glft-", "glimt-", "hf_", "ATBB", "ATCTT", "xoxb-", "xoxp-", "sk-", "npm_", "pypi-")
 _SCHEME = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<authority>[^/?#]*)(?P<rest>.*)", re.S)
 _SCP = re.compile(r"(?P<userinfo>[^@/:\s]+(?::[^@/\s]*)?)@(?P<rest>[^:/\s]+:.*)", re.S)
-# in free text: scheme://userinfo@ (userinfo without white space, quotes or a slash)
-_TEXT_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/?#@'\"<>`]+)@")
+# in free text: scheme://userinfo@ (up to the authority's last @: a password may hold an unencoded one), and scp-like
+# user:password@host: (ssh)
+_TEXT_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/?#'\"<>`]+)@")
+_TEXT_SCP = re.compile(r"(?<![\w/.:@-])(?P<user>[A-Za-z0-9._-]+):(?P<password>[^\s@/'\"<>`]+)@(?P<host>[A-Za-z0-9.-]+:)")
 _SECRET_PARAMS = r"(?:access_token|private_token|token|api_key|apikey|key|secret|password|passwd|pwd|auth|sig|signature|credential|X-Amz-Signature|X-Amz-Credential)"
 _QUERY_SECRET = re.compile(r"(?P<name>[?&;]" + _SECRET_PARAMS + r"=)(?P<value>[^&;#\s'\"<>`]+)", re.I)
 
@@ -173,6 +175,7 @@ def redact_text(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
     if not isinstance(text, str) or not text:
         return text
     out = _TEXT_USERINFO.sub(lambda m: m.group("scheme") + _redact_userinfo(m.group("userinfo")) + "@", text)
+    out = _TEXT_SCP.sub(lambda m: f"{m.group('user')}:{MASK}@{m.group('host')}", out)
     out = _redact_query(out)
     for s in sorted({x for s in secrets if s for x in (s, unquote(s))}, key=len, reverse=True):
         if len(s) >= 4:  # a 1-3 character "secret" would mangle ordinary words; such a secret protects nothing anyway
