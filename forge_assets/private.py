@@ -120,7 +120,8 @@ _SCP = re.compile(r"(?P<userinfo>[^@/:\s]+(?::[^@/\s]*)?)@(?P<rest>[^:/\s]+:.*)"
 # user:password@host: (ssh)
 _TEXT_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/?#'\"<>`]+)@")
 _TEXT_SCP = re.compile(r"(?<![\w/.:@-])(?P<user>[A-Za-z0-9._-]+):(?P<password>[^\s@/'\"<>`]+)@(?P<host>[A-Za-z0-9.-]+:)")
-_SECRET_PARAMS = r"(?:access_token|private_token|token|api_key|apikey|key|secret|password|passwd|pwd|auth|sig|signature|credential|X-Amz-Signature|X-Amz-Credential)"
+_SECRET_PARAMS = (r"(?:access_token|private_token|token|api_key|apikey|key|secret|password|passwd|pwd|auth|sig|signature|credential"
+                  r"|X-Amz-Signature|X-Amz-Credential)")
 _QUERY_SECRET = re.compile(r"(?P<name>[?&;]" + _SECRET_PARAMS + r"=)(?P<value>[^&;#\s'\"<>`]+)", re.I)
 
 
