@@ -98,7 +98,11 @@ class ArtifactStore:
         self.mirror = mirror  # an object with upload_folder(local: Path, key_prefix: str) and put_text(rel, text)
 
     def folder(self, asset: str, language: str) -> Path:
-        return self.root / asset / language
+        """<root>/<asset>/<language>: the partition key is checked here, where it becomes a path, whoever added it
+        (forge.yaml, the CLI, the sensor, or a key added by hand in the Dagster UI)."""
+        from forge_assets.languages import check_language_name
+
+        return self.root / asset / check_language_name(language, f"the `{asset}` partition key")
 
     def private_root(self) -> Path:
         """The root, created or locked 0700, with the process umask 077: called before anything is written."""

@@ -110,3 +110,19 @@ def test_the_sensor_skips_with_the_reason_on_a_bad_configured_language(tmp_path:
         result = git_push_sensor(build_sensor_context(instance=instance, cursor=None, definitions=defs))
         assert instance.get_dynamic_partitions(language_partitions.name) == []
     assert isinstance(result, SkipReason) and "the language name `../x` is a path" in result.skip_message
+
+
+def test_the_artifact_store_refuses_a_partition_key_that_is_a_path(tmp_path):
+    """A key added outside Forge's gates (the Dagster UI accepts `../x`) is refused where it would become a path."""
+    from forge_assets.artifacts import ArtifactStore
+    from forge_assets.languages import LanguageNameError
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    for bad in ("../../x", "a/b", "..", "Python"):
+        with pytest.raises(LanguageNameError, match="partition key"):
+            store.folder("dataset", bad)
+        with pytest.raises(LanguageNameError):
+            with store.write("dataset", bad, {}) as out:
+                (out.path / "x").write_text("x")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "artifacts" / "x").exists()
+    assert store.folder("dataset", "python") == tmp_path / "artifacts" / "dataset" / "python"
