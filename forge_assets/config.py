@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from forge_assets.deploy.targets import DEFAULT_TARGET, TARGET_NAMES  # standard library only: no serving code is imported
 from forge_assets.languages import language_name_problem
+from forge_assets.private import redact_text
 
 DEFAULT_CONFIG = "forge.yaml"
 
@@ -338,12 +339,12 @@ def _describe(err: ValidationError, source: str) -> str:
             if near:
                 hint = f"did you mean `{near[0]}`?"
         got = e.get("input")
-        shown = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        shown = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {redact_text(repr(got))})"
         if "Fix:" in msg:  # a cross-key check that names its own fix
             key, msg = msg.split(" ", 1)[0] if msg.split(" ", 1)[0].count(".") == 1 else key, msg
-            lines.append(f"  - key `{key}`: {msg}.")
+            lines.append(f"  - key `{key}`: {redact_text(msg)}.")
             continue
-        lines.append(f"  - key `{key}`: {msg}{shown}. Fix: {hint}.")
+        lines.append(f"  - key `{key}`: {redact_text(msg)}{shown}. Fix: {hint}.")  # no URL's credentials in an error
     return "\n".join(lines)
 
 

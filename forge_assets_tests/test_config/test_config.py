@@ -94,3 +94,11 @@ def test_gates_and_eval_blocks_and_the_old_perplexity_key():
     with pytest.raises(ConfigError, match="gates.max_quantizaton_loss_pct.*did you mean `max_quantization_loss_pct`"):
         parse_config({"gates": {"max_quantizaton_loss_pct": 1}})
     assert parse_config({"eval": {"extra_quantizations": ["Q4_K_M"]}}).eval.extra_quantizations == ["Q4_K_M"]
+
+
+def test_a_config_error_never_quotes_a_urls_credentials(tmp_path: Path):
+    (tmp_path / "forge.yaml").write_text('repos:\n  - url: ["https://forge:s3cr3tT0ken@example.com/x.git"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "forge.yaml")
+    assert "repos.0.url" in str(err.value) and "https://forge:***@example.com/x.git" in str(err.value)
+    assert "s3cr3tT0ken" not in str(err.value)
