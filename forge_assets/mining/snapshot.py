@@ -114,7 +114,9 @@ def open_repo(source: RepoSource, base_dir: Path, clone_root: Path, index: int =
                             pass  # the remote has no HEAD (empty, or a bare repository without one): _head_commit says so
             else:
                 kwargs = {"branch": source.branch} if source.branch else {}
-                repo = git.Repo.clone_from(remote, target, env=env or None, **kwargs)
+                # --no-checkout: mining reads the object database only, and a checkout would run the smudge and
+                # process filters (git-lfs, ...) of the user's git config on the repository's say-so
+                repo = git.Repo.clone_from(remote, target, env=env or None, no_checkout=True, **kwargs)
         except git.GitCommandError as exc:
             # GitPython's message quotes the command line; git's stderr may quote the URL: both redacted
             error = f"{where}.url: cannot clone or fetch {shown}: {(exc.stderr or '').strip() or exc}. Fix: check the URL and your access to it."

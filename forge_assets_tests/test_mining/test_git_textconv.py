@@ -100,3 +100,26 @@ def test_mining_a_repository_with_a_textconv_driver_learns_the_real_content(tmp_
     assert len(commits) >= 2 and "FAKE" not in texts
     assert any('"hello, " + name.strip()' in s.text for s in commits)
     assert any("real_change_marker" in s.text for s in commits)
+
+
+def test_cloning_a_url_runs_no_checkout_filter(tmp_path: Path, monkeypatch):
+    """A URL is cloned without a checkout: the user's global smudge filter (git-lfs and the like), which a repository
+    selects with `.gitattributes`, never runs, and the snapshot still holds the real files."""
+    marker = tmp_path / "smudge-ran"
+    script = tmp_path / "smudge.sh"
+    script.write_text(f"#!/bin/sh\necho ran >> '{marker}'\ncat\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    global_config = tmp_path / "gitconfig"
+    global_config.write_text(f"[filter \"evil\"]\n\tsmudge = {script}\n\tclean = cat\n")
+    repo = tmp_path / "origin"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    _commit(repo, {".gitattributes": "*.py filter=evil\n", "app.py": APP_V1}, "app")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(global_config))
+    subprocess.run(["git", "clone", "-q", f"file://{repo}", str(tmp_path / "control")], check=True, capture_output=True)
+    assert marker.exists()  # control: a plain clone runs the filter
+    marker.unlink()
+    snap = take_snapshot([RepoSource(url=f"file://{repo}")], tmp_path, tmp_path / "clones", 1_000_000)
+    assert not marker.exists()
+    entry, = [f for f in snap.files["python"] if f.path == "app.py"]
+    assert git.Repo(entry.repo_dir).odb.stream(bytes.fromhex(entry.blob)).read().decode() == APP_V1
