@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Iterator
 import git
 
 from forge_assets.languages import EXTENSIONS, FILENAMES
+from forge_assets.scrub import scrub_path
 
 if TYPE_CHECKING:
     from forge_assets.mining.units import ParsedFile, Unit
@@ -305,7 +306,7 @@ def change_sample(commit: Commit, change: FileChange, before: str, after: str, l
     from forge_assets.mining.units import parse_file
 
     message = clean_message(commit.message)
-    where = f"`{change.path}`"
+    where = f"`{scrub_path(change.path)}`"
     if not before:
         if after.count("\n") + 1 > MAX_FILE_LINES * 2 or not after.strip():
             return None
@@ -338,4 +339,4 @@ def change_sample(commit: Commit, change: FileChange, before: str, after: str, l
     )
     diff = "\n".join(change.diff)
     user = f"{message}\n\nMake this change in {where}. The code around it:\n\n{code_block(context, language)}\n\nAnswer with a unified diff."
-    return ChangeSample(change.path, commit.sha, commit.time, "diff", chat_text(user, f"```diff\n--- a/{change.path}\n+++ b/{change.path}\n{diff}\n```"))
+    return ChangeSample(change.path, commit.sha, commit.time, "diff", chat_text(user, f"```diff\n--- a/{scrub_path(change.path)}\n+++ b/{scrub_path(change.path)}\n{diff}\n```"))

@@ -52,7 +52,7 @@ from forge_assets.mining.snapshot import FileEntry
 from forge_assets.mining.split import plan_splits
 from forge_assets.mining.units import ParsedFile, ast_status, line_windows, parse_file
 from forge_assets.mining.workers import parallel_map, worker_pool
-from forge_assets.scrub import scrub_text
+from forge_assets.scrub import scrub_path, scrub_text
 
 SPLITS = ("train", "valid", "test")
 KINDS = ("commit", "code_change", "chat", "instruction", "fim", "code", "synthetic")
@@ -86,7 +86,7 @@ class Sample:
     time: int | None = None  # when the content was written: last-touching commit, commit, session time
 
     def record(self, language: str) -> dict:
-        return {"text": self.text, "kind": self.kind, "language": language, "repo": self.repo, "path": self.path, "commit": self.commit}
+        return {"text": self.text, "kind": self.kind, "language": language, "repo": scrub_path(self.repo), "path": scrub_path(self.path), "commit": self.commit}
 
 
 _REPOS: dict[str, git.Repo] = {}

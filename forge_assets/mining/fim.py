@@ -22,14 +22,15 @@ import re
 
 from forge_assets.chat import EOT, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, REPO_NAME
 from forge_assets.mining.units import ParsedFile
+from forge_assets.scrub import scrub_path
 
 MAX_MIDDLE_BYTES = 1600
 SPAN_WEIGHTS = (("block", 0.35), ("statements", 0.4), ("random", 0.25))
 
 
 def header(repo: str, path: str) -> str:
-    """The repository-level file header Qwen2.5-Coder was trained with."""
-    return f"{REPO_NAME}{repo}\n{FILE_SEP}{path}\n"
+    """The repository-level file header Qwen2.5-Coder was trained with (repository and path scrubbed: scrub_path)."""
+    return f"{REPO_NAME}{scrub_path(repo)}\n{FILE_SEP}{scrub_path(path)}\n"
 
 
 def _start_at(pf: ParsedFile, pos: int) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from forge_assets.chat import EOT, render_chat
 from forge_assets.mining.units import ParsedFile
+from forge_assets.scrub import scrub_path
 
 DISPLAY = {
     "python": "Python", "rust": "Rust", "typescript": "TypeScript", "javascript": "JavaScript", "go": "Go",
@@ -99,11 +100,11 @@ def instruction_pair(u: UnitText) -> str | None:
     """The instruction sample for a unit: doc -> implementation when documented, else signature -> body."""
     lang = display(u.language)
     if len(u.doc.split()) >= 3:
-        user = f"Write the {lang} {_kind_word(u)} `{u.name}` for `{u.path}`.\n\n{u.doc}"
+        user = f"Write the {lang} {_kind_word(u)} `{u.name}` for `{scrub_path(u.path)}`.\n\n{u.doc}"
         return chat_text(user, code_block(u.code, u.language))
     if u.kind == "class" or u.head.strip() == u.definition.strip():
         return None
-    user = f"Complete the body of this {lang} {_kind_word(u)} from `{u.path}`:\n\n{code_block(u.head, u.language)}"
+    user = f"Complete the body of this {lang} {_kind_word(u)} from `{scrub_path(u.path)}`:\n\n{code_block(u.head, u.language)}"
     return chat_text(user, code_block(u.definition, u.language))
 
 
@@ -152,7 +153,7 @@ def synthetic_task(u: UnitText, template: str, rng: random.Random) -> str | None
     lang = display(u.language)
     if template == "implement":
         what = u.doc.split("\n\n")[0].strip() if u.doc else f"It should {_words(u.name)}."
-        user = (f"Implement `{u.name}` in {lang} (it lives in `{u.path}`). Use this signature:\n\n"
+        user = (f"Implement `{u.name}` in {lang} (it lives in `{scrub_path(u.path)}`). Use this signature:\n\n"
                 f"{code_block(u.head.split(chr(10))[0] if u.language != 'python' else u.head, u.language)}\n\n{what}")
         return chat_text(user, code_block(u.definition, u.language))
     if template == "fix":
