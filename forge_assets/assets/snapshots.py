@@ -9,9 +9,10 @@ from forge_assets.mining.snapshot import snapshot_of
 from forge_assets.partitions import language_partitions
 from forge_assets.private import redact_text
 from forge_assets.resources import ForgeResource
+from forge_assets.scrub import scrub_path
 
 
-@asset(partitions_def=language_partitions, group_name="mining", code_version="1")
+@asset(partitions_def=language_partitions, group_name="mining", code_version="2")
 def repo_snapshot(context: AssetExecutionContext, forge: ForgeResource):
     """The source files of one language in the configured git repositories, pinned to blob shas."""
     cfg = forge.load()
@@ -25,7 +26,9 @@ def repo_snapshot(context: AssetExecutionContext, forge: ForgeResource):
     commits = {r.name: r.commit for r in snap.repos}
     with store.write("repo_snapshot", language, {"commits": commits}, promote=False) as out:
         # Only language-specific content is hashed, so a push touching other languages keeps this version.
-        rows = [[f.repo, f.path, f.blob, f.size] for f in files]
+        # A path that holds a credential (`deploy/ghp_.../run.sh`) is stored scrubbed: the dataset reads the file by
+        # its blob, and the path only names it (its commit history is then not paired with it).
+        rows = [[f.repo, scrub_path(f.path), f.blob, f.size] for f in files]
         body = {"language": language, "files": rows, "repo_dirs": {r.name: r.repo_dir for r in snap.repos}}
         (out.path / "snapshot.json").write_text(json.dumps(body, indent=1, sort_keys=True))
     previous = store.promoted("repo_snapshot", language)
