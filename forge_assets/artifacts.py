@@ -165,14 +165,23 @@ class ArtifactStore:
                 if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and (p / MANIFEST).is_file()]
         return sorted(arts, key=lambda a: ((a.path / MANIFEST).stat().st_mtime, a.version))
 
+    def languages(self, asset: str) -> list[str]:
+        """The language folders under <root>/<asset>: valid partition keys only (not `_endpoint`, locks or strays)."""
+        from forge_assets.languages import language_name_problem
+
+        base = self.root / asset
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and language_name_problem(p.name) is None)
+
     def partitions(self) -> Iterator[tuple[str, str]]:
         """Every (asset, language) folder under the root."""
         if not self.root.is_dir():
             return
         for asset_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for lang_dir in sorted(p for p in asset_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                if any(lang_dir.glob(f"*/{MANIFEST}")):
-                    yield asset_dir.name, lang_dir.name
+            for language in self.languages(asset_dir.name):
+                if any((asset_dir / language).glob(f"*/{MANIFEST}")):
+                    yield asset_dir.name, language
 
     # -- writing -----------------------------------------------------------------------------------
 

@@ -117,14 +117,14 @@ def gc(keep: int, dry_run: bool = False) -> int:
     cfg = load_config()
     store = ArtifactStore(cfg.artifact_path)
     protect = set()
-    for lang_dir in (store.root / "deployment").glob("*"):
-        dep = store.promoted("deployment", lang_dir.name)
+    for lang in store.languages("deployment"):
+        dep = store.promoted("deployment", lang)
         if dep is not None:
-            protect |= {("deployment", lang_dir.name, dep.version)}
+            protect |= {("deployment", lang, dep.version)}
             # and the GGUF a plain `forge rollback` would serve again (with what it was made from)
             with contextlib.suppress(RollbackError, OSError, ValueError, KeyError):
-                previous = _previous_version(store, lang_dir.name, json.loads((dep.path / "deployment.json").read_text())["gguf"])
-                protect |= {("gguf", lang_dir.name, previous)}
+                previous = _previous_version(store, lang, json.loads((dep.path / "deployment.json").read_text())["gguf"])
+                protect |= {("gguf", lang, previous)}
     removed = store.gc(keep, protect=protect, dry_run=dry_run)
     for art in removed:
         print(f"forge gc: {'would remove' if dry_run else 'removed'} {art.asset}/{art.language}/{art.version}")

@@ -88,14 +88,14 @@ class DeployTarget:
         """What clients can reach now, from each language's promoted deployment record (plus `extra` not yet written)."""
         from forge_assets.artifacts import ArtifactError
         from forge_assets.deploy import clients
-        from forge_assets.deploy.service import ENDPOINT, MIN_CONTEXT, _read_json
+        from forge_assets.deploy.service import MIN_CONTEXT, _read_json
 
         d = cfg.deploy
         records = {}
-        for folder in sorted((store.root / "deployment").glob("*")):
-            dep = store.promoted("deployment", folder.name) if folder.name != ENDPOINT else None
+        for lang in store.languages("deployment"):  # not the shared endpoint's folder, nor lock files
+            dep = store.promoted("deployment", lang)
             if dep is not None:
-                records[folder.name] = _read_json(dep.path / "deployment.json")
+                records[lang] = _read_json(dep.path / "deployment.json")
         records.update(extra or {})
         models = []
         for lang, rec in sorted(records.items()):
@@ -364,13 +364,13 @@ class VllmTarget(DeployTarget):
 
     def deploy(self, store, cfg, language, gguf, tag, log):
         from forge_assets.deploy import vllm_target
-        from forge_assets.deploy.service import ENDPOINT, MIN_CONTEXT, _read_json, _trained_from
+        from forge_assets.deploy.service import MIN_CONTEXT, _read_json, _trained_from
 
         d = cfg.deploy
         base_dir, adapter_dir = _trained_from(store, gguf)
         adapters = {}
-        for folder in sorted((store.root / "deployment").glob("*")):
-            dep = store.promoted("deployment", folder.name) if folder.name not in (ENDPOINT, language) else None
+        for lang in store.languages("deployment"):
+            dep = store.promoted("deployment", lang) if lang != language else None
             rec = _read_json(dep.path / "deployment.json") if dep else {}
             if rec.get("target") == self.name and rec.get("adapter_path") and Path(rec["adapter_path"]).is_dir():
                 adapters[rec["tag"]] = Path(rec["adapter_path"])
