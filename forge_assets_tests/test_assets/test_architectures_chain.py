@@ -1,4 +1,4 @@
-"""Random-initialised Qwen2, Qwen3 and Llama base models saved to disk each go through the real asset chain, from
+"""Random-initialised Llama, Qwen3-MoE and Qwen3-Next base models saved to disk each go through the real asset chain, from
 base_model to a deployed tag, and what the server runs computes what transformers computes.
 
 Each base is built offline with `from_config` (forge-tiny's tokenizer, shapes K-quants take), named in forge.yaml
@@ -36,8 +36,11 @@ MOE = {"qwen3_moe": {"moe_intermediate_size": 128, "num_experts": 8, "num_expert
 
 
 # qwen2 is not repeated here: forge-tiny is a Qwen2 model, and test_end_to_end.py takes it through this whole chain
-# (its GGUF and LoRA parity are in test_export/); the suite's time goes to the families nothing else chains.
-@pytest.mark.parametrize("kind", ["qwen3", "llama", "qwen3_moe", "qwen3_next"])
+# (its GGUF and LoRA parity are in test_export/); the suite's time goes to the families nothing else chains. Dense
+# qwen3 left too, for suite time: no model our users run is a dense Qwen3, and qwen3_moe chains the same attention
+# (q/k norms, a head_dim of 128 apart from hidden_size / heads, as Qwen3-Coder-30B-A3B has); its conversion and
+# LoRA parity stay in test_export/.
+@pytest.mark.parametrize("kind", ["llama", "qwen3_moe", "qwen3_next"])
 def test_random_base_goes_from_base_model_to_a_deployed_tag(kind, tiny_model: Path, two_language_repo: Path, tmp_path: Path):
     import llama_cpp
     import torch
@@ -48,7 +51,7 @@ def test_random_base_goes_from_base_model_to_a_deployed_tag(kind, tiny_model: Pa
 
     template = QWEN3_CODER_CHAT_TEMPLATE if kind in MOE else None  # the Qwen3-Coder models carry Qwen3-Coder's template
     base = build_random_model(kind, tmp_path / f"{kind}-base", tokenizer_source=tiny_model, hidden_size=256, intermediate_size=512,
-                              num_heads=4, num_kv_heads=2, head_dim=128 if kind == "qwen3" else None, max_shard_size="400KB",
+                              num_heads=4, num_kv_heads=2, head_dim=128 if kind == "qwen3_moe" else None, max_shard_size="400KB",
                               max_position_embeddings=512, seed=1, chat_template=template, **MOE.get(kind, {}))
     port = free_port()
     cfg = write_config(tmp_path, [two_language_repo], base_model=str(base),

@@ -1,5 +1,5 @@
 """Issue 7: `dagster asset materialize` (multiprocess executor, threaded step processes) with mining worker pools,
-several times in a row for two languages: every run finishes, none hangs."""
+four times in a row (two rounds, two languages): every run finishes, none hangs."""
 
 import os
 import subprocess
@@ -40,7 +40,7 @@ def test_repeated_cli_materializations_with_worker_pools_never_hang(tmp_path: Pa
                     "DagsterInstance.get().add_dynamic_partitions('language', ['python', 'rust'])"], env=env, check=True)
 
     versions: dict[str, set[str]] = {"python": set(), "rust": set()}
-    for round_ in range(3):
+    for round_ in range(2):
         if round_:  # change a file of each language so the dataset is built again, not reused
             commit_files(repo, {"app/stage_00.py": _py(0, round_), "src/stage_00.rs": _rs(0, round_)}, f"round {round_}")
         for language in ("python", "rust"):
@@ -56,4 +56,4 @@ def test_repeated_cli_materializations_with_worker_pools_never_hang(tmp_path: Pa
             art = ArtifactStore(tmp_path / "artifacts").promoted("dataset", language)
             assert art is not None and art.manifest()["stats"]["files"] == FILES_PER_LANGUAGE
             versions[language].add(art.version)
-    assert all(len(v) == 3 for v in versions.values()), versions  # each round built a new dataset
+    assert all(len(v) == 2 for v in versions.values()), versions  # each round built a new dataset

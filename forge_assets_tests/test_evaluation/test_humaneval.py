@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from forge_assets.evaluation.humaneval import build_program, select_problems, score, truncate_completion
 
-# All 164 problems take about 6 s per pass on 2 cores, so the whole set is used.
+# All 164 problems take about 14 s on 2 cores in the namespace sandbox: the canonical solutions use the whole set.
 ALL = select_problems(None)
 
 
@@ -16,9 +16,10 @@ def test_canonical_solutions_score_one():
 
 
 def test_empty_bodies_score_zero():
-    result = score({p["task_id"]: "    pass\n" for p in ALL}, ALL, workers=2)
-    assert result["total"] == 164 and result["passed"] == 0 and result["pass_at_1"] == 0.0
-    assert set(result["results"]) == {p["task_id"] for p in ALL}
+    some = select_problems(40, seed=3)  # the tests can fail: 40 of them are enough to show it (all 164 pass above)
+    result = score({p["task_id"]: "    pass\n" for p in some}, some, workers=2)
+    assert result["total"] == 40 and result["passed"] == 0 and result["pass_at_1"] == 0.0
+    assert set(result["results"]) == {p["task_id"] for p in some}
 
 
 def test_missing_and_hanging_completions_fail():
