@@ -1,5 +1,6 @@
 """Issue 7: `dagster asset materialize` (multiprocess executor, threaded step processes) with mining worker pools,
-four times in a row (two rounds, two languages): every run finishes, none hangs."""
+four times in a row (two rounds, two languages): every run finishes, none hangs. It is also the README's
+`dagster asset materialize ... --partition python` line, run as a user would."""
 
 import os
 import subprocess

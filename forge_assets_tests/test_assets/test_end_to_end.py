@@ -136,21 +136,6 @@ def test_an_adapter_worse_than_the_limit_is_not_exported_or_deployed(two_languag
     assert not (tmp_path / "artifacts" / "deployment" / "python").exists()
 
 
-def test_dagster_cli_materializes_a_partition(two_language_repo: Path, tmp_path: Path):
-    """The README's `dagster asset materialize ... --partition python` line, run as a user would."""
-    cfg = write_config(tmp_path, [two_language_repo])
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "FORGE_CONFIG": str(cfg)}
-    subprocess.run([sys.executable, "-c", "from dagster import DagsterInstance; DagsterInstance.get().add_dynamic_partitions('language', ['python'])"],
-                   env=env, check=True)
-    out = subprocess.run(["dagster", "asset", "materialize", "-m", "forge_assets.definitions",
-                          "--select", "repo_snapshot,session_logs,dataset", "--partition", "python"],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert (tmp_path / "artifacts" / "dataset" / "python" / "promoted" / "train.jsonl").is_file()
-
-
 @pytest.mark.skipif(not mlx_backend.available(), reason="mlx[cpu] / mlx-lm not installed")
 def test_mlx_backend_on_a_base_model_saved_to_disk(two_language_repo: Path, tiny_model: Path, tmp_path: Path):
     """backend: mlx trains the same `adapter` asset with mlx-lm, on a configured local Hugging Face model folder."""
