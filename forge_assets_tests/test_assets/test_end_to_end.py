@@ -1,9 +1,6 @@
 """The whole asset graph for one language, materialized for real on a git repository made in the test."""
 
 import json
-import os
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
