@@ -890,8 +890,6 @@ def run_program(source: str, *, timeout_s: float = 10.0, cpu_s: int = 10, memory
         if allow_spawn and not (plan["netns"] and plan["separate_uid"]):
             raise SandboxError("allow_spawn without an OS boundary needs both a network namespace and a separate uid, "
                                "and this machine lacks one")
-    elif allow_spawn and plan["kind"] == "sandbox-exec":
-        pass  # children inherit the profile
     return _execute(source, plan, timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb, max_procs=max_procs,
                     max_output=max_output, file_mb=file_mb, allow_spawn=allow_spawn,
                     private=_private_prefixes(private_paths), hook=_audit_hook)
