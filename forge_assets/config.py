@@ -142,6 +142,10 @@ class TrainingConfig(_Strict):
     # base: a fresh adapter; previous: continue the language's last promoted adapter on new samples plus a replay share
     init_from: Literal["base", "previous"] = "base"
     replay: float = Field(0.2, ge=0, lt=1)  # with init_from previous: the share of the training mix drawn from older samples
+    # Divergence halt: training stops at the first non-finite loss (always), or once the logged loss has stayed above
+    # divergence_factor x its running minimum for divergence_patience logged steps in a row (0: that rule off).
+    divergence_factor: float = Field(3.0, gt=1)
+    divergence_patience: int = Field(3, ge=0)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -253,6 +257,11 @@ class GatesConfig(_Strict):
     fim_tolerance: float = Field(0.02, ge=0, le=1)
     max_humaneval_regression_points: float = Field(5.0, ge=0)  # base pass@1 - adapter pass@1, in points (eval_scores)
     max_quantization_loss_pct: float = Field(5.0, ge=0)  # served GGUF vs the unquantized base GGUF + LoRA (the reference) perplexity, in percent (gguf)
+    # not_worse_than_served: the candidate against the promoted adapter (the champion) on the same test split; blocked
+    # when a figure is worse by more than served_tolerance (relative for perplexity, absolute for FIM and HumanEval)
+    # and by more than 2 standard errors of the paired difference.
+    not_worse_than_served: bool = True
+    served_tolerance: float = Field(0.02, ge=0, le=1)
 
 
 class ForgeConfig(_Strict):
@@ -269,6 +278,13 @@ class ForgeConfig(_Strict):
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
+    # A cron string (Dagster schedule, evaluated in `schedule_timezone`): each tick rebuilds the languages whose inputs
+    # changed since their last run, and does nothing when none did. None: no schedule (the push sensor only).
+    schedule: str | None = None
+    schedule_timezone: str = "UTC"
+    # Experiment tracking: `mlflow` logs one MLflow run per language per training and evaluation (MLFLOW_TRACKING_URI,
+    # else a store under artifact_root/mlflow); None: off.
+    tracking: Literal["mlflow"] | None = None
     # Where relative paths in the file are resolved from (the file's folder); not a key.
     base_dir: str = Field(".", exclude=True)
 
@@ -285,6 +301,19 @@ class ForgeConfig(_Strict):
             raise ValueError(f"training.seq_len ({self.training.seq_len}) is longer than tiny_model.context_length "
                              f"({self.tiny_model.context_length}), the longest sequence forge-tiny is built for. Fix: remove "
                              "tiny_model.context_length (it then follows training.seq_len) or lower training.seq_len")
+        if self.schedule is not None:
+            from dagster._utils.schedules import is_valid_cron_string
+
+            if not is_valid_cron_string(self.schedule):
+                raise ValueError(f"schedule {self.schedule!r} is not a cron string. Fix: five fields, minute hour day month "
+                                 "weekday, for example '0 2 * * *' (nightly at 02:00) or '0 3 * * 0' (Sundays at 03:00)")
+            try:
+                import zoneinfo
+
+                zoneinfo.ZoneInfo(self.schedule_timezone)
+            except Exception:
+                raise ValueError(f"schedule_timezone {self.schedule_timezone!r} is not a time zone. Fix: an IANA name such as "
+                                 "'UTC' or 'Europe/Berlin'") from None
         if self.training.eval_every is not None and self.mining.valid_fraction == 0:
             raise ValueError("training.eval_every needs a validation split, but mining.valid_fraction is 0. Fix: set "
                              "mining.valid_fraction (for example 0.1), or remove training.eval_every.")
