@@ -245,14 +245,15 @@ def _when(at: str | None) -> str:
 
 
 def history(languages: list[str] | None) -> int:
-    """Print each language's deploys and rollbacks (from deployment/<language>/history.jsonl), newest last."""
+    """Print each language's deploys and rollbacks (from deployment/<language>/history.jsonl), newest last, then its
+    evaluations: each eval_scores version's verdict and validation report."""
     from forge_assets.artifacts import HISTORY
     from forge_assets.config import load_config
     from forge_assets.deploy.service import DEPLOY, ROLLBACK, format_scores
 
     cfg = load_config()
     store = _store(cfg)
-    langs = languages or sorted(p.parent.name for p in (store.root / "deployment").glob(f"*/{HISTORY}"))
+    langs = languages or sorted({p.parent.name for p in (store.root / "deployment").glob(f"*/{HISTORY}")} | set(store.languages("eval_scores")))
     if not langs:
         print(f"forge history: no deploys are recorded under {store.root / 'deployment'} yet. Run `forge run` to deploy "
               "(deploys made before Forge kept a history are not listed).")
@@ -263,18 +264,42 @@ def history(languages: list[str] | None) -> int:
         if not events:
             print(f"forge history: no deploys of `{lang}` are recorded ({where} has none). Run `forge run --language {lang}` "
                   "to deploy it (deploys made before Forge kept a history are not listed).")
-            continue
-        dep = store.promoted("deployment", lang)
-        serving = json.loads((dep.path / "deployment.json").read_text()).get("tag") if dep else None
-        rows = [(_when(ev.get("at")), str(ev["event"]), str(ev.get("tag") or "?"), str(ev.get("gguf") or "?")[:16],
-                 format_scores(ev.get("scores")) or "-") for ev in events]
-        head = ("date (UTC)", "event", "tag", "gguf", "key scores")
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
-        print(f"forge history: `{lang}` deploys and rollbacks, newest last ({where})")
-        for i, r in enumerate([head, *rows]):
-            mark = "  <- serving" if i == len(rows) and r[2] == serving else ""
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] + mark)
+        else:
+            dep = store.promoted("deployment", lang)
+            serving = json.loads((dep.path / "deployment.json").read_text()).get("tag") if dep else None
+            rows = [(_when(ev.get("at")), str(ev["event"]), str(ev.get("tag") or "?"), str(ev.get("gguf") or "?")[:16],
+                     format_scores(ev.get("scores")) or "-") for ev in events]
+            head = ("date (UTC)", "event", "tag", "gguf", "key scores")
+            widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+            print(f"forge history: `{lang}` deploys and rollbacks, newest last ({where})")
+            for i, r in enumerate([head, *rows]):
+                mark = "  <- serving" if i == len(rows) and r[2] == serving else ""
+                print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] + mark)
+        _eval_history(store, lang)
     return 0
+
+
+def _eval_history(store, language: str) -> None:
+    """Each evaluation of the language, newest last: when, the candidate and champion adapters, the verdict (the gates
+    it failed) and its validation report."""
+    from forge_assets.evaluation.report import REPORT
+
+    arts = store.versions("eval_scores", language)
+    if not arts:
+        return
+    promoted = store.promoted("eval_scores", language)
+    print(f"forge history: `{language}` evaluations (candidate vs served adapter vs base), newest last")
+    for art in arts:
+        man = art.manifest()
+        inputs = man.get("inputs") or {}
+        gates = man.get("gates") or []
+        failed = [g.get("name", "?") for g in gates if isinstance(g, dict) and g.get("passed") is False]
+        verdict = ("promoted" + ("  <- promoted now" if promoted and promoted.version == art.version else "") if not failed and gates
+                   else f"FAILED {', '.join(failed)}" if failed else "not judged")
+        champ = str(inputs.get("champion") or "none")[:12]
+        report = art.path / REPORT
+        print(f"  {_when(man.get('created_at'))}  eval {art.version[:12]}  adapter {str(inputs.get('adapter'))[:12]}  "
+              f"champion {champ}  {verdict}" + (f"\n      report: {report}" if report.is_file() else ""))
 
 
 class RollbackError(RuntimeError):

@@ -73,7 +73,7 @@ def step_evaluate(args: dict, log: Callable[[str], None], phase: Callable[[str],
 
     phase("score")
     return evaluate(Path(args["base"]), Path(args["adapter"]), Path(args["dataset"]), int(args["seq_len"]), args.get("eval"),
-                    args.get("language", ""), log=log)
+                    args.get("language", ""), log=log, champion=Path(args["champion"]) if args.get("champion") else None)
 
 
 def step_export_gguf(args: dict, log: Callable[[str], None], phase: Callable[[str], None]) -> dict:

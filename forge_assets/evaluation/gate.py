@@ -1,7 +1,7 @@
 """The gates of forge.yaml's `gates:` block, judged on the figures of the asset each one guards.
 
-eval_scores carries three (perplexity ratio, FIM not worse than base, HumanEval regression) and gguf
-one (quantization loss). Each is a blocking asset check: a version that fails one is never promoted,
+eval_scores carries four (perplexity ratio, FIM not worse than base, HumanEval regression, and not worse
+than the served adapter, the champion) and gguf one (quantization loss). Each is a blocking asset check: a version that fails one is never promoted,
 exported or served, and the message gives the figures and the fix.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-EVAL_GATES = ("adapter_beats_base", "fim_not_worse_than_base", "humaneval_no_regression")
+EVAL_GATES = ("adapter_beats_base", "fim_not_worse_than_base", "humaneval_no_regression", "not_worse_than_served")
 GGUF_GATES = ("quantization_loss",)
 SE_MULTIPLE = 2.0  # FIM: "worse" means worse by more than this many standard errors of the paired difference
 
@@ -91,9 +91,53 @@ def humaneval_gate(scores: dict, gates) -> Verdict:
                    "varied data; or raise gates.max_humaneval_regression_points in forge.yaml.", figures)
 
 
+def served_gate(scores: dict, gates) -> Verdict:
+    """The candidate against the champion (the promoted adapter, on the same base) on the same test split: blocked when
+    any figure is worse by more than gates.served_tolerance *and* by more than SE_MULTIPLE standard errors of the
+    paired difference. Perplexity is judged per sample kind (tolerance relative: the ratio above 1 + tolerance; the
+    standard error that of the per-batch log-perplexity difference), FIM exact match and edit similarity and HumanEval
+    pass@1 absolutely (tolerance in their own units: 0.02 is two points)."""
+    name = EVAL_GATES[3]
+    if not _g(gates, "not_worse_than_served"):
+        return Verdict(name, True, "gates.not_worse_than_served is off: not judged.", {})
+    if not scores.get("champion_version"):
+        why = scores.get("champion_skipped") or "there is no served adapter to compare with"
+        return Verdict(name, True, f"No champion: {why}. Not judged.", {}, skipped=True)
+    tol = float(_g(gates, "served_tolerance"))
+    champ = str(scores["champion_version"])
+    figures: dict = {"served_tolerance": tol}
+    worse = []
+    for key in sorted(k for k in scores if k.startswith("served_perplexity_ratio_")):
+        kind = key.removeprefix("served_perplexity_ratio_")
+        ratio = float(scores[key])
+        delta, se = float(scores[f"served_log_perplexity_delta_{kind}"]), float(scores[f"served_log_perplexity_delta_{kind}_se"])
+        figures |= {f"perplexity_ratio_{kind}": ratio, f"log_perplexity_delta_{kind}": delta, f"log_perplexity_delta_{kind}_se": se}
+        if ratio > 1 + tol and delta > SE_MULTIPLE * se:
+            worse.append(f"{kind} perplexity {scores.get(f'adapter_perplexity_{kind}')} vs served {scores.get(f'champion_perplexity_{kind}')} "
+                         f"({ratio:.3f}x; log-perplexity {delta:+.4f} per batch, standard error {se:.4f})")
+    for metric, label in (("fim_exact_match", "FIM exact match"), ("fim_edit_similarity", "FIM edit similarity"), ("humaneval", "HumanEval pass@1")):
+        if f"served_{metric}_delta" not in scores:
+            continue
+        delta, se = float(scores[f"served_{metric}_delta"]), float(scores[f"served_{metric}_delta_se"])
+        figures |= {f"{metric}_delta": delta, f"{metric}_delta_se": se}
+        if delta < -tol and delta < -SE_MULTIPLE * se:
+            side = "humaneval_pass_at_1" if metric == "humaneval" else metric
+            worse.append(f"{label} {scores.get(f'adapter_{side}')} vs served {scores.get(f'champion_{side}')} "
+                         f"(difference {delta:+.4f}, standard error {se:.4f})")
+    if not worse:
+        judged = len([k for k in figures if k.endswith("_delta_se")])
+        return Verdict(name, True, f"Not worse than the served adapter {champ[:12]} on {judged} figures (tolerance {tol}, "
+                       f"{SE_MULTIPLE:g} standard errors): it passes.", figures)
+    return Verdict(name, False,
+                   f"The candidate is worse than the served adapter {champ[:12]} on the same test split: {'; '.join(worse)}; beyond "
+                   f"gates.served_tolerance {tol} and {SE_MULTIPLE:g} standard errors. It stays a candidate: the served adapter and "
+                   "its tag do not move. Fix: train longer or on more data (or with training.init_from: previous to build on the "
+                   "served adapter); to ship anyway, raise gates.served_tolerance or set gates.not_worse_than_served: false.", figures)
+
+
 def judge_eval(scores: dict, gates) -> list[Verdict]:
-    """The three eval_scores gates, in EVAL_GATES order."""
-    return [perplexity_gate(scores, gates), fim_gate(scores, gates), humaneval_gate(scores, gates)]
+    """The eval_scores gates, in EVAL_GATES order."""
+    return [perplexity_gate(scores, gates), fim_gate(scores, gates), humaneval_gate(scores, gates), served_gate(scores, gates)]
 
 
 def quantization_gate(figures: dict, gates) -> Verdict:

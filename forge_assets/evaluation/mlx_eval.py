@@ -38,9 +38,9 @@ class MlxModel:
         return int(self.config.get("max_position_embeddings") or 2048)
 
     def summed_loss(self, tokenizer, texts: list[str], seq_len: int, batch_size: int = 4,
-                    progress: Callable[[int, int], None] | None = None) -> tuple[float, int]:
+                    progress: Callable[[int, int], None] | None = None, per_batch: list | None = None) -> tuple[float, int]:
         """Summed next-token cross-entropy (nats) over texts, each truncated to seq_len tokens, and the tokens scored;
-        `progress` gets (batches done, batches)."""
+        `progress` gets (batches done, batches), `per_batch` each batch's (summed loss, tokens)."""
         import mlx.core as mx
         import mlx.nn as nn
 
@@ -56,6 +56,8 @@ class MlxModel:
             count = valid.sum()
             mx.eval(loss, count)
             total, tokens = total + loss.item(), tokens + count.item()
+            if per_batch is not None:
+                per_batch.append((float(loss.item()), int(count.item())))
             if progress:
                 progress(i, len(padded))
         return total, tokens

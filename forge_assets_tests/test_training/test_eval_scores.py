@@ -58,8 +58,10 @@ def test_base_and_adapter_get_every_figure_on_held_out_code(tiny_model: Path, ki
     lines = []
     ev = {"fim_cases": 30, "fim_max_new_tokens": 16, "codebleu_samples": 2, "codebleu_max_new_tokens": 24,
           "humaneval": {"problems": 2, "max_new_tokens": 24}}
-    scores = evaluate(tiny_model, tmp_path / "adapter", kinds_dataset, seq_len=128, ev=ev, language="python", log=lines.append)
-    for side in ("base", "adapter"):
+    # The adapter is also its own champion: every paired difference against it must be exactly zero.
+    scores = evaluate(tiny_model, tmp_path / "adapter", kinds_dataset, seq_len=128, ev=ev, language="python", log=lines.append,
+                      champion=tmp_path / "adapter")
+    for side in ("base", "adapter", "champion"):
         for kind in ("code", "fim", "instruction", "commit"):
             assert scores[f"{side}_perplexity_{kind}"] > 1
         assert 0 <= scores[f"{side}_fim_exact_match"] <= 1 and 0 <= scores[f"{side}_fim_edit_similarity"] <= 1
@@ -70,8 +72,16 @@ def test_base_and_adapter_get_every_figure_on_held_out_code(tiny_model: Path, ki
     assert scores["adapter_perplexity"] < scores["base_perplexity"] and scores["perplexity_ratio"] < 1
     assert "fim_edit_similarity_delta" in scores and scores["fim_edit_similarity_delta_se"] >= 0
     assert any("HumanEval" in line for line in lines) and any("FIM" in line for line in lines)  # progress is printed
+    for kind in ("code", "fim", "instruction", "commit"):
+        assert scores[f"champion_perplexity_{kind}"] == scores[f"adapter_perplexity_{kind}"]
+        assert scores[f"served_perplexity_ratio_{kind}"] == 1.0 and scores[f"served_perplexity_batches_{kind}"] >= 1
+        assert scores[f"served_log_perplexity_delta_{kind}"] == 0 and scores[f"served_log_perplexity_delta_{kind}_se"] == 0
+    for metric in ("fim_exact_match", "fim_edit_similarity", "humaneval"):
+        assert scores[f"served_{metric}_delta"] == 0 and scores[f"served_{metric}_delta_se"] == 0
+    assert scores["test_commit_list"] == []  # these records name no commit
     table = markdown_table(scores)
     assert "| perplexity_code |" in table and "| humaneval_pass_at_1 |" in table and "| fim_edit_similarity |" in table
+    assert "served (champion)" in table
 
 
 def test_an_empty_held_out_split_is_a_clear_error(tiny_model: Path, tmp_path: Path):
