@@ -7,6 +7,12 @@ a snapshot are the same, the tick ends there: no tree is walked. Otherwise every
 the last poll gets a run. The cursor (JSON) keeps the fingerprints, the heads, a settings digest and a
 per-language request counter; the counter is part of the run key, so a revert to an earlier state
 (fingerprint A -> B -> A) is a new run, not a duplicate of the first.
+
+The sensor and the schedule (forge_assets/schedules.py) share this module's machinery and one rule against
+duplicate runs, since Dagster's run-key dedupe is per instigator: every run either requests is tagged with its
+language and the fingerprint it was requested for (LANGUAGE_TAG, FINGERPRINT_TAG), and neither requests a run for
+a (language, fingerprint) when the language's newest tagged run that is queued, running or succeeded already has
+that fingerprint (`covering_run`). Failed and canceled runs do not count: the schedule's next tick retries them.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from dagster import AssetSelection, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import (AssetSelection, DagsterInstance, DagsterRunStatus, DefaultSensorStatus, RunRequest, RunsFilter, SensorEvaluationContext,
+                     SensorResult, SkipReason, sensor)
 
 from forge_assets.config import ConfigError, ForgeConfig, load_config
 from forge_assets.languages import LanguageNameError
@@ -23,6 +30,13 @@ from forge_assets.mining.snapshot import OpenedRepo, RepoError, Snapshot, opened
 from forge_assets.partitions import add_languages_request, language_partitions
 
 LANGUAGE_ASSETS = AssetSelection.assets("repo_snapshot", "session_logs", "dataset", "adapter", "eval_scores", "gguf", "deployment")
+
+# The tags of every run the sensor or the schedule requests: what the other instigator looks up.
+LANGUAGE_TAG = "forge/language"
+FINGERPRINT_TAG = "forge/fingerprint"
+# A run in one of these states builds (or built) its fingerprint; a failed or canceled one does not.
+COVERING_STATUSES = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
+                     DagsterRunStatus.SUCCESS]
 
 
 def language_fingerprints(config_path: str | None = None) -> dict[str, str]:
@@ -51,6 +65,29 @@ def settings_digest(cfg: ForgeConfig) -> str:
     """A hash of the settings that shape a snapshot besides the heads: repositories, languages, size limit."""
     body = {"repos": [r.model_dump() for r in cfg.repos], "languages": cfg.languages, "max_file_bytes": cfg.mining.max_file_bytes}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def language_request(language: str, fingerprint: str, run_key: str) -> RunRequest:
+    """The run request for one language's chain, tagged with the fingerprint it is for."""
+    return RunRequest(partition_key=language, run_key=run_key, tags={LANGUAGE_TAG: language, FINGERPRINT_TAG: fingerprint})
+
+
+def covering_run(instance: DagsterInstance, language: str, fingerprint: str) -> str | None:
+    """The id of the run that already covers (language, fingerprint), if any.
+
+    That is the language's newest run requested by the sensor or the schedule (tagged LANGUAGE_TAG) that is queued,
+    starting, running or succeeded, when it was requested for this fingerprint. Only the newest counts, so after
+    A -> B -> A the revert is rebuilt; failed and canceled runs are passed over, so their fingerprint is retried.
+    """
+    records = instance.get_run_records(RunsFilter(tags={LANGUAGE_TAG: language}, statuses=COVERING_STATUSES), limit=1)
+    if records and records[0].dagster_run.tags.get(FINGERPRINT_TAG) == fingerprint:
+        return records[0].dagster_run.run_id
+    return None
+
+
+def covered_note(covered: dict[str, str]) -> str:
+    """`python (run 1a2b3c4d), rust (run ...)`: the languages skipped because a run already covers them."""
+    return ", ".join(f"{lang} (run {run_id[:8]})" for lang, run_id in sorted(covered.items()))
 
 
 @dataclass
@@ -110,14 +147,18 @@ def git_push_sensor(context: SensorEvaluationContext):
         add_request = [add_languages_request(new)] if new else []
     except LanguageNameError as exc:  # forge.yaml is checked when read; this is the gate for any other source
         return SkipReason(str(exc))
-    for lang in changed:
+    covered = {lang: run_id for lang in changed if (run_id := covering_run(context.instance, lang, current[lang]))}
+    wanted = [lang for lang in changed if lang not in covered]
+    for lang in wanted:
         cursor.requests[lang] = cursor.requests.get(lang, 0) + 1
-    if not changed and not new:
+    if not wanted and not new:
         if cursor.dump() != context.cursor:  # a head moved without touching a language: remember it, skip the walk next time
             context.update_cursor(cursor.dump())
+        if covered:
+            return SkipReason(f"Changed, but already built or being built for these files (by the schedule or an earlier run): {covered_note(covered)}.")
         return SkipReason("No language's files changed since the last poll.")
     return SensorResult(
-        run_requests=[RunRequest(partition_key=lang, run_key=f"{lang}:{current[lang]}:{cursor.requests[lang]}") for lang in changed],
+        run_requests=[language_request(lang, current[lang], f"{lang}:{current[lang]}:{cursor.requests[lang]}") for lang in wanted],
         dynamic_partitions_requests=add_request,
         cursor=cursor.dump(),
     )
