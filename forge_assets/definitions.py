@@ -1,4 +1,5 @@
-"""Forge's Dagster definitions: the asset chain per language, the git push sensor, resources per deployment."""
+"""Forge's Dagster definitions: the asset chain per language, the git push sensor, forge.yaml's schedule (if any), resources
+per deployment."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dagster_aws.s3 import S3Resource
 from forge_assets.assets import adapters, base_model, datasets, deploy, evals, export, sessions, snapshots
 from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
+from forge_assets.schedules import build_schedules, schedule_settings
 from forge_assets.sensors import LANGUAGE_ASSETS, git_push_sensor
 
 STAGES = [snapshots, sessions, datasets, base_model, adapters, evals, export, deploy]
@@ -38,10 +40,17 @@ def deployment_name() -> str:
     return name
 
 
-defs = Definitions(
-    assets=all_assets,
-    asset_checks=all_checks,
-    jobs=[forge_job, language_job],
-    sensors=[git_push_sensor],
-    resources=RESOURCES[deployment_name()],
-)
+def make_definitions(config_path: str | None = None) -> Definitions:
+    """The Definitions; with forge.yaml's `schedule:` (read now, from config_path or $FORGE_CONFIG / ./forge.yaml) they
+    hold forge_schedule, otherwise no schedule at all."""
+    return Definitions(
+        assets=all_assets,
+        asset_checks=all_checks,
+        jobs=[forge_job, language_job],
+        sensors=[git_push_sensor],
+        schedules=build_schedules(schedule_settings(config_path), language_job) or None,  # None: exactly as without a schedule
+        resources=RESOURCES[deployment_name()],
+    )
+
+
+defs = make_definitions()
