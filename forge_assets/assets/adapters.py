@@ -14,6 +14,7 @@ from forge_assets.assets.common import materialized
 from forge_assets.assets.isolation import run_step
 from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
+from forge_assets.tracking import record_training, snapshot_commits
 from forge_assets.training.adapter import adapter_backend, choose_backend, incremental_texts
 from forge_assets.training.base_model import model_folder
 from forge_assets.training.curves import text_chart, thin
@@ -60,6 +61,7 @@ def adapter(context: AssetExecutionContext, forge: ForgeResource):
         result = run_step(context, forge, "train_adapter", {**args, "out": str(out.path)}, work)
         manifest["result"] = result
     shutil.rmtree(checkpoints, ignore_errors=True)
+    record_training(cfg, language, out.artifact, inputs, context.run_id, snapshot_commits(store, data), log=context.log.warning)
     _observe(context, result)
     return materialized(out.artifact, _figures(result))
 
