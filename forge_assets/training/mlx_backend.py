@@ -18,7 +18,10 @@ Every `TrainingConfig` key means what it means for the PEFT backend:
   (master weights, as PEFT keeps them under bf16 autocast);
 - checkpoints (atomic, the newest two kept) hold adapter weights, optimizer state and the curves; a killed run
   resumes from the newest one written for the same steps, configuration and samples. Batch order is a pure
-  function of seed and epoch, and dropout is seeded per step, so a resumed run repeats the uninterrupted one.
+  function of seed and epoch, and dropout is seeded per step, so a resumed run repeats the uninterrupted one;
+- divergence halt (training/divergence.py, as PEFT): every step's loss goes to the monitor; at the first non-finite
+  loss, or `divergence_patience` steps in a row above `divergence_factor` x the running minimum, training stops before
+  that step's validation or checkpoint, the run's checkpoints are removed, and TrainingDiverged is raised (no adapter).
 
 A small loop with `nn.value_and_grad` is used instead of `mlx_lm.tuner.trainer.train`, because that counts
 micro-batches as iterations, always evaluates before step 1, and can neither start at a step > 1 nor save
@@ -37,6 +40,7 @@ import time
 from pathlib import Path
 
 from forge_assets.config import TrainingConfig
+from forge_assets.training.divergence import DivergenceMonitor, TrainingDiverged
 
 QLORA_BITS, QLORA_GROUP_SIZE = 4, 64
 CLIP_NORM = 1.0
@@ -282,6 +286,14 @@ def _save_checkpoint(folder: Path, step: int, model, optimizer, meta: dict) -> N
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _discard_checkpoints(folder: Path) -> None:
+    """Remove every checkpoint in folder (step-N and .tmp-* leftovers): after a divergence a rerun must start clean,
+    not resume the diverging run."""
+    for p in [*folder.glob("step-*"), *folder.glob(".tmp-*")]:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _find_checkpoint(folder: Path, total: int, fingerprint: str, log) -> tuple[Path, dict] | None:
     """The newest complete checkpoint of this very run (same total steps, configuration and samples); stale ones
     (another run's) are deleted, and so are .tmp-* leftovers of a killed write."""
@@ -411,6 +423,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     valid_curve: list[list[float]] = []
     lr_curve: list[list[float]] = []
     trained_tokens, start, resumed_from = 0, 0, None
+    monitor = DivergenceMonitor.of(cfg)
     fingerprint = _fingerprint(cfg, enc.examples, init_adapter, base)
     if checkpoints is not None:
         checkpoints = Path(checkpoints)
@@ -424,6 +437,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
             curve, valid_curve, lr_curve = meta["loss_curve"], meta["valid_curve"], meta["lr_curve"]
             trained_tokens = meta["trained_tokens"]
             log(f"resuming from checkpoint step {start}")
+            monitor.replay(curve)  # the resumed run judges its loss as the uninterrupted one would
 
     value_and_grad = nn.value_and_grad(model, _loss)
     model.train()
@@ -433,7 +447,8 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     started = time.time()
     setup_seconds = started - setup_started
     new_tokens, validation_seconds = 0, 0.0
-    for step in range(start + 1, total + 1):
+    first = start + 1 if monitor.stopped is None else total + 1  # a restored curve that diverged already: no step
+    for step in range(first, total + 1):
         mx.random.seed(cfg.seed * 1_000_003 + step)  # dropout: a pure function of seed and step
         grads, loss_sum, tokens = None, mx.array(0.0), mx.array(0)
         for i in _step_batches(step, len(batches), accumulation, cfg.seed):
@@ -450,6 +465,9 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
         new_tokens += tokens.item()
         curve.append([step, round(loss, 4)])
         lr_curve.append([step, optimizer.learning_rate.item()])  # the rate this step used
+        if (diverged := monitor.update(step, loss)) is not None:
+            log(f"{diverged.describe()}: stopping")
+            break  # before this step's validation and checkpoint
         if step == 1 or step % 10 == 0 or step == total:
             spent = time.time() - started - validation_seconds  # training steps only
             log(f"step {step}/{total}: loss {loss:.4f} ({pace(step - start, total - step, spent, 'steps')})")
@@ -464,6 +482,10 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
                 "step": step, "total_steps": total, "fingerprint": fingerprint, "seed": cfg.seed,
                 "loss_curve": curve, "valid_curve": valid_curve, "lr_curve": lr_curve,
                 "trained_tokens": trained_tokens})
+    if monitor.stopped is not None:  # diverged: fail, with no adapter and no checkpoint to resume the diverged run from
+        if checkpoints is not None:
+            _discard_checkpoints(checkpoints)
+        raise TrainingDiverged(monitor.stopped, cfg.learning_rate, cfg.divergence_patience)
     seconds = time.time() - started
 
     out = Path(out)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from forge_assets.config import TrainingConfig
 from forge_assets.progress import Progress as ProgressLines, pace, peak_memory  # Progress: the Trainer callback in train()
+from forge_assets.training.divergence import DivergenceMonitor, TrainingDiverged
 from forge_assets.training.loss import chunk_parts, summed_loss
 from forge_assets.training.samples import (IGNORE, collate, coverage, encode, pack, packing_stats, trained_coverage,
                                            validation_subset)
@@ -165,6 +166,17 @@ def complete_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
 
 
+def discard_checkpoints(folder: Path) -> None:
+    """Remove every checkpoint in folder, complete or partial (after a divergence: a rerun must start clean, not
+    resume the diverging run)."""
+    import shutil
+
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name.startswith(CKPT_PREFIX) and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+
+
 def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: TrainingConfig, log=print,
           checkpoints: Path | None = None, init_adapter: Path | None = None, chunked_loss: bool = True) -> dict:
     """Train a LoRA-family adapter with transformers' Trainer; save a PEFT adapter folder to out.
@@ -177,6 +189,9 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     The loss is computed in chunks of tokens (training/loss.py), never over the whole batch's logits, normalized
     as the Trainer normalizes its own; `chunked_loss=False` keeps the Trainer's own loss (benchmarks compare them).
     Validation scores `val_batches` of the valid split's batches, the same seeded subset every time.
+    The loss is logged at every optimizer step (logging_steps=1, NaN/inf not filtered out) and fed to the divergence
+    monitor (training/divergence.py): a diverging run stops there, keeps no adapter and no checkpoint, and raises
+    TrainingDiverged.
     """
     import shutil
 
@@ -241,6 +256,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     lrs: list[list[float]] = []
     counted = {"tokens": 0, "micro": 0}
     validation_seconds = [0.0]
+    monitor = DivergenceMonitor.of(cfg)
 
     def validate(step: int) -> None:
         started = time.time()
@@ -285,6 +301,11 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
             if logs and "loss" in logs and state.global_step > (curve[-1][0] if curve else 0):
                 curve.append([state.global_step, round(float(logs["loss"]), 4)])
                 lrs.append([state.global_step, float(logs.get("learning_rate", 0.0))])
+                if (diverged := monitor.update(state.global_step, float(logs["loss"]))) is not None:
+                    log(f"{diverged.describe()}: stopping")
+                    control.should_training_stop = True
+                    control.should_save = False  # no checkpoint of the diverged state (the save comes after on_log)
+                    return control
                 if state.global_step % 10 == 0 or state.global_step in (1, total):
                     spent = time.time() - self.began - (validation_seconds[0] - self.validated)  # training steps only
                     log(f"step {state.global_step}/{total}: loss {logs['loss']:.4f} "
@@ -313,6 +334,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
             lrs[:] = state["lr_curve"]
             counted["before"] = state["trained_tokens"]
             log(f"resuming from checkpoint step {state['step']} of {total} ({resume})")
+            monitor.replay(curve)  # the resumed run judges its loss as the uninterrupted one would
         else:
             for p in done:
                 shutil.rmtree(p, ignore_errors=True)
@@ -322,7 +344,9 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
         warmup_steps=round(cfg.warmup_ratio * total), max_grad_norm=1.0, weight_decay=0.0, seed=cfg.seed, data_seed=cfg.seed,
         bf16=precision == "bf16", use_cpu=device() == "cpu",
         **_checkpointing(cfg.gradient_checkpointing and cfg.method != "qlora"),  # qlora: prepare_model_for_kbit_training did it
-        logging_steps=1, logging_first_step=True, report_to="none", disable_tqdm=True,
+        # the loss of every optimizer step, NaN/inf included (the default filter would log a NaN step as the mean
+        # of the steps before it, hiding the divergence from the monitor)
+        logging_steps=1, logging_first_step=True, logging_nan_inf_filter=False, report_to="none", disable_tqdm=True,
         save_strategy="steps" if cfg.checkpoint_every and checkpoints is not None else "no",
         save_steps=cfg.checkpoint_every or total, save_total_limit=2,
         eval_strategy="no", remove_unused_columns=False, dataloader_num_workers=0, average_tokens_across_devices=False,
@@ -331,7 +355,14 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     trainer.remove_callback(PrinterCallback)  # Progress logs through `log`; the printer would write raw dicts to stdout
     started = time.time()
     setup_seconds = started - setup_started
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if monitor.stopped is None:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if monitor.stopped is not None:  # diverged: fail, with no adapter and no checkpoint to resume the diverged run from
+        if checkpoints is None:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            discard_checkpoints(work)
+        raise TrainingDiverged(monitor.stopped, cfg.learning_rate, cfg.divergence_patience)
     seconds = time.time() - started
     if vbatches:
         validate(total)
