@@ -45,7 +45,9 @@ def _run(instance, cfg):
 
 
 def test_init_from_previous_continues_the_promoted_adapter_on_new_samples(py_repo: Path, tmp_path: Path):
-    cfg = write_config(tmp_path, [py_repo], languages=["python"], deploy={"max_perplexity_ratio": 100.0},
+    # Lineage, not quality, is tested here: the gates are lenient (a 6-step continuation on forge-tiny may score a little
+    # worse than its parent), but the parent is still scored as the champion.
+    cfg = write_config(tmp_path, [py_repo], languages=["python"], deploy={"max_perplexity_ratio": 100.0}, gates={"served_tolerance": 1.0},
                        training={"init_from": "previous", "replay": 0.25, "eval_every": 2, "seq_len": 256})
     root = tmp_path / "artifacts" / "adapter" / "python"
     with instance_for_test() as instance:
@@ -64,6 +66,9 @@ def test_init_from_previous_continues_the_promoted_adapter_on_new_samples(py_rep
         assert res["new_samples"] > 0 and res["older_samples"] > 0
         assert res["replayed_samples"] == min(res["older_samples"], round(res["new_samples"] * 0.25 / 0.75))
         assert res["train_samples"] == res["new_samples"] + res["replayed_samples"]
+        ev = (tmp_path / "artifacts" / "eval_scores" / "python" / "promoted").resolve()
+        scores = json.loads((ev / "scores.json").read_text())
+        assert scores["champion_version"] == first and any(k.startswith("served_perplexity_ratio_") for k in scores)
 
         # curves people can look at: observations per logged step (the Plots tab) and a Markdown chart
         mat = instance.get_latest_materialization_event(AssetKey("adapter")).asset_materialization
