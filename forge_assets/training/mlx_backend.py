@@ -423,7 +423,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     valid_curve: list[list[float]] = []
     lr_curve: list[list[float]] = []
     trained_tokens, start, resumed_from = 0, 0, None
-    monitor = DivergenceMonitor.of(cfg)
+    monitor = DivergenceMonitor.of(cfg, len(getattr(tokenizer, "_tokenizer", tokenizer)))
     fingerprint = _fingerprint(cfg, enc.examples, init_adapter, base)
     if checkpoints is not None:
         checkpoints = Path(checkpoints)

@@ -256,7 +256,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     lrs: list[list[float]] = []
     counted = {"tokens": 0, "micro": 0}
     validation_seconds = [0.0]
-    monitor = DivergenceMonitor.of(cfg)
+    monitor = DivergenceMonitor.of(cfg, len(tokenizer))
 
     def validate(step: int) -> None:
         started = time.time()
