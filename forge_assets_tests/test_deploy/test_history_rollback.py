@@ -131,8 +131,10 @@ def test_rollback_serves_the_previous_gguf_and_forward_again(q8_gguf: Path, proj
     assert cli.main(["history", "--language", "python"]) == 0
     hist = capsys.readouterr().out
     _show(capsys, hist)
-    rows = hist.splitlines()[2:]
+    deploys, _, evals = hist.partition("forge history: `python` evaluations")
+    rows = deploys.splitlines()[2:]
     assert [r.split()[2] for r in rows] == ["deploy", "deploy", "rollback"]
+    assert evals.count("  eval ") == len(store.versions("eval_scores", "python")) >= 2  # then each evaluation, newest last
     assert tag_b in rows[1] and "ppl ratio 0.880, ppl 13.70" in rows[1] and "quant loss" not in rows[1]
     assert tag_a in rows[2] and "ppl ratio 0.910" in rows[2] and "quant loss 1.25%" in rows[2] and rows[2].endswith("<- serving")
 
