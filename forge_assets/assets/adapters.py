@@ -61,7 +61,7 @@ def adapter(context: AssetExecutionContext, forge: ForgeResource):
         result = run_step(context, forge, "train_adapter", {**args, "out": str(out.path)}, work)
         manifest["result"] = result
     shutil.rmtree(checkpoints, ignore_errors=True)
-    record_training(cfg, language, out.artifact, inputs, context.run_id, snapshot_commits(store, data), log=context.log.warning)
+    record_training(cfg, language, out.artifact, inputs, context.run.run_id, snapshot_commits(store, data), log=context.log.warning)
     _observe(context, result)
     return materialized(out.artifact, _figures(result))
 

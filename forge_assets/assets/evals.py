@@ -25,6 +25,7 @@ from forge_assets.evaluation.report import REPORT, validation_report
 from forge_assets.evaluation.scores import humaneval_count, markdown_table
 from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
+from forge_assets.tracking import record_eval
 from forge_assets.training.base_model import model_folder
 
 CODE_VERSION = "4"  # 4: the champion scored too (paired comparison), report.md; 3: FIM in the base's own tokens, phase seconds
@@ -95,6 +96,7 @@ def eval_scores(context: AssetExecutionContext, forge: ForgeResource):
         for v in verdicts:
             if not v.passed:
                 context.log.error(f"gate {v.name} failed: {v.message}")
+    record_eval(cfg, language, ad.version, art.version, scores, report, context.run.run_id, log=context.log.warning)  # tracking: mlflow
     checks = [AssetCheckResult(check_name=v.name, passed=v.passed, severity=AssetCheckSeverity.ERROR, description=v.message,
                                metadata={**{k: float(x) for k, x in v.figures.items() if isinstance(x, (int, float)) and not isinstance(x, bool)},
                                          "adapter_version": ad.version, "eval_version": art.version, **({"skipped": True} if v.skipped else {})})

@@ -1,6 +1,7 @@
 """Champion/challenger through `forge run`, as a user runs it: a trained adapter is promoted and served; a later
 candidate that still beats the base model but is worse than the served adapter is blocked by
-`not_worse_than_served`, and what is served does not move. `forge status` and `forge history` say why."""
+`not_worse_than_served`, and what is served does not move. `forge status` and `forge history` say why, and the
+local MLflow store (`tracking: mlflow`) holds both runs with their figures and reports."""
 
 import json
 import os
@@ -27,8 +28,9 @@ def test_a_candidate_worse_than_the_served_adapter_is_never_deployed(py_repo: Pa
     # The champion: trained well enough to be clearly better than the base. HumanEval off (it is judged the same way,
     # and its cost here buys nothing: the tiny model passes no problem).
     cfg = write_config(tmp_path, [py_repo], languages=["python"], deploy={"port": free_port()},
-                       training={"learning_rate": 0.01, "max_steps": 24}, eval={"humaneval": {"problems": 0}})
-    env = {**os.environ, "FORGE_CONFIG": str(cfg), "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+                       training={"learning_rate": 0.01, "max_steps": 24}, eval={"humaneval": {"problems": 0}}, tracking="mlflow")
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "FORGE_CONFIG": str(cfg),
+           "DAGSTER_HOME": str(tmp_path / "dagster_home")}
     store = ArtifactStore(tmp_path / "artifacts")
     try:
         out = _forge(["run"], tmp_path, env)
@@ -66,5 +68,19 @@ def test_a_candidate_worse_than_the_served_adapter_is_never_deployed(py_repo: Pa
         history = _forge(["history", "--language", "python"], tmp_path, env)
         assert f"eval {cand.version[:12]}" in history.stdout and "FAILED not_worse_than_served" in history.stdout
         assert f"champion {served['adapter'][:12]}" in history.stdout and str(cand.path / "report.md") in history.stdout
+
+        # MLflow: one run per adapter version, each with its training and its evaluation
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'artifacts' / 'mlflow' / 'mlflow.db'}")
+        [exp] = [e for e in client.search_experiments() if e.name == "forge-python"]
+        runs = {r.data.tags["forge.adapter_version"]: r for r in client.search_runs([exp.experiment_id])}
+        challenger = cand.manifest()["inputs"]["adapter"]
+        assert set(runs) == {served["adapter"], challenger}
+        ch = runs[challenger].data
+        assert ch.tags["forge.eval_version"] == cand.version and "train_loss" in ch.metrics and "champion_perplexity" in ch.metrics
+        assert ch.metrics["perplexity_ratio"] == scores["perplexity_ratio"] and ch.params["training.learning_rate"] in ("1e-06", "1e-6")
+        reports = [a.path for a in client.list_artifacts(runs[challenger].info.run_id, "eval")]
+        assert "eval/validation_report.md" in reports
     finally:
         _forge(["stop"], tmp_path, env, timeout=120)
