@@ -119,20 +119,6 @@ def test_commit_to_deployed_tag_then_unchanged_inputs_reuse_everything(chain):
     mlx_target.stop(state)
 
 
-def test_an_adapter_worse_than_the_limit_is_not_exported_or_deployed(two_language_repo: Path, tmp_path: Path):
-    cfg = write_config(tmp_path, [two_language_repo], deploy={"port": free_port(), "max_perplexity_ratio": 0.01})
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
-        result = _run(instance, cfg)
-        assert not result.success
-        check = [e for e in result.get_asset_check_evaluations() if e.check_name == "adapter_beats_base"][0]
-        assert not check.passed and check.metadata["limit"].value == 0.01
-        assert _materialization(instance, "eval_scores") is not None
-        assert instance.get_latest_materialization_event(AssetKey("gguf")) is None
-        assert instance.get_latest_materialization_event(AssetKey("deployment")) is None
-    assert not (tmp_path / "artifacts" / "deployment" / "python").exists()
-
-
 @pytest.mark.skipif(not mlx_backend.available(), reason="mlx[cpu] / mlx-lm not installed")
 def test_mlx_backend_on_a_base_model_saved_to_disk(two_language_repo: Path, tiny_model: Path, tmp_path: Path):
     """backend: mlx trains the same `adapter` asset with mlx-lm, on a configured local Hugging Face model folder."""
