@@ -150,28 +150,55 @@ def write_config(folder: Path, repos: list[Path], **overrides) -> Path:
 
 
 @contextlib.contextmanager
+def forge_instance(*languages: str):
+    """A Dagster test instance with the language partitions added (default: python)."""
+    from dagster import instance_for_test
+
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("language", list(languages or ["python"]))
+        yield instance
+
+
+def materialize_assets(cfg: Path, assets=None, *, instance, language: str | None = "python", **kwargs):
+    """Materialize, in instance, the forge.yaml at cfg: assets is None (every asset and check), asset names (those
+    assets, no checks) or definitions. language is the partition (None: an unpartitioned selection); kwargs go to
+    Dagster's materialize (raise_on_error, selection, ...). Returns the result."""
+    from dagster import materialize
+
+    from forge_assets.definitions import all_assets, all_checks
+    from forge_assets.resources import ForgeResource
+
+    if assets is None:
+        defs = [*all_assets, *all_checks]
+    elif all(isinstance(a, str) for a in assets):
+        defs = [a for a in all_assets if a.key.path[0] in assets]
+    else:
+        defs = list(assets)
+    if language is not None:
+        kwargs["partition_key"] = language
+    return materialize(defs, instance=instance, resources={"forge": ForgeResource(config_path=str(cfg))}, **kwargs)
+
+
+def latest_metadata(instance, asset: str) -> dict:
+    """asset's latest materialization metadata in instance, as plain values."""
+    from dagster import AssetKey
+
+    event = instance.get_latest_materialization_event(AssetKey(asset))
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+@contextlib.contextmanager
 def materialized_chain(cfg: Path, language: str = "python"):
     """Every asset and check materialized for one language partition of the forge.yaml at cfg, in a test instance.
     Yields (result, meta): meta(asset) is that asset's latest materialization metadata as plain values. The model
     server the deployment started is stopped on the way out."""
-    from dagster import AssetKey, instance_for_test, materialize
-
-    from forge_assets.definitions import all_assets, all_checks
     from forge_assets.deploy import llama_server
-    from forge_assets.resources import ForgeResource
 
     root = Path(yaml.safe_load(Path(cfg).read_text())["artifact_root"])
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", [language])
+    with forge_instance(language) as instance:
         try:
-            result = materialize([*all_assets, *all_checks], partition_key=language, instance=instance,
-                                 resources={"forge": ForgeResource(config_path=str(cfg))}, raise_on_error=False)
-
-            def meta(asset: str) -> dict:
-                event = instance.get_latest_materialization_event(AssetKey(asset))
-                return {k: v.value for k, v in event.asset_materialization.metadata.items()}
-
-            yield result, meta
+            result = materialize_assets(cfg, instance=instance, language=language, raise_on_error=False)
+            yield result, lambda asset: latest_metadata(instance, asset)
         finally:
             llama_server.stop(root / "deployment" / "_endpoint")
 

@@ -23,7 +23,7 @@ from forge_assets.artifacts import ArtifactStore
 from forge_assets.config import DeployConfig, RepoSource
 from forge_assets.mining.snapshot import RepoError, clone_dir, take_snapshot
 from forge_assets.private import ensure_private_dir, git_credential_env, git_remote, redact_text, redact_url
-from forge_assets_tests.conftest import PY_FILES, commit_files, git, make_repo
+from forge_assets_tests.conftest import PY_FILES, commit_files, forge_instance, git, make_repo, materialize_assets
 
 TOKEN = "s3cr3t-T0ken"
 USER = "forge-user"
@@ -241,15 +241,8 @@ def test_an_unreachable_credentialed_url_fails_without_showing_the_token(tmp_pat
 
 
 def _materialize_snapshot(cfg: Path):
-    from dagster import instance_for_test, materialize
-
-    from forge_assets.assets.snapshots import repo_snapshot
-    from forge_assets.resources import ForgeResource
-
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
-        result = materialize([repo_snapshot], partition_key="python", instance=instance,
-                             resources={"forge": ForgeResource(config_path=str(cfg))}, raise_on_error=False)
+    with forge_instance() as instance:
+        result = materialize_assets(cfg, ["repo_snapshot"], instance=instance, raise_on_error=False)
         logs = "\n".join(repr(rec) for rec in instance.all_logs(result.run_id))
         metadata = {}
         for mat in result.asset_materializations_for_node("repo_snapshot"):

@@ -3,11 +3,10 @@
 import json
 from pathlib import Path
 
-from dagster import AssetKey, instance_for_test, materialize
+from dagster import AssetKey
 
 from forge_assets.assets.sessions import session_logs
-from forge_assets.resources import ForgeResource
-from forge_assets_tests.conftest import write_config
+from forge_assets_tests.conftest import forge_instance, materialize_assets, write_config
 from forge_assets_tests.test_sessions.session_builders import Spec, bash, edit, write_db, write_storage
 
 AWS_KEY = "AKIAZ7QW3RTY5UIOPLKJ"
@@ -24,8 +23,7 @@ def python_session(title: str) -> Spec:
 
 
 def _run(instance, cfg: Path):
-    return materialize([session_logs], partition_key="python", instance=instance,
-                       resources={"forge": ForgeResource(config_path=str(cfg))}, raise_on_error=False)
+    return materialize_assets(cfg, [session_logs], instance=instance, raise_on_error=False)
 
 
 def test_db_and_json_tree_together_without_duplicates_or_secrets(py_repo: Path, tmp_path: Path):
@@ -34,8 +32,7 @@ def test_db_and_json_tree_together_without_duplicates_or_secrets(py_repo: Path, 
     db = write_db(tmp_path / "oc" / "opencode.db", [shared])
     storage = write_storage(tmp_path / "oc", [shared, json_only])
     cfg = write_config(tmp_path, [py_repo], sessions=[{"opencode": str(db)}, {"opencode": str(storage)}])
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
+    with forge_instance() as instance:
         assert _run(instance, cfg).success
         meta = instance.get_latest_materialization_event(AssetKey("session_logs")).asset_materialization.metadata
     body = (tmp_path / "artifacts" / "session_logs" / "python" / "promoted" / "records.jsonl").read_text()
@@ -52,8 +49,7 @@ def test_corrupt_source_fails_and_keeps_the_last_good_version_unless_skipped(py_
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"this is not a database" * 100)
     root = tmp_path / "artifacts" / "session_logs" / "python"
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
+    with forge_instance() as instance:
         assert _run(instance, write_config(tmp_path, [py_repo], sessions=[{"opencode": str(good)}])).success
         before = (root / "promoted").resolve()
 
@@ -71,8 +67,7 @@ def test_corrupt_source_fails_and_keeps_the_last_good_version_unless_skipped(py_
 
 
 def test_no_sessions_configured_gives_empty_logs_and_a_warning(py_repo: Path, tmp_path: Path):
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
+    with forge_instance() as instance:
         result = _run(instance, write_config(tmp_path, [py_repo]))
         assert result.success
         logs = [e.message for e in instance.all_logs(result.run_id) if e.level >= 30]

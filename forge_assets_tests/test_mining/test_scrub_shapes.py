@@ -301,20 +301,15 @@ def test_the_corpus_leaves_nothing_in_any_artifact(tmp_path):
 def test_the_snapshot_asset_stores_a_path_that_holds_a_token_scrubbed(tmp_path):
     """repo_snapshot's snapshot.json names files by path: a credential in a path is stored redacted, the file kept."""
     import yaml
-    from dagster import instance_for_test, materialize
-
-    from forge_assets.assets.snapshots import repo_snapshot
-    from forge_assets.resources import ForgeResource
+    from forge_assets_tests.conftest import forge_instance, materialize_assets
 
     path_token = draw(B62, 36)
     r = Repo(tmp_path / "svc")
     r.commit({f"deploy/ghp_{path_token}/run.py": '"""Run the deploy."""\n\nprint("deploying")\n', "app.py": "X = 1\n"}, "Initial")
     cfg = tmp_path / "forge.yaml"
     cfg.write_text(yaml.safe_dump({"artifact_root": str(tmp_path / "artifacts"), "repos": [{"path": str(r.path)}]}))
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
-        result = materialize([repo_snapshot], partition_key="python", instance=instance,
-                             resources={"forge": ForgeResource(config_path=str(cfg))})
+    with forge_instance() as instance:
+        result = materialize_assets(cfg, ["repo_snapshot"], instance=instance)
         logs = "\n".join(repr(rec) for rec in instance.all_logs(result.run_id))
     assert result.success and path_token not in logs
     blob = b"\n".join(p.read_bytes() for p in (tmp_path / "artifacts").rglob("*") if p.is_file())

@@ -12,14 +12,13 @@ import json
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, instance_for_test, materialize
+from dagster import AssetKey
 from session_builders import Spec, bash, edit, read, text, tool, write, write_db
 
 from forge_assets.assets.sessions import session_logs
 from forge_assets.config import SessionSource
-from forge_assets.resources import ForgeResource
 from forge_assets.sessions import collect
-from forge_assets_tests.conftest import PY_FILES, make_repo, write_config
+from forge_assets_tests.conftest import PY_FILES, forge_instance, make_repo, materialize_assets, write_config
 
 P = "/home/dev/project"
 GHP = "ghp_" + "Vq8Lm2Nx7Rt4Kw9Zp3Hs6Dc1Fb5Gj0Ya2Ue"  # 34 after the prefix: the old 36+ rule let it through
@@ -80,10 +79,8 @@ def test_session_logs_asset_writes_no_planted_secret(tmp_path: Path) -> None:
     (tmp_path / "oc").mkdir()
     db = write_db(tmp_path / "oc" / "opencode.db", [planted_session()])
     cfg = write_config(tmp_path, [repo], sessions=[{"opencode": str(db)}])
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
-        assert materialize([session_logs], partition_key="python", instance=instance,
-                           resources={"forge": ForgeResource(config_path=str(cfg))}).success
+    with forge_instance() as instance:
+        assert materialize_assets(cfg, [session_logs], instance=instance).success
         meta = instance.get_latest_materialization_event(AssetKey("session_logs")).asset_materialization.metadata
     folder = Path(meta["dagster/uri"].value)
     body = (folder / "records.jsonl").read_text(encoding="utf-8")

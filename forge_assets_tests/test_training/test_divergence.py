@@ -167,22 +167,16 @@ def test_the_adapter_asset_fails_with_the_message_and_stores_no_version(tiny_mod
     failure block shows it), and the store holds no adapter version. The session's forge-tiny is the configured base
     (a model folder, so the base_model asset does not pretrain another one: ~35 s saved); learning rate 50 with the default
     divergence settings, the issue's example."""
-    from dagster import instance_for_test, materialize
-
     from forge_assets.artifacts import ArtifactStore
     from forge_assets.cli import failure_summary
-    from forge_assets.definitions import all_assets
-    from forge_assets.resources import ForgeResource
-    from forge_assets_tests.conftest import write_config
+    from forge_assets_tests.conftest import forge_instance, materialize_assets, write_config
 
     cfg = write_config(tmp_path, [py_repo], languages=["python"], base_model=str(tiny_model),
                        training={"learning_rate": 50.0, "warmup_ratio": 0.0, "lr_schedule": "constant", "max_steps": 20,
                                  "checkpoint_every": 1})
     upto = ("base_model", "repo_snapshot", "session_logs", "dataset", "adapter")
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
-        result = materialize([a for a in all_assets if a.key.path[0] in upto], partition_key="python", instance=instance,
-                             resources={"forge": ForgeResource(config_path=str(cfg))}, raise_on_error=False)
+    with forge_instance() as instance:
+        result = materialize_assets(cfg, upto, instance=instance, raise_on_error=False)
     assert not result.success
     [failure] = failure_summary(result)  # what `forge run`'s failure block shows: step, cause, fix
     assert failure["step"] == "adapter"
