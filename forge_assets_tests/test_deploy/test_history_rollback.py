@@ -150,14 +150,10 @@ def test_rollback_serves_the_previous_gguf_and_forward_again(q8_gguf: Path, proj
     assert e["not_promoted"] == f"candidate {ev_c.version} was not promoted: adapter_beats_base: {GATES_FAILED[0]['message']}"
 
     # The deployment asset, run after the rollback, keeps A (reused: it answers already).
-    from dagster import instance_for_test, materialize
+    from forge_assets_tests.conftest import forge_instance, materialize_assets
 
-    from forge_assets.assets.deploy import deployment
-    from forge_assets.resources import ForgeResource
-
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
-        result = materialize([deployment], partition_key="python", instance=instance, resources={"forge": ForgeResource(config_path=str(cfg_path))})
+    with forge_instance() as instance:
+        result = materialize_assets(cfg_path, ["deployment"], instance=instance)
     meta = result.asset_materializations_for_node("deployment")[0].metadata
     assert result.success and meta["tag"].value == tag_a and meta["reused"].value is True and _models(endpoint) == [tag_a]
 
