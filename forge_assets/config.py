@@ -43,7 +43,7 @@ class RepoSource(_Strict):
                                                  "`path` and `url`.")
     url: str | None = Field(None, description="A git URL, cloned (and fetched on later runs) under `<artifact_root>/clones`. "
                                                 "Give exactly one of `path` and `url`.")
-    branch: str | None = Field(None, description="The branch mined (`origin/<branch>` of a URL's clone). None: a URL's default "
+    branch: str | None = Field(None, description="The branch mined (`origin/<branch>` of a URL's clone). `null`: a URL's default "
                                                    "branch, a local repository's checked-out HEAD.")
 
     @model_validator(mode="after")
@@ -70,7 +70,7 @@ class SessionSource(_Strict):
     on_error: Literal["fail", "skip"] = Field("fail", description="A corrupt, locked or unknown file: `fail` fails the "
                                               "materialization naming the file; `skip` records it and goes on.")
     agents: list[str] | None = Field(None, description="The agents whose completed turns become samples, e.g. `[build]`. "
-                                     "None: the coding agents (build, general, custom ones), not `plan` nor opencode's "
+                                     "`null`: the coding agents (build, general, custom ones), not `plan` nor opencode's "
                                      "hidden ones.")
 
     @model_validator(mode="after")
@@ -118,9 +118,9 @@ class TinyModelConfig(_Strict):
     num_layers: int = Field(2, gt=0, description="Transformer blocks.")
     num_heads: int = Field(4, gt=0, description="Attention heads.")
     num_kv_heads: int = Field(2, gt=0, description="Key/value heads (grouped-query attention).")
-    context_length: int | None = Field(None, ge=64, description="The longest sequence forge-tiny is built for. None: "
-                                       "`training.seq_len` (the window adapters train on), at least 64; a value shorter "
-                                       "than `training.seq_len` is an error.")
+    context_length: int | None = Field(None, ge=64, description="The longest sequence forge-tiny is built for. `null`: "
+                                       "`training.seq_len` (the window adapters train on), at least 64. With `base_model: forge-tiny`, "
+                                       "a value shorter than `training.seq_len` is an error.")
     pretrain_steps: int = Field(500, ge=0, description="Optimizer steps of pretraining (500 x 8 x 256 tokens: ~2.5 min "
                                 "on 2 CPU cores).")
     pretrain_seq_len: int = Field(256, ge=16, description="Tokens per pretraining sequence (at most the context length).")
@@ -154,7 +154,7 @@ class TrainingConfig(_Strict):
     epochs: float = Field(1.0, gt=0, description="Passes over the train split (fractions allowed). Set `epochs` or "
                           "`max_steps`, not both.")
     max_steps: int | None = Field(None, gt=0, description="When set, exactly this many optimizer steps instead of `epochs` "
-                                  "(then leave `epochs` unset; setting both is an error). None: `epochs` decides.")
+                                  "(then leave `epochs` unset; setting both is an error). `null`: `epochs` decides.")
     batch_size: int = Field(4, gt=0, description="Packed rows of `seq_len` tokens per micro-batch.")
     gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, "
@@ -167,14 +167,14 @@ class TrainingConfig(_Strict):
         "`completions`: loss on assistant answers (with their `<|im_end|>`), FIM middles (with their end token) and code "
         "(not its repo/path header); prompts, tool output and FIM context are context only. `all`: every token."))
     eval_every: int | None = Field(None, gt=0, description="Validation loss every N optimizer steps; it is always computed "
-                                   "once at the end. None: only at the end. Needs `mining.valid_fraction` > 0 and "
+                                   "once at the end. `null`: only at the end. Needs `mining.valid_fraction` > 0 and "
                                    "`val_batches` other than 0.")
     # mlx-lm's --val-batches
     val_batches: int | None = Field(25, ge=-1, description=(
         "Validation batches per validation loss: a seeded subset spread over the valid split's lengths, the same every "
-        "time. None or -1: every batch; 0: no validation loss at all (then `eval_every` is an error)."))
+        "time. `null` or -1: every batch; 0: no validation loss at all (then `eval_every` is an error)."))
     checkpoint_every: int | None = Field(50, gt=0, description="An atomic checkpoint every N optimizer steps, from which a "
-                                         "killed run resumes. None: no checkpoints.")
+                                         "killed run resumes. `null`: no checkpoints.")
     init_from: Literal["base", "previous"] = Field("base", description="`base`: a fresh adapter; `previous`: continue the "
                                                    "language's last promoted adapter on new samples plus a `replay` share.")
     replay: float = Field(0.2, ge=0, lt=1, description="With `init_from: previous`: the share of the training mix drawn from "
@@ -222,7 +222,7 @@ class DeployConfig(_Strict):
     port: int = Field(8088, gt=0, lt=65536, description="llama-server: the one endpoint every language's tag is served on.")
     context: int | None = Field(None, ge=512, description=(
         "Tokens of context the server gives each request (server `n_ctx`, Ollama `num_ctx`, the client configurations' "
-        "limit). None: the model's trained context, and at least 32,768 (OpenCode's system prompt and tools alone are "
+        "limit). `null`: the model's trained context, and at least 32,768 (OpenCode's system prompt and tools alone are "
         "~3,800 tokens)."))
     merge: bool = Field(False, description=(
         "true: serve each language's merged GGUF (Ollama needs it for Qwen); false: the base GGUF once + each language's "
@@ -235,7 +235,7 @@ class DeployConfig(_Strict):
         "Concurrent requests the llama.cpp engine decodes together (its slots, each with its own prompt cache; they share "
         "`context` tokens of KV cache). 4: an agent team of four sessions keeps every session's prefix cached."))
     api_key: str | None = Field(None, min_length=1, description=(
-        "The endpoint's API key. None: a loopback bind needs none; any other `host` gets one generated into "
+        "The endpoint's API key. `null`: a loopback bind needs none; any other `host` gets one generated into "
         "`deployment/_endpoint/api_key` (mode 0600). `forge client-config` writes the key into the client configurations. "
         "`$NAME` reads it from the environment variable NAME."))
     allowed_hosts: list[str] = Field(default_factory=list, description="Host-header names accepted besides loopback and "
@@ -334,7 +334,7 @@ class ForgeConfig(_Strict):
     repos: list[RepoSource] = Field(default_factory=list, description="The git repositories to mine (entries below).")
     sessions: list[SessionSource] = Field(default_factory=list, description="Coding-agent session logs to mine (entries below).")
     languages: list[LanguageName] | None = Field(None, description=(
-        "The languages to train, e.g. `[python, rust]`: lower-case names (partition keys and folder names). None: every "
+        "The languages to train, e.g. `[python, rust]`: lower-case names (partition keys and folder names). `null`: every "
         "language with files in the repositories."))
     base_model: str = Field("forge-tiny", description=(
         "`forge-tiny` (a small model built from the corpus), a local Hugging Face model folder, or a Hugging Face id "
@@ -349,12 +349,12 @@ class ForgeConfig(_Strict):
         "A cron string, e.g. `\"0 2 * * *\"`: adds the Dagster schedule `forge_schedule`, evaluated in "
         "`schedule_timezone`; each tick rebuilds the languages whose inputs changed since their last run, and does "
         "nothing when none did (docs/schedules.md). Read when the definitions load (reload the code location after "
-        "changing it); needs the Dagster daemon. None: no schedule (the push sensor only)."))
+        "changing it); needs the Dagster daemon. `null`: no schedule (the push sensor only)."))
     schedule_timezone: str = Field("UTC", description="The IANA time zone the schedule is evaluated in, e.g. `Europe/Berlin`.")
     tracking: Literal["mlflow"] | None = Field(None, description=(
         "`mlflow`: one MLflow run per language per training and evaluation (params, loss curves, eval figures of base, "
         "candidate and champion, the report and the adapter as artifacts), stored at MLFLOW_TRACKING_URI, else under "
-        "`<artifact_root>/mlflow` (docs/tracking.md). None: off."))
+        "`<artifact_root>/mlflow` (docs/tracking.md). `null`: off."))
     # Set by load_config/parse_config, not read from the file.
     base_dir: str = Field(".", exclude=True, description="Where relative paths in the file are resolved from (the file's "
                           "folder); not a key.")
