@@ -23,21 +23,17 @@ from typing import Callable
 from forge_assets.artifacts import Artifact, ArtifactError, ArtifactStore, input_key
 from forge_assets.deploy import clients, targets
 from forge_assets.deploy.targets import MLX_STATE  # noqa: F401  (deployment/<language>/mlx.json; importers read it here)
+from forge_assets.evaluation import metrics
 from forge_assets.private import ensure_private_dir
 
 CODE_VERSION = "2"  # 2: every language on one endpoint, base + LoRA  # the deployment asset's code version: part of the deployment artifact's input key
 DEPLOY, ROLLBACK = "deploy", "rollback"
 
-# The scores `forge status`, `forge history` and history events show, in this order, with a short label.
-EVAL_KEY_SCORES = {
-    "perplexity_ratio": "ppl ratio",
-    "adapter_perplexity": "ppl",
-    "adapter_fim_exact_match": "FIM EM",
-    "adapter_fim_edit_similarity": "FIM sim",
-    "adapter_humaneval_pass_at_1": "HumanEval@1",
-    "adapter_codebleu": "CodeBLEU",
-}
-GGUF_KEY_SCORES = {"quantization_loss_pct": "quant loss %"}
+# The scores `forge status`, `forge history` and history events show, in this order, with a short label: each metric's
+# `status` lines in the registry (evaluation/metrics/), eval_scores' from scores.json, gguf's from its manifest's figures.
+_STATUS = {s.key: s for s in metrics.status_lines("eval_scores") + metrics.status_lines("gguf")}
+EVAL_KEY_SCORES = {s.key: s.label for s in metrics.status_lines("eval_scores")}
+GGUF_KEY_SCORES = {s.key: s.label for s in metrics.status_lines("gguf")}
 
 
 ENDPOINT = "_endpoint"  # deployment/_endpoint: the one server every language's tag is served from
@@ -212,16 +208,10 @@ def key_scores(store: ArtifactStore, language: str, *, eval_scores: str | None =
 def format_scores(scores: dict | None) -> str:
     """`ppl ratio 0.912, ppl 14.20, FIM EM 0.500, quant loss 1.30%` (names forge shows; missing ones left out)."""
     parts = []
-    for k, label in {**EVAL_KEY_SCORES, **GGUF_KEY_SCORES}.items():
+    for k, line in _STATUS.items():
         v = (scores or {}).get(k)
-        if not _number(v):
-            continue
-        if k == "quantization_loss_pct":
-            parts.append(f"quant loss {v:.2f}%")
-        elif k == "adapter_perplexity":
-            parts.append(f"{label} {v:.2f}")
-        else:
-            parts.append(f"{label} {v:.3f}")
+        if _number(v):
+            parts.append(line.format(v))
     return ", ".join(parts)
 
 

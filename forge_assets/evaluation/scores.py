@@ -229,7 +229,7 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
     """Held-out (test split) scores of the base model, of base + adapter and, given `champion` (the promoted adapter,
     trained on the same base), of base + champion; `ev` is forge.yaml's `eval` block (a dict)."""
     from forge_assets.config import EvalConfig
-    from forge_assets.evaluation import codebleu_eval, fim_eval, humaneval
+    from forge_assets.evaluation import codebleu_eval, fim_eval, humaneval, metrics
     from forge_assets.evaluation.sandbox import available_isolation
     from forge_assets.training import peft_backend
     from forge_assets.training.adapter import adapter_backend, merge_adapter
@@ -324,6 +324,8 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
         for side, (model_dir, peft_dir) in sides.items():
             model, tokenizer = load_model(model_dir, peft_dir)
             got = _score_side(model, tokenizer, side, plan, ev, seq_len, language, log)
+            for metric in metrics.scorers():  # a metric declared with its own `score` (evaluation/metrics/)
+                got.update(metric.score(model, tokenizer, side=side, records=records, ev=ev, seq_len=seq_len, language=language, log=log))
             if "_fim_per_case" in got:
                 per_case[side] = got.pop("_fim_per_case")
             paired[side] = {"perplexity": got.pop("_ppl_batches"), "humaneval": got.pop("_humaneval_results", None)}
