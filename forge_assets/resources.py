@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from dagster import ConfigurableResource
@@ -27,6 +28,19 @@ class S3Mirror:
 
     def put_text(self, rel: str, text: str) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(rel), Body=text.encode())
+
+
+@dataclass(frozen=True)
+class Partition:
+    """What an asset works on: forge.yaml, the artifact store, and the partition's language (`all` when unpartitioned)."""
+
+    cfg: ForgeConfig
+    store: ArtifactStore
+    language: str
+
+    def __iter__(self):
+        """`cfg, store, language = forge.partition(context)`."""
+        return iter((self.cfg, self.store, self.language))
 
 
 class ForgeResource(ConfigurableResource):
@@ -59,3 +73,8 @@ class ForgeResource(ConfigurableResource):
         cfg = cfg or self.load()
         mirror = S3Mirror(self.s3.get_client(), self.s3_bucket, self.s3_prefix) if (self.s3_bucket and self.s3) else None
         return ArtifactStore(cfg.artifact_path, mirror=mirror)
+
+    def partition(self, context) -> Partition:
+        """forge.yaml, its store and the run's language partition (`all` for an unpartitioned asset), loaded once."""
+        cfg = self.load()
+        return Partition(cfg, self.store(cfg), context.partition_key if context.has_partition_key else "all")

@@ -10,12 +10,13 @@ import shutil
 from dagster import AssetExecutionContext, AssetObservation, MetadataValue, asset
 
 from forge_assets.artifacts import input_key
-from forge_assets.assets.common import materialized
+from forge_assets.assets.common import materialized, reuse
 from forge_assets.assets.isolation import run_step
+from forge_assets.lineage import parent_adapter
 from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
 from forge_assets.tracking import record_training, snapshot_commits
-from forge_assets.training.adapter import adapter_backend, choose_backend, incremental_texts
+from forge_assets.training.adapter import choose_backend, incremental_texts
 from forge_assets.training.base_model import model_folder
 from forge_assets.training.curves import text_chart, thin
 from forge_assets.training.data import read_texts
@@ -26,12 +27,15 @@ CODE_VERSION = "3"  # 3: transformers' Trainer (accumulation, schedule, checkpoi
 @asset(partitions_def=language_partitions, group_name="training", deps=["dataset", "base_model"], code_version=CODE_VERSION, pool="train")
 def adapter(context: AssetExecutionContext, forge: ForgeResource):
     """A LoRA adapter that specialises the base model in one language's code and sessions."""
-    cfg = forge.load()
-    store = forge.store(cfg)
-    language = context.partition_key
+    cfg, store, language = forge.partition(context)
     data = store.require("dataset", language)
     base = store.require("base_model", "all")
-    parent, parent_data = _parent(context, store, cfg, language, base.version, model_folder(base.path))
+    # With init_from: previous, the promoted adapter to continue, or why a fresh one is trained (lineage.py).
+    line = parent_adapter(store, language, init_from=cfg.training.init_from, base_version=base.version,
+                          backend=lambda: choose_backend(cfg.training.backend, model_folder(base.path)))
+    parent, parent_data = line.parent, line.parent_data
+    if line.note:
+        (context.log.warning if line.warning else context.log.info)(line.note)
     if parent is not None and parent_data is not None:
         picked, sel = incremental_texts(read_texts(data.path, "train"), read_texts(parent_data.path, "train"), cfg.training.replay, cfg.training.seed)
         if not picked:
@@ -40,11 +44,9 @@ def adapter(context: AssetExecutionContext, forge: ForgeResource):
             return materialized(parent, _figures(parent.manifest().get("result", {})), reused=True)
     key = input_key(dataset=data.version, base=base.version, training=cfg.training.model_dump(), code=CODE_VERSION,
                     parent=parent.version if parent else None)
-    if (art := store.reusable("adapter", language, key)) is not None:
-        context.log.info(f"adapter {art.version} was trained on these very inputs; reusing it.")
-        store.mark_candidate(art)  # eval_scores judges what this run produced
+    if (art := reuse(context, store, "adapter", language, key, candidate=True)) is not None:  # eval_scores judges what this run produced
         return materialized(art, _figures(art.manifest()["result"]), reused=True)
-    inputs = {"dataset": data.version, "base_model": base.version, **({"adapter": parent.version} if parent else {})}
+    inputs = {"dataset": data.version, "base_model": base.version, **line.inputs()}
     manifest = {"input_key": key, "inputs": inputs, "training": cfg.training.model_dump(),
                 "parent_adapter": parent.version if parent else None}
     ckpt_root = store.folder("adapter", language) / ".checkpoints"
@@ -64,31 +66,6 @@ def adapter(context: AssetExecutionContext, forge: ForgeResource):
     record_training(cfg, language, out.artifact, inputs, context.run.run_id, snapshot_commits(store, data), log=context.log.warning)
     _observe(context, result)
     return materialized(out.artifact, _figures(result))
-
-
-def _parent(context, store, cfg, language: str, base_version: str, base_dir=None):
-    """With init_from: previous, the language's promoted adapter (and its dataset) to continue, if it can be continued."""
-    if cfg.training.init_from != "previous":
-        return None, None
-    parent = store.promoted("adapter", language)
-    if parent is None:
-        context.log.info(f"init_from: previous, but `{language}` has no promoted adapter yet: training a fresh one.")
-        return None, None
-    inputs = parent.manifest().get("inputs", {})
-    if inputs.get("base_model") != base_version:
-        context.log.warning(f"adapter {parent.version} was trained on base model {inputs.get('base_model')}, not the current "
-                            f"{base_version}: training a fresh adapter instead of continuing it.")
-        return None, None
-    if adapter_backend(parent.path) != choose_backend(cfg.training.backend, base_dir):
-        context.log.warning(f"adapter {parent.version} was written by {adapter_backend(parent.path)}, but training now uses "
-                            f"{choose_backend(cfg.training.backend, base_dir)}: training a fresh adapter.")
-        return None, None
-    try:
-        parent_data = store.get("dataset", language, inputs["dataset"])
-    except Exception:  # noqa: BLE001 - removed by forge gc: every sample counts as new
-        context.log.warning(f"the dataset {inputs.get('dataset')} of adapter {parent.version} is gone (forge gc?): every sample counts as new.")
-        parent_data = None
-    return parent, parent_data
 
 
 def _observe(context: AssetExecutionContext, result: dict) -> None:

@@ -5,7 +5,7 @@ import json
 from dagster import AssetExecutionContext, asset
 
 from forge_assets.artifacts import input_key
-from forge_assets.assets.common import materialized
+from forge_assets.assets.common import materialized, reuse
 from forge_assets.assets.isolation import run_step
 from forge_assets.mining.corpus import pretraining_corpus
 from forge_assets.mining.snapshot import snapshot_of
@@ -19,14 +19,13 @@ ALL = "all"  # the base model is shared by every language partition
 @asset(group_name="training", code_version=CODE_VERSION)
 def base_model(context: AssetExecutionContext, forge: ForgeResource):
     """The model every language's adapter is trained on, as a Hugging Face model folder."""
-    cfg = forge.load()
-    store = forge.store(cfg)
+    cfg, store, _ = forge.partition(context)
     if cfg.base_model == TINY:
         # Built once from the corpus as it is then; a push must not retrain every language's base.
         # A new forge-tiny comes only from a change of `tiny_model` (e.g. its seed), of the corpus filter's
         # one setting, or of this code.
         key = input_key(tiny=cfg.tiny_model.model_dump(), max_file_bytes=cfg.mining.max_file_bytes, code=CODE_VERSION)
-        if (art := store.reusable("base_model", ALL, key)) is not None:
+        if (art := reuse(context, store, "base_model", ALL, key)) is not None:
             return materialized(art, art.manifest()["figures"], reused=True)
         snap = snapshot_of(cfg)
         found = pretraining_corpus(snap, cfg.mining)  # the dataset's filters and secret scrubbing
@@ -45,7 +44,7 @@ def base_model(context: AssetExecutionContext, forge: ForgeResource):
         folder = resolve_base_model(cfg.base_model, cfg.resolve("."))
         figures = check_base_model(folder)
         key = input_key(source=str(folder), fingerprint=folder_fingerprint(folder))
-        if (art := store.reusable("base_model", ALL, key)) is not None:
+        if (art := reuse(context, store, "base_model", ALL, key)) is not None:
             return materialized(art, art.manifest()["figures"], reused=True)
         with store.write("base_model", ALL, {"input_key": key, "source": cfg.base_model, "figures": figures}) as out:
             # A real model is referenced in place, not copied: its weights can be tens of GB.

@@ -22,6 +22,18 @@ def materialized(art: Artifact, metadata: dict, reused: bool = False, check_resu
     )
 
 
+def reuse(context, store: ArtifactStore, asset: str, language: str, key: str, *, candidate: bool = False) -> Artifact | None:
+    """The stored version of `asset` made from exactly these inputs (`key`), said in the run's log, or None to build it.
+
+    candidate=True makes it the candidate again (a gated stage: its check judges what this run produced)."""
+    art = store.reusable(asset, language, key)
+    if art is not None:
+        context.log.info(f"{asset} {art.version} was made from these very inputs; reusing it.")
+        if candidate:
+            store.mark_candidate(art)
+    return art
+
+
 def md_table(rows: dict, key: str = "name", value: str = "count") -> MetadataValue:
     """A two-column Markdown table for a mapping (skip reasons, redactions, sample kinds)."""
     lines = [f"| {key} | {value} |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(rows.items())]

@@ -5,7 +5,7 @@ import json
 from dagster import AssetExecutionContext, Failure, MetadataValue, asset
 
 from forge_assets.artifacts import input_key
-from forge_assets.assets.common import figures, materialized
+from forge_assets.assets.common import figures, materialized, reuse
 from forge_assets.fim_tokens import configured_base_scheme
 from forge_assets.mining.dataset import build_dataset, dataset_card, fim_note, write_dataset
 from forge_assets.mining.snapshot import FileEntry
@@ -18,9 +18,7 @@ CODE_VERSION = "4"  # 4: files holding chat/FIM control token text are skipped (
 @asset(partitions_def=language_partitions, group_name="mining", deps=["repo_snapshot", "session_logs"], code_version=CODE_VERSION)
 def dataset(context: AssetExecutionContext, forge: ForgeResource):
     """Training samples for one language (code units, fill-in-the-middle, session chats) in mlx-lm JSONL."""
-    cfg = forge.load()
-    store = forge.store(cfg)
-    language = context.partition_key
+    cfg, store, language = forge.partition(context)
     snapshot = store.require("repo_snapshot", language)
     sessions = store.require("session_logs", language)
     # The card says what FIM samples become for the configured base; the key names its FIM scheme only when that is not
@@ -29,8 +27,7 @@ def dataset(context: AssetExecutionContext, forge: ForgeResource):
     scheme = base[0].name if base[0] is not None else "unknown"
     key = input_key(snapshot=snapshot.version, sessions=sessions.version, mining=cfg.mining.model_dump(exclude={"workers"}), code=CODE_VERSION,
                     **({"base_fim": scheme} if scheme != "qwen" else {}))
-    if (art := store.reusable("dataset", language, key)) is not None:
-        context.log.info(f"dataset {art.version} was built from these very inputs; reusing it.")
+    if (art := reuse(context, store, "dataset", language, key)) is not None:
         return materialized(art, figures(art.manifest()["stats"]), reused=True)
     files = _files(snapshot)
     conversations = [json.loads(line) for line in (sessions.path / "records.jsonl").read_text(encoding="utf-8").splitlines() if line]

@@ -3,7 +3,7 @@
 from dagster import AssetExecutionContext, Failure, MetadataValue, asset
 
 from forge_assets.assets.common import gated_adapter, materialized
-from forge_assets.evaluation.gate import quantization_gate
+from forge_assets.evaluation.gate import judge_gguf
 from forge_assets.deploy.service import CODE_VERSION, deploy_gguf
 from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
@@ -12,13 +12,11 @@ from forge_assets.resources import ForgeResource
 @asset(partitions_def=language_partitions, group_name="deploy", deps=["gguf", "eval_scores"], code_version=CODE_VERSION)
 def deployment(context: AssetExecutionContext, forge: ForgeResource):
     """The served model tag for one language and the endpoint that answers it."""
-    cfg = forge.load()
-    store = forge.store(cfg)
-    language = context.partition_key
+    cfg, store, language = forge.partition(context)
     model = store.require("gguf", language)
     # The exact adapter and scores this GGUF was made from must pass the eval gates under today's `gates:`, and the file its own.
     gated_adapter(store, language, cfg.gates, eval_version=model.manifest()["inputs"].get("eval_scores"))
-    verdict = quantization_gate(model.manifest().get("figures", {}), cfg.gates)
+    verdict = judge_gguf(model.manifest().get("figures", {}), cfg.gates)
     if not verdict.passed:
         raise Failure(description=f"gguf {model.version} for `{language}` does not pass {verdict.name}: {verdict.message}")
     # Served (or reused while it answers), recorded as the deployment artifact and in deployment/<language>/history.jsonl.

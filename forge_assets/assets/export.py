@@ -6,44 +6,38 @@ base GGUF with the LoRA GGUF applied) on the same tokens. The gate `quantization
 a GGUF that loses more is written as a candidate, never promoted, and never deployed.
 """
 
-from pathlib import Path
-
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, asset
 
 from forge_assets.artifacts import input_key
-from forge_assets.assets.common import gated_adapter, materialized, md_table
+from forge_assets.assets.common import gated_adapter, materialized, md_table, reuse
 from forge_assets.assets.isolation import run_step
-from forge_assets.evaluation.gate import GGUF_GATES, quantization_gate
+from forge_assets.evaluation import metrics
+from forge_assets.evaluation.gate import judge_gguf
+from forge_assets.export.plan import base_gguf_folder, needs_merge
 from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
 from forge_assets.training.base_model import model_folder
 
-BASE_GGUF_VERSION = "5"  # the converter's output for a base; bump when the base GGUF's bytes change
 CODE_VERSION = "6"  # 6: scored against the unquantized base GGUF + LoRA GGUF; 3: base GGUF + LoRA GGUF unless deploy.merge; 4: streamed converter, scored against the unquantized GGUF; 5: base GGUF folder named by this version
 
 
 @asset(partitions_def=language_partitions, group_name="export", deps=["adapter", "base_model", "eval_scores"], code_version=CODE_VERSION,
-       check_specs=[AssetCheckSpec(GGUF_GATES[0], asset="gguf", blocking=True,
-                                   description="Blocks a GGUF whose held-out perplexity exceeds the reference's (unquantized base GGUF + LoRA GGUF) by more than gates.max_quantization_loss_pct.")])
+       check_specs=[AssetCheckSpec(name, asset="gguf", blocking=True, description=text) for name, text in metrics.descriptions("gguf").items()])
 def gguf(context: AssetExecutionContext, forge: ForgeResource):
     """A quantized GGUF of the base model with the language's adapter merged in, proven to load in llama.cpp and scored against the unquantized base + LoRA."""
-    cfg = forge.load()
-    store = forge.store(cfg)
-    language, qtype = context.partition_key, cfg.deploy.quantization
+    cfg, store, language = forge.partition(context)
+    qtype = cfg.deploy.quantization
     ev, ad = gated_adapter(store, language, cfg.gates)
     base = store.get("base_model", "all", ad.manifest()["inputs"]["base_model"])  # the base this adapter was trained on
     data = store.get("dataset", language, ev.manifest()["inputs"]["dataset"])  # the held-out text eval_scores used
     extra = sorted(set(cfg.eval.extra_quantizations) - {qtype})
-    # Ollama needs a merged GGUF for Qwen; llama-server serves the shared base GGUF + this language's LoRA GGUF.
-    merge = cfg.deploy.merge or cfg.deploy.target == "ollama"
-    inter = cfg.deploy.gguf_intermediate
-    # Named by the converter's version too: a base GGUF written by an older converter is not reused.
-    base_folder = store.root / "base_gguf" / f"{base.version[:16]}-{qtype}-v{BASE_GGUF_VERSION}{'' if inter == 'auto' else '-' + inter}"
+    # Merged for a target that serves merged files (Ollama) or with deploy.merge; else the shared base GGUF + a LoRA GGUF.
+    merge, inter = needs_merge(cfg.deploy), cfg.deploy.gguf_intermediate
+    base_folder = base_gguf_folder(store.root, base.version, qtype, inter)
     key = input_key(adapter=ad.version, base=base.version, quantization=qtype, dataset=data.version, extra=extra, merge=merge, intermediate=inter,
                     windows=[cfg.eval.gguf_windows, cfg.eval.gguf_window_tokens], code=CODE_VERSION)
-    reused = (art := store.reusable("gguf", language, key)) is not None
+    reused = (art := reuse(context, store, "gguf", language, key, candidate=True)) is not None
     if reused:
-        store.mark_candidate(art)
         figures = art.manifest()["figures"]
     else:
         manifest = {"input_key": key, "inputs": {"adapter": ad.version, "base_model": base.version, "eval_scores": ev.version,
@@ -57,7 +51,7 @@ def gguf(context: AssetExecutionContext, forge: ForgeResource):
                 "merge": merge, "base_folder": str(base_folder), "intermediate": inter}, work)
             manifest["figures"] = figures
         art = out.artifact
-    verdict = quantization_gate(figures, cfg.gates)
+    verdict = judge_gguf(figures, cfg.gates)
     rolled_back = art.version in store.rolled_back("gguf", language)
     if verdict.passed and not rolled_back:
         store.promote(art)
@@ -73,7 +67,3 @@ def gguf(context: AssetExecutionContext, forge: ForgeResource):
                               "quantization_loss_by_type": md_table(figures.get("quantization_loss_by_type", {}), "type", "loss %"),
                               "promoted": verdict.passed and not rolled_back}, reused=reused, check_results=[check])
 
-
-def gguf_file(folder: Path) -> Path:
-    """The GGUF inside a gguf artifact folder."""
-    return next(iter(sorted(folder.glob("model-*.gguf")) or sorted(folder.glob("adapter-*.gguf"))))

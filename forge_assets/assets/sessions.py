@@ -13,9 +13,7 @@ from forge_assets.sessions import collect
 @asset(partitions_def=language_partitions, group_name="mining", code_version="1")
 def session_logs(context: AssetExecutionContext, forge: ForgeResource):
     """Chat and code-change records for one language, from opencode (and other agents') sessions."""
-    cfg = forge.load()
-    store = forge.store(cfg)
-    language = context.partition_key
+    cfg, store, language = forge.partition(context)
     if not cfg.sessions:
         context.log.warning("No `sessions:` configured in forge.yaml; session_logs is empty.")
     records, stats, warnings = collect(cfg.sessions, cfg.resolve("."), language)

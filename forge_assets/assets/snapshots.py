@@ -15,9 +15,7 @@ from forge_assets.scrub import scrub_path
 @asset(partitions_def=language_partitions, group_name="mining", code_version="2")
 def repo_snapshot(context: AssetExecutionContext, forge: ForgeResource):
     """The source files of one language in the configured git repositories, pinned to blob shas."""
-    cfg = forge.load()
-    store = forge.store(cfg)
-    language = context.partition_key
+    cfg, store, language = forge.partition(context)
     snap = snapshot_of(cfg)
     for state in snap.repos:
         for warning in state.warnings:
