@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from forge_assets.files import pid_alive
 from forge_assets.private import ensure_private_dir, redact_text
 
 MANIFEST = "manifest.json"
@@ -77,17 +78,6 @@ def content_hash(folder: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> str:
 def input_key(**inputs: object) -> str:
     """A hash of what an artifact was made from (input versions, config, code version)."""
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ArtifactStore:
@@ -212,7 +202,7 @@ class ArtifactStore:
             else:
                 (tmp / MANIFEST).write_text(redact_text(json.dumps(man, indent=2, sort_keys=True, default=str)))
                 try:
-                    os.replace(tmp, final)
+                    os.replace(tmp, final)  # a whole folder, named .tmp-<pid>- so remove_stale can clean a killed writer's
                 except OSError as exc:
                     # Another writer stored the same content first (rename onto a non-empty folder): theirs stands.
                     if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (final / MANIFEST).is_file():
@@ -318,7 +308,7 @@ class ArtifactStore:
         self.private_root()
         tmp_link = base / f".{name}-{os.getpid()}-{time.monotonic_ns()}"
         os.symlink(version, tmp_link)
-        os.replace(tmp_link, base / name)
+        os.replace(tmp_link, base / name)  # a symlink, not a file's bytes; .<pointer>-<pid>- lets remove_stale clean it
         if name == PROMOTED:
             with contextlib.suppress(FileNotFoundError):
                 (base / LEGACY_LATEST).unlink()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import socket
 
+from forge_assets.files import pid_alive
+
 PGID_TAG = "forge/pgid"
 HOST_TAG = "forge/host"
 
@@ -20,13 +22,8 @@ def owner_tags() -> dict[str, str]:
 
 
 def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether any process of the group is left (kill(-pgid, 0) signals the group: killpg's own test)."""
+    return pid_alive(-pgid)
 
 
 def fail_stale_runs(instance) -> list[str]:

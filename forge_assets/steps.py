@@ -24,14 +24,14 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from forge_assets.files import atomic_write_json
+
 FAULT_ENV = "FORGE_FAULT_INJECT"  # "<step>[:<phase>][@<language>]": crash there with a real segfault (tests, drills)
 ERROR_EXIT = 3  # a Python error the step reported (its message is in the result file)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-result.json")
-    tmp.write_text(json.dumps(data, default=str))
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=None)
 
 
 def _maybe_crash(step: str, phase: str, language: str) -> None:

@@ -42,8 +42,6 @@ Plain code: no Dagster, no network.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -54,8 +52,8 @@ import yaml
 from forge_assets.chat import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 from forge_assets.deploy.targets import TARGET_NAMES, DeployTarget
 from forge_assets.deploy.targets import TARGETS as _TARGET_OBJECTS
+from forge_assets.files import atomic_write
 from forge_assets.fim_tokens import SCHEMES, scheme_named
-from forge_assets.private import private_umask
 
 Target = Literal[TARGET_NAMES]  # the names targets.TARGETS holds
 Kind = Literal["opencode", "continue", "tabby"]
@@ -325,20 +323,6 @@ def render(kind: Kind, served: Served, language: str | None = None) -> tuple[str
     raise ValueError(f"unknown client kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
-def _atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_all(served: Served, folder: Path, language: str | None = None) -> dict[str, Path]:
     """Write opencode.json, continue-config.yaml and tabby-config.toml into folder, each atomically.
 
@@ -347,10 +331,8 @@ def write_all(served: Served, folder: Path, language: str | None = None) -> dict
     """
     rendered = {kind: render(kind, served, language) for kind in KINDS}
     folder = Path(folder)
-    private_umask()
-    folder.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for kind, (name, text) in rendered.items():
         paths[kind] = folder / name
-        _atomic_write(paths[kind], text)  # 0600: an endpoint's address and key are the owner's alone
+        atomic_write(paths[kind], text)  # 0600: an endpoint's address and key are the owner's alone
     return paths

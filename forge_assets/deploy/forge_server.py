@@ -40,7 +40,6 @@ import hmac
 import json
 import os
 import secrets
-import socket
 import sys
 import time
 import uuid
@@ -53,6 +52,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from forge_assets.chat import FIM_PREFIX, STOP_TOKENS, TOOL_CALL_OPEN, ChatTemplateError, parse_tool_calls, render_chat
 from forge_assets.fim_tokens import FAMILIES, FimScheme, scheme_of_gguf
+from forge_assets.files import free_port
 
 NO_FIM_MESSAGE = "this model's tokenizer has no fill-in-the-middle tokens; use chat or plain completion"
 DEFAULTS = {"parallel": 4, "max_body_bytes": 16 << 20, "max_tokens_cap": 4096, "request_timeout": 600.0}
@@ -69,12 +69,6 @@ class RequestError(Exception):
 
 def _log(msg: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} forge-server: {msg}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gpu_layers(setting) -> int:
@@ -106,7 +100,7 @@ class Engine:
         p.cache_prompt = True
         p.endpoint_metrics = True
         p.hostnames = ["127.0.0.1"]
-        p.port = _free_port()
+        p.port = free_port("127.0.0.1")
         self.key = secrets.token_urlsafe(24)
         p.api_keys = [self.key]
         self.path, self.n_ctx, self.parallel = path, n_ctx, parallel

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import calendar
 import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -38,6 +37,7 @@ from pathlib import Path
 import psutil
 
 from forge_assets.deploy import procs
+from forge_assets.files import atomic_write, free_port, locked
 from forge_assets.private import private_umask
 
 STATE = "server.json"
@@ -74,25 +74,8 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def _free_port(host: str = UPSTREAM_HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _busy(host: str, port: int) -> str:
     return f"port {port} on {host} is in use by {procs.describe(procs.listener(host, port))}"
-
-
-def alive(proc: int | dict | None) -> bool:
-    """Whether a process runs: a record from server.json (pid, start time, marker: checked to be the very
-    process Forge started), or a bare pid (only checked to exist and not be a zombie)."""
-    if isinstance(proc, dict) or proc is None:
-        return procs.alive(proc)
-    try:
-        return psutil.Process(proc).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def read_state(state_dir: Path) -> dict | None:
@@ -101,16 +84,8 @@ def read_state(state_dir: Path) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    private_umask()  # state, route and server config files 0600 in 0700 folders
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_state(state_dir: Path, state: dict) -> None:
-    _atomic_write(state_dir / STATE, json.dumps(state, indent=2))
+    atomic_write(state_dir / STATE, json.dumps(state, indent=2))
 
 
 def _server_record(state: dict | None) -> dict | None:
@@ -129,16 +104,6 @@ def _records(state: dict) -> list[dict]:
     """Every process the state names: the router first (so clients are refused, not half-served), then servers."""
     recs = [state.get("router"), _server_record(state), *(state.get("retiring") or [])]
     return [r for r in recs if r]
-
-
-def _log_tail(log_path: Path, offset: int) -> str:
-    with contextlib.suppress(OSError):
-        with open(log_path, "rb") as fh:
-            fh.seek(offset)
-            lines = [ln.strip() for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "Error" in ln or "error" in ln or "failed" in ln.lower()]
-        return (errors or lines or [""])[-1][:300]
-    return ""
 
 
 def server_config(models: list[dict], n_ctx: int, threads: int | None = None, gpu_layers: int | str = "auto",
@@ -176,45 +141,42 @@ def start(gguf: Path | None, tag: str, host: str, port: int, log_path: Path, n_c
     tags = [m["id"] for m in models]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     config_path = log_path.parent / f"server-{port}.json"
-    _atomic_write(config_path, json.dumps(server_config(models, n_ctx, gpu_layers=gpu_layers, options=options), indent=2))
-    os.chmod(config_path, 0o600)
+    atomic_write(config_path, json.dumps(server_config(models, n_ctx, gpu_layers=gpu_layers, options=options), indent=2))
     cmd = [sys.executable, "-m", SERVER_MODULE, "--config", str(config_path), "--host", host, "--port", str(port)]
-    proc, offset = procs.spawn(cmd, log_path, f"starting {', '.join(tags)} on {host}:{port}")
-    what = f"Forge model server for {', '.join(tags)}"
-    try:
-        record = {**procs.record(proc.pid, [SERVER_MODULE, str(config_path), str(port)], what), "port": port}
-    except psutil.NoSuchProcess:
-        record = None
+    started = procs.start_server(cmd, log_path, f"starting {', '.join(tags)} on {host}:{port}", [SERVER_MODULE, str(config_path), str(port)],
+                                 f"Forge model server for {', '.join(tags)}", port)
+    proc, record = started.proc, started.record
     endpoint = f"http://{_connect_host(host)}:{port}/v1"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            files = ", ".join(sorted({Path(m["gguf"]).name for m in models} | {Path(m["lora"]).name for m in models if m.get("lora")}))
-            raise DeployError(f"the model server could not serve {', '.join(tags)} from {files}: it exited with code {proc.returncode} "
-                              f"while loading ({_log_tail(log_path, offset) or 'no output'}). See {log_path}.")
-        with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
-            models_listed = _http("GET", f"{endpoint}/models", timeout=2, key=key_of(options))
-            if set(tags) <= {m.get("id") for m in models_listed.get("data", [])}:
-                served_ctx = min(int((m.get("meta") or {}).get("context") or n_ctx) for m in models_listed["data"])
-                listening = procs.listener(host, port)
-                if listening is not None and listening.pid != proc.pid:  # another program answered on the port we chose
-                    procs.terminate(record)
-                    raise DeployError(f"port {port} on {host} answered, but from {procs.describe(listening)}, not the model "
-                                      f"server Forge started (pid {proc.pid}); nothing was switched. Fix: run `forge run` again.")
-                return {"pid": proc.pid, "host": host, "port": port, "endpoint": endpoint, "tag": tag, "tags": tags,
-                        "gguf": str(gguf) if gguf else None, "config": str(config_path), "models": models, "n_ctx": served_ctx,
-                        "log": str(log_path), "log_offset": offset, "process": record, "options": options or {},
-                        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        time.sleep(0.2)
-    procs.terminate(record)
-    raise DeployError(f"the model server for {', '.join(tags)} did not answer on {endpoint} within {timeout:.0f}s. See {log_path}.")
+
+    def ready() -> dict | None:
+        models_listed = _http("GET", f"{endpoint}/models", timeout=2, key=key_of(options))
+        if not set(tags) <= {m.get("id") for m in models_listed.get("data", [])}:
+            return None
+        served_ctx = min(int((m.get("meta") or {}).get("context") or n_ctx) for m in models_listed["data"])
+        listening = procs.listener(host, port)
+        if listening is not None and listening.pid != proc.pid:  # another program answered on the port we chose
+            procs.terminate(record)
+            raise DeployError(f"port {port} on {host} answered, but from {procs.describe(listening)}, not the model "
+                              f"server Forge started (pid {proc.pid}); nothing was switched. Fix: run `forge run` again.")
+        return {"pid": proc.pid, "host": host, "port": port, "endpoint": endpoint, "tag": tag, "tags": tags,
+                "gguf": str(gguf) if gguf else None, "config": str(config_path), "models": models, "n_ctx": served_ctx,
+                "log": str(log_path), "log_offset": started.offset, "process": record, "options": options or {},
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def exited(code: int, tail: str) -> DeployError:
+        files = ", ".join(sorted({Path(m["gguf"]).name for m in models} | {Path(m["lora"]).name for m in models if m.get("lora")}))
+        return DeployError(f"the model server could not serve {', '.join(tags)} from {files}: it exited with code {code} "
+                           f"while loading ({tail or 'no output'}). See {log_path}.")
+
+    return procs.wait_ready(started, ready, timeout, exited=exited, timed_out=lambda tail: DeployError(
+        f"the model server for {', '.join(tags)} did not answer on {endpoint} within {timeout:.0f}s. See {log_path}."))
 
 
 def _start_upstream(gguf: Path | None, tag: str, log_path: Path, n_ctx: int, timeout: float, models: list[dict] | None,
                     gpu_layers: int | str, options: dict | None = None) -> dict:
     """start() on a free loopback port, trying another port if the chosen one was taken meanwhile."""
     for attempt in range(3):
-        port = _free_port()
+        port = free_port(UPSTREAM_HOST)
         try:
             return start(gguf, tag, UPSTREAM_HOST, port, log_path, n_ctx=n_ctx, timeout=timeout, models=models, gpu_layers=gpu_layers,
                          options=options)
@@ -274,23 +236,21 @@ def start_router(host: str, port: int, route: Path, log_path: Path, timeout: flo
                                 cwd="/")
     rec = {**procs.record(proc.pid, [str(ROUTER_SCRIPT), str(route), str(port)], f"Forge router on {host}:{port}"),
            "host": host, "port": port, "log": str(log_path)}
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise DeployError(f"the Forge router could not listen on {host}:{port} (exit code {proc.returncode}; "
-                              f"{_log_tail(log_path, 0)}). See {log_path}.")
-        with contextlib.suppress(psutil.Error):
-            p = psutil.Process(proc.pid)
-            conns = p.net_connections(kind="tcp") if hasattr(p, "net_connections") else p.connections(kind="tcp")
-            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns):
-                return rec
-        time.sleep(0.05)
-    procs.terminate(rec)
-    raise DeployError(f"the Forge router did not listen on {host}:{port} within {timeout:.0f}s. See {log_path}.")
+
+    def ready() -> dict | None:
+        p = psutil.Process(proc.pid)
+        conns = p.net_connections(kind="tcp") if hasattr(p, "net_connections") else p.connections(kind="tcp")
+        return rec if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns) else None
+
+    return procs.wait_ready(procs.Started(proc, log_path, 0, rec), ready, timeout, poll=0.05, not_yet=(psutil.Error,),
+                            exited=lambda code, tail: DeployError(f"the Forge router could not listen on {host}:{port} (exit code "
+                                                                  f"{code}; {tail}). See {log_path}."),
+                            timed_out=lambda tail: DeployError(f"the Forge router did not listen on {host}:{port} within "
+                                                               f"{timeout:.0f}s. See {log_path}."))
 
 
 def _write_route(route: Path, upstream: dict) -> None:
-    _atomic_write(route, json.dumps({"host": upstream["host"], "port": upstream["port"], "tag": upstream["tag"],
+    atomic_write(route, json.dumps({"host": upstream["host"], "port": upstream["port"], "tag": upstream["tag"],
                                      "pid": upstream["pid"]}))
 
 
@@ -309,16 +269,9 @@ def _through(endpoint: str, tag: str, timeout: float = 15.0, key: str | None = N
     raise DeployError(f"{endpoint}/models did not list {tag} through the Forge router within {timeout:.0f}s ({last}).")
 
 
-@contextlib.contextmanager
 def _deploy_lock(state_dir: Path):
-    private_umask()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / ".deploy.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """One deploy at a time per endpoint (the state folder's .deploy.lock)."""
+    return locked(state_dir / ".deploy.lock")
 
 
 def _still_serving(previous: dict | None) -> str:
@@ -389,7 +342,7 @@ def _deploy(gguf: Path | None, tag: str, host: str, port: int, state_dir: Path, 
         _through(endpoint, tag, key=key)
     except DeployError as exc:
         if old_route is not None:
-            _atomic_write(route, old_route)
+            atomic_write(route, old_route)
         else:
             route.unlink(missing_ok=True)
         if router is not None and router is not prev_router:
@@ -471,8 +424,8 @@ def health(state_dir: Path, timeout: float = 5.0) -> dict:
         why = f"{endpoint}/models answers but does not list {', '.join(missing)} (it lists {ids})"
     notes = []
     router, server = state.get("router"), _server_record(state)
-    out["router"] = "running" if router is None or procs.alive(router) else procs.verify(router)[1]
-    out["server"] = "running" if procs.alive(server) else procs.verify(server)[1]
+    out["router"] = "running" if router is None else procs.status(router)
+    out["server"] = procs.status(server)
     if router is not None and out["router"] != "running":
         notes.append(f"the Forge router (pid {router['pid']}) {out['router']}")
     if out["server"] != "running":

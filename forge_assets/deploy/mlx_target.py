@@ -64,8 +64,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import psutil
-
 from forge_assets.deploy import llama_server, procs
 from forge_assets.deploy.llama_server import DeployError, port_free
 from forge_assets.private import private_umask
@@ -135,7 +133,8 @@ def serving_base(base_dir: Path, view_dir: Path) -> Path:
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
-    """Move the finished folder tmp to final, replacing what was there (two renames, then the old one is removed)."""
+    """Move the finished folder tmp to final, replacing what was there (two renames, then the old one is removed).
+    Folders, not files, so not files.atomic_write: a folder cannot be renamed onto a non-empty one."""
     final.parent.mkdir(parents=True, exist_ok=True)
     old = final.with_name(f".{final.name}.{os.getpid()}.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -391,8 +390,8 @@ def to_mlx_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-# The HTTP, host and log helpers are llama_server's (one copy for every target).
-_http, _connect_host, _busy, _log_tail = llama_server._http, llama_server._connect_host, llama_server._busy, llama_server._log_tail
+# The HTTP and host helpers are llama_server's (one copy for every target).
+_http, _connect_host, _busy = llama_server._http, llama_server._connect_host, llama_server._busy
 
 
 # ------------------------------------------------------------------------------------------------- the server
@@ -464,24 +463,22 @@ def start(base_dir: Path, adapters: dict[str, Path] | Path, host: str, port: int
            "--host", host, "--port", str(port)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1"}
-    proc, offset = procs.spawn(cmd, log_path, f"starting mlx-lm server for {model_dir} with {', '.join(served)} on {host}:{port}",
-                               env=env)
-    what = f"mlx-lm server for {', '.join(served)} on port {port}"
-    try:
-        process = {**procs.record(proc.pid, ["mlx_lm", "server", model_dir, str(port)], what), "port": port}
-    except psutil.NoSuchProcess:
-        process = {"pid": proc.pid, "create_time": None, "marker": ["mlx_lm", "server", model_dir, str(port)], "what": what}
+    marker = ["mlx_lm", "server", model_dir, str(port)]
+    started = procs.start_server(cmd, log_path, f"starting mlx-lm server for {model_dir} with {', '.join(served)} on {host}:{port}",
+                                 marker, f"mlx-lm server for {', '.join(served)} on port {port}", port, env=env)
+    process = started.record or {"pid": started.proc.pid, "create_time": None, "marker": marker,
+                                 "what": f"mlx-lm server for {', '.join(served)} on port {port}"}
     endpoint = f"http://{_connect_host(host)}:{port}/v1"
     root = endpoint[: -len("/v1")]
     model_id = str(Path(model_dir).resolve())
-    record = {"pid": proc.pid, "host": host, "port": port, "endpoint": endpoint, "model": model_id, "base": str(base_dir),
+    record = {"pid": started.proc.pid, "host": host, "port": port, "endpoint": endpoint, "model": model_id, "base": str(base_dir),
               "served_base": model_dir, "adapters": served, "default_adapter": default,
               "requests": {name: {"model": model_id, "adapters": a["path"]} for name, a in served.items()},
-              "log": str(log_path), "log_offset": offset, "process": process}
+              "log": str(log_path), "log_offset": started.offset, "process": process}
 
-    def fail(why: str) -> DeployError:
+    def fail(why: str, tail: str | None = None) -> DeployError:
         procs.terminate(process)
-        tail = _log_tail(log_path, offset)
+        tail = procs.log_tail(log_path, started.offset) if tail is None else tail
         return DeployError(f"mlx-lm server for {base_dir.name} with adapter {default!r}: {why}"
                            f"{f' ({tail})' if tail else ''}. It was stopped; nothing serves on {host}:{port}. See {log_path}.")
 
@@ -496,25 +493,27 @@ def start(base_dir: Path, adapters: dict[str, Path] | Path, host: str, port: int
         except Exception as exc:  # noqa: BLE001 - reported below
             probe["error"] = exc
 
-    asker: threading.Thread | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise fail(f"the server exited with code {proc.returncode} while starting")
+    asker: list[threading.Thread] = []
+
+    def ready() -> dict | None:
         status = None
-        with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
+        with contextlib.suppress(*procs.NOT_YET):
             status, _ = _get(f"{root}/health", timeout=2)
         if status == 503:
             raise fail("the server could not load the model and adapter (/health reports its generation thread died)")
-        if status == 200 and asker is None:
-            asker = threading.Thread(target=ask, daemon=True)
-            asker.start()
-        if asker is not None and not asker.is_alive():
-            if "out" in probe and (probe["out"].get("choices") or [{}])[0].get("text") is not None:
-                record["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                return record
-            raise fail(f"its first completion failed: {probe.get('error') or probe.get('out')}")
-        time.sleep(0.1)
-    raise fail(f"it did not answer a completion on {endpoint} within {timeout:.0f}s")
+        if status == 200 and not asker:
+            asker.append(threading.Thread(target=ask, daemon=True))
+            asker[0].start()
+        if not asker or asker[0].is_alive():
+            return None
+        if "out" in probe and (probe["out"].get("choices") or [{}])[0].get("text") is not None:
+            record["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            return record
+        raise fail(f"its first completion failed: {probe.get('error') or probe.get('out')}")
+
+    return procs.wait_ready(started, ready, timeout, poll=0.1, not_yet=(),
+                            exited=lambda code, tail: fail(f"the server exited with code {code} while starting", tail),
+                            timed_out=lambda tail: fail(f"it did not answer a completion on {endpoint} within {timeout:.0f}s", tail))
 
 
 def _post(record: dict, route: str, body: dict, what: str, timeout: float) -> dict:
@@ -526,9 +525,9 @@ def _post(record: dict, route: str, body: dict, what: str, timeout: float) -> di
         why = f"HTTP {exc.code} ({detail})"
     except (OSError, urllib.error.URLError, ValueError) as exc:
         why = str(getattr(exc, "reason", exc))
-    running = procs.alive(record.get("process"))
-    state = (f"The server (pid {record['pid']}) is still running on {record['endpoint']}" if running
-             else f"The server (pid {record['pid']}) {procs.verify(record.get('process'))[1]}")
+    server = procs.status(record.get("process"))
+    state = (f"The server (pid {record['pid']}) is still running on {record['endpoint']}" if server == "running"
+             else f"The server (pid {record['pid']}) {server}")
     raise DeployError(f"smoke test: POST {url} for {what} failed: {why}. {state}; see {record['log']}.")
 
 
@@ -569,7 +568,7 @@ def health(record: dict | None, timeout: float = 5.0) -> dict:
                 "model": None, "models": [], "server": "not recorded"}
     endpoint, model = record["endpoint"], record["model"]
     out = {"endpoint": endpoint, "model": model, "models": []}
-    server = "running" if procs.alive(record.get("process")) else procs.verify(record.get("process"))[1]
+    server = procs.status(record.get("process"))
     out["server"] = server
     where = f"{record['host']}:{record['port']}"
     try:

@@ -7,13 +7,10 @@ their order, so the next deploy of each language moves its endpoint there.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 from pathlib import Path
 
-from forge_assets.private import private_umask
+from forge_assets.files import atomic_write_json, locked
 
 SPAN = 1000  # a language's port is within [base, base + SPAN)
 
@@ -33,12 +30,7 @@ def read_ports(root: Path) -> tuple[int | None, dict[str, int]]:
 
 
 def _write(root: Path, base: int, ports: dict[str, int]) -> None:
-    path = ports_file(root)
-    private_umask()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".ports.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"base": base, "ports": dict(sorted(ports.items()))}, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(ports_file(root), {"base": base, "ports": dict(sorted(ports.items()))})
 
 
 def port_for(root: Path, language: str, first: int) -> int:
@@ -49,21 +41,8 @@ def port_for(root: Path, language: str, first: int) -> int:
     """
     if not 0 < first < 65536:
         raise ValueError(f"deploy.port must be between 1 and 65535, not {first}")
-    with _locked(root):
+    with locked(ports_file(root).with_name(".ports.lock")):
         return _assign(root, language, first)
-
-
-@contextlib.contextmanager
-def _locked(root: Path):
-    path = ports_file(root).with_name(".ports.lock")
-    private_umask()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _assign(root: Path, language: str, first: int) -> int:

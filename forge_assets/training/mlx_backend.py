@@ -280,7 +280,7 @@ def _save_checkpoint(folder: Path, step: int, model, optimizer, meta: dict) -> N
     final = folder / f"step-{step}"
     if final.exists():
         shutil.rmtree(final)
-    os.replace(tmp, final)
+    os.replace(tmp, final)  # a folder, not one file (so not files.atomic_write); the .tmp-<pid>- name lets a rerun clean it
     _fsync(folder)
     for _, old in _step_dirs(folder)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)

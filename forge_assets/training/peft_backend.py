@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from forge_assets.config import TrainingConfig
+from forge_assets.files import atomic_write_json
 from forge_assets.progress import Progress as ProgressLines, pace, peak_memory  # Progress: the Trainer callback in train()
 from forge_assets.training.divergence import DivergenceMonitor, TrainingDiverged
 from forge_assets.training.loss import chunk_parts, summed_loss
@@ -318,10 +319,9 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
 
         def on_save(self, args, state, control, **kw):
             ck = work / f"{CKPT_PREFIX}{state.global_step}"
-            tmp = ck / f".tmp-{os.getpid()}-{CKPT_DONE}"
-            tmp.write_text(json.dumps({"step": state.global_step, "total": total, "curve": curve, "valid_curve": vcurve, "lr_curve": lrs,
-                                       "trained_tokens": counted["tokens"] + counted.get("before", 0)}))
-            os.replace(tmp, ck / CKPT_DONE)
+            atomic_write_json(ck / CKPT_DONE, {"step": state.global_step, "total": total, "curve": curve, "valid_curve": vcurve,
+                                               "lr_curve": lrs, "trained_tokens": counted["tokens"] + counted.get("before", 0)},
+                              indent=None)
 
     resume = None
     done = complete_checkpoints(work)

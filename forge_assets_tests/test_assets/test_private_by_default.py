@@ -353,7 +353,7 @@ def test_deploy_state_files_are_0600_in_0700_folders_under_umask_022(tmp_path: P
     port = ports.port_for(root, "python", 18100)  # deployment/ports.json and its lock
     llama_server._write_state(endpoint, {"tag": "forge-python:abc", "port": port})  # server.json
     llama_server._write_route(endpoint / "route.json", {"host": "127.0.0.1", "port": port, "tag": "forge-python:abc", "pid": 1})
-    supervisor._atomic_write(endpoint / supervisor.REQUESTS / "1.json", "{}")
+    supervisor.atomic_write(endpoint / supervisor.REQUESTS / "1.json", "{}")
     with llama_server._deploy_lock(endpoint):
         pass
     served = Served("llama-server", f"http://127.0.0.1:{port}/v1", [ServedModel("forge-python:abc", "python", context=4096, max_output=512)])

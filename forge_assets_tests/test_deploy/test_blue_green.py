@@ -113,7 +113,7 @@ def test_redeploy_keeps_answering_on_the_stable_endpoint(q8_gguf: Path, v2_gguf:
     port = free_port()
     first = llama_server.deploy(q8_gguf, "forge-python:one", "127.0.0.1", port, state_dir)
     assert first["endpoint"] == f"http://127.0.0.1:{port}/v1" and first["smoke"]["reply"] is not None
-    assert first["upstream"]["port"] != port and llama_server.alive(first["server"]) and llama_server.alive(first["router"])
+    assert first["upstream"]["port"] != port and procs.alive(first["server"]) and procs.alive(first["router"])
 
     with Poller(first["endpoint"]) as poller:
         second = llama_server.deploy(v2_gguf, "forge-python:two", "127.0.0.1", port, state_dir, drain_timeout=10)
@@ -125,7 +125,7 @@ def test_redeploy_keeps_answering_on_the_stable_endpoint(q8_gguf: Path, v2_gguf:
 
     assert second["endpoint"] == first["endpoint"] and second["tag"] == "forge-python:two"
     assert second["router"] == first["router"]  # same router process, same port
-    assert not llama_server.alive(first["server"]) and llama_server.alive(second["server"])  # the old server was retired
+    assert not procs.alive(first["server"]) and procs.alive(second["server"])  # the old server was retired
     assert second["retired"] == [f"stopped Forge model server for forge-python:one (pid {first['pid']})"]
     assert llama_server.read_state(state_dir)["tag"] == "forge-python:two"
     assert llama_server.health(state_dir)["health"] == "up" and llama_server.serving(state_dir, "forge-python:two")
@@ -150,7 +150,7 @@ def test_a_gguf_that_fails_to_load_leaves_the_old_model_serving(q8_gguf: Path, t
     assert poller.failures == [] and set(poller.served) == {"forge-python:good"} and len(poller.served) > 3
 
     state = llama_server.read_state(state_dir)
-    assert state["tag"] == "forge-python:good" and state["server"] == good["server"] and llama_server.alive(state["server"])
+    assert state["tag"] == "forge-python:good" and state["server"] == good["server"] and procs.alive(state["server"])
     assert _chat(good["endpoint"], "forge-python:good")["choices"]
     assert len(forge_processes()) == 2  # the failed servers are gone
 
@@ -233,7 +233,7 @@ def test_changing_deploy_port_moves_the_endpoint(q8_gguf: Path, tmp_path: Path, 
 
     assert moved["endpoint"] == f"http://127.0.0.1:{new_port}/v1" and moved["router"]["port"] == new_port
     assert _chat(moved["endpoint"], "forge-python:one")["model"] == "forge-python:one"
-    assert not llama_server.alive(first["router"]) and not llama_server.alive(first["server"])
+    assert not procs.alive(first["router"]) and not procs.alive(first["server"])
     with pytest.raises(urllib.error.URLError, match="refused"):
         _get(f"{first['endpoint']}/models", timeout=5)
     assert llama_server.health(state_dir)["health"] == "up"

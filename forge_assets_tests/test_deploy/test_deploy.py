@@ -8,6 +8,7 @@ import pytest
 
 from forge_assets.deploy import llama_server, ollama_target
 from forge_assets.deploy.ports import port_for
+from forge_assets.files import pid_alive
 from forge_assets_tests.conftest import free_port
 from forge_assets_tests.test_deploy.ollama_double import OllamaTestDouble
 
@@ -23,13 +24,13 @@ def test_llama_server_deploys_answers_and_stops(q8_gguf: Path, tmp_path: Path):
     port = free_port()
     state = llama_server.deploy(q8_gguf, "forge-python:v1", "127.0.0.1", port, tmp_path)
     try:
-        assert state["endpoint"] == f"http://127.0.0.1:{port}/v1" and llama_server.alive(state["pid"])
+        assert state["endpoint"] == f"http://127.0.0.1:{port}/v1" and pid_alive(state["pid"])
         assert state["smoke"]["completion_tokens"] > 0
         assert _chat(state["endpoint"], "forge-python:v1")["model"] == "forge-python:v1"
         assert llama_server.read_state(tmp_path)["tag"] == "forge-python:v1"
     finally:
         stopped = llama_server.stop(tmp_path)
-    assert stopped["pid"] == state["pid"] and not llama_server.alive(state["pid"])
+    assert stopped["pid"] == state["pid"] and not pid_alive(state["pid"])
     assert llama_server.port_free("127.0.0.1", port) and llama_server.read_state(tmp_path) is None
 
 
@@ -42,7 +43,7 @@ def test_failed_redeploy_restores_the_previous_model(q8_gguf: Path, tmp_path: Pa
         with pytest.raises(llama_server.DeployError, match="previous deployment forge-python:good keeps serving"):
             llama_server.deploy(broken, "forge-python:bad", "127.0.0.1", port, tmp_path)
         state = llama_server.read_state(tmp_path)
-        assert state["tag"] == "forge-python:good" and llama_server.alive(state["pid"])
+        assert state["tag"] == "forge-python:good" and pid_alive(state["pid"])
         assert _chat(state["endpoint"], "forge-python:good")["choices"]
     finally:
         llama_server.stop(tmp_path)

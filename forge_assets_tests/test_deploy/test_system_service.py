@@ -272,6 +272,7 @@ def _wait_listed(endpoint: str, tags: set[str], proc: subprocess.Popen, log: Pat
     raise AssertionError(f"{endpoint} did not list {tags} within {timeout:.0f}s ({last}):\n{log.read_text()[-3000:]}")
 
 
+@pytest.mark.slow
 def test_the_units_command_brings_the_endpoint_back_serves_submitted_deploys_and_stops_on_sigterm(smollm2: Path, tmp_path: Path):
     state_dir = tmp_path / ODD / "deployment" / "_endpoint"
     port = free_port()
@@ -308,7 +309,7 @@ def test_the_units_command_brings_the_endpoint_back_serves_submitted_deploys_and
         assert new["tag"] == "forge-rust:two" and new["tags"] == ["forge-python:one", "forge-rust:two"]
         assert psutil.Process(new["pid"]).ppid() == sup.pid and new["router"] == revived["router"]
         assert sorted(_models(endpoint)) == ["forge-python:one", "forge-rust:two"]
-        assert not llama_server.alive(revived["server"])  # the previous server was retired
+        assert not procs.alive(revived["server"])  # the previous server was retired
 
         # A deploy that fails comes back as the deploy's own DeployError; what served keeps serving.
         with socket.socket() as busy:
