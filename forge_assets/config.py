@@ -267,7 +267,7 @@ class HumanEvalConfig(_Strict):
     max_new_tokens: int = Field(128, gt=0, description="Tokens generated per completion.")
     timeout_s: float = Field(10.0, gt=0, description="Wall-clock seconds per program.")
     cpu_s: int = Field(10, gt=0, description="CPU seconds per program.")
-    memory_mb: int = Field(1024, ge=64, description="Address space per program, in MB.")
+    memory_mb: int = Field(1024, ge=64, description="Address space per program, in MiB.")
     workers: int = Field(2, gt=0, description="Programs run at once.")
     allow_hook_only: bool = Field(False, description=(
         "Without an OS sandbox boundary (Linux namespaces, macOS sandbox-exec) HumanEval is skipped with the reason; true "
@@ -300,7 +300,8 @@ class EvalConfig(_Strict):
     gguf_windows: int = Field(24, gt=0, description="Held-out texts the served GGUF and its reference (and the merged model) "
                               "are scored on.")
     gguf_window_tokens: int = Field(512, ge=16, description="Tokens per such text, at most.")
-    seed: int = Field(0, description="Seed of the evaluation's subsets.")
+    seed: int = Field(0, description="Seed of the subsets scored: perplexity samples, FIM cases, CodeBLEU prompts, "
+                        "HumanEval problems.")
 
 
 class GatesConfig(_Strict):
