@@ -72,3 +72,9 @@ def test_readme_cli_section_matches_the_parser() -> None:
     assert not unknown, f"README.md's CLI section names `forge` commands the parser does not have: {sorted(unknown)}"
     missing = commands - named
     assert not missing, f"README.md's CLI section does not describe these `forge` commands: {sorted(missing)}"
+
+
+def test_readme_links_every_docs_page() -> None:
+    linked = {(README.parent / t.split("#", 1)[0]).resolve() for t in relative_links(README.read_text(encoding="utf-8"))}
+    unlinked = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if p.resolve() not in linked]
+    assert not unlinked, f"README.md links no docs page {unlinked}. Fix: add it to the README's Documentation list."
