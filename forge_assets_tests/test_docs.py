@@ -48,13 +48,18 @@ def test_link_finder_sees_links_and_skips_code() -> None:
     assert relative_links(text) == ["docs/a.md#x", "../bench/x.py"]
 
 
-def _cli_commands() -> set[str]:
+def _cli_parsers() -> dict:
+    """{command: its argparse parser}, from the real `forge` parser."""
     from forge_assets import cli
 
     parser = cli.build_parser()
     subparsers = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
     assert subparsers, "forge's parser has no subcommands"
-    return set(subparsers[0].choices)
+    return dict(subparsers[0].choices)
+
+
+def _cli_commands() -> set[str]:
+    return set(_cli_parsers())
 
 
 def _cli_section() -> str:
@@ -78,3 +83,19 @@ def test_readme_links_every_docs_page() -> None:
     linked = {(README.parent / t.split("#", 1)[0]).resolve() for t in relative_links(README.read_text(encoding="utf-8"))}
     unlinked = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if p.resolve() not in linked]
     assert not unlinked, f"README.md links no docs page {unlinked}. Fix: add it to the README's Documentation list."
+
+
+def test_readme_cli_options_exist() -> None:
+    parsers = _cli_parsers()
+    usages = re.findall(r"`forge ([a-z][a-z-]*)([^`]*)`", _cli_section())
+    checked, wrong = 0, []
+    for command, rest in usages:
+        if command not in parsers:
+            continue  # test_readme_cli_section_matches_the_parser names it
+        known = {o for a in parsers[command]._actions for o in a.option_strings}
+        for option in re.findall(r"(?<![\w-])--[a-z][a-z-]*", rest):
+            checked += 1
+            if option not in known:
+                wrong.append(f"forge {command} {option}")
+    assert checked >= 5, f"the README's CLI section shows too few options to check ({checked})"
+    assert not wrong, f"README.md's CLI section shows options the parser does not have: {wrong}"
