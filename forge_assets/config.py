@@ -271,7 +271,7 @@ class HumanEvalConfig(_Strict):
     workers: int = Field(2, gt=0, description="Programs run at once.")
     allow_hook_only: bool = Field(False, description=(
         "Without an OS sandbox boundary (Linux namespaces, macOS sandbox-exec) HumanEval is skipped with the reason; true "
-        "runs it anyway behind Python's audit hook alone (weaker: see the README's security section)."))
+        "runs it anyway behind Python's audit hook alone (weaker: see docs/security.md)."))
 
     @model_validator(mode="after")
     def _count(self) -> "HumanEvalConfig":

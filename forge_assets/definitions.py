@@ -25,7 +25,7 @@ language_job = define_asset_job("language_chain", selection=LANGUAGE_ASSETS, par
 RESOURCES = {
     "local": {"forge": ForgeResource()},
     "s3": {"forge": ForgeResource(s3_bucket=EnvVar("FORGE_S3_BUCKET"), s3_prefix=os.environ.get("FORGE_S3_PREFIX", "forge"), s3=S3Resource())},
-    # Heavy steps as Kubernetes pods through dagster-k8s's PipesK8sClient (README: "Running on Kubernetes").
+    # Heavy steps as Kubernetes pods through dagster-k8s's PipesK8sClient (docs/kubernetes.md).
     "k8s": {"forge": ForgeResource(step_runner="k8s", k8s_image=EnvVar("FORGE_K8S_IMAGE"), k8s_namespace=os.environ.get("FORGE_K8S_NAMESPACE", ""),
                                    k8s_pvc=os.environ.get("FORGE_K8S_PVC", ""), k8s_gpus=int(os.environ.get("FORGE_K8S_GPUS", "0")),
                                    k8s_memory=os.environ.get("FORGE_K8S_MEMORY", ""))},
