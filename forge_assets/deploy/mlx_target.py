@@ -66,29 +66,13 @@ from pathlib import Path
 
 from forge_assets.deploy import llama_server, procs
 from forge_assets.deploy.llama_server import DeployError, port_free
+from forge_assets.export.adapter_files import (CONFIG, MLX_WEIGHTS, PEFT_VARIANTS, AdapterFileError, AdapterFiles, backend_of,
+                                               pattern_value, peft_features, read_adapter)
 from forge_assets.private import private_umask
 
 DEFAULT_MODEL = "default_model"  # mlx_lm.server's name for --model with --adapter-path
-ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapters.safetensors"
-PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = CONFIG, MLX_WEIGHTS
 PEFT_PREFIX = "base_model.model."
-# PEFT initialisations that change the base weights: an adapter saved without converting them back to a plain
-# LoRA (PEFT's path_initial_model_for_weight_conversion, which Forge's pissa method uses) only fits that changed base.
-MUTATING_INITS = ("pissa", "olora", "corda", "loftq")
-# PEFT LoRA variants whose forward pass mlx-lm's LoRA/DoRA layers do not compute.
-UNSUPPORTED_FEATURES = {
-    "alora_invocation_tokens": "Activated LoRA (aLoRA)",
-    "layer_replication": "layer replication",
-    "use_qalora": "QALoRA",
-    "use_bdlora": "block-diagonal LoRA",
-    "target_parameters": "LoRA on raw parameters (target_parameters, e.g. MoE experts)",
-    "trainable_token_indices": "trainable token embeddings (trainable_token_indices)",
-    "fan_in_fan_out": "fan_in_fan_out (Conv1D-style) weights",
-    "arrow_config": "Arrow routing",
-    "kasa_config": "KaSA",
-    "velora_config": "VeLoRA",
-    "monteclora_config": "MonteCLoRA",
-}
 MERGE_FIX = ("or merge the adapter into the base (`forge_assets.training.adapter.merge_adapter`) and serve the merged "
              "model with mlx_lm server --model <merged> and no adapter")
 
@@ -154,50 +138,38 @@ def _lazy_model(base_dir: Path):
 
 # -------------------------------------------------------------------------------------------------- adapters
 
-def _read_json(path: Path) -> dict:
+def _read(adapter_dir: Path) -> AdapterFiles:
+    """The adapter folder as adapter_files reads it; its errors as MlxAdapterError (this module's ValueError)."""
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MlxAdapterError(f"{path} is missing. Fix: rematerialize the adapter.") from None
-    except (OSError, ValueError) as exc:
-        raise MlxAdapterError(f"{path} is not readable JSON ({exc}). Fix: rematerialize the adapter.") from None
-    if not isinstance(data, dict):
-        raise MlxAdapterError(f"{path} is not a JSON object. Fix: rematerialize the adapter.")
-    return data
+        return read_adapter(adapter_dir)
+    except AdapterFileError as exc:
+        raise MlxAdapterError(str(exc)) from None
 
 
 def peft_problems(config: dict) -> list[str]:
     """What in a PEFT adapter_config.json mlx-lm's LoRA/DoRA layers cannot reproduce (empty: convertible)."""
+    features = peft_features(config)
     problems = []
-    if str(config.get("peft_type", "LORA")).upper() != "LORA":
+    if "peft_type" in features:
         problems.append(f"it is a PEFT {config.get('peft_type')} adapter; mlx-lm loads LoRA and DoRA only. "
                         "Fix: train a LoRA adapter (training.method lora, rslora or dora)")
-    if config.get("modules_to_save"):
-        problems.append(f"it saves whole modules (modules_to_save: {config['modules_to_save']}), which an mlx-lm LoRA "
+    if "modules_to_save" in features:
+        problems.append(f"it saves whole modules (modules_to_save: {features['modules_to_save']}), which an mlx-lm LoRA "
                         f"adapter cannot carry. Fix: train without modules_to_save (Forge's trainer never sets it), {MERGE_FIX}")
-    if config.get("bias", "none") != "none" or config.get("lora_bias"):
-        problems.append(f"it trains biases (bias: {config.get('bias')!r}, lora_bias: {config.get('lora_bias')!r}); mlx-lm's "
-                        f"LoRA layers have no bias terms. Fix: train with bias='none' and lora_bias=False, {MERGE_FIX}")
-    init = config.get("init_lora_weights")
-    if isinstance(init, str) and init.lower().startswith(MUTATING_INITS):
-        problems.append(f"init_lora_weights={init!r} changed the base weights, so the adapter only fits that changed base. "
-                        "Fix: save it with PEFT's path_initial_model_for_weight_conversion (Forge's pissa method does), "
-                        f"{MERGE_FIX}")
-    for key, what in UNSUPPORTED_FEATURES.items():
-        if config.get(key):
+    if "bias" in features:
+        problems.append(f"it trains biases ({features['bias']}); mlx-lm's LoRA layers have no bias terms. Fix: train with "
+                        f"bias='none' and lora_bias=False, {MERGE_FIX}")
+    if "init_lora_weights" in features:
+        problems.append(f"init_lora_weights={features['init_lora_weights']!r} changed the base weights, so the adapter only "
+                        "fits that changed base. Fix: save it with PEFT's path_initial_model_for_weight_conversion (Forge's "
+                        f"pissa method does), {MERGE_FIX}")
+    for key, what in PEFT_VARIANTS.items():  # mlx-lm's LoRA/DoRA layers compute none of them
+        if key in features:
             problems.append(f"it uses {what}, which mlx-lm does not implement. Fix: train a plain LoRA/DoRA adapter, {MERGE_FIX}")
     if not isinstance(config.get("r"), int) or config["r"] <= 0 or not isinstance(config.get("lora_alpha"), (int, float)):
         problems.append(f"its r ({config.get('r')!r}) and lora_alpha ({config.get('lora_alpha')!r}) are not a positive "
                         "rank and a number. Fix: rematerialize the adapter")
     return problems
-
-
-def _pattern_value(pattern: dict | None, name: str):
-    """PEFT's rule for rank_pattern/alpha_pattern: the first key that matches the end of the module path."""
-    for key, value in (pattern or {}).items():
-        if re.match(rf"(.*\.)?({key})$", name):
-            return value
-    return None
 
 
 def _scale(alpha: float, rank: int, rslora: bool) -> float:
@@ -233,9 +205,10 @@ def _convert_peft(adapter_dir: Path, base_dir: Path) -> tuple[dict, dict]:
     from mlx.utils import tree_flatten
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    config = _read_json(adapter_dir / PEFT_CONFIG)
+    files = _read(adapter_dir)
+    config = files.config
     problems = peft_problems(config)
-    weights = mx.load(str(adapter_dir / PEFT_WEIGHTS)) if not problems else {}
+    weights = mx.load(str(files.weights)) if not problems else {}
     modules, odd = _peft_modules(weights)
     embedding = [n for n in odd if ".lora_embedding_" in n]
     if embedding:
@@ -249,7 +222,7 @@ def _convert_peft(adapter_dir: Path, base_dir: Path) -> tuple[dict, dict]:
     if incomplete:
         problems.append(f"modules {incomplete[:3]} lack lora_A or lora_B weights. Fix: rematerialize the adapter")
     if not modules and not problems:
-        problems.append(f"{PEFT_WEIGHTS} holds no LoRA weights. Fix: rematerialize the adapter")
+        problems.append(f"{files.weights.name} holds no LoRA weights. Fix: rematerialize the adapter")
     dora = bool(config.get("use_dora"))
     if dora and modules and any("m" not in parts for parts in modules.values()):
         problems.append("use_dora is set but some modules lack lora_magnitude_vector. Fix: rematerialize the adapter")
@@ -305,7 +278,7 @@ def _convert_peft(adapter_dir: Path, base_dir: Path) -> tuple[dict, dict]:
             w = a.T
             pad = ((0, 0), (0, rank - r))
         else:
-            alpha = _pattern_value(config.get("alpha_pattern"), path)
+            alpha = pattern_value(config.get("alpha_pattern"), path)
             own = _scale(config["lora_alpha"] if alpha is None else alpha, r, rslora)
             w = b.T if own == scale else (b.astype(mx.float32).T * (own / scale)).astype(b.dtype)
             pad = ((0, rank - r), (0, 0))
@@ -334,9 +307,9 @@ def verify_mlx_adapter(adapter_dir: Path, base_dir: Path) -> None:
     from mlx_lm.tuner.utils import load_adapters
 
     adapter_dir = Path(adapter_dir)
-    config = _read_json(adapter_dir / ADAPTER_CONFIG)
     if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
         raise MlxAdapterError(f"{adapter_dir}: {ADAPTER_WEIGHTS} is missing. Fix: rematerialize the adapter.")
+    config = _read(adapter_dir).config
     kind = config.get("fine_tune_type", "lora")
     if kind not in ("lora", "dora", "full"):
         raise MlxAdapterError(f"{adapter_dir}: fine_tune_type {kind!r} is not one mlx-lm loads (lora, dora, full). "
@@ -361,13 +334,8 @@ def to_mlx_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path) -> Path:
     """
     import mlx.core as mx
 
-    from forge_assets.training.adapter import adapter_backend
-
     adapter_dir, base_dir, out_dir = Path(adapter_dir), Path(base_dir), Path(out_dir)
-    try:
-        backend = adapter_backend(adapter_dir)
-    except ValueError as exc:
-        raise MlxAdapterError(str(exc)) from None
+    backend = _read(adapter_dir).backend
     if backend == "mlx" and out_dir.resolve() == adapter_dir.resolve():
         verify_mlx_adapter(adapter_dir, base_dir)
         return out_dir
@@ -417,12 +385,10 @@ def _adapter_map(adapters: dict[str, Path] | Path) -> dict[str, Path]:
 
 def _prepare_adapters(adapters: dict[str, Path], base: Path, work: Path) -> dict[str, dict]:
     """{name: {"path": mlx folder served, "source": given folder}}; PEFT adapters are converted into work/<name>."""
-    from forge_assets.training.adapter import adapter_backend
-
     out = {}
     for name, src in adapters.items():
         try:
-            if adapter_backend(src) == "mlx":
+            if backend_of(src) == "mlx":
                 verify_mlx_adapter(src, base)
                 path = src.resolve()
             else:

@@ -80,7 +80,6 @@ import re
 import shlex
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -92,6 +91,8 @@ from pathlib import Path
 from forge_assets.architectures import Family, of_hf_architecture
 from forge_assets.deploy import llama_server, procs
 from forge_assets.deploy.llama_server import DeployError
+from forge_assets.export.adapter_files import (PEFT_VARIANTS, PEFT_WEIGHTS, AdapterFileError, backend_of, peft_features,
+                                               read_adapter, read_config, tensor_table)
 from forge_assets.files import atomic_write_json, free_port, locked
 from forge_assets.private import ensure_private_dir, private_umask
 
@@ -103,29 +104,18 @@ MIXED_MOE_FLAG = "--enable-mixed-moe-lora-format"  # lets vLLM load fused 3-D ex
 _REFUSED_WHY = {"conv1d": "vLLM lists conv1d among Qwen3-Next's LoRA modules but never applies it",
                 "embed_tokens": "vLLM adapts the embedding only for model classes with embedding_modules",
                 "lm_head": "vLLM adapts the output head only for model classes with embedding_modules"}
-MUTATING_INITS = ("pissa", "olora", "corda", "loftq")
-UNSUPPORTED = {"alora_invocation_tokens": "Activated LoRA (aLoRA)", "layer_replication": "layer_replication",
-               "use_bdlora": "block-diagonal LoRA (BD-LoRA)", "use_qalora": "QALoRA"}
+# PEFT LoRA variants vLLM's PEFTHelper refuses (adapter_files.PEFT_VARIANTS says what each is)
+UNSUPPORTED = ("alora_invocation_tokens", "layer_replication", "use_bdlora", "use_qalora")
 MERGE_FIX = ("or merge it into the base (`forge_assets.training.adapter.merge_adapter`) and serve the merged model "
              "with `vllm serve <merged>` and no LoRA")
 
 
-def _safetensors_header(path: Path) -> dict:
-    """The tensor table of a safetensors file ({name: {"dtype", "shape", …}}), read without loading tensors
-    (the header's length is bounded first: SafetensorsHeaderError, a ValueError, for a damaged file)."""
-    from forge_assets.export.safetensors_header import read_safetensors_header
-
-    header = read_safetensors_header(path)
-    header.pop("__metadata__", None)
-    return header
-
-
 def _adapter_header(adapter_dir: Path) -> dict:
     """The adapter's tensor table (adapter_model.safetensors), or {} when it has none or it is unreadable."""
-    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    weights = Path(adapter_dir) / PEFT_WEIGHTS
     if weights.is_file():
-        with contextlib.suppress(OSError, ValueError, struct.error):
-            return _safetensors_header(weights)
+        with contextlib.suppress(AdapterFileError):
+            return tensor_table(weights)
     return {}
 
 
@@ -171,11 +161,9 @@ def num_experts_of(model: str | Path | None) -> int | None:
 
 
 def _config(adapter_dir: Path) -> dict | None:
-    try:
-        data = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    with contextlib.suppress(AdapterFileError):
+        return read_config(adapter_dir)
+    return None
 
 
 def adapter_rank(adapter_dir: Path, num_experts: int | None = None) -> int | None:
@@ -299,54 +287,48 @@ def validate_adapter(adapter_dir: Path, max_lora_rank: int, architecture: str | 
     folder named in the adapter's ``base_model_name_or_path``, when there is one; an architecture the registry does
     not know is not checked. ``num_experts`` (default: that base folder's) sizes fused 3-D expert tensors.
     """
-    adapter_dir = Path(adapter_dir)
-    if not adapter_dir.is_dir():
-        return [f"{adapter_dir} is not a folder. Fix: pass the adapter's folder (the `adapter` asset)"]
-    has_peft = (adapter_dir / "adapter_model.safetensors").is_file() or (adapter_dir / "adapter_model.bin").is_file()
-    if (adapter_dir / "adapters.safetensors").is_file() and not has_peft:
-        return [("it is an mlx-lm adapter (adapters.safetensors), and vLLM loads PEFT adapters only. Fix: train it with "
-                 f"training.backend: peft, {MERGE_FIX}")]
+    try:
+        if backend_of(adapter_dir) == "mlx":
+            return [("it is an mlx-lm adapter (adapters.safetensors), and vLLM loads PEFT adapters only. Fix: train it with "
+                     f"training.backend: peft, {MERGE_FIX}")]
+        files = read_adapter(adapter_dir)
+    except AdapterFileError as exc:
+        return [str(exc)]
+    adapter_dir, config = files.folder, files.config
+    features = peft_features(config)
     problems = []
-    if not has_peft:
-        problems.append("it has no adapter_model.safetensors (or .bin), so it is not a PEFT adapter. Fix: rematerialize "
-                        "the adapter with training.backend: peft")
-    config = _config(adapter_dir)
-    if config is None:
-        return problems + ["its adapter_config.json is missing or not JSON. Fix: rematerialize the adapter"]
-    if str(config.get("peft_type", "LORA")).upper() != "LORA":
+    if "peft_type" in features:
         problems.append(f"it is a PEFT {config.get('peft_type')} adapter; vLLM serves LoRA adapters only. Fix: train a LoRA "
                         "adapter (training.method lora or rslora)")
     if max_lora_rank not in MAX_LORA_RANKS:
         problems.append(f"--max-lora-rank {max_lora_rank} is not one of the values vLLM accepts {list(MAX_LORA_RANKS)}. "
                         "Fix: pick one of them")
-    r = config.get("r")
-    if not isinstance(r, int) or r <= 0:
-        problems.append(f"its rank r={r!r} is not a positive integer. Fix: rematerialize the adapter")
-    base = config.get("base_model_name_or_path")
+    if files.rank is None:
+        problems.append(f"its rank r={config.get('r')!r} is not a positive integer. Fix: rematerialize the adapter")
+    base = files.base_model
     num_experts = num_experts or num_experts_of(base)
     rank = adapter_rank(adapter_dir, num_experts)
     if rank is not None and rank > max_lora_rank:
         fix = (f"serve with --max-lora-rank {fitting_max_lora_rank(rank)} (max_lora_rank in the plan)"
                if rank <= MAX_LORA_RANKS[-1] else f"retrain with training.rank ≤ {MAX_LORA_RANKS[-1]}, {MERGE_FIX}")
         problems.append(f"its rank {rank} is greater than --max-lora-rank {max_lora_rank}, which vLLM refuses at load. Fix: {fix}")
-    saved = list(config.get("modules_to_save") or [])
-    if saved:
-        problems.append(f"it saves whole modules (modules_to_save: {saved}), which vLLM refuses. Fix: retrain without "
-                        f"modules_to_save (Forge's trainer never sets it), {MERGE_FIX}")
-    if config.get("use_dora"):
+    if "modules_to_save" in features:
+        problems.append(f"it saves whole modules (modules_to_save: {features['modules_to_save']}), which vLLM refuses. Fix: "
+                        f"retrain without modules_to_save (Forge's trainer never sets it), {MERGE_FIX}")
+    if "use_dora" in features:
         problems.append("it is a DoRA adapter (use_dora), which vLLM does not support. Fix: train with training.method lora "
                         f"or rslora, {MERGE_FIX}")
-    if config.get("bias", "none") != "none" or config.get("lora_bias"):
-        problems.append(f"it trains biases (bias: {config.get('bias')!r}, lora_bias: {config.get('lora_bias')!r}), which vLLM "
-                        f"does not support. Fix: train with bias='none', {MERGE_FIX}")
-    init = config.get("init_lora_weights")
-    if isinstance(init, str) and init.lower().startswith(MUTATING_INITS):
-        problems.append(f"init_lora_weights={init!r} changed the base weights, so the adapter does not fit the served base. "
-                        "Fix: save it with PEFT's path_initial_model_for_weight_conversion (Forge's pissa method does), "
+    if "bias" in features:
+        problems.append(f"it trains biases ({features['bias']}), which vLLM does not support. Fix: train with bias='none', "
                         f"{MERGE_FIX}")
-    for key, what in UNSUPPORTED.items():
-        if config.get(key):
-            problems.append(f"it uses {what}, which vLLM does not support. Fix: train a plain LoRA adapter, {MERGE_FIX}")
+    if "init_lora_weights" in features:
+        problems.append(f"init_lora_weights={features['init_lora_weights']!r} changed the base weights, so the adapter does not "
+                        "fit the served base. Fix: save it with PEFT's path_initial_model_for_weight_conversion (Forge's pissa "
+                        f"method does), {MERGE_FIX}")
+    for key in UNSUPPORTED:
+        if key in features:
+            problems.append(f"it uses {PEFT_VARIANTS[key]}, which vLLM does not support. Fix: train a plain LoRA adapter, "
+                            f"{MERGE_FIX}")
     problems += _expert_rank_problems(adapter_dir, num_experts)
     arch = architecture or architecture_of(base)
     family = of_hf_architecture(arch)

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from forge_assets.export.adapter_files import CONFIG, AdapterFileError, AdapterFiles, pattern_value, peft_features, read_adapter
 from forge_assets.export.gguf_export import ExportError
 
 MERGE_FIX = "set deploy.merge: true to serve a merged GGUF"
@@ -82,13 +83,6 @@ def _fail(where: Path, problem: str) -> str:
     return f"{where}: {problem}, so it cannot be served as an unmerged llama.cpp LoRA. Fix: {MERGE_FIX}."
 
 
-def _safetensors_keys(path: Path) -> list[str]:
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as fh:
-        return list(fh.keys())
-
-
 def _load_float32(path: Path) -> dict[str, np.ndarray]:
     """Every tensor of a safetensors file as float32 numpy (through torch, so bf16 files load too)."""
     from safetensors import safe_open
@@ -114,28 +108,23 @@ def _tensor_problem(weights: Path, keys: list[str], pattern: re.Pattern, ab: str
     return None
 
 
-def _peft_problem(adapter_dir: Path) -> str | None:
+def _peft_problem(files: AdapterFiles) -> str | None:
     """Why a PEFT adapter folder cannot become a llama.cpp LoRA, or None."""
-    cfg_path = adapter_dir / "adapter_config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as exc:
-        return f"{cfg_path}: unreadable ({exc}). Fix: re-save the adapter with PEFT's save_pretrained, or {MERGE_FIX}."
-    kind = str(cfg.get("peft_type", "LORA")).upper()
-    if kind != "LORA":
-        return _fail(cfg_path, f"a {kind} adapter, not LoRA")
-    if cfg.get("use_dora"):
+    cfg_path, cfg = files.folder / CONFIG, files.config
+    features = peft_features(cfg)
+    if "peft_type" in features:
+        return _fail(cfg_path, f"a {features['peft_type']} adapter, not LoRA")
+    if "use_dora" in features:
         return _fail(cfg_path, "a DoRA adapter (use_dora: true): llama.cpp adds s·BA only and has no DoRA magnitude vectors")
-    if cfg.get("modules_to_save"):
-        return _fail(cfg_path, f"it trains full copies of {', '.join(map(str, cfg['modules_to_save']))} (modules_to_save)")
-    if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
-        return _fail(cfg_path, f"it trains biases (bias: {cfg.get('bias')}, lora_bias: {cfg.get('lora_bias', False)})")
-    init = cfg.get("init_lora_weights", True)
-    if (isinstance(init, str) and init.lower().startswith(("pissa", "olora", "corda", "loftq"))) or cfg.get("loftq_config"):
-        return _fail(cfg_path, f"it was saved unconverted (init_lora_weights: {init}), so it applies to a modified "
-                               "residual base, not the original one (Forge saves PiSSA converted to a plain LoRA)")
+    if "modules_to_save" in features:
+        return _fail(cfg_path, f"it trains full copies of {', '.join(map(str, features['modules_to_save']))} (modules_to_save)")
+    if "bias" in features:
+        return _fail(cfg_path, f"it trains biases ({features['bias']})")
+    if "init_lora_weights" in features:
+        return _fail(cfg_path, f"it was saved unconverted (init_lora_weights: {features['init_lora_weights']}), so it applies to "
+                               "a modified residual base, not the original one (Forge saves PiSSA converted to a plain LoRA)")
     for key in ("layer_replication", "trainable_token_indices", "alora_invocation_tokens"):
-        if cfg.get(key):
+        if key in features:
             return _fail(cfg_path, f"it uses {key}")
     from forge_assets.architectures import FAMILIES
 
@@ -144,49 +133,25 @@ def _peft_problem(adapter_dir: Path) -> str | None:
     if odd:
         return _fail(cfg_path, f"it targets the parameters {odd[:3]} (target_parameters), and only MoE expert tensors "
                                f"({', '.join(sorted(experts))}) convert")
-    if cfg.get("fan_in_fan_out"):
+    if "fan_in_fan_out" in features:
         return _fail(cfg_path, "it adapts Conv1D (fan_in_fan_out) layers")
-    weights = adapter_dir / "adapter_model.safetensors"
-    try:
-        keys = _safetensors_keys(weights)
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        return f"{weights}: unreadable ({exc}). Fix: re-save the adapter with PEFT's save_pretrained, or {MERGE_FIX}."
-    return _tensor_problem(weights, keys, _PEFT_SUFFIX, "A/B")
+    if files.weights.suffix != ".safetensors":
+        return (f"{files.weights}: a PyTorch pickle, and Forge reads adapter_model.safetensors only. Fix: re-save the adapter "
+                f"with PEFT's save_pretrained, or {MERGE_FIX}.")
+    return _tensor_problem(files.weights, sorted(files.tensors), _PEFT_SUFFIX, "A/B")
 
 
-def _mlx_problem(adapter_dir: Path) -> str | None:
+def _mlx_problem(files: AdapterFiles) -> str | None:
     """Why an mlx-lm adapter folder cannot become a llama.cpp LoRA, or None."""
-    cfg_path = adapter_dir / "adapter_config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as exc:
-        return f"{cfg_path}: unreadable ({exc}). Fix: rematerialize the adapter, or {MERGE_FIX}."
+    cfg_path, cfg = files.folder / CONFIG, files.config
     kind = cfg.get("fine_tune_type", "lora")
     if kind == "dora":
         return _fail(cfg_path, "a DoRA adapter (fine_tune_type: dora): llama.cpp adds s·BA only and has no DoRA magnitude vectors")
     if kind != "lora":
         return _fail(cfg_path, f"fine_tune_type `{kind}` is not a LoRA")
-    params = cfg.get("lora_parameters") or {}
-    if "scale" not in params or "rank" not in params:
+    if files.rank is None or files.scale is None:
         return f"{cfg_path}: lora_parameters lacks rank/scale, so the LoRA scale is unknown. Fix: rematerialize the adapter, or {MERGE_FIX}."
-    weights = adapter_dir / "adapters.safetensors"
-    try:
-        keys = _safetensors_keys(weights)
-    except Exception as exc:  # noqa: BLE001
-        return f"{weights}: unreadable ({exc}). Fix: rematerialize the adapter, or {MERGE_FIX}."
-    return _tensor_problem(weights, keys, _MLX_SUFFIX, "a/b")
-
-
-def _base_dir_of(adapter_dir: Path, backend: str) -> Path | None:
-    """The base model folder an adapter names, when it is a local folder."""
-    try:
-        cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    name = cfg.get("base_model_name_or_path") if backend == "peft" else cfg.get("model")
-    if name and (Path(name) / "config.json").is_file():
-        return Path(name)
-    return None
+    return _tensor_problem(files.weights, sorted(files.tensors), _MLX_SUFFIX, "a/b")
 
 
 def _arch_problem(base_dir: Path) -> str | None:
@@ -203,50 +168,46 @@ def _arch_problem(base_dir: Path) -> str | None:
     return None
 
 
+def _problem(files: AdapterFiles) -> str | None:
+    """Why llama.cpp cannot serve this adapter unmerged: its own format checks, then its base's architecture."""
+    problem = _peft_problem(files) if files.backend == "peft" else _mlx_problem(files)
+    if problem is None and (base := files.base_folder()) is not None:
+        problem = _arch_problem(base)
+    return problem
+
+
 def unmerged_support(adapter_dir: Path) -> str | None:
     """None when the adapter can be served unmerged as a llama.cpp LoRA on the base GGUF; else one sentence naming
     the problem (DoRA, modules_to_save, a module llama.cpp cannot take, ...) and the fix (serve a merged GGUF)."""
-    from forge_assets.training.adapter import adapter_backend
-
-    adapter_dir = Path(adapter_dir)
     try:
-        backend = adapter_backend(adapter_dir)
-    except ValueError as exc:
+        return _problem(read_adapter(adapter_dir))
+    except AdapterFileError as exc:
         return f"{exc} Or {MERGE_FIX}."
-    problem = _peft_problem(adapter_dir) if backend == "peft" else _mlx_problem(adapter_dir)
-    if problem is None:
-        base = _base_dir_of(adapter_dir, backend)
-        if base is not None:
-            problem = _arch_problem(base)
-    return problem
 
 
 # ------------------------------------------------------------------------------------------------ reading
 
-def _pattern_value(patterns: dict, module: str, default):
-    """PEFT's rank_pattern / alpha_pattern lookup: a key matches a module name that ends with it (regex allowed)."""
-    for key, value in (patterns or {}).items():
-        if re.fullmatch(rf"(?:.*\.)?(?:{key})", module):
-            return value
-    return default
+def _pairs(files: AdapterFiles, pattern: re.Pattern, names: str, fix: str) -> dict[str, dict[str, np.ndarray]]:
+    """The weights file's tensors (float32) grouped by module, {module: {"A"/"a": …, "B"/"b": …}}, each with its pair."""
+    parts: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in _load_float32(files.weights).items():
+        m = pattern.match(key)
+        parts.setdefault(m["module"], {})[m["ab"]] = value
+    for module, ab in parts.items():
+        if set(ab) != set(names):
+            raise ExportError(f"{files.weights}: `{module}` has lora_{''.join(ab)} but not its pair. Fix: {fix}.")
+    return dict(sorted(parts.items()))
 
 
-def _read_peft(adapter_dir: Path) -> _Lora:
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    rank, alpha, rs = int(cfg["r"]), float(cfg["lora_alpha"]), bool(cfg.get("use_rslora"))
+def _read_peft(files: AdapterFiles) -> _Lora:
+    adapter_dir, cfg = files.folder, files.config
+    rank, alpha, rs = files.rank, files.alpha, bool(cfg.get("use_rslora"))
 
     def scale_of(r: int, a: float) -> float:
         return a / (math.sqrt(r) if rs else r)
 
-    lora = _Lora("peft", rank, scale_of(rank, alpha), "rslora" if rs else "lora")
-    parts: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in _load_float32(adapter_dir / "adapter_model.safetensors").items():
-        m = _PEFT_SUFFIX.match(key)
-        parts.setdefault(m["module"], {})[m["ab"]] = value
-    for module, ab in sorted(parts.items()):
-        if set(ab) != {"A", "B"}:
-            raise ExportError(f"{adapter_dir}/adapter_model.safetensors: `{module}` has lora_{''.join(ab)} but not its "
-                              "pair. Fix: re-save the adapter with PEFT's save_pretrained.")
+    lora = _Lora("peft", rank, files.scale, "rslora" if rs else "lora")
+    for module, ab in _pairs(files, _PEFT_SUFFIX, "AB", "re-save the adapter with PEFT's save_pretrained").items():
         a, b = ab["A"], ab["B"]
         wrapper = _EXPERT_WRAPPER.match(module)
         if wrapper:
@@ -256,7 +217,7 @@ def _read_peft(adapter_dir: Path) -> _Lora:
         if a.ndim != 2 or b.ndim != 2 or b.shape[1] != r:
             raise ExportError(f"{adapter_dir}: `{module}` has A {list(a.shape)} and B {list(b.shape)}, whose ranks "
                               "differ. Fix: re-save the adapter with PEFT's save_pretrained.")
-        lora.pairs[module] = (a, b, scale_of(r, float(_pattern_value(cfg.get("alpha_pattern"), module, alpha))))
+        lora.pairs[module] = (a, b, scale_of(r, float(pattern_value(cfg.get("alpha_pattern"), module, alpha))))
     return lora
 
 
@@ -281,12 +242,12 @@ def _expert_pairs(lora: _Lora, adapter_dir: Path, cfg: dict, wrapper: re.Match, 
         raise ExportError(f"{adapter_dir}: LoRA on expert tensor `{param}`, which no registry family declares. "
                           f"Fix: {MERGE_FIX}.")
     name = f"{wrapper['prefix']}.{param}"
-    r = int(_pattern_value(cfg.get("rank_pattern"), name, cfg["r"]))
+    r = int(pattern_value(cfg.get("rank_pattern"), name, cfg["r"]))
     experts, rem = divmod(a.shape[0], r)
     if rem or a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0] or b.shape[0] % len(projections):
         raise ExportError(f"{adapter_dir}: `{name}` has A {list(a.shape)} and B {list(b.shape)}, which are no rank-{r} "
                           "expert LoRA. Fix: re-save the adapter with PEFT's save_pretrained.")
-    scale = scale_of(r, float(_pattern_value(cfg.get("alpha_pattern"), name, cfg["lora_alpha"])))
+    scale = scale_of(r, float(pattern_value(cfg.get("alpha_pattern"), name, cfg["lora_alpha"])))
     a3 = a.reshape(experts, r, a.shape[1])  # [E, r, in]
     b3 = b.reshape(b.shape[0], r, experts)  # [out, r, E]: column k·E + e is expert e's k-th
     rows = b.shape[0] // len(projections)
@@ -297,19 +258,10 @@ def _expert_pairs(lora: _Lora, adapter_dir: Path, cfg: dict, wrapper: re.Match, 
                                                              np.ascontiguousarray(be[i * rows:(i + 1) * rows]), scale)
 
 
-def _read_mlx(adapter_dir: Path) -> _Lora:
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    params = cfg["lora_parameters"]
-    scale = float(params["scale"])
-    lora = _Lora("mlx", int(params["rank"]), scale, cfg.get("method", "lora"))
-    parts: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in _load_float32(adapter_dir / "adapters.safetensors").items():
-        m = _MLX_SUFFIX.match(key)
-        parts.setdefault(m["module"], {})[m["ab"]] = value
-    for module, ab in sorted(parts.items()):
-        if set(ab) != {"a", "b"}:
-            raise ExportError(f"{adapter_dir}/adapters.safetensors: `{module}` has lora_{''.join(ab)} but not its pair. "
-                              "Fix: rematerialize the adapter.")
+def _read_mlx(files: AdapterFiles) -> _Lora:
+    adapter_dir, scale = files.folder, files.scale
+    lora = _Lora("mlx", files.rank, scale, files.config.get("method", "lora"))
+    for module, ab in _pairs(files, _MLX_SUFFIX, "ab", "rematerialize the adapter").items():
         switch = _MLX_SWITCH.match(module)
         if switch and ab["a"].ndim == 3:
             # mlx-lm's LoRASwitchLinear (MoE experts): lora_a [E, r, in], lora_b [E, out, r], delta_e = scale · b[e] @ a[e]
@@ -328,17 +280,14 @@ def _read_mlx(adapter_dir: Path) -> _Lora:
 
 def _read_adapter(adapter_dir: Path) -> _Lora:
     """A PEFT or mlx-lm adapter folder in PyTorch orientation; ExportError if llama.cpp cannot serve it unmerged."""
-    from forge_assets.training.adapter import adapter_backend
-
-    adapter_dir = Path(adapter_dir)
     try:
-        backend = adapter_backend(adapter_dir)
-    except ValueError as exc:
-        raise ExportError(str(exc)) from None
-    problem = _peft_problem(adapter_dir) if backend == "peft" else _mlx_problem(adapter_dir)
+        files = read_adapter(adapter_dir)
+    except AdapterFileError as exc:
+        raise ExportError(f"{exc} Or {MERGE_FIX}.") from None
+    problem = _peft_problem(files) if files.backend == "peft" else _mlx_problem(files)
     if problem is not None:
         raise ExportError(problem)
-    return _read_peft(adapter_dir) if backend == "peft" else _read_mlx(adapter_dir)
+    return _read_peft(files) if files.backend == "peft" else _read_mlx(files)
 
 
 def _base_shapes(base_dir: Path) -> dict[str, list[int]]:

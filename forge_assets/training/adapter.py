@@ -80,12 +80,11 @@ def train_adapter(base: Path, dataset: Path, out: Path, cfg: TrainingConfig, log
 
 
 def adapter_backend(adapter: Path) -> str:
-    """Which backend wrote an adapter folder (peft writes adapter_model.safetensors, mlx adapters.safetensors)."""
-    if (adapter / "adapter_model.safetensors").is_file():
-        return "peft"
-    if (adapter / "adapters.safetensors").is_file():
-        return "mlx"
-    raise ValueError(f"{adapter}: neither a PEFT (adapter_model.safetensors) nor an mlx-lm (adapters.safetensors) adapter folder. Fix: rematerialize `adapter`.")
+    """Which backend wrote an adapter folder (peft writes adapter_model.safetensors, mlx adapters.safetensors);
+    adapter_files.AdapterFileError (a ValueError) naming the fix when it is neither."""
+    from forge_assets.export.adapter_files import backend_of
+
+    return backend_of(adapter)
 
 
 def merge_adapter(base: Path, adapter: Path, out: Path) -> None:

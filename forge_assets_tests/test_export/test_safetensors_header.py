@@ -112,14 +112,15 @@ def test_a_real_safetensors_file_reads(tmp_path):
 
 def test_every_reader_refuses_the_crafted_file_with_the_clear_error(tmp_path):
     from forge_assets.deploy import vllm_target
+    from forge_assets.export.adapter_files import AdapterFileError, tensor_table
 
     _crafted(tmp_path / "model.safetensors", 2**62)
     with pytest.raises(RandomModelError, match="more than safetensors' limit"):
         parameter_count(tmp_path)
     with pytest.raises(ExportError, match="more than safetensors' limit"):
         read_index(tmp_path)
-    with pytest.raises(SafetensorsHeaderError, match="more than safetensors' limit"):
-        vllm_target._safetensors_header(tmp_path / "model.safetensors")
+    with pytest.raises(AdapterFileError, match="more than safetensors' limit"):
+        tensor_table(tmp_path / "model.safetensors")
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     _crafted(adapter / "adapter_model.safetensors", 2**62)
