@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from forge_assets.evaluation.metrics import Metric, StatusLine
 
-METRICS = [Metric(
-    "codebleu", ("<side>_codebleu", "<side>_codebleu_<kind>", "<side>_codebleu_<component>"),
-    "CodeBLEU from the `codebleu` package: each instruction and commit prompt (up to `eval.codebleu_samples` per kind) "
-    "answered greedily, the code in the answer's fences against the reference answer's; overall, per kind and its four "
-    "components. For Python, Rust, JavaScript, Go and Ruby (codebleu has no TypeScript or shell)",
-    settings=("codebleu_samples", "codebleu_max_new_tokens"), order=40,
-    status=(StatusLine("adapter_codebleu", "CodeBLEU"),))]
+DESCRIPTION = ("CodeBLEU from the `codebleu` package: each instruction and commit prompt (up to `eval.codebleu_samples` per "
+               "kind) answered greedily, the code in the answer's fences against the reference answer's; overall, per kind and "
+               "its four components. For Python, Rust, JavaScript, Go and Ruby (codebleu has no TypeScript or shell)")
+KEYS = ("<side>_codebleu", "<side>_codebleu_<kind>", "<side>_codebleu_<component>")
+METRICS = [Metric(name="codebleu", keys=KEYS, description=DESCRIPTION, settings=("codebleu_samples", "codebleu_max_new_tokens"),
+                  status=(StatusLine("adapter_codebleu", "CodeBLEU"),), order=40)]
