@@ -67,7 +67,7 @@ from pathlib import Path
 from forge_assets.deploy import llama_server, procs
 from forge_assets.deploy.llama_server import DeployError, port_free
 from forge_assets.export.adapter_files import (CONFIG, MLX_WEIGHTS, PEFT_VARIANTS, AdapterFileError, AdapterFiles, backend_of,
-                                               pattern_value, peft_features, read_adapter)
+                                               pattern_value, peft_features, read_adapter, refused)
 from forge_assets.private import private_umask
 
 DEFAULT_MODEL = "default_model"  # mlx_lm.server's name for --model with --adapter-path
@@ -153,19 +153,9 @@ def peft_problems(config: dict) -> list[str]:
     if "peft_type" in features:
         problems.append(f"it is a PEFT {config.get('peft_type')} adapter; mlx-lm loads LoRA and DoRA only. "
                         "Fix: train a LoRA adapter (training.method lora, rslora or dora)")
-    if "modules_to_save" in features:
-        problems.append(f"it saves whole modules (modules_to_save: {features['modules_to_save']}), which an mlx-lm LoRA "
-                        f"adapter cannot carry. Fix: train without modules_to_save (Forge's trainer never sets it), {MERGE_FIX}")
-    if "bias" in features:
-        problems.append(f"it trains biases ({features['bias']}); mlx-lm's LoRA layers have no bias terms. Fix: train with "
-                        f"bias='none' and lora_bias=False, {MERGE_FIX}")
-    if "init_lora_weights" in features:
-        problems.append(f"init_lora_weights={features['init_lora_weights']!r} changed the base weights, so the adapter only "
-                        "fits that changed base. Fix: save it with PEFT's path_initial_model_for_weight_conversion (Forge's "
-                        f"pissa method does), {MERGE_FIX}")
-    for key, what in PEFT_VARIANTS.items():  # mlx-lm's LoRA/DoRA layers compute none of them
-        if key in features:
-            problems.append(f"it uses {what}, which mlx-lm does not implement. Fix: train a plain LoRA/DoRA adapter, {MERGE_FIX}")
+    # mlx-lm's LoRA/DoRA layers carry no whole modules nor biases, fit only the unchanged base, and compute no variant
+    problems += refused(features, ("modules_to_save", "bias", "init_lora_weights", *PEFT_VARIANTS),
+                        "which mlx-lm's LoRA/DoRA layers do not implement", MERGE_FIX)
     if not isinstance(config.get("r"), int) or config["r"] <= 0 or not isinstance(config.get("lora_alpha"), (int, float)):
         problems.append(f"its r ({config.get('r')!r}) and lora_alpha ({config.get('lora_alpha')!r}) are not a positive "
                         "rank and a number. Fix: rematerialize the adapter")

@@ -91,8 +91,8 @@ from pathlib import Path
 from forge_assets.architectures import Family, of_hf_architecture
 from forge_assets.deploy import llama_server, procs
 from forge_assets.deploy.llama_server import DeployError
-from forge_assets.export.adapter_files import (PEFT_VARIANTS, PEFT_WEIGHTS, AdapterFileError, backend_of, peft_features,
-                                               read_adapter, read_config, tensor_table)
+from forge_assets.export.adapter_files import (PEFT_WEIGHTS, AdapterFileError, backend_of, peft_features,
+                                               read_adapter, read_config, refused, tensor_table)
 from forge_assets.files import atomic_write_json, free_port, locked
 from forge_assets.private import ensure_private_dir, private_umask
 
@@ -312,23 +312,8 @@ def validate_adapter(adapter_dir: Path, max_lora_rank: int, architecture: str | 
         fix = (f"serve with --max-lora-rank {fitting_max_lora_rank(rank)} (max_lora_rank in the plan)"
                if rank <= MAX_LORA_RANKS[-1] else f"retrain with training.rank ≤ {MAX_LORA_RANKS[-1]}, {MERGE_FIX}")
         problems.append(f"its rank {rank} is greater than --max-lora-rank {max_lora_rank}, which vLLM refuses at load. Fix: {fix}")
-    if "modules_to_save" in features:
-        problems.append(f"it saves whole modules (modules_to_save: {features['modules_to_save']}), which vLLM refuses. Fix: "
-                        f"retrain without modules_to_save (Forge's trainer never sets it), {MERGE_FIX}")
-    if "use_dora" in features:
-        problems.append("it is a DoRA adapter (use_dora), which vLLM does not support. Fix: train with training.method lora "
-                        f"or rslora, {MERGE_FIX}")
-    if "bias" in features:
-        problems.append(f"it trains biases ({features['bias']}), which vLLM does not support. Fix: train with bias='none', "
-                        f"{MERGE_FIX}")
-    if "init_lora_weights" in features:
-        problems.append(f"init_lora_weights={features['init_lora_weights']!r} changed the base weights, so the adapter does not "
-                        "fit the served base. Fix: save it with PEFT's path_initial_model_for_weight_conversion (Forge's pissa "
-                        f"method does), {MERGE_FIX}")
-    for key in UNSUPPORTED:
-        if key in features:
-            problems.append(f"it uses {PEFT_VARIANTS[key]}, which vLLM does not support. Fix: train a plain LoRA adapter, "
-                            f"{MERGE_FIX}")
+    problems += refused(features, ("modules_to_save", "use_dora", "bias", "init_lora_weights", *UNSUPPORTED),
+                        "which vLLM does not support", MERGE_FIX)
     problems += _expert_rank_problems(adapter_dir, num_experts)
     arch = architecture or architecture_of(base)
     family = of_hf_architecture(arch)

@@ -181,6 +181,37 @@ def peft_features(config: dict) -> dict[str, object]:
     return out
 
 
+# The fix for each peft_features entry a consumer refuses (it then adds its own alternative: a merged model).
+FEATURE_FIXES = {
+    "modules_to_save": "train without modules_to_save (Forge's trainer never sets it)",
+    "bias": "train with bias='none' and lora_bias=False",
+    "use_dora": "train with training.method lora or rslora",
+    "init_lora_weights": "save it with PEFT's path_initial_model_for_weight_conversion (Forge's pissa method does)",
+}
+
+
+def feature_text(key: str, value: object) -> str:
+    """A peft_features entry as the start of a sentence: "it trains biases (bias: 'all', lora_bias: False)"."""
+    if key == "peft_type":
+        return f"it is a PEFT {value} adapter"
+    if key == "modules_to_save":
+        return f"it saves whole modules (modules_to_save: {value})"
+    if key == "bias":
+        return f"it trains biases ({value})"
+    if key == "use_dora":
+        return "it is a DoRA adapter (use_dora)"
+    if key == "init_lora_weights":
+        return f"init_lora_weights={value!r} changed the base weights, so the adapter only fits that changed base"
+    return f"it uses {PEFT_VARIANTS.get(key, key)}"
+
+
+def refused(features: dict[str, object], keys, why: str, alternative: str) -> list[str]:
+    """One problem per refused feature: what it is, `why` (e.g. "which vLLM does not support"), and the fix, then
+    the consumer's `alternative` (e.g. serving a merged model)."""
+    return [f"{feature_text(key, features[key])}, {why}. Fix: {FEATURE_FIXES.get(key, 'train a plain LoRA adapter')}, "
+            f"{alternative}" for key in keys if key in features]
+
+
 def pattern_value(patterns: dict | None, module: str, default=None):
     """PEFT's rank_pattern / alpha_pattern lookup: the first key (a regex allowed) matching the end of the module path."""
     for key, value in (patterns or {}).items():

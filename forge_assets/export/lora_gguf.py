@@ -45,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from forge_assets.export.adapter_files import CONFIG, AdapterFileError, AdapterFiles, pattern_value, peft_features, read_adapter
+from forge_assets.export.adapter_files import (CONFIG, AdapterFileError, AdapterFiles, feature_text, pattern_value, peft_features,
+                                               read_adapter)
 from forge_assets.export.gguf_export import ExportError
 
 MERGE_FIX = "set deploy.merge: true to serve a merged GGUF"
@@ -116,16 +117,12 @@ def _peft_problem(files: AdapterFiles) -> str | None:
         return _fail(cfg_path, f"a {features['peft_type']} adapter, not LoRA")
     if "use_dora" in features:
         return _fail(cfg_path, "a DoRA adapter (use_dora: true): llama.cpp adds s·BA only and has no DoRA magnitude vectors")
-    if "modules_to_save" in features:
-        return _fail(cfg_path, f"it trains full copies of {', '.join(map(str, features['modules_to_save']))} (modules_to_save)")
-    if "bias" in features:
-        return _fail(cfg_path, f"it trains biases ({features['bias']})")
     if "init_lora_weights" in features:
         return _fail(cfg_path, f"it was saved unconverted (init_lora_weights: {features['init_lora_weights']}), so it applies to "
                                "a modified residual base, not the original one (Forge saves PiSSA converted to a plain LoRA)")
-    for key in ("layer_replication", "trainable_token_indices", "alora_invocation_tokens"):
+    for key in ("modules_to_save", "bias", "layer_replication", "trainable_token_indices", "alora_invocation_tokens"):
         if key in features:
-            return _fail(cfg_path, f"it uses {key}")
+            return _fail(cfg_path, feature_text(key, features[key]))
     from forge_assets.architectures import FAMILIES
 
     experts = {f"mlp.experts.{p}" for f in FAMILIES.values() for p in f.expert_parameters}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from forge_assets.export.adapter_files import (AdapterFileError, backend_of, pattern_value, peft_features, read_adapter,
+from forge_assets.export.adapter_files import (AdapterFileError, backend_of, pattern_value, peft_features, read_adapter, refused,
                                                tensor_table)
 
 HIDDEN = 16
@@ -132,3 +132,16 @@ def test_pattern_value_matches_the_end_of_the_module_path():
     assert pattern_value(patterns, "model.layers.1.mlp.down_proj") == 32
     assert pattern_value(patterns, "model.layers.0.mlp.down_proj", 8) == 8
     assert pattern_value(patterns, "model.layers.0.self_attn.xq_proj") is None
+
+
+def test_refused_says_what_why_and_the_fix_for_each_refused_feature_only():
+    features = peft_features({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "bias": "all", "use_dora": True,
+                              "init_lora_weights": "olora", "use_qalora": True})
+    problems = refused(features, ("bias", "init_lora_weights", "use_qalora"), "which X does not support", "or merge it")
+    assert problems == [
+        "it trains biases (bias: 'all', lora_bias: False), which X does not support. Fix: train with bias='none' and "
+        "lora_bias=False, or merge it",
+        "init_lora_weights='olora' changed the base weights, so the adapter only fits that changed base, which X does not "
+        "support. Fix: save it with PEFT's path_initial_model_for_weight_conversion (Forge's pissa method does), or merge it",
+        "it uses QALoRA, which X does not support. Fix: train a plain LoRA adapter, or merge it",
+    ]  # use_dora is present but not refused here
