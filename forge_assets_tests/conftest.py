@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 from pathlib import Path
 
@@ -204,9 +203,9 @@ def materialized_chain(cfg: Path, language: str = "python"):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from forge_assets.files import free_port as forge_free_port  # imported late: the offline settings above come first
+
+    return forge_free_port("127.0.0.1")
 
 
 @pytest.fixture(scope="session")

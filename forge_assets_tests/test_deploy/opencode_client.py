@@ -26,7 +26,6 @@ Facts about opencode-ai 1.18.33 this module relies on (checked against the real 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import platform
@@ -42,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from forge_assets.files import locked
+
 DEFAULT_VERSION = "1.18.33"
 PACKAGE = "opencode-ai"
 # Environment variables never passed to OpenCode: its own settings, and credentials of hosted providers.
@@ -56,18 +57,6 @@ class OpenCodeUnavailable(RuntimeError):
 def cache_root() -> Path:
     """The persistent cache of the test helpers: $FORGE_TEST_CACHE, else ~/.cache/forge-tests."""
     return Path(os.environ.get("FORGE_TEST_CACHE") or Path.home() / ".cache" / "forge-tests").expanduser()
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock (flock) on a file, held while the block runs: parallel test workers wait for each other."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _platform_packages() -> list[str]:
@@ -107,7 +96,7 @@ def install(version: str = DEFAULT_VERSION, cache_dir: Path | None = None, timeo
     """
     root = (cache_dir or cache_root()) / "npm"
     prefix = root / f"{PACKAGE}-{version}"
-    with _file_lock(root / f"{PACKAGE}-{version}.lock"):
+    with locked(root / f"{PACKAGE}-{version}.lock"):  # parallel test workers wait for each other
         found = _find_binary(prefix, version)
         if found is not None:
             return found

@@ -8,16 +8,14 @@ cache ($FORGE_TEST_CACHE, else ~/.cache/forge-tests). Without npm/node these tes
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import subprocess
 import tempfile
 import tomllib
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -25,6 +23,8 @@ import yaml
 from forge_assets.chat import FIM_STOP_TOKENS
 from forge_assets.deploy import clients
 from forge_assets.deploy.clients import Served, ServedModel
+from forge_assets.files import locked
+from forge_assets_tests.test_deploy.opencode_client import cache_root
 
 CONFIG_YAML_PACKAGE = "@continuedev/config-yaml"
 CONFIG_YAML_VERSION = "1.42.0"  # `npm view @continuedev/config-yaml version`, pinned
@@ -282,21 +282,6 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("FORGE_TEST_CACHE") or Path.home() / ".cache" / "forge-tests").expanduser()
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _installed_version(prefix: Path) -> str | None:
     try:
         return json.loads((prefix / "node_modules" / CONFIG_YAML_PACKAGE / "package.json").read_text())["version"]
@@ -309,9 +294,9 @@ def config_yaml_prefix() -> Path:
     """An npm prefix holding @continuedev/config-yaml@CONFIG_YAML_VERSION (installed once, under a file lock)."""
     npm = _tool("npm")
     _tool("node")
-    root = _cache_root() / "npm"
+    root = cache_root() / "npm"
     prefix = root / f"config-yaml-{CONFIG_YAML_VERSION}"
-    with _locked(root / f"config-yaml-{CONFIG_YAML_VERSION}.lock"):
+    with locked(root / f"config-yaml-{CONFIG_YAML_VERSION}.lock"):
         if _installed_version(prefix) == CONFIG_YAML_VERSION:
             return prefix
         staging = Path(tempfile.mkdtemp(prefix=f".config-yaml-{CONFIG_YAML_VERSION}-", dir=root))
@@ -417,6 +402,7 @@ def _missing(written: Any, resolved: Any, path: str = "") -> list[str]:
     return [] if written == resolved else [f"{path}: {written!r} became {resolved!r}"]
 
 
+@pytest.mark.slow
 def test_opencode_itself_accepts_the_config(opencode_binary: Path, tmp_path: Path) -> None:
     s = served("llama-server")
     cfg = clients.opencode_config(s, "rust")

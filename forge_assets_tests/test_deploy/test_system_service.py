@@ -9,7 +9,6 @@ routers on 127.0.0.1; nothing is mocked. The unit is read back with a parser wri
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import plistlib
@@ -335,14 +334,5 @@ def test_the_units_command_brings_the_endpoint_back_serves_submitted_deploys_and
         assert "stopped" in log.read_text()
     finally:
         if sup.poll() is None:  # a failed assertion: the supervisor stops what it started, else everything is killed
-            left = psutil.Process(sup.pid).children(recursive=True)
-            sup.terminate()
-            try:
-                sup.wait(60)
-            except subprocess.TimeoutExpired:
-                sup.kill()
-                sup.wait(10)
-            for p in left:
-                with contextlib.suppress(psutil.Error):
-                    p.kill()
+            procs.terminate(procs.record(sup.pid, argv[-2:], "the unit's supervisor"), grace=60)
         llama_server.stop(state_dir)

@@ -12,6 +12,7 @@ import pytest
 from forge_assets.chat import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, render_chat
 from forge_assets.deploy import llama_server, procs
 from forge_assets_tests.conftest import free_port, forge_processes
+from forge_assets_tests.test_serving.scripted import scripted_generate
 
 
 def _post(url: str, body: dict, timeout: float = 120) -> dict:
@@ -148,14 +149,7 @@ def test_tool_calls_come_back_as_openai_tool_calls(adapters: dict):
                                                                "lora": str(adapters["python"])}]})
     answer = 'Let me read it.\n<tool_call>\n{"name": "read", "arguments": {"path": "app.py"}}\n</tool_call>'
 
-    async def fixed(m, prompt, max_tokens, **kw):
-        async def pieces():
-            for i in range(0, len(answer), 5):
-                yield {"text": answer[i:i + 5], "finish_reason": None}
-            yield {"text": "", "finish_reason": "stop", "prompt_tokens": 10, "completion_tokens": 20}
-        return pieces()
-
-    ms.generate = fixed
+    ms.generate = scripted_generate(answer, 5)
     client = TestClient(create_app(ms), base_url="http://localhost")
     body = {"model": "forge-python:v1", "messages": [{"role": "user", "content": "read app.py"}],
             "tools": [{"type": "function", "function": {"name": "read", "parameters": {"type": "object"}}}]}

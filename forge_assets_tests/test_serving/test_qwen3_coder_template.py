@@ -16,6 +16,7 @@ from forge_assets.chat import (
     render_chat,
     template_of,
 )
+from forge_assets_tests.test_serving.scripted import scripted_generate
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "chat-templates"
 
@@ -242,14 +243,7 @@ def test_the_server_renders_with_it_and_returns_xml_tool_calls(coder_gguf):
     answer = ("Reading it.\n<tool_call>\n<function=read>\n<parameter=path>\napp.py\n</parameter>\n<parameter=limit>\n20\n"
               "</parameter>\n<parameter=options>\n{\"follow\": false}\n</parameter>\n</function>\n</tool_call>")
 
-    async def fixed(m, prompt, max_tokens, **kw):
-        async def pieces():
-            for i in range(0, len(answer), 4):
-                yield {"text": answer[i:i + 4], "finish_reason": None}
-            yield {"text": "", "finish_reason": "stop", "prompt_tokens": 10, "completion_tokens": 20}
-        return pieces()
-
-    ms.generate = fixed
+    ms.generate = scripted_generate(answer, 4)
     body = {"model": "coder:v1", "messages": [{"role": "user", "content": "read app.py"}], "tools": tools}
     out = client.post("/v1/chat/completions", json=body).json()
     msg = out["choices"][0]["message"]
