@@ -138,12 +138,17 @@ def test_shape_checker_catches_mistakes() -> None:
         ".provider.forge.options.baseUrl: unknown key", ".modle: unknown key"])
 
 
+def _rendered(kind: str, target: str, language: str | None, file_name: str, parse) -> tuple:
+    """(the Served of `target`, its `kind` client config rendered for `language` and parsed); the file name checked."""
+    s = served(target)
+    name, text = clients.render(kind, s, language)
+    assert name == file_name
+    return s, parse(text)
+
+
 @pytest.mark.parametrize("target", clients.TARGETS)
 def test_opencode_config(target: str) -> None:
-    s = served(target)
-    name, text = clients.render("opencode", s)
-    assert name == "opencode.json"
-    cfg = json.loads(text)
+    s, cfg = _rendered("opencode", target, None, "opencode.json", json.loads)
     assert check_shape(cfg, OPENCODE_CONFIG) == []
     assert cfg["$schema"] == "https://opencode.ai/config.json"
     assert list(cfg["provider"]) == ["forge"]
@@ -171,10 +176,7 @@ def test_opencode_tool_call_follows_the_model() -> None:
 
 @pytest.mark.parametrize("target", clients.TARGETS)
 def test_continue_config(target: str) -> None:
-    s = served(target)
-    name, text = clients.render("continue", s, "rust")
-    assert name == "continue-config.yaml"
-    cfg = yaml.safe_load(text)
+    s, cfg = _rendered("continue", target, "rust", "continue-config.yaml", yaml.safe_load)
     assert cfg["name"] and cfg["version"] and cfg["schema"] == "v1"
     provider, api_base = ("ollama", BASES[target][2] + "/") if target == "ollama" else ("openai", BASES[target][1] + "/")
     chat = [m for m in cfg["models"] if "chat" in m["roles"]]
@@ -219,10 +221,7 @@ TABBY_EXPECTED = {  # target: (completion kind, its api_endpoint)
 
 @pytest.mark.parametrize("target", clients.TARGETS)
 def test_tabby_config(target: str) -> None:
-    s = served(target)
-    name, text = clients.render("tabby", s, "typescript")
-    assert name == "tabby-config.toml"
-    cfg = tomllib.loads(text)
+    s, cfg = _rendered("tabby", target, "typescript", "tabby-config.toml", tomllib.loads)
     assert set(cfg) == {"model"} and set(cfg["model"]) == {"completion", "chat"}
     completion, chat = cfg["model"]["completion"]["http"], cfg["model"]["chat"]["http"]
     assert set(completion) <= TABBY_HTTP_FIELDS and set(chat) <= TABBY_HTTP_FIELDS

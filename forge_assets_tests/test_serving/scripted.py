@@ -1,4 +1,6 @@
-"""A scripted model output for the Forge server's own tests (not a test module)."""
+"""A scripted model output for the Forge server's own tests, and a chat asked both ways (not a test module)."""
+
+import json
 
 
 def scripted_generate(answer: str, step: int):
@@ -13,3 +15,14 @@ def scripted_generate(answer: str, step: int):
         return pieces()
 
     return generate
+
+
+def chat_both_ways(client, body: dict) -> tuple[dict, str, list[dict], str | None]:
+    """POST body to /v1/chat/completions as it is and streamed: (the answer, the streamed text content, the streamed
+    tool-call deltas, the last streamed event's finish_reason)."""
+    out = client.post("/v1/chat/completions", json=body).json()
+    lines = client.post("/v1/chat/completions", json={**body, "stream": True}).text.splitlines()
+    events = [json.loads(ln[6:]) for ln in lines if ln.startswith("data: {")]
+    content = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    calls = [c for e in events if e["choices"] for c in e["choices"][0]["delta"].get("tool_calls", [])]
+    return out, content, calls, events[-1]["choices"][0]["finish_reason"]

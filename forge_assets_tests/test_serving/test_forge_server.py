@@ -12,7 +12,7 @@ import pytest
 from forge_assets.chat import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, render_chat
 from forge_assets.deploy import llama_server, procs
 from forge_assets_tests.conftest import free_port, forge_processes
-from forge_assets_tests.test_serving.scripted import scripted_generate
+from forge_assets_tests.test_serving.scripted import chat_both_ways, scripted_generate
 
 
 def _post(url: str, body: dict, timeout: float = 120) -> dict:
@@ -85,6 +85,7 @@ def test_one_process_serves_every_language_with_its_own_adapter(server: dict, ad
     assert [p.pid for p in forge_processes()] == [server["pid"]]
 
 
+@pytest.mark.slow
 def test_a_4000_token_request_fits_the_default_context(server: dict):
     long = "\n".join(f"def f{i}(x):\n    return x + {i}" for i in range(500))
     out = _post(f"{server['endpoint']}/chat/completions", {"model": "forge-python:v1", "max_tokens": 4,
@@ -153,17 +154,13 @@ def test_tool_calls_come_back_as_openai_tool_calls(adapters: dict):
     client = TestClient(create_app(ms), base_url="http://localhost")
     body = {"model": "forge-python:v1", "messages": [{"role": "user", "content": "read app.py"}],
             "tools": [{"type": "function", "function": {"name": "read", "parameters": {"type": "object"}}}]}
-    out = client.post("/v1/chat/completions", json=body).json()
+    out, content, calls, streamed_finish = chat_both_ways(client, body)
     msg = out["choices"][0]["message"]
     assert out["choices"][0]["finish_reason"] == "tool_calls" and msg["content"] == "Let me read it."
     assert msg["tool_calls"][0]["function"] == {"name": "read", "arguments": '{"path": "app.py"}'}
-    lines = client.post("/v1/chat/completions", json={**body, "stream": True}).text.splitlines()
-    events = [json.loads(ln[6:]) for ln in lines if ln.startswith("data: {")]
-    content = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
-    calls = [c for e in events if e["choices"] for c in e["choices"][0]["delta"].get("tool_calls", [])]
     assert "<tool_call>" not in content and content.strip() == "Let me read it."
     assert calls == [{"index": 0, **msg["tool_calls"][0], "id": calls[0]["id"]}]
-    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert streamed_finish == "tool_calls"
 
 
 def test_training_the_gguf_and_the_server_render_the_same_text(server: dict, adapters: dict, tiny_model: Path):

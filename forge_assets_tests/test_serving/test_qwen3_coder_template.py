@@ -16,7 +16,7 @@ from forge_assets.chat import (
     render_chat,
     template_of,
 )
-from forge_assets_tests.test_serving.scripted import scripted_generate
+from forge_assets_tests.test_serving.scripted import chat_both_ways, scripted_generate
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "chat-templates"
 
@@ -245,17 +245,13 @@ def test_the_server_renders_with_it_and_returns_xml_tool_calls(coder_gguf):
 
     ms.generate = scripted_generate(answer, 4)
     body = {"model": "coder:v1", "messages": [{"role": "user", "content": "read app.py"}], "tools": tools}
-    out = client.post("/v1/chat/completions", json=body).json()
+    out, content, calls, streamed_finish = chat_both_ways(client, body)
     msg = out["choices"][0]["message"]
     assert out["choices"][0]["finish_reason"] == "tool_calls" and msg["content"] == "Reading it."
     assert msg["tool_calls"][0]["function"] == {"name": "read", "arguments": '{"path": "app.py", "limit": 20, "options": {"follow": false}}'}
-    lines = client.post("/v1/chat/completions", json={**body, "stream": True}).text.splitlines()
-    events = [json.loads(ln[6:]) for ln in lines if ln.startswith("data: {")]
-    content = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
-    calls = [c for e in events if e["choices"] for c in e["choices"][0]["delta"].get("tool_calls", [])]
     assert "<tool_call>" not in content and "<function" not in content and content.strip() == "Reading it."
     assert calls == [{"index": 0, **msg["tool_calls"][0], "id": calls[0]["id"]}]
-    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert streamed_finish == "tool_calls"
     # tool_choice "none": no tools in the prompt, and the text comes back as it is
     plain = client.post("/v1/chat/completions", json={**body, "tool_choice": "none"}).json()["choices"][0]["message"]
     assert plain["content"] == answer and "tool_calls" not in plain
