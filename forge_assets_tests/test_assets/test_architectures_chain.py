@@ -26,6 +26,8 @@ from forge_assets.export.gguf_export import gguf_summary
 from forge_assets.export.random_models import build_random_model
 from forge_assets_tests.conftest import free_port, materialized_chain, write_config
 
+pytestmark = pytest.mark.slow  # every asset of the chain, per architecture
+
 SERVED_TOL = 3e-2
 F16_REL_TOL = 2e-2  # MoE families: max |diff| / max |logit|; measured 8.2e-4 (qwen3_moe), 8.6e-3 (qwen3_next)
 TEXT = "def handle_get(request, store):\n    key = request['key']\n    return store.get(key)\n"

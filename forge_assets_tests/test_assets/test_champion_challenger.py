@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from forge_assets.artifacts import ArtifactStore
 from forge_assets_tests.conftest import free_port, write_config
+
+pytestmark = pytest.mark.slow  # `forge run`, twice
 
 
 def _forge(args, cwd: Path, env: dict, timeout: float = 600):

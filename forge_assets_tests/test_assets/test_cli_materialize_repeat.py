@@ -8,8 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from forge_assets.artifacts import ArtifactStore
 from forge_assets_tests.conftest import commit_files, make_repo, write_config
+
+pytestmark = pytest.mark.slow  # four `dagster asset materialize` runs
 
 FILES_PER_LANGUAGE = 70  # >= 64: the file pool is used; the first commit's changes (>= 32) use the commit pool
 

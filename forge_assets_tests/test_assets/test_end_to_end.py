@@ -5,13 +5,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
+from dagster import AssetKey, DagsterInstance
 
-from forge_assets.definitions import all_assets, all_checks
 from forge_assets.deploy import llama_server
 from forge_assets.training import mlx_backend
-from forge_assets.resources import ForgeResource
-from forge_assets_tests.conftest import commit_files, free_port, write_config
+from forge_assets_tests.conftest import commit_files, forge_instance, free_port, materialize_assets, write_config
 
 ORDER = ["base_model", "repo_snapshot", "session_logs", "dataset", "adapter", "eval_scores", "gguf", "deployment"]
 
@@ -28,8 +26,7 @@ def _versions(instance: DagsterInstance) -> dict[str, str]:
 def chain(two_language_repo: Path, tmp_path: Path):
     port = free_port()
     cfg = write_config(tmp_path, [two_language_repo], deploy={"port": port})
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
+    with forge_instance() as instance:
         yield instance, cfg, two_language_repo, tmp_path / "artifacts"
         llama_server.stop(tmp_path / "artifacts" / "deployment" / "_endpoint")
         for mlx_state in (tmp_path / "artifacts" / "deployment").glob("*/mlx.json"):
@@ -39,10 +36,10 @@ def chain(two_language_repo: Path, tmp_path: Path):
 
 
 def _run(instance, cfg):
-    return materialize([*all_assets, *all_checks], partition_key="python", instance=instance,
-                       resources={"forge": ForgeResource(config_path=str(cfg))}, raise_on_error=False)
+    return materialize_assets(cfg, instance=instance, raise_on_error=False)
 
 
+@pytest.mark.slow
 def test_commit_to_deployed_tag_then_unchanged_inputs_reuse_everything(chain):
     instance, cfg, repo, root = chain
     assert _run(instance, cfg).success
@@ -120,15 +117,14 @@ def test_commit_to_deployed_tag_then_unchanged_inputs_reuse_everything(chain):
 
 
 @pytest.mark.skipif(not mlx_backend.available(), reason="mlx[cpu] / mlx-lm not installed")
+@pytest.mark.slow
 def test_mlx_backend_on_a_base_model_saved_to_disk(two_language_repo: Path, tiny_model: Path, tmp_path: Path):
     """backend: mlx trains the same `adapter` asset with mlx-lm, on a configured local Hugging Face model folder."""
     # Three steps on a random-initialised model: the gate is not what this test is about.
     cfg = write_config(tmp_path, [two_language_repo], base_model=str(tiny_model), training={"backend": "mlx", "max_steps": 3},
                        deploy={"max_perplexity_ratio": 100.0})
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
-        selection = [a for a in all_assets if a.key.path[0] in ("base_model", "repo_snapshot", "session_logs", "dataset", "adapter", "eval_scores")]
-        result = materialize(selection, partition_key="python", instance=instance, resources={"forge": ForgeResource(config_path=str(cfg))})
+    with forge_instance() as instance:
+        result = materialize_assets(cfg, ("base_model", "repo_snapshot", "session_logs", "dataset", "adapter", "eval_scores"), instance=instance)
         assert result.success
         assert _materialization(instance, "adapter").metadata["backend"].value == "mlx"
         scores = _materialization(instance, "eval_scores").metadata

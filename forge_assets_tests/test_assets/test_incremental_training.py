@@ -4,11 +4,12 @@ with lineage to the parent; the UI gets loss observations and a Markdown chart."
 import json
 from pathlib import Path
 
-from dagster import AssetKey, DagsterEventType, EventRecordsFilter, instance_for_test, materialize
+import pytest
+from dagster import AssetKey, DagsterEventType, EventRecordsFilter
 
-from forge_assets.definitions import all_assets
-from forge_assets.resources import ForgeResource
-from forge_assets_tests.conftest import commit_files, write_config
+from forge_assets_tests.conftest import commit_files, forge_instance, materialize_assets, write_config
+
+pytestmark = pytest.mark.slow  # the chain up to eval_scores, three times
 
 UPTO = ("base_model", "repo_snapshot", "session_logs", "dataset", "adapter", "eval_scores")
 
@@ -40,8 +41,7 @@ class Ledger:
 
 
 def _run(instance, cfg):
-    selection = [a for a in all_assets if a.key.path[0] in UPTO]
-    return materialize(selection, partition_key="python", instance=instance, resources={"forge": ForgeResource(config_path=str(cfg))})
+    return materialize_assets(cfg, UPTO, instance=instance)
 
 
 def test_init_from_previous_continues_the_promoted_adapter_on_new_samples(py_repo: Path, tmp_path: Path):
@@ -50,8 +50,7 @@ def test_init_from_previous_continues_the_promoted_adapter_on_new_samples(py_rep
     cfg = write_config(tmp_path, [py_repo], languages=["python"], deploy={"max_perplexity_ratio": 100.0}, gates={"served_tolerance": 1.0},
                        training={"init_from": "previous", "replay": 0.25, "eval_every": 2, "seq_len": 256})
     root = tmp_path / "artifacts" / "adapter" / "python"
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
+    with forge_instance() as instance:
         assert _run(instance, cfg).success
         first = (root / "promoted").resolve().name
         first_manifest = json.loads((root / first / "manifest.json").read_text())

@@ -15,14 +15,12 @@ import json
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, AssetSelection, instance_for_test, materialize
+from dagster import AssetKey, AssetSelection, instance_for_test
 
 from forge_assets.config import MiningConfig, RepoSource
-from forge_assets.definitions import all_assets, all_checks
 from forge_assets.mining.corpus import pretraining_corpus
 from forge_assets.mining.snapshot import take_snapshot
-from forge_assets.resources import ForgeResource
-from forge_assets_tests.conftest import PY_FILES, commit_files, git, make_repo, write_config
+from forge_assets_tests.conftest import PY_FILES, commit_files, forge_instance, git, make_repo, materialize_assets, write_config
 from forge_assets_tests.test_sessions.session_builders import Spec, bash, edit, write_db
 
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEYZZ"
@@ -93,6 +91,7 @@ def _completion(model, tokenizer, prompt: str) -> str:
 MEMORISING = {"held_out_fraction": 0.0, "pretrain_steps": 60}
 
 
+@pytest.mark.slow
 def test_planted_secrets_reach_no_artifact_vocabulary_or_weights(tmp_path: Path):
     repo = make_repo(tmp_path / "repo", PY_FILES)
     commit_files(repo, settings_files(), "settings")
@@ -103,11 +102,8 @@ def test_planted_secrets_reach_no_artifact_vocabulary_or_weights(tmp_path: Path)
     cfg = write_config(tmp_path, [repo], sessions=[{"opencode": str(db)}], deploy={"max_perplexity_ratio": 100.0},
                        tiny_model=MEMORISING)
     root = tmp_path / "artifacts"
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
-        result = materialize([*all_assets, *all_checks], partition_key="python", instance=instance,
-                             resources={"forge": ForgeResource(config_path=str(cfg))},
-                             selection=AssetSelection.all() - AssetSelection.assets("deployment"))
+    with forge_instance() as instance:
+        result = materialize_assets(cfg, instance=instance, selection=AssetSelection.all() - AssetSelection.assets("deployment"))
         assert result.success
         base, adapter, gguf = _uri(instance, "base_model"), _uri(instance, "adapter"), _uri(instance, "gguf")
         base_meta = instance.get_latest_materialization_event(AssetKey("base_model")).asset_materialization.metadata
@@ -151,6 +147,7 @@ def _cpu_threads():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_the_check_can_fail_forge_tiny_on_an_unscrubbed_corpus_recites_them(tmp_path: Path, monkeypatch):
     """The control for the test above: with scrubbing switched off, the same corpus makes forge-tiny recite secrets."""
     from collections import Counter
@@ -165,7 +162,7 @@ def test_the_check_can_fail_forge_tiny_on_an_unscrubbed_corpus_recites_them(tmp_
     # Every file pretrained on (none held out), long enough to memorise: what unscrubbed secrets would become.
     cfg = write_config(tmp_path, [repo], tiny_model=MEMORISING)
     with instance_for_test() as instance:
-        assert materialize([base_model], instance=instance, resources={"forge": ForgeResource(config_path=str(cfg))}).success
+        assert materialize_assets(cfg, [base_model], instance=instance, language=None).success
         base = _uri(instance, "base_model")
     model, tokenizer = load_model(base)
     recited = [s for s, prompt in PROMPTS.items() if s[:12] in _completion(model, tokenizer, prompt)]

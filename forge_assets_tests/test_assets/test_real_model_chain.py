@@ -29,6 +29,8 @@ from forge_assets.export.gguf_eval import hf_perplexity, token_windows
 from forge_assets.export.packaged_models import PackagedModelError, build_packaged_model, default_cache
 from forge_assets_tests.conftest import free_port, make_repo, materialized_chain, write_config
 
+pytestmark = pytest.mark.slow  # the whole chain on SmolLM2-135M
+
 ROOT = Path(__file__).resolve().parents[2]
 MIXED = "def größe(x: int) -> str:\n    return f'{x:,} 個 ≥ 12345.678e-9'  # naïve café, Ωμέγα\n\tprint(0x1F, \"tabs\\t\")\n"
 

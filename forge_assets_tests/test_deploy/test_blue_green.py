@@ -109,6 +109,7 @@ class Poller(threading.Thread):
         self.join(90)
 
 
+@pytest.mark.slow
 def test_redeploy_keeps_answering_on_the_stable_endpoint(q8_gguf: Path, v2_gguf: Path, state_dir: Path):
     port = free_port()
     first = llama_server.deploy(q8_gguf, "forge-python:one", "127.0.0.1", port, state_dir)
@@ -132,6 +133,7 @@ def test_redeploy_keeps_answering_on_the_stable_endpoint(q8_gguf: Path, v2_gguf:
     assert len(forge_processes()) == 2  # one router, one server
 
 
+@pytest.mark.slow
 def test_a_gguf_that_fails_to_load_leaves_the_old_model_serving(q8_gguf: Path, tmp_path: Path, state_dir: Path):
     port = free_port()
     good = llama_server.deploy(q8_gguf, "forge-python:good", "127.0.0.1", port, state_dir)
@@ -161,6 +163,7 @@ def _status(monkeypatch, tmp_path: Path, capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_status_says_down_when_the_server_or_router_is_killed(q8_gguf: Path, tmp_path: Path, state_dir: Path, monkeypatch, capsys):
     port = free_port()
     state = llama_server.deploy(q8_gguf, "forge-python:one", "127.0.0.1", port, state_dir)
@@ -221,6 +224,7 @@ def test_stop_never_signals_a_process_forge_did_not_start(tmp_path: Path, state_
     assert cli.main(["stop"]) == 0 and "nothing to stop" not in capsys.readouterr().out  # no languages recorded: silent
 
 
+@pytest.mark.slow
 def test_changing_deploy_port_moves_the_endpoint(q8_gguf: Path, tmp_path: Path, state_dir: Path):
     root = tmp_path / "artifacts"
     old_port = port_for(root, "python", free_port())
@@ -275,6 +279,7 @@ def test_procs_verify_matches_start_time_and_marker(foreign):
     assert procs.terminate(rec) == f"a sleeper (pid {sleeper.pid}) is not running"
 
 
+@pytest.mark.slow
 def test_a_deployment_recorded_before_the_router_is_taken_over(q8_gguf: Path, state_dir: Path):
     """server.json written by an early Forge: llama-cpp-python's own server listens on the stable port itself."""
     port = free_port()

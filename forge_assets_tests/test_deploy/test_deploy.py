@@ -20,6 +20,7 @@ def _chat(endpoint: str, tag: str) -> dict:
         return json.loads(resp.read())
 
 
+@pytest.mark.slow
 def test_llama_server_deploys_answers_and_stops(q8_gguf: Path, tmp_path: Path):
     port = free_port()
     state = llama_server.deploy(q8_gguf, "forge-python:v1", "127.0.0.1", port, tmp_path)
@@ -34,6 +35,7 @@ def test_llama_server_deploys_answers_and_stops(q8_gguf: Path, tmp_path: Path):
     assert llama_server.port_free("127.0.0.1", port) and llama_server.read_state(tmp_path) is None
 
 
+@pytest.mark.slow
 def test_failed_redeploy_restores_the_previous_model(q8_gguf: Path, tmp_path: Path):
     port = free_port()
     llama_server.deploy(q8_gguf, "forge-python:good", "127.0.0.1", port, tmp_path)

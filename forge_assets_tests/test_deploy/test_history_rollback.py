@@ -74,6 +74,7 @@ def _adapter(store: ArtifactStore, body: str):
     return out.artifact.version
 
 
+@pytest.mark.slow
 def test_rollback_serves_the_previous_gguf_and_forward_again(q8_gguf: Path, project, capsys):
     cfg_path, store = project
     cfg = load_config(cfg_path)

@@ -176,6 +176,7 @@ def mlx_servers() -> list:
     return out
 
 
+@pytest.mark.slow
 def test_serves_two_adapters_for_real(tiny_model: Path, adapters: dict, tmp_path: Path):
     from mlx_lm.generate import generate
     from mlx_lm.utils import load
@@ -209,6 +210,7 @@ def test_serves_two_adapters_for_real(tiny_model: Path, adapters: dict, tmp_path
     assert "is not running" in mlx_target.stop(record)
 
 
+@pytest.mark.slow
 def test_start_failures_say_what_failed(tiny_model: Path, adapters: dict, tmp_path: Path, monkeypatch):
     import socket
 

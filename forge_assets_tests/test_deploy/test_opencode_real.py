@@ -40,7 +40,7 @@ OUTPUT = 256
 MESSAGE = "Add a function add(a, b) to calc/add.py and a test for it to tests/test_add.py."
 RUN_TIMEOUT = 150  # s; a run takes about 30 s here (2 cores), most of it the server reading the prompt
 
-pytestmark = pytest.mark.timeout(600)  # the first run also npm-installs OpenCode (about 20 s)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # the first run also npm-installs OpenCode (about 20 s)
 
 
 @dataclass

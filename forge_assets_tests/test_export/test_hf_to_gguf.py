@@ -167,6 +167,7 @@ def test_yarn_keys(tiny_model: Path, tmp_path: Path):
     assert int(f["qwen2.rope.scaling.original_context_length"].parts[-1][0]) == 512
 
 
+@pytest.mark.slow
 def test_lora_is_folded_in_while_streaming(models, tmp_path: Path):
     """convert(base, adapter=...) == the PEFT-merged model, for Qwen2 (biases) and Llama (q/k rows permuted)."""
     from forge_assets_tests.test_export.test_lora_gguf import make_peft_adapter

@@ -199,6 +199,7 @@ def test_rank_and_alpha_patterns_fold_into_lora_b(tiny_model, base_gguf, ids, wo
     assert np.abs(ref - got).max() < F32_TOLERANCE and (ref.argmax(-1) == got.argmax(-1)).all()
 
 
+@pytest.mark.slow
 def test_apply_lora_switches_adapters_on_one_context(tiny_model, base_gguf, lora_a, lora_b, ids, work):
     a_gguf, b_gguf = work / "switch-a.gguf", work / "switch-b.gguf"
     convert_lora_to_gguf(lora_a, tiny_model, a_gguf, "F32")

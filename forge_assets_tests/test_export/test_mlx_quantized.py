@@ -334,6 +334,7 @@ def test_mlx_trains_lora_over_the_quantized_layers_as_loaded(mlx_quantized: dict
 
 # ------------------------------------------------------------------------------------------------ evaluation
 
+@pytest.mark.slow
 def test_mlx_scoring_computes_what_transformers_computes(mlx_quantized: dict):
     """The mlx scoring path against transformers' on the same float32 (unquantized) model: summed loss and greedy
     texts, batched with left padding, with and without the newline stop."""
@@ -355,6 +356,7 @@ def test_mlx_scoring_computes_what_transformers_computes(mlx_quantized: dict):
         assert any(expected)
 
 
+@pytest.mark.slow
 def test_evaluation_of_a_quantized_base_scores_both_sides_through_mlx(mlx_quantized: dict, q4_adapter: Path,
                                                                         code_dataset: Path, tmp_path: Path):
     from mlx_lm import convert
@@ -380,6 +382,7 @@ def test_evaluation_of_a_quantized_base_scores_both_sides_through_mlx(mlx_quanti
 
 # ------------------------------------------------------------------------------------------------ serving
 
+@pytest.mark.slow
 def test_mlx_lm_serves_the_quantized_base_with_its_adapter(mlx_quantized: dict, q4_adapter: Path, tmp_path: Path):
     from mlx_lm.generate import generate
     from mlx_lm.utils import load
@@ -412,6 +415,7 @@ def test_mlx_lm_serves_the_quantized_base_with_its_adapter(mlx_quantized: dict, 
 SERVED_TOL = 3e-2
 
 
+@pytest.mark.slow
 def test_a_quantized_base_goes_from_base_model_to_a_deployed_tag(mlx_quantized: dict, two_language_repo: Path, tmp_path: Path):
     """The 4-bit folder named as base_model, training.backend auto: trained by mlx on the quantized weights, scored by
     mlx-lm, exported (the base dequantized into a BF16 intermediate, F16 served, + the adapter's LoRA GGUF), deployed
@@ -555,6 +559,7 @@ def test_gguf_of_an_mlx_lm_saved_moe_is_the_hf_checkpoints_gguf(mlx_moe: dict, t
     assert (tmp_path / "hf.gguf").read_bytes() == (tmp_path / "mlx.gguf").read_bytes()
 
 
+@pytest.mark.slow
 def test_an_mlx_expert_lora_on_the_quantized_moe_folds_in_or_serves_as_a_lora_gguf(mlx_moe: dict, tmp_path: Path):
     """An mlx adapter trained on the 4-bit MoE base (LoRA on the SwitchLinear experts too): folded in per expert while
     converting, or as an F32 LoRA GGUF on the F32 base GGUF, it computes what mlx-lm computes with it."""

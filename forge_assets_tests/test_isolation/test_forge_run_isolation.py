@@ -27,6 +27,7 @@ def project(two_language_repo: Path, tmp_path: Path):
     _forge(["stop"], tmp_path, env, timeout=120)
 
 
+@pytest.mark.slow
 def test_a_segfault_in_one_languages_native_step_fails_only_that_step(project):
     folder, env = project
     out = _forge(["run"], folder, {**env, "FORGE_FAULT_INJECT": "export_gguf:smoke_generate@python"})
@@ -45,6 +46,7 @@ def test_a_segfault_in_one_languages_native_step_fails_only_that_step(project):
     assert (root / "adapter" / "python" / "promoted").exists()  # the steps before the crash kept their work
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_forge_run_entirely(project):
     folder, env = project
     proc = subprocess.Popen([sys.executable, "-m", "forge_assets.cli", "run"], cwd=folder, env=env, stdout=subprocess.PIPE,
@@ -85,6 +87,7 @@ def test_a_run_left_started_by_a_killed_process_is_marked_failed():
         assert instance.get_run_by_id(alive.run_id).status == DagsterRunStatus.STARTED  # a live group is left alone
 
 
+@pytest.mark.slow
 def test_kill_9_in_the_middle_leaves_nothing_that_breaks_the_next_run(py_repo: Path, tmp_path: Path):
     """kill -9 of the whole run after training saved a checkpoint: the next run cleans up and resumes training there."""
     cfg = write_config(tmp_path, [py_repo], languages=["python"], deploy={"port": free_port()},

@@ -3,18 +3,15 @@
 import json
 from pathlib import Path
 
-from dagster import AssetKey, instance_for_test, materialize
+import pytest
+from dagster import AssetKey
 
-from forge_assets.definitions import all_assets, all_checks
 from forge_assets.deploy import llama_server
-from forge_assets.resources import ForgeResource
-from forge_assets_tests.conftest import commit_files, free_port, git, write_config
+from forge_assets_tests.conftest import commit_files, forge_instance, free_port, git, materialize_assets, write_config
 
 
 def _run(instance, cfg, names=None):
-    assets = [a for a in all_assets if names is None or a.key.path[0] in names]
-    return materialize([*assets, *([] if names else all_checks)], partition_key="python", instance=instance,
-                       resources={"forge": ForgeResource(config_path=str(cfg))}, raise_on_error=False)
+    return materialize_assets(cfg, names, instance=instance, raise_on_error=False)
 
 
 def _promoted(root: Path, asset: str) -> str:
@@ -34,12 +31,12 @@ def _error_text(result) -> str:
     return "\n".join(texts)
 
 
+@pytest.mark.slow
 def test_a_rejected_adapter_is_never_promoted_exported_or_deployed_even_when_gguf_is_run_alone(two_language_repo: Path, tmp_path: Path):
     port = free_port()
     root = tmp_path / "artifacts"
     good_cfg = write_config(tmp_path, [two_language_repo], deploy={"port": port})
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
+    with forge_instance() as instance:
         try:
             assert _run(instance, good_cfg).success
             good = {a: _promoted(root, a) for a in ("adapter", "eval_scores", "gguf", "deployment")}
@@ -83,8 +80,7 @@ def test_a_rejected_adapter_is_never_promoted_exported_or_deployed_even_when_ggu
 def test_a_repository_that_loses_its_files_keeps_the_promoted_snapshot_and_dataset(py_repo: Path, tmp_path: Path):
     cfg = write_config(tmp_path, [py_repo])
     root = tmp_path / "artifacts"
-    with instance_for_test() as instance:
-        instance.add_dynamic_partitions("language", ["python"])
+    with forge_instance() as instance:
         names = {"repo_snapshot", "session_logs", "dataset"}
         assert _run(instance, cfg, names).success
         before = {a: _promoted(root, a) for a in ("repo_snapshot", "dataset")}

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from forge_assets.assets.isolation import crash_message, k8s_pod_spec
 from forge_assets.resources import ForgeResource
 from forge_assets.steps import ERROR_EXIT, run
@@ -52,6 +54,7 @@ def test_k8s_step_pods_mount_the_artifact_volume_at_the_same_path_and_ask_for_gp
     assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == "forge-data"
 
 
+@pytest.mark.slow
 def test_the_k8s_deployment_loads():
     env = {**os.environ, "FORGE_DEPLOYMENT": "k8s", "FORGE_K8S_IMAGE": "ghcr.io/team/forge:1", "FORGE_K8S_GPUS": "1"}
     out = subprocess.run(["dagster", "definitions", "validate", "-m", "forge_assets.definitions"], env=env, capture_output=True, text=True, timeout=120)

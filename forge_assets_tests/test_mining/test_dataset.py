@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from forge_assets_tests.test_mining.conftest import CONVERSATIONS, SESSION_TOKEN, mining_config
 from mining_repos import SECRETS, Repo
 
@@ -142,6 +144,7 @@ def test_rerun_is_byte_identical(snap, built, tmp_path):
             assert (tmp_path / language / name).read_bytes() == (built["folder"] / language / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_rerun_in_a_fresh_process_with_another_hash_seed_is_byte_identical(repos, built, tmp_path):
     script = f"""
 import sys
@@ -159,6 +162,7 @@ write_dataset(build_dataset("python", snap.files["python"], CONVERSATIONS, minin
         assert (tmp_path / "out" / name).read_bytes() == (built["folder"] / "python" / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_bytes(tmp_path):
     repo = Repo(tmp_path / "many")
     files = {f"pkg/mod_{i:03d}.py": f'"""Module {i}."""\n\n\ndef work_{i}(items):\n    """Add {i} to every item of a list."""\n'

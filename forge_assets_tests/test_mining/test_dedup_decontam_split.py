@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 from datasketch import MinHash
 
 from forge_assets.mining.decontaminate import boilerplate, contains_any, humaneval_index, ngram_hashes
@@ -57,6 +58,7 @@ def test_samples_of_one_origin_are_not_near_duplicates_of_each_other():
     assert result.keep == [True, True]
 
 
+@pytest.mark.slow
 def test_forge_keeps_exactly_what_the_baseline_keeps_with_one_or_two_workers():
     texts, origins = corpus(420)
     expected = reference_deduplicate(texts, origins, 0.85)

@@ -56,6 +56,7 @@ def _many_files(path) -> Repo:
     return repo
 
 
+@pytest.mark.slow
 def test_pools_give_the_same_bytes_as_one_process_while_threads_run(tmp_path, monkeypatch):
     repo = _many_files(tmp_path / "many")
     snap = take_snapshot([RepoSource(path=str(repo.path))], tmp_path, tmp_path / "clones")

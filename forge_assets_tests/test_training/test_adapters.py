@@ -12,6 +12,7 @@ from forge_assets.training.adapter import adapter_backend, choose_backend, merge
 CFG = dict(rank=4, alpha=8, learning_rate=0.005, max_steps=8, batch_size=4, seq_len=96)
 
 
+@pytest.mark.slow
 def test_peft_adapter_trains_lowers_loss_and_merges(tiny_model: Path, tiny_dataset: Path, tmp_path: Path):
     result = train_adapter(tiny_model, tiny_dataset, tmp_path / "adapter", TrainingConfig(backend="peft", **CFG), log=lambda *_: None)
     assert result["backend"] == "peft" and result["steps"] == 8
@@ -54,6 +55,7 @@ def test_empty_train_split_is_a_clear_error(tiny_model: Path, tmp_path: Path):
         train_adapter(tiny_model, tmp_path / "ds", tmp_path / "ad", TrainingConfig(backend="peft", **CFG))
 
 
+@pytest.mark.slow
 def test_peft_trains_one_epoch_by_default_over_packed_masked_samples(tiny_model: Path, tiny_dataset: Path, tmp_path: Path):
     cfg = {k: v for k, v in CFG.items() if k != "max_steps"}
     result = train_adapter(tiny_model, tiny_dataset, tmp_path / "a", TrainingConfig(backend="peft", **cfg), log=lambda *_: None)

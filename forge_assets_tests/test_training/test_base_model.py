@@ -69,6 +69,7 @@ def test_hub_id_fails_clearly_offline(tmp_path: Path, monkeypatch):
         resolve_base_model("forge-test/no-such-model", tmp_path)
 
 
+@pytest.mark.slow
 def test_held_out_files_are_stable_and_measured(tmp_path: Path):
     """forge-tiny keeps a content-chosen share of the corpus out of pretraining and reports its perplexity there."""
     import math

@@ -143,6 +143,7 @@ def test_an_unknown_architecture_takes_the_plain_path():
     assert chunked.chunk_parts(Wrapped()) is None
 
 
+@pytest.mark.slow
 def test_training_with_chunked_loss_follows_the_trainer_loss_with_accumulation(tiny_model: Path, tiny_dataset: Path, tmp_path: Path):
     """Same steps, same gradient accumulation: the chunked loss (Trainer.compute_loss overridden) and the Trainer's own
     loss give the same loss curve, so normalization over num_items_in_batch matches."""

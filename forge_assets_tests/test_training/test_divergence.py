@@ -103,6 +103,7 @@ def test_discarding_checkpoints_removes_every_checkpoint_and_nothing_else(tmp_pa
 # -- real runs on forge-tiny ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_diverging_peft_run_stops_early_fails_and_a_rerun_starts_clean(tiny_model: Path, tiny_dataset: Path, tmp_path: Path):
     texts = read_texts(tiny_dataset, "train")
     ck, lines, held = tmp_path / "ck", [], []
@@ -162,6 +163,7 @@ def test_a_diverging_mlx_run_stops_early_and_fails_the_same_way(tiny_model: Path
     assert not (tmp_path / "out").exists() and not list(ck.iterdir())  # no adapter, no checkpoint
 
 
+@pytest.mark.slow
 def test_the_adapter_asset_fails_with_the_message_and_stores_no_version(tiny_model: Path, py_repo: Path, tmp_path: Path):
     """Through Dagster: the training step's process fails, the adapter asset fails with the message (as `forge run`'s
     failure block shows it), and the store holds no adapter version. The session's forge-tiny is the configured base

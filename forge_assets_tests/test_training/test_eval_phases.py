@@ -33,6 +33,7 @@ def big_split(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_every_phase_reports_progress_and_seconds_and_scores_only_what_is_asked(tiny_model: Path, big_split: Path, tmp_path: Path,
                                                                                    monkeypatch):
     train_adapter(tiny_model, big_split, tmp_path / "adapter", TrainingConfig(backend="peft", rank=4, alpha=8, max_steps=2, batch_size=2,

@@ -52,6 +52,7 @@ def test_source_files_and_chat_pairs_read_the_split_as_serving_sees_it():
     assert prompt.endswith(f"{IM_START}assistant\n") and answer.startswith("```python\ndef load") and IM_END not in answer
 
 
+@pytest.mark.slow
 def test_base_and_adapter_get_every_figure_on_held_out_code(tiny_model: Path, kinds_dataset: Path, tmp_path: Path):
     cfg = TrainingConfig(backend="peft", rank=8, alpha=16, learning_rate=0.01, max_steps=10, batch_size=4, seq_len=128)
     train_adapter(tiny_model, kinds_dataset, tmp_path / "adapter", cfg, log=lambda *_: None)
@@ -145,6 +146,7 @@ def test_codebleu_scores_through_the_codebleu_package_with_forges_grammars():
     assert extract_code("Here it is:\n```python\ndef f():\n    pass\n```\nDone.") == "def f():\n    pass"
 
 
+@pytest.mark.slow
 def test_without_an_os_sandbox_humaneval_is_skipped_with_the_reason_unless_the_user_opts_in(
         tiny_model: Path, kinds_dataset: Path, tmp_path: Path, monkeypatch):
     from forge_assets.evaluation import sandbox

@@ -76,6 +76,7 @@ def same_weights(a: dict, b: dict, tol: float = 0.0) -> bool:
     return a.keys() == b.keys() and all(mx.abs(a[k] - b[k]).max().item() <= tol for k in a)
 
 
+@pytest.mark.slow
 def test_loss_masking_trains_exactly_the_trainable_tokens(tiny_model: Path, texts, hf, tmp_path: Path):
     from forge_assets.training.samples import encode
 
@@ -206,6 +207,7 @@ mlx_backend.train(Path(a["base"]), a["train"], a["valid"], Path(a["out"]), Train
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint(tiny_model: Path, texts, tmp_path: Path):
     train, valid = texts
     settings = {**BASE, "batch_size": 1, "max_steps": 8, "checkpoint_every": 2, "eval_every": 1, "dropout": 0.1}

@@ -25,6 +25,7 @@ def _train(tiny_model, texts, out, valid=(), **kw):
     return peft_backend.train(tiny_model, texts, list(valid), out, TrainingConfig(**{**CFG, **kw}), **QUIET)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_counts_optimizer_steps(tiny_model: Path, tiny_dataset: Path, tmp_path: Path):
     texts = read_texts(tiny_dataset, "train")
     one = _train(tiny_model, texts, tmp_path / "a", gradient_accumulation=1)
@@ -35,6 +36,7 @@ def test_gradient_accumulation_counts_optimizer_steps(tiny_model: Path, tiny_dat
     assert two["trained_tokens"] == one["trained_tokens"]  # the same epoch, fewer optimizer steps
 
 
+@pytest.mark.slow
 def test_warmup_then_cosine_or_constant_schedule(tiny_model: Path, tiny_dataset: Path, tmp_path: Path):
     texts = read_texts(tiny_dataset, "train")
     cos = _train(tiny_model, texts, tmp_path / "c", max_steps=10, warmup_ratio=0.3)
@@ -155,6 +157,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_training_then_resume_continues_the_same_curve(tiny_model: Path, tiny_dataset: Path, tmp_path: Path):
     """A real SIGKILL after a checkpoint; the rerun resumes there and its curve continues the uninterrupted one."""
     settings = {**CFG, "max_steps": 40, "checkpoint_every": 5, "batch_size": 1}
@@ -192,6 +195,7 @@ def test_incremental_picks_new_samples_plus_a_replay_share():
     assert incremental_texts(old, old, 0.25, 0)[0] == []  # nothing new, nothing to train
 
 
+@pytest.mark.slow
 def test_continuing_an_adapter_starts_from_its_weights(tiny_model: Path, tiny_dataset: Path, tmp_path: Path):
     texts = read_texts(tiny_dataset, "train")
     first = _train(tiny_model, texts, tmp_path / "first", max_steps=12)

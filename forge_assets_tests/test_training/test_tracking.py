@@ -6,6 +6,8 @@ import stat
 import time
 from pathlib import Path
 
+import pytest
+
 
 from forge_assets.artifacts import ArtifactStore
 from forge_assets.config import TrainingConfig, parse_config
@@ -46,6 +48,7 @@ def _adapter(store: ArtifactStore, inputs: dict, build) -> object:
     return out.artifact
 
 
+@pytest.mark.slow
 def test_training_and_eval_are_one_run_with_params_curves_figures_artifacts_and_tags(tiny_model: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -127,6 +130,7 @@ def test_tracking_off_does_nothing(tmp_path: Path, monkeypatch):
     assert not local_store(cfg).exists()
 
 
+@pytest.mark.slow
 def test_an_unreachable_tracking_server_only_warns(tmp_path: Path, monkeypatch, caplog):
     from forge_assets_tests.conftest import free_port
 
