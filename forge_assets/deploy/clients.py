@@ -1,16 +1,16 @@
 """Ready-to-paste client configurations for Forge's deployed model tags: OpenCode, Continue and Tabby.
 
-Forge serves one tag per language (``forge-python:1a2b3c4d5e6f``) behind one endpoint. `Served` describes that
+Forge serves one tag per language (``forge-python:1a2b3c4d5e6f``) behind one endpoint. `Endpoint` describes that
 endpoint and its tags; `render` turns it into a client's configuration file and `write_all` writes all three::
 
-    served = Served("llama-server", "http://127.0.0.1:8088/v1",
+    served = Endpoint("llama-server", "http://127.0.0.1:8088/v1",
                     [ServedModel("forge-python:1a2b3c4d5e6f", "python", context=32768, max_output=4096)])
     write_all(served, Path("clients"))   # opencode.json, continue-config.yaml, tabby-config.toml
 
 Each target (``llama-server``, ``ollama``, ``mlx-lm``, ``vllm``) is described once in `forge_assets.deploy.targets`:
 its Tabby completion kind and endpoint, Continue's provider and apiBase, whether ``base_url`` is the OpenAI-style
 base ``.../v1`` (Ollama: its host, with or without ``/v1``), and a note for the Tabby config; this module reads
-them from the target object (``Served.deploy_target``) and names no target itself. OpenCode always uses ``<base>/v1``.
+them from the target object (``Endpoint.deploy_target``) and names no target itself. OpenCode always uses ``<base>/v1``.
 
 Tabby chat is always ``openai/chat`` at ``<base>/v1`` (Ollama serves an OpenAI-compatible ``/v1`` too).
 
@@ -121,7 +121,7 @@ class ServedModel:
 
 
 @dataclass(frozen=True)
-class Served:
+class Endpoint:
     """An endpoint serving tags: target (which server), base_url (OpenAI-style ``.../v1``; Ollama: its host)."""
 
     target: str
@@ -141,12 +141,12 @@ class Served:
             raise ValueError(f"{self.target}: base_url must be the OpenAI-style base ending in /v1 "
                              f"(e.g. http://127.0.0.1:8088/v1), got {self.base_url!r}")
         if not self.models:
-            raise ValueError("Served.models is empty: nothing is deployed")
+            raise ValueError("Endpoint.models is empty: nothing is deployed")
         for what in ("tag", "language"):
             seen = [getattr(m, what) for m in self.models]
             dupes = sorted({v for v in seen if seen.count(v) > 1})
             if dupes:
-                raise ValueError(f"Served.models repeats {what} {', '.join(dupes)}; one tag per language")
+                raise ValueError(f"Endpoint.models repeats {what} {', '.join(dupes)}; one tag per language")
 
     @property
     def deploy_target(self) -> DeployTarget:
@@ -180,7 +180,7 @@ class Served:
                          f"{', '.join(sorted(self.languages))}")
 
 
-def _ordered(served: Served, language: str | None) -> tuple[ServedModel, list[ServedModel]]:
+def _ordered(served: Endpoint, language: str | None) -> tuple[ServedModel, list[ServedModel]]:
     """The chosen model and all models with it first (clients default to the first chat model they list)."""
     chosen = served.model_for(language)
     return chosen, [chosen] + [m for m in served.models if m is not chosen]
@@ -189,7 +189,7 @@ def _ordered(served: Served, language: str | None) -> tuple[ServedModel, list[Se
 # --------------------------------------------------------------------------------------------------- OpenCode
 
 
-def opencode_config(served: Served, language: str | None = None) -> dict:
+def opencode_config(served: Endpoint, language: str | None = None) -> dict:
     """A project's ``opencode.json``: one openai-compatible provider with every tag; ``model`` is language's tag."""
     chosen = served.model_for(language)
     models = {
@@ -214,13 +214,13 @@ def opencode_config(served: Served, language: str | None = None) -> dict:
 # --------------------------------------------------------------------------------------------------- Continue
 
 
-def _continue_connection(served: Served) -> dict:
+def _continue_connection(served: Endpoint) -> dict:
     key = {"apiKey": served.api_key} if served.api_key else {}
     target = served.deploy_target  # Continue resolves paths against apiBase (hence its trailing slash)
     return {"provider": target.continue_provider, "apiBase": target.continue_api_base(served), **key}
 
 
-def continue_dict(served: Served, language: str | None = None) -> dict:
+def continue_dict(served: Endpoint, language: str | None = None) -> dict:
     """Continue's ``config.yaml`` as data: chat/edit/apply per tag (language's first) and one autocomplete model."""
     chosen, ordered = _ordered(served, language)
     conn = _continue_connection(served)
@@ -248,7 +248,7 @@ def continue_dict(served: Served, language: str | None = None) -> dict:
     return {"name": f"Forge ({served.target})", "version": "1.0.0", "schema": "v1", "models": models}
 
 
-def continue_config(served: Served, language: str | None = None) -> str:
+def continue_config(served: Endpoint, language: str | None = None) -> str:
     """Continue's ``config.yaml`` text (``~/.continue/config.yaml`` or a workspace's ``.continue`` config)."""
     head = (f"# Continue config for Forge's {served.target} endpoint {served.base_url}\n"
             f"# languages: {', '.join(served.languages)}\n" + _no_fim_comment(served.model_for(language)))
@@ -271,7 +271,7 @@ def _toml_value(value) -> str:
     raise TypeError(f"no TOML rendering for {type(value).__name__}")
 
 
-def tabby_dict(served: Served, language: str | None = None) -> dict:
+def tabby_dict(served: Endpoint, language: str | None = None) -> dict:
     """Tabby's ``config.toml`` as data: ``model.completion.http`` and ``model.chat.http`` for language's tag."""
     chosen, ordered = _ordered(served, language)
     target = served.deploy_target
@@ -293,7 +293,7 @@ def _no_fim_comment(chosen: ServedModel) -> str:
             "tokens, so its server refuses FIM requests; chat works.\n")
 
 
-def tabby_config(served: Served, language: str | None = None) -> str:
+def tabby_config(served: Endpoint, language: str | None = None) -> str:
     """Tabby's ``~/.tabby/config.toml`` text."""
     data = tabby_dict(served, language)["model"]
     chosen = served.model_for(language)
@@ -312,7 +312,7 @@ def tabby_config(served: Served, language: str | None = None) -> str:
 # --------------------------------------------------------------------------------------------------- files
 
 
-def render(kind: Kind, served: Served, language: str | None = None) -> tuple[str, str]:
+def render(kind: Kind, served: Endpoint, language: str | None = None) -> tuple[str, str]:
     """(file name, text) of one client's configuration."""
     if kind == "opencode":
         return FILE_NAMES[kind], json.dumps(opencode_config(served, language), indent=2) + "\n"
@@ -323,7 +323,7 @@ def render(kind: Kind, served: Served, language: str | None = None) -> tuple[str
     raise ValueError(f"unknown client kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
-def write_all(served: Served, folder: Path, language: str | None = None) -> dict[str, Path]:
+def write_all(served: Endpoint, folder: Path, language: str | None = None) -> dict[str, Path]:
     """Write opencode.json, continue-config.yaml and tabby-config.toml into folder, each atomically.
 
     All three are rendered before any is written, so an error (e.g. an unknown language) leaves folder untouched.

@@ -118,7 +118,7 @@ class Engine:
 
 
 @dataclass
-class Served:
+class LoadedModel:
     id: str
     language: str | None
     base: Engine
@@ -150,7 +150,7 @@ class ModelServer:
             raise RuntimeError(f"the API key file {key_file} is empty. Fix: redeploy with `forge run` (it writes a key).")
         layers = gpu_layers(config.get("gpu_layers", "auto"))
         self.bases: dict[str, Engine] = {}
-        self.models: dict[str, Served] = {}
+        self.models: dict[str, LoadedModel] = {}
         entries = config["models"]
         for path in dict.fromkeys(str(e["gguf"]) for e in entries):
             loras = list(dict.fromkeys(str(e["lora"]) for e in entries if e.get("lora") and str(e["gguf"]) == path))
@@ -166,7 +166,7 @@ class ModelServer:
             self.n_ctx = capped
         for entry in entries:
             adapter = str(entry["lora"]) if entry.get("lora") else None
-            self.models[entry["id"]] = Served(entry["id"], entry.get("language"), self.bases[str(entry["gguf"])], adapter,
+            self.models[entry["id"]] = LoadedModel(entry["id"], entry.get("language"), self.bases[str(entry["gguf"])], adapter,
                                               entry.get("chat_template"), float(entry.get("scale", 1.0)))
         if not self.models:
             raise RuntimeError("the server config lists no models")
@@ -184,7 +184,7 @@ class ModelServer:
 
     # -- model selection -----------------------------------------------------------------------------------------
 
-    def model(self, name: str | None) -> Served:
+    def model(self, name: str | None) -> LoadedModel:
         if name in self.models:
             return self.models[name]
         if name in self.aliases:
@@ -194,7 +194,7 @@ class ModelServer:
         raise RequestError(404, f"The model `{name}` does not exist on this server. It serves: {', '.join(self.models)}. "
                                 "Fix: set `model` to one of them (`forge status` lists the deployed tags).", "model_not_found", "model")
 
-    def by_language(self, language: str) -> Served:
+    def by_language(self, language: str) -> LoadedModel:
         for m in self.models.values():
             if m.language == language:
                 return m
@@ -211,7 +211,7 @@ class ModelServer:
                                              limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
         return self._client
 
-    def budget(self, max_tokens: int | None, m: Served) -> int:
+    def budget(self, max_tokens: int | None, m: LoadedModel) -> int:
         """The tokens a request may generate: its max_tokens, at most the server's cap; 400 when it exceeds the context."""
         if max_tokens is not None and max_tokens >= self.n_ctx:
             raise RequestError(400, f"max_tokens {max_tokens} is more than {m.id}'s context of {self.n_ctx} tokens. Fix: lower "
@@ -219,7 +219,7 @@ class ModelServer:
                                "max_tokens")
         return min(max_tokens or self.max_tokens_cap, self.max_tokens_cap)
 
-    async def generate(self, m: Served, prompt: str, max_tokens: int | None, *, stop: list[str], temperature: float = 0.0,
+    async def generate(self, m: LoadedModel, prompt: str, max_tokens: int | None, *, stop: list[str], temperature: float = 0.0,
                        top_p: float = 1.0, seed: int | None = None) -> AsyncIterator[dict]:
         """Start generating on m's engine (errors raise RequestError before anything is streamed) and return an async
         iterator of {"text", "finish_reason"} pieces; the last has finish_reason, prompt_tokens, completion_tokens and
@@ -239,7 +239,7 @@ class ModelServer:
             raise self._engine_error(m, resp.status_code, raw)
         return self._pieces(resp)
 
-    def _engine_error(self, m: Served, status: int, raw: bytes) -> RequestError:
+    def _engine_error(self, m: LoadedModel, status: int, raw: bytes) -> RequestError:
         try:
             err = json.loads(raw).get("error") or {}
         except ValueError:
@@ -274,7 +274,7 @@ class ModelServer:
         yield {"text": "", "finish_reason": finish, "prompt_tokens": int(last.get("tokens_evaluated") or 0),
                "completion_tokens": int(last.get("tokens_predicted") or 0), "cached_tokens": int(timings.get("cache_n") or 0)}
 
-    def fim_scheme(self, m: Served) -> FimScheme:
+    def fim_scheme(self, m: LoadedModel) -> FimScheme:
         """m's FIM scheme; RequestError 400 `fim_not_supported` when its base has no FIM tokens."""
         scheme = m.base.fim
         if scheme is None or not scheme.has_fim:
@@ -282,11 +282,11 @@ class ModelServer:
                                "fim_not_supported", "suffix")
         return scheme
 
-    def fim_prompt(self, m: Served, prefix: str, suffix: str) -> str:
+    def fim_prompt(self, m: LoadedModel, prefix: str, suffix: str) -> str:
         """The PSM prompt for m's base: its family's prefix, suffix and middle tokens around prefix and suffix."""
         return self.fim_scheme(m).psm(prefix, suffix)
 
-    def native_fim(self, m: Served, prompt: str) -> str | None:
+    def native_fim(self, m: LoadedModel, prompt: str) -> str | None:
         """A native prompt that is already FIM (any family's prefix token in it) in m's base's tokens (Forge's canonical
         Qwen tokens rewritten); None when it is plain text. 400 when the base has no FIM tokens."""
         if not any(f.prefix in prompt for f in FAMILIES.values()):
@@ -294,7 +294,7 @@ class ModelServer:
         scheme = self.fim_scheme(m)
         return scheme.to_base(prompt) if FIM_PREFIX in prompt and scheme.family.prefix not in prompt else prompt
 
-    def chat_prompt(self, m: Served, body: dict) -> str:
+    def chat_prompt(self, m: LoadedModel, body: dict) -> str:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise RequestError(400, "`messages` must be a non-empty list of {role, content} objects.", param="messages")
@@ -476,7 +476,7 @@ def create_app(server: ModelServer):
                 raise RequestError(499, "the client closed the connection", "client_closed")
         return task.result()
 
-    def logged(kind: str, m: Served, t0: float, usage: dict, finish: str | None, calls: int = 0, last: dict | None = None) -> None:
+    def logged(kind: str, m: LoadedModel, t0: float, usage: dict, finish: str | None, calls: int = 0, last: dict | None = None) -> None:
         cached = (last or {}).get("cached_tokens")
         _log(f"{kind} {m.id}: {usage.get('prompt_tokens')} prompt ({cached or 0} cached) + {usage.get('completion_tokens')} "
              f"completion tokens, finish {finish}{f', {calls} tool call(s)' if calls else ''}, {time.time() - t0:.2f}s")
@@ -610,7 +610,7 @@ def create_app(server: ModelServer):
 
         return sse(events())
 
-    async def native(request: Request, m: Served | None):
+    async def native(request: Request, m: LoadedModel | None):
         """llama-server's POST /completion: {prompt, n_predict, temperature, stream, stop} -> {content, stop, ...}."""
         body = await read(request)
         m = m or server.model(body.get("model"))
@@ -657,7 +657,7 @@ def _usage(last: dict) -> dict:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-def _card(m: Served, server: ModelServer) -> dict:
+def _card(m: LoadedModel, server: ModelServer) -> dict:
     """A /v1/models entry: file names only (no absolute path leaves the server)."""
     return {"id": m.id, "object": "model", "created": 0, "owned_by": "forge",
             "meta": {"language": m.language, "context": server.n_ctx, "base": Path(m.base.path).name,

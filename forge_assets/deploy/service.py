@@ -160,7 +160,7 @@ def _trained_from(store: ArtifactStore, gguf: Artifact) -> tuple[Path, Path]:
     return model_folder(base.path), adapter.path
 
 
-def served(store: ArtifactStore, cfg, extra: dict | None = None, language: str | None = None) -> clients.Served:
+def served(store: ArtifactStore, cfg, extra: dict | None = None, language: str | None = None) -> clients.Endpoint:
     """What clients can reach now: every deployed tag with its context, from the one server's state (llama-server)
     or from each language's deployment record (ollama, vllm; mlx-lm: the one language's own server, default the
     first). `extra` adds records not yet written ({language: record})."""

@@ -39,7 +39,7 @@ from forge_assets.private import private_umask
 
 if TYPE_CHECKING:
     from forge_assets.artifacts import Artifact, ArtifactStore
-    from forge_assets.deploy.clients import Served
+    from forge_assets.deploy.clients import Endpoint
 
 Log = Callable[[str], object]
 
@@ -57,7 +57,7 @@ class DeployTarget:
     # ---- client facts (clients.py)
     tabby_completion_kind: ClassVar[str]  # Tabby's model.completion.http kind
     continue_provider: ClassVar[str] = "openai"  # Continue's provider for every model
-    openai_base_url: ClassVar[bool] = True  # Served.base_url must be the OpenAI-style base ending in /v1
+    openai_base_url: ClassVar[bool] = True  # Endpoint.base_url must be the OpenAI-style base ending in /v1
     tabby_note: ClassVar[str | None] = None  # a comment line for the Tabby config
     runs_here: ClassVar[bool] = True  # Forge starts the server on this machine (vLLM: a plan for a GPU machine)
     one_language_per_server: ClassVar[bool] = False  # a client config names one language's server (mlx-lm)
@@ -67,11 +67,11 @@ class DeployTarget:
 
     # ------------------------------------------------------------------------------------------ client facts
 
-    def continue_api_base(self, served: Served) -> str:
+    def continue_api_base(self, served: Endpoint) -> str:
         """Continue's apiBase (it resolves paths against it, hence the trailing slash)."""
         return f"{served.openai_base}/"
 
-    def tabby_completion_endpoint(self, served: Served, language: str) -> str:
+    def tabby_completion_endpoint(self, served: Endpoint, language: str) -> str:
         """Tabby completion's api_endpoint for language's tag."""
         return served.openai_base
 
@@ -85,7 +85,7 @@ class DeployTarget:
         """Whether language's deployed tag still answers (a reusable deployment is redeployed when not)."""
         return True
 
-    def served(self, store: ArtifactStore, cfg, extra: dict | None = None, language: str | None = None) -> Served:
+    def served(self, store: ArtifactStore, cfg, extra: dict | None = None, language: str | None = None) -> Endpoint:
         """What clients can reach now, from each language's promoted deployment record (plus `extra` not yet written)."""
         from forge_assets.artifacts import ArtifactError
         from forge_assets.deploy import clients
@@ -109,7 +109,7 @@ class DeployTarget:
                 break  # one server per language: a client config names one of them
         if not models:
             raise ArtifactError(f"no language is deployed to {self.name} yet. Fix: run `forge run`.")
-        return clients.Served(self.name, self.client_base_url(cfg, records[models[0].language]), models)
+        return clients.Endpoint(self.name, self.client_base_url(cfg, records[models[0].language]), models)
 
     def client_base_url(self, cfg, record: dict) -> str:
         """The base URL clients are given, from the (first) served language's record."""
@@ -137,7 +137,7 @@ class LlamaServerTarget(DeployTarget):
     tabby_note = ("# llama.cpp/completion posts to <api_endpoint>/completion with no model name; Forge's server answers "
                   "/lang/<language>/completion with that language's adapter.")
 
-    def tabby_completion_endpoint(self, served: Served, language: str) -> str:
+    def tabby_completion_endpoint(self, served: Endpoint, language: str) -> str:
         return f"{served.server_root}/lang/{language}"  # Forge's server: llama.cpp's /completion for that language's tag
 
     def deploy(self, store, cfg, language, gguf, tag, log):
@@ -199,7 +199,7 @@ class LlamaServerTarget(DeployTarget):
         ctx = int(state.get("n_ctx") or MIN_CONTEXT)
         models = [clients.ServedModel(m["id"], m["language"], ctx, min(d.max_output, ctx // 2), fim=_entry_fim(m))
                   for m in state["models"] if m.get("language")]
-        return clients.Served(self.name, state["endpoint"], models, api_key=llama_server.key_of(state.get("options")))
+        return clients.Endpoint(self.name, state["endpoint"], models, api_key=llama_server.key_of(state.get("options")))
 
     def stop(self, store, cfg, languages=None, log=_quiet):
         """The one server (deployment/_endpoint) and any per-language server from before it, with their routers."""

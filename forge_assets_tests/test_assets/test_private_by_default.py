@@ -345,7 +345,7 @@ def test_ensure_private_dir_never_locks_the_home_folder_or_another_users(tmp_pat
 
 def test_deploy_state_files_are_0600_in_0700_folders_under_umask_022(tmp_path: Path, umask_022):
     from forge_assets.deploy import clients, llama_server, ports, service, supervisor, system_service
-    from forge_assets.deploy.clients import Served, ServedModel
+    from forge_assets.deploy.clients import Endpoint, ServedModel
 
     root = tmp_path / "artifacts"
     dep = root / "deployment"
@@ -356,7 +356,7 @@ def test_deploy_state_files_are_0600_in_0700_folders_under_umask_022(tmp_path: P
     supervisor.atomic_write(endpoint / supervisor.REQUESTS / "1.json", "{}")
     with llama_server._deploy_lock(endpoint):
         pass
-    served = Served("llama-server", f"http://127.0.0.1:{port}/v1", [ServedModel("forge-python:abc", "python", context=4096, max_output=512)])
+    served = Endpoint("llama-server", f"http://127.0.0.1:{port}/v1", [ServedModel("forge-python:abc", "python", context=4096, max_output=512)])
     paths = clients.write_all(served, dep / "python" / "clients")  # no API key: still the owner's alone
     assert set(paths) == {"opencode", "continue", "tabby"}
     service.server_options(SimpleNamespace(root=root), DeployConfig(host="0.0.0.0"))  # writes the API key

@@ -22,7 +22,7 @@ import yaml
 
 from forge_assets.chat import FIM_STOP_TOKENS
 from forge_assets.deploy import clients
-from forge_assets.deploy.clients import Served, ServedModel
+from forge_assets.deploy.clients import Endpoint, ServedModel
 from forge_assets.files import locked
 from forge_assets_tests.test_deploy.opencode_client import cache_root
 
@@ -46,8 +46,8 @@ BASES = {
 }  # target: (base_url given, its OpenAI-style base, its server root)
 
 
-def served(target: str, models: tuple[ServedModel, ...] = (PY, RS, TS)) -> Served:
-    return Served(target, BASES[target][0], list(models))
+def served(target: str, models: tuple[ServedModel, ...] = (PY, RS, TS)) -> Endpoint:
+    return Endpoint(target, BASES[target][0], list(models))
 
 
 # ------------------------------------------------------------------------------------------------ input checks
@@ -55,17 +55,17 @@ def served(target: str, models: tuple[ServedModel, ...] = (PY, RS, TS)) -> Serve
 
 def test_served_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="unknown target"):
-        Served("tgi", "http://127.0.0.1:8088/v1", [PY])
+        Endpoint("tgi", "http://127.0.0.1:8088/v1", [PY])
     with pytest.raises(ValueError, match="ending in /v1"):
-        Served("llama-server", "http://127.0.0.1:8088", [PY])
+        Endpoint("llama-server", "http://127.0.0.1:8088", [PY])
     with pytest.raises(ValueError, match="http"):
-        Served("vllm", "127.0.0.1:8000/v1", [PY])
+        Endpoint("vllm", "127.0.0.1:8000/v1", [PY])
     with pytest.raises(ValueError, match="control characters"):
-        Served("vllm", "http://127.0.0.1:8000/v1\n# injected", [PY])
+        Endpoint("vllm", "http://127.0.0.1:8000/v1\n# injected", [PY])
     with pytest.raises(ValueError, match="empty"):
-        Served("vllm", "http://127.0.0.1:8000/v1", [])
+        Endpoint("vllm", "http://127.0.0.1:8000/v1", [])
     with pytest.raises(ValueError, match="repeats language python"):
-        Served("vllm", "http://127.0.0.1:8000/v1", [PY, ServedModel("forge-python:ffffffffffff", "python", 4096, 512)])
+        Endpoint("vllm", "http://127.0.0.1:8000/v1", [PY, ServedModel("forge-python:ffffffffffff", "python", 4096, 512)])
     with pytest.raises(ValueError, match="max_output < context"):
         ServedModel("forge-python:1", "python", context=2048, max_output=2048)
     with pytest.raises(ValueError, match="without spaces"):
@@ -74,7 +74,7 @@ def test_served_rejects_bad_input() -> None:
 
 def test_ollama_base_url_may_carry_v1() -> None:
     for base in ("http://127.0.0.1:11434", "http://127.0.0.1:11434/", "http://127.0.0.1:11434/v1"):
-        s = Served("ollama", base, [PY])
+        s = Endpoint("ollama", base, [PY])
         assert (s.openai_base, s.server_root) == ("http://127.0.0.1:11434/v1", "http://127.0.0.1:11434")
 
 
@@ -139,7 +139,7 @@ def test_shape_checker_catches_mistakes() -> None:
 
 
 def _rendered(kind: str, target: str, language: str | None, file_name: str, parse) -> tuple:
-    """(the Served of `target`, its `kind` client config rendered for `language` and parsed); the file name checked."""
+    """(the Endpoint of `target`, its `kind` client config rendered for `language` and parsed); the file name checked."""
     s = served(target)
     name, text = clients.render(kind, s, language)
     assert name == file_name
@@ -166,7 +166,7 @@ def test_opencode_config(target: str) -> None:
 
 def test_opencode_tool_call_follows_the_model() -> None:
     no_tools = ServedModel("forge-python:1a2b3c4d5e6f", "python", 2048, 512, tool_call=False)
-    cfg = clients.opencode_config(Served("ollama", "http://127.0.0.1:11434", [no_tools, RS]))
+    cfg = clients.opencode_config(Endpoint("ollama", "http://127.0.0.1:11434", [no_tools, RS]))
     assert cfg["provider"]["forge"]["models"][no_tools.tag]["tool_call"] is False
     assert cfg["provider"]["forge"]["models"][RS.tag]["tool_call"] is True
 
@@ -238,7 +238,7 @@ def test_tabby_config(target: str) -> None:
 
 def test_tabby_strings_are_escaped() -> None:
     odd = ServedModel('forge-c"sharp\\x:é1', "c#", context=4096, max_output=512)
-    cfg = tomllib.loads(clients.tabby_config(Served("vllm", "http://127.0.0.1:8000/v1", [odd])))
+    cfg = tomllib.loads(clients.tabby_config(Endpoint("vllm", "http://127.0.0.1:8000/v1", [odd])))
     assert cfg["model"]["completion"]["http"]["model_name"] == odd.tag
     assert cfg["model"]["chat"]["http"]["supported_models"] == [odd.tag]
 

@@ -2,7 +2,7 @@
 the CLI all read, instead of each knowing every target by name.
 
 The client-config digests below were taken from the three configurations (OpenCode, Continue, Tabby) rendered for every
-target before the targets moved into targets.py (when clients.py branched on the target's name): the same Served
+target before the targets moved into targets.py (when clients.py branched on the target's name): the same Endpoint
 endpoints must still give byte-identical files. No server runs here.
 """
 
@@ -19,7 +19,7 @@ from forge_assets import cli
 from forge_assets.artifacts import ArtifactError, ArtifactStore
 from forge_assets.config import ConfigError, DeployConfig, load_config, parse_config
 from forge_assets.deploy import clients, service, targets
-from forge_assets.deploy.clients import Served, ServedModel
+from forge_assets.deploy.clients import Endpoint, ServedModel
 from forge_assets.deploy.targets import TARGET_NAMES, TARGETS, DeployTarget, UnknownTargetError
 from forge_assets_tests.conftest import write_config
 
@@ -48,7 +48,7 @@ def test_an_unknown_target_names_the_valid_ones() -> None:
     with pytest.raises(ConfigError, match=r"deploy.target.*'llama-server', 'ollama', 'mlx-lm' or 'vllm' \(got 'lama-server'\)"):
         parse_config({"deploy": {"target": "lama-server"}})
     with pytest.raises(ValueError, match="unknown target 'tgi'; expected one of llama-server, ollama, mlx-lm, vllm"):
-        Served("tgi", "http://127.0.0.1:8080/v1", [ServedModel("forge-python:1", "python", 4096, 512)])
+        Endpoint("tgi", "http://127.0.0.1:8080/v1", [ServedModel("forge-python:1", "python", 4096, 512)])
 
 
 def test_config_imports_no_serving_code() -> None:
@@ -87,16 +87,16 @@ FACTS = {  # target: (Continue provider, Continue apiBase, Tabby kind, Tabby com
 @pytest.mark.parametrize("name", TARGET_NAMES)
 def test_client_facts(name: str) -> None:
     t = targets.target(name)
-    s = Served(name, "http://h:1/v1", [ServedModel("forge-rust:1", "rust", 4096, 512)])
+    s = Endpoint(name, "http://h:1/v1", [ServedModel("forge-rust:1", "rust", 4096, 512)])
     assert s.deploy_target is t
     assert (t.continue_provider, t.continue_api_base(s), t.tabby_completion_kind, t.tabby_completion_endpoint(s, "rust"),
             t.openai_base_url, t.runs_here) == FACTS[name]
     assert clients.TABBY_COMPLETION_KIND[name] == t.tabby_completion_kind
     if not t.openai_base_url:
-        assert Served(name, "http://h:1", s.models).base_url == "http://h:1"
+        assert Endpoint(name, "http://h:1", s.models).base_url == "http://h:1"
     else:
         with pytest.raises(ValueError, match=f"{name}: base_url must be the OpenAI-style base ending in /v1"):
-            Served(name, "http://h:1", s.models)
+            Endpoint(name, "http://h:1", s.models)
 
 
 BASES = {"llama-server": ["http://127.0.0.1:8088/v1", "http://10.0.0.5:8088/prefix/v1/"],
@@ -129,7 +129,7 @@ def _renders(name: str, kind: str) -> dict[str, str]:
     out = {}
     for i, base in enumerate(BASES[name]):
         for key in (None, "s3cret-key"):
-            s = Served(name, base, [PY, RS, GO], api_key=key)
+            s = Endpoint(name, base, [PY, RS, GO], api_key=key)
             for lang in (None, "rust", "go"):
                 out[f"{name}|{i}|{key}|{lang}|{kind}"] = clients.render(kind, s, lang)[1]
     return out
@@ -141,7 +141,7 @@ def test_client_configs_are_the_same_as_before_the_targets_moved(name: str, kind
     texts = _renders(name, kind)
     digest = hashlib.sha256("\n\x00".join(texts[k] for k in sorted(texts)).encode()).hexdigest()
     assert digest == BEFORE[(name, kind)], f"{name} {kind} changed:\n" + texts[min(texts)]
-    tabby = clients.tabby_config(Served(name, BASES[name][0], [PY]))
+    tabby = clients.tabby_config(Endpoint(name, BASES[name][0], [PY]))
     note = targets.target(name).tabby_note
     assert (note in tabby.splitlines()) if note else all(not line.startswith("# llama.cpp/") for line in tabby.splitlines())
 
