@@ -51,12 +51,25 @@ class DeployError(RuntimeError):
     """A model could not be served; the message says what failed, what still serves, and where the log is."""
 
 
-def _http(method: str, url: str, body: dict | None = None, timeout: float = 60.0, key: str | None = None) -> dict:
+def _json_request(method: str, url: str, body: dict | None, key: str | None) -> urllib.request.Request:
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    return urllib.request.Request(url, data=data, method=method, headers=headers)
+
+
+def _http(method: str, url: str, body: dict | None = None, timeout: float = 60.0, key: str | None = None) -> dict:
+    """The JSON answer of one request to a model server; HTTP errors raised (urllib's HTTPError)."""
+    with urllib.request.urlopen(_json_request(method, url, body, key), timeout=timeout) as resp:
         return json.loads(resp.read().decode() or "{}")
+
+
+def _request(method: str, url: str, body: dict | None = None, timeout: float = 60.0, key: str | None = None) -> tuple[int, str]:
+    """(status, body text) of one request to a model server; HTTP errors are returned, connection errors raised."""
+    try:
+        with urllib.request.urlopen(_json_request(method, url, body, key), timeout=timeout) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
 
 
 def _connect_host(host: str) -> str:
@@ -409,13 +422,7 @@ def health(state_dir: Path, timeout: float = 5.0) -> dict:
             detail = json.loads(detail)["error"]["message"]
         why = f"HTTP {exc.code} on {where} ({detail})"
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        if isinstance(reason, ConnectionRefusedError):
-            why = f"connection refused on {where}"
-        elif isinstance(reason, (TimeoutError, socket.timeout)):
-            why = f"no answer within {timeout:.0f}s on {where}"
-        else:
-            why = f"{reason} on {where}"
+        why = procs.unreachable(exc, where, timeout)
     else:
         out["models"] = ids
         missing = [t for t in state.get("tags") or [tag] if t not in ids]

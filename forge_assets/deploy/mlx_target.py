@@ -355,14 +355,13 @@ _http, _connect_host, _busy = llama_server._http, llama_server._connect_host, ll
 # ------------------------------------------------------------------------------------------------- the server
 
 def _get(url: str, timeout: float) -> tuple[int, dict]:
-    """(status, JSON body) of a GET; HTTP error statuses are returned, not raised."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read().decode() or "{}")
-    except urllib.error.HTTPError as exc:
+    """(status, JSON body) of a GET; HTTP error statuses are returned, not raised (their body {} unless JSON)."""
+    status, text = llama_server._request("GET", url, timeout=timeout)
+    if status >= 400:
         with contextlib.suppress(ValueError):
-            return exc.code, json.loads(exc.read().decode() or "{}")
-        return exc.code, {}
+            return status, json.loads(text or "{}")
+        return status, {}
+    return status, json.loads(text or "{}")
 
 
 def _adapter_map(adapters: dict[str, Path] | Path) -> dict[str, Path]:
@@ -537,12 +536,8 @@ def health(record: dict | None, timeout: float = 5.0) -> dict:
             why = f"{endpoint}/models answers HTTP {status} without {model} (it lists {out['models']})"
         else:
             why = f"/health answers HTTP {status}: the server's generation thread died (see {record['log']})"
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        why = (f"connection refused on {where}" if isinstance(reason, ConnectionRefusedError)
-               else f"no answer within {timeout:.0f}s on {where}" if isinstance(reason, TimeoutError) else f"{reason} on {where}")
-    except (OSError, ValueError) as exc:
-        why = f"{exc} on {where}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        why = procs.unreachable(exc, where, timeout)
     note = "" if server == "running" else f"; the mlx-lm server (pid {record['pid']}) {server}"
     return {**out, "ok": False, "health": f"down: {why}{note}; see {record['log']}. Fix: stop it and start it again."}
 

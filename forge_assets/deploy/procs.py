@@ -4,6 +4,12 @@ A record is ``{"pid", "create_time", "marker", "what"}``: the pid, the process's
 and command-line arguments that only that process has (the module it runs, its port, its route file). Before any
 signal the live process at that pid must match all three; a dead pid, a zombie, or a pid the kernel has since given
 to another program is reported and left alone.
+
+The model servers (Forge's llama.cpp server, mlx-lm, vLLM) and the router share one loop here: ``start_server``
+spawns and records one, ``wait_ready`` polls it until it answers (or reports its exit or the timeout with the tail
+of its log from the offset where its output starts), ``status`` and ``unreachable`` word what a health check finds,
+and ``terminate`` stops it by pid and start time. Each target keeps its own readiness probe and error messages.
+A bare "is this pid alive" is ``forge_assets.files.pid_alive``.
 """
 
 from __future__ import annotations
@@ -139,6 +145,16 @@ def wait_ready(started: Started, ready: Callable[[], object], timeout: float, *,
         time.sleep(poll)
     terminate(started.record)
     raise timed_out(log_tail(started.log_path, started.offset))
+
+
+def unreachable(exc: BaseException, where: str, timeout: float) -> str:
+    """Why a health probe of a server on `where` (host:port) got no HTTP answer, as a health report says it."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, ConnectionRefusedError):
+        return f"connection refused on {where}"
+    if isinstance(reason, TimeoutError):  # socket.timeout is TimeoutError
+        return f"no answer within {timeout:.0f}s on {where}"
+    return f"{reason} on {where}"
 
 
 _ERROR_LINE = re.compile(r"error|exception|failed|refused|not found", re.IGNORECASE)

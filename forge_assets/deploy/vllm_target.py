@@ -636,15 +636,7 @@ def _install(venv: Path, version: str, log, python: str, install_timeout: float)
     return venv
 
 
-def _request(method: str, url: str, body: dict | None = None, timeout: float = 60.0) -> tuple[int, str]:
-    """(status, body text) of one HTTP request; HTTP errors are returned, connection errors raised."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read().decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
+_request = llama_server._request  # (status, body text) of one request: the HTTP helper every target shares
 
 
 def _error_message(text: str) -> str:
