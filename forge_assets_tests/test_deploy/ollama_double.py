@@ -168,23 +168,28 @@ class OllamaTestDouble:
                 return {"model": body["model"], "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ"), "done": True,
                         "text": choice["text"], "done_reason": "stop" if choice["finish_reason"] == "stop" else "length"}
 
-            def _chat(self, body: dict) -> None:
+            def _able(self, body: dict, asked: object, marker: str, refusal: str) -> dict | None:
+                """The request's model, unless it is unknown or (when `asked`) its template lacks `marker`: then the
+                answer (404, or Ollama's 400 `refusal`) is sent and None returned."""
                 model = self._model(body)
+                if model is not None and asked and marker not in (model["template"] or ""):
+                    self._json(400, {"error": refusal})
+                    return None
+                return model
+
+            def _chat(self, body: dict) -> None:
+                model = self._able(body, body.get("tools"), ".Tools", "does not support tools")
                 if model is None:
                     return None
-                if body.get("tools") and ".Tools" not in (model["template"] or ""):
-                    return self._json(400, {"error": "does not support tools"})
                 out = self._complete(model, body, {"messages": body.get("messages") or [], "tools": body.get("tools")})
                 if out is not None:
                     text = out.pop("text")
                     self._json(200, {**out, "message": {"role": "assistant", "content": text}})
 
             def _generate(self, body: dict) -> None:
-                model = self._model(body)
+                model = self._able(body, body.get("suffix"), ".Suffix", "does not support insert")
                 if model is None:
                     return None
-                if body.get("suffix") and ".Suffix" not in (model["template"] or ""):
-                    return self._json(400, {"error": "does not support insert"})
                 if body.get("prompt") and body.get("suffix"):
                     values = {"prompt": body["prompt"], "suffix": body["suffix"]}
                 else:
