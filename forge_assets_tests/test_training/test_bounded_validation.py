@@ -63,6 +63,7 @@ def _check(result: dict, lines: list[str], seen: list[int], cap: int, validation
     assert steps and steps[0].startswith("step 1/") and steps[-1].endswith("ETA 0 s)")  # training steps: rate and ETA too
 
 
+@pytest.mark.slow
 def test_peft_validation_is_capped_at_every_validation(tiny_model: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch):
     seen = _count_validations(monkeypatch, peft_backend, "validation_loss")
     texts = read_texts(tiny_dataset, "train")
