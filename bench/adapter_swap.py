@@ -86,9 +86,9 @@ def main() -> int:
                 built = time.perf_counter() - started
                 entries = [{"id": f"forge-{name}:bench", "language": name, "gguf": str(base), "lora": str(lora), "chat_template": None}
                            for name, lora in zip(("python", "go"), loras)]
-                from serving import _free_port
+                from forge_assets.files import free_port
 
-                port = _free_port()
+                port = free_port()
 
                 def deploy(models: list[dict]) -> dict:
                     log = state_dir / "server.log"

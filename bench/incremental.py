@@ -51,7 +51,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _common import stdout_to_stderr  # noqa: E402 (bench/ is on sys.path when run as a script)
+from forge_assets.files import free_port  # noqa: E402
 
 LANGUAGE = "python"
 STAGES = ("repo_snapshot", "session_logs", "dataset", "adapter", "eval_scores", "gguf", "deployment")
@@ -99,12 +99,6 @@ def _git(repo: Path, *args: str) -> str:
     if out.returncode != 0:
         raise BenchError("git", f"`git {' '.join(args)}` in {repo} failed: {out.stderr.strip() or out.stdout.strip()}")
     return out.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _uptime() -> str:
@@ -339,9 +333,9 @@ def run(args, tmp: Path) -> dict:
     commits = int(_git(clone, "rev-list", "--count", "HEAD").strip())
     rel = args.file or _pick_file(clone)
 
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_port(), free_port()
     while port_b == port_a:
-        port_b = _free_port()
+        port_b = free_port()
     root_a, root_b = tmp / "incremental" / "artifacts", tmp / "full" / "artifacts"
     cfg_a, cfg_b = tmp / "incremental" / "forge.yaml", tmp / "full" / "forge.yaml"
     root_a.parent.mkdir(parents=True)

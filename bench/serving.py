@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _common import stdout_to_stderr  # noqa: E402 (bench/ is on sys.path when run as a script)
+from forge_assets.files import free_port  # noqa: E402
 
 SESSIONS, TURNS, REPLY_TOKENS, TEAM_CTX, SLOTS = 4, 8, 16, 32768, 4
 FIM_REQUESTS, FIM_PREFIX_TOKENS = 20, 2000
@@ -113,12 +113,6 @@ def gguf_q8(model_dir: Path, out: Path) -> None:
     f32.unlink()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _status_kb(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -148,7 +142,7 @@ def serve(models: list[dict], logs: Path, running: list[dict]) -> dict:
     from forge_assets.deploy import llama_server
 
     tag = models[0]["id"]
-    server = llama_server.start(None, tag, "127.0.0.1", _free_port(), logs / f"{tag.replace(':', '-')}.log", n_ctx=N_CTX,
+    server = llama_server.start(None, tag, "127.0.0.1", free_port(), logs / f"{tag.replace(':', '-')}.log", n_ctx=N_CTX,
                                 timeout=300.0, models=models)
     running.append(server)
     for m in models:
@@ -180,7 +174,7 @@ def start_engine(gguf: Path, loras: list[Path], n_ctx: int, log: Path) -> dict:
 
     from forge_assets.deploy import procs
 
-    port = _free_port()
+    port = free_port()
     cfg = {"gguf": str(gguf), "loras": [str(x) for x in loras], "n_ctx": n_ctx, "slots": SLOTS, "threads": os.cpu_count() or 2,
            "port": port}
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -298,7 +292,7 @@ def agent_team(tmp: Path) -> dict:
     models = [{"id": f"forge-{lang}:bench", "language": lang, "gguf": str(gguf), "lora": str(lora), "chat_template": template_of(hf)}
               for lang, lora in zip(langs, loras)]
     # Forge's deploy.context is per slot (KV = slots x context); the engine arm's n_ctx is the whole pool
-    state = llama_server.deploy(None, models[0]["id"], "127.0.0.1", _free_port(), state_dir, n_ctx=TEAM_CTX // SLOTS, models=models,
+    state = llama_server.deploy(None, models[0]["id"], "127.0.0.1", free_port(), state_dir, n_ctx=TEAM_CTX // SLOTS, models=models,
                                 options={"parallel": SLOTS, "max_tokens_cap": 4096})
     try:
         def send_forge(s: int, messages: list[dict]) -> tuple[str, int]:
@@ -355,7 +349,7 @@ def fim_latency(tmp: Path, base: Path, base_gguf: Path, lora: Path) -> dict:
         procs.terminate(engine["process"])
     state_dir = tmp / "endpoint-fim"
     models = [{"id": "forge-python:fim", "language": "python", "gguf": str(base_gguf), "lora": str(lora), "chat_template": None}]
-    state = llama_server.deploy(None, "forge-python:fim", "127.0.0.1", _free_port(), state_dir, n_ctx=N_CTX, models=models,
+    state = llama_server.deploy(None, "forge-python:fim", "127.0.0.1", free_port(), state_dir, n_ctx=N_CTX, models=models,
                                 options={"parallel": SLOTS})
     try:
         times = []

@@ -1,5 +1,6 @@
 """Files and processes, each concern written once: atomic writes, exclusive locks, "is this pid alive", a free port.
 
+- `read_json_object(path)`: a JSON object file, or None when it is missing or not a whole JSON object.
 - `atomic_write(path, data)`: write a whole file or nothing. The data goes to a temporary file in the same folder
   (a leading dot, so no reader that lists the folder takes it for a real file), is flushed and fsynced, gets its mode
   (0600 by default: Forge's state, records and configs are private) and replaces `path` with one rename. Text,
@@ -49,6 +50,16 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, mode: int = 0o600) 
 def atomic_write_json(path: str | os.PathLike, value: object, mode: int = 0o600, indent: int | None = 2) -> Path:
     """`atomic_write` of `value` as JSON (sorted as given; `default=str` for paths and dates), with a final newline."""
     return atomic_write(path, json.dumps(value, indent=indent, default=str) + "\n", mode)
+
+
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object in `path`, or None when the file is missing, unreadable, not JSON or not an object (a state
+    file another process is replacing is read whole or not at all: writers use `atomic_write`)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 @contextlib.contextmanager

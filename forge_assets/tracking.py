@@ -160,14 +160,10 @@ def _locked(folder: Path | None) -> Iterator[None]:
     if folder is None:
         yield
         return
-    import fcntl
+    from forge_assets.files import locked
 
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locked(folder / LOCK_NAME):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _experiment(client, cfg, language: str) -> str:

@@ -70,3 +70,13 @@ def test_pid_alive_and_free_port():
     with socket.socket() as s:  # nothing listens there: it can be bound
         s.bind(("127.0.0.1", port))
     assert 0 < port < 65536
+
+
+def test_read_json_object_reads_an_object_or_nothing(tmp_path):
+    from forge_assets.files import read_json_object
+
+    good = atomic_write_json(tmp_path / "a.json", {"k": [1, 2]})
+    (tmp_path / "list.json").write_text("[1]")
+    (tmp_path / "half.json").write_text('{"k": ')
+    assert read_json_object(good) == {"k": [1, 2]}
+    assert [read_json_object(tmp_path / n) for n in ("list.json", "half.json", "missing.json")] == [None, None, None]

@@ -24,6 +24,7 @@ from forge_assets.artifacts import Artifact, ArtifactError, ArtifactStore, input
 from forge_assets.deploy import clients, targets
 from forge_assets.deploy.targets import MLX_STATE  # noqa: F401  (deployment/<language>/mlx.json; importers read it here)
 from forge_assets.evaluation import metrics
+from forge_assets.files import atomic_write, read_json_object
 from forge_assets.private import ensure_private_dir
 
 CODE_VERSION = "2"  # 2: every language on one endpoint, base + LoRA  # the deployment asset's code version: part of the deployment artifact's input key
@@ -74,12 +75,7 @@ def api_key_file(store: ArtifactStore, d) -> Path | None:
         return None
     key = key or secrets.token_urlsafe(32)
     if not path.is_file() or path.read_text().strip() != key:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{API_KEY}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(key + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, key + "\n")  # 0600 from the start: the key is never readable by others, not even briefly
     os.chmod(path, 0o600)
     return path
 
@@ -220,11 +216,7 @@ def _number(v: object) -> bool:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_json_object(path) or {}
 
 
 def deploy_gguf(store: ArtifactStore, cfg, language: str, gguf: Artifact, *, action: str = DEPLOY,

@@ -38,7 +38,7 @@ from pathlib import Path
 import psutil
 
 from forge_assets.deploy import llama_server, procs
-from forge_assets.files import atomic_write, locked
+from forge_assets.files import atomic_write, locked, read_json_object
 from forge_assets.private import ensure_private_dir
 
 MODULE = "forge_assets.deploy.supervisor"
@@ -65,12 +65,7 @@ def _log(msg: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} forge-supervisor[{os.getpid()}]: {msg}", flush=True)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+_read_json = read_json_object  # requests, results and the supervisor's record
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -59,6 +59,8 @@ class DeployTarget:
     continue_provider: ClassVar[str] = "openai"  # Continue's provider for every model
     openai_base_url: ClassVar[bool] = True  # Endpoint.base_url must be the OpenAI-style base ending in /v1
     tabby_note: ClassVar[str | None] = None  # a comment line for the Tabby config
+    # ---- export (export/plan.py)
+    serves_merged_only: ClassVar[bool] = False  # one merged GGUF per language, never a LoRA GGUF on a shared base
     runs_here: ClassVar[bool] = True  # Forge starts the server on this machine (vLLM: a plan for a GPU machine)
     one_language_per_server: ClassVar[bool] = False  # a client config names one language's server (mlx-lm)
 
@@ -255,6 +257,7 @@ class OllamaTarget(DeployTarget):
     tabby_completion_kind = "ollama/completion"
     continue_provider = "ollama"
     openai_base_url = False  # Ollama's host, with or without /v1
+    serves_merged_only = True  # its Qwen templates need the merged model
 
     def continue_api_base(self, served):
         return f"{served.server_root}/"

@@ -14,9 +14,9 @@ from pathlib import Path
 from forge_assets.deploy import targets
 
 BASE_GGUF_VERSION = "5"  # the converter's output for a base; bump when the base GGUF's bytes change
-# Deploy targets that serve one merged GGUF per language, never a LoRA GGUF on a shared base: Ollama (its Qwen
-# templates need the merged model). Read from the target classes, so a renamed target cannot fall out of step.
-MERGED_ONLY_TARGETS = frozenset({targets.OllamaTarget.name})
+# Deploy targets that serve one merged GGUF per language, never a LoRA GGUF on a shared base (Ollama): each target
+# says so itself (DeployTarget.serves_merged_only), so a new target needs no edit here.
+MERGED_ONLY_TARGETS = frozenset(name for name, t in targets.TARGETS.items() if t.serves_merged_only)
 
 
 def needs_merge(deploy) -> bool:
