@@ -28,6 +28,20 @@ def test_gate_lists_and_judging_come_from_the_registry():
     assert gate.judge_gguf({"quantization_loss_pct": 0.5, "quantization": "Q8_0"}, {"max_quantization_loss_pct": 5.0}).passed
 
 
+def test_fim_and_humaneval_gates_name_the_regression_the_limit_and_the_fix():
+    """The shared verdict helper fills {worse} with the regressions; within the tolerance or the noise it passes."""
+    fim = gate.judge_eval(_scores(fim_edit_similarity_delta=-0.2, fim_edit_similarity_delta_se=0.01,
+                                  base_fim_edit_similarity=0.8, adapter_fim_edit_similarity=0.6), GatesConfig())[1]
+    assert not fim.passed and "edit similarity 0.6 vs base 0.8 (difference -0.2000" in fim.message
+    assert "gates.fim_tolerance 0.02" in fim.message and "Fix:" in fim.message and "{worse}" not in fim.message
+    noisy = gate.judge_eval(_scores(fim_edit_similarity_delta=-0.2, fim_edit_similarity_delta_se=0.5), GatesConfig())[1]
+    assert noisy.passed and "it passes" in noisy.message  # beyond the tolerance, but within 2 standard errors
+    he = gate.judge_eval(_scores(base_humaneval_pass_at_1=0.5, adapter_humaneval_pass_at_1=0.3, humaneval_problems=20), GatesConfig())[2]
+    assert not he.passed and "fell from 50.0 % (base) to 30.0 %" in he.message and "problems: 20.0 points, more than" in he.message
+    ok = gate.judge_eval(_scores(base_humaneval_pass_at_1=0.5, adapter_humaneval_pass_at_1=0.48, humaneval_problems=20), GatesConfig())[2]
+    assert ok.passed and "at most 5.0 points lower allowed" in ok.message
+
+
 def test_every_declared_setting_is_a_real_config_field():
     reg = metrics.registry()
     for g in reg.gates:

@@ -92,6 +92,20 @@ class Registry:
     gates: tuple[Gate, ...]
 
 
+def significantly_worse(delta: float, se: float, tolerance: float) -> bool:
+    """A paired difference (higher is better) below -tolerance *and* beyond SE_MULTIPLE standard errors: a regression
+    that is neither within the allowed slack nor the noise of a small test split."""
+    return delta < -tolerance and delta < -SE_MULTIPLE * se
+
+
+def verdict(name: str, worse: list[str], passed: str, failed: str, figures: dict) -> Verdict:
+    """A gate's outcome: `passed` when `worse` (the regressions found, described) is empty, else `failed` with
+    ``{worse}`` replaced by them. Every failed message names what blocks, the limit, the consequence and the fix."""
+    if not worse:
+        return Verdict(name, True, passed, figures)
+    return Verdict(name, False, failed.replace("{worse}", "; ".join(worse)), figures)
+
+
 def setting(gates, key: str):
     """A gate setting from GatesConfig or a plain dict."""
     return gates[key] if isinstance(gates, dict) else getattr(gates, key)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from forge_assets.evaluation.metrics import SE_MULTIPLE, Gate, Metric, StatusLine, Verdict, setting
+from forge_assets.evaluation.metrics import SE_MULTIPLE, Gate, Metric, StatusLine, Verdict, setting, significantly_worse, verdict
 
 NAME = "fim_not_worse_than_base"
 
@@ -23,14 +23,12 @@ def fim_gate(scores: dict, gates) -> Verdict:
         delta, se = float(scores[f"fim_{metric}_delta"]), float(scores[f"fim_{metric}_delta_se"])
         figures |= {f"base_fim_{metric}": scores.get(f"base_fim_{metric}"), f"adapter_fim_{metric}": scores.get(f"adapter_fim_{metric}"),
                     f"fim_{metric}_delta": delta, f"fim_{metric}_delta_se": se}
-        if delta < -tol and delta < -SE_MULTIPLE * se:
+        if significantly_worse(delta, se, tol):
             worse.append(f"{metric.replace('_', ' ')} {scores.get(f'adapter_fim_{metric}')} vs base {scores.get(f'base_fim_{metric}')} "
                          f"(difference {delta:+.4f}, standard error {se:.4f})")
-    if not worse:
-        return Verdict(NAME, True, f"FIM on {scores['fim_cases']} cases: the adapter is not worse than the base model "
-                       f"(edit similarity {scores.get('adapter_fim_edit_similarity')} vs {scores.get('base_fim_edit_similarity')}): it passes.", figures)
-    return Verdict(NAME, False,
-                   f"FIM on {scores['fim_cases']} held-out cases is worse with the adapter than without: {'; '.join(worse)}, beyond "
+    return verdict(NAME, worse, f"FIM on {scores['fim_cases']} cases: the adapter is not worse than the base model (edit "
+                   f"similarity {scores.get('adapter_fim_edit_similarity')} vs {scores.get('base_fim_edit_similarity')}): it passes.",
+                   f"FIM on {scores['fim_cases']} held-out cases is worse with the adapter than without: {{worse}}, beyond "
                    f"gates.fim_tolerance {tol} and {SE_MULTIPLE:g} standard errors. It is not promoted, exported or deployed. "
                    "Fix: give training more FIM samples (mining.fim_rate draws at most one per file; raise it to 1.0) or train "
                    "longer; to ship anyway, set gates.fim_tolerance (or gates.fim_not_worse: false) in forge.yaml.", figures)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from forge_assets.evaluation.metrics import Gate, Metric, StatusLine, Verdict, setting
+from forge_assets.evaluation.metrics import Gate, Metric, StatusLine, Verdict, setting, verdict
 
 NAME = "humaneval_no_regression"
 
@@ -17,12 +17,12 @@ def humaneval_gate(scores: dict, gates) -> Verdict:
     drop = round(base - adapter, 2)
     figures = {"base_pass_at_1_pct": base, "adapter_pass_at_1_pct": adapter, "regression_points": drop, "limit_points": limit,
                "problems": scores.get("humaneval_problems")}
-    if drop <= limit:
-        return Verdict(NAME, True, f"HumanEval pass@1 {adapter:.1f} % vs base {base:.1f} % on {scores.get('humaneval_problems')} problems "
-                       f"(at most {limit} points lower allowed): it passes.", figures)
-    return Verdict(NAME, False,
-                   f"HumanEval pass@1 fell from {base:.1f} % (base) to {adapter:.1f} % with the adapter on {scores.get('humaneval_problems')} "
-                   f"problems: {drop} points, more than gates.max_humaneval_regression_points {limit}. It is not promoted, exported or "
+    problems = scores.get("humaneval_problems")
+    return verdict(NAME, [f"{drop} points"] if drop > limit else [],
+                   f"HumanEval pass@1 {adapter:.1f} % vs base {base:.1f} % on {problems} problems (at most {limit} points lower "
+                   "allowed): it passes.",
+                   f"HumanEval pass@1 fell from {base:.1f} % (base) to {adapter:.1f} % with the adapter on {problems} "
+                   f"problems: {{worse}}, more than gates.max_humaneval_regression_points {limit}. It is not promoted, exported or "
                    "deployed. Fix: lower training.learning_rate or epochs (the adapter forgets general coding), add replay or more "
                    "varied data; or raise gates.max_humaneval_regression_points in forge.yaml.", figures)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from forge_assets.evaluation.metrics import SE_MULTIPLE, Gate, Metric, Verdict, setting
+from forge_assets.evaluation.metrics import SE_MULTIPLE, Gate, Metric, Verdict, setting, significantly_worse, verdict
 
 NAME = "not_worse_than_served"
 
@@ -35,16 +35,14 @@ def served_gate(scores: dict, gates) -> Verdict:
             continue
         delta, se = float(scores[f"served_{metric}_delta"]), float(scores[f"served_{metric}_delta_se"])
         figures |= {f"{metric}_delta": delta, f"{metric}_delta_se": se}
-        if delta < -tol and delta < -SE_MULTIPLE * se:
+        if significantly_worse(delta, se, tol):
             side = "humaneval_pass_at_1" if metric == "humaneval" else metric
             worse.append(f"{label} {scores.get(f'adapter_{side}')} vs served {scores.get(f'champion_{side}')} "
                          f"(difference {delta:+.4f}, standard error {se:.4f})")
-    if not worse:
-        judged = len([k for k in figures if k.endswith("_delta_se")])
-        return Verdict(NAME, True, f"Not worse than the served adapter {champ[:12]} on {judged} figures (tolerance {tol}, "
-                       f"{SE_MULTIPLE:g} standard errors): it passes.", figures)
-    return Verdict(NAME, False,
-                   f"The candidate is worse than the served adapter {champ[:12]} on the same test split: {'; '.join(worse)}; beyond "
+    judged = len([k for k in figures if k.endswith("_delta_se")])
+    return verdict(NAME, worse, f"Not worse than the served adapter {champ[:12]} on {judged} figures (tolerance {tol}, "
+                   f"{SE_MULTIPLE:g} standard errors): it passes.",
+                   f"The candidate is worse than the served adapter {champ[:12]} on the same test split: {{worse}}; beyond "
                    f"gates.served_tolerance {tol} and {SE_MULTIPLE:g} standard errors. It stays a candidate: the served adapter and "
                    "its tag do not move. Fix: train longer or on more data (or with training.init_from: previous to build on the "
                    "served adapter); to ship anyway, raise gates.served_tolerance or set gates.not_worse_than_served: false.", figures)
