@@ -9,7 +9,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 from forge_assets.files import atomic_write, atomic_write_json, free_port, locked, pid_alive

@@ -58,7 +58,7 @@ from forge_assets.fim_tokens import SCHEMES, scheme_named
 Target = Literal[TARGET_NAMES]  # the names targets.TARGETS holds
 Kind = Literal["opencode", "continue", "tabby"]
 TARGETS: tuple[str, ...] = TARGET_NAMES
-KINDS: tuple[str, ...] = get_args(Kind)
+CLIENT_KINDS: tuple[str, ...] = get_args(Kind)
 
 FILE_NAMES: dict[str, str] = {"opencode": "opencode.json", "continue": "continue-config.yaml", "tabby": "tabby-config.toml"}
 
@@ -320,7 +320,7 @@ def render(kind: Kind, served: Endpoint, language: str | None = None) -> tuple[s
         return FILE_NAMES[kind], continue_config(served, language)
     if kind == "tabby":
         return FILE_NAMES[kind], tabby_config(served, language)
-    raise ValueError(f"unknown client kind {kind!r}; expected one of {', '.join(KINDS)}")
+    raise ValueError(f"unknown client kind {kind!r}; expected one of {', '.join(CLIENT_KINDS)}")
 
 
 def write_all(served: Endpoint, folder: Path, language: str | None = None) -> dict[str, Path]:
@@ -329,7 +329,7 @@ def write_all(served: Endpoint, folder: Path, language: str | None = None) -> di
     All three are rendered before any is written, so an error (e.g. an unknown language) leaves folder untouched.
     Returns {kind: path}.
     """
-    rendered = {kind: render(kind, served, language) for kind in KINDS}
+    rendered = {kind: render(kind, served, language) for kind in CLIENT_KINDS}
     folder = Path(folder)
     paths: dict[str, Path] = {}
     for kind, (name, text) in rendered.items():

@@ -45,7 +45,7 @@ from forge_assets.fim_tokens import ALL_MARKERS
 from forge_assets.mining.fim import header, trim_context
 from forge_assets.mining.units import grammar_name, load_grammar
 
-KINDS = ("line", "block", "arguments")
+CASE_KINDS = ("line", "block", "arguments")
 MAX_BLOCK_LINES = 15
 
 
@@ -248,17 +248,17 @@ def build_cases(files: list[tuple[str, str, str]], language: str, max_cases: int
         files = [files[i] for i in sorted(random.Random(seed).sample(range(len(files)), max_cases))]
     rng = random.Random(seed)
     datas: list[bytes] = []
-    per_kind: dict[str, list[list[tuple[int, int, int]]]] = {k: [] for k in KINDS}
+    per_kind: dict[str, list[list[tuple[int, int, int]]]] = {k: [] for k in CASE_KINDS}
     for fi, (_, path, source) in enumerate(files):
         data, spans = _spans(source, language, path)
         datas.append(data)
-        for kind in KINDS:
+        for kind in CASE_KINDS:
             mine = [(fi, s, e) for k, s, e in spans if k == kind]
             if mine:
                 rng.shuffle(mine)
                 per_kind[kind].append(mine)
     queues: dict[str, list[tuple[int, int, int]]] = {}
-    for kind in KINDS:
+    for kind in CASE_KINDS:
         groups = per_kind[kind]
         rng.shuffle(groups)
         depth = max((len(g) for g in groups), default=0)
@@ -267,7 +267,7 @@ def build_cases(files: list[tuple[str, str, str]], language: str, max_cases: int
 
     cases: list[FimCase] = []
     while len(cases) < max_cases and any(queues.values()):
-        for kind in KINDS:
+        for kind in CASE_KINDS:
             if len(cases) >= max_cases or not queues[kind]:
                 continue
             fi, s, e = queues[kind].pop()
@@ -350,10 +350,10 @@ def _scores(pairs: list[tuple[str, FimCase]]) -> dict:
 
 def summarize(preds: list[str], cases: list[FimCase]) -> dict:
     """Mean exact match and edit similarity of preds (already post-processed, e.g. by truncate_middle)
-    against the cases' middles: overall, and under "by_kind" for each of KINDS (None when a kind has no case)."""
+    against the cases' middles: overall, and under "by_kind" for each of CASE_KINDS (None when a kind has no case)."""
     if len(preds) != len(cases):
         raise ValueError(f"summarize: {len(preds)} predictions for {len(cases)} cases; they must pair one to one.")
     pairs = list(zip(preds, cases))
     out = _scores(pairs)
-    out["by_kind"] = {kind: _scores([(p, c) for p, c in pairs if c.kind == kind]) for kind in KINDS}
+    out["by_kind"] = {kind: _scores([(p, c) for p, c in pairs if c.kind == kind]) for kind in CASE_KINDS}
     return out

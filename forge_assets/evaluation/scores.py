@@ -276,7 +276,7 @@ def evaluate(base: Path, adapter: Path, dataset: Path, seq_len: int, ev: dict | 
         **{f"test_samples_{k}": len(v) for k, v in sorted(by_kind.items())},
         "fim_cases": len(plan["fim"]), "fim_scheme": fim.name,
         **({"fim_skipped": fim.skip_reason, "fim_samples_skipped": fim_skipped} if not fim.has_fim else {}),
-        **{f"fim_cases_{k}": sum(c.kind == k for c in plan["fim"]) for k in fim_eval.KINDS},
+        **{f"fim_cases_{k}": sum(c.kind == k for c in plan["fim"]) for k in fim_eval.CASE_KINDS},
         **{f"codebleu_samples_{k}": len(v) for k, v in plan["codebleu"].items()},
         "codebleu_supported": codebleu_eval.supported(language),
         "humaneval_problems": len(plan["humaneval"]),

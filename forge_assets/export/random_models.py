@@ -27,7 +27,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from forge_assets.architectures import FAMILIES
 from forge_assets.export.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
-KINDS = tuple(FAMILIES)  # every family of the architecture registry (forge_assets/architectures)
+MODEL_KINDS = tuple(FAMILIES)  # every family of the architecture registry (forge_assets/architectures)
 TOKENIZERS = ("forge-tiny", "llama3", "spm")
 
 # Meta-Llama-3's split (tokenizer.json's pre_tokenizer); llama.cpp's `llama-bpe` pre-tokenizer implements the same regex.
@@ -264,7 +264,7 @@ def build_random_model(kind: str, out: Path, *, tokenizer: str = "forge-tiny", t
                        dtype: str = "float32", max_shard_size: str | None = None, rope_scaling: dict | None = None,
                        rope_theta: float = 10000.0, max_position_embeddings: int = 2048, seed: int = 0,
                        initializer_range: float = 0.05, chat_template: str | None = None, **family_options) -> Path:
-    """A random model of `kind` (one of KINDS) with the `tokenizer` (one of TOKENIZERS), saved to out; return out.
+    """A random model of `kind` (one of MODEL_KINDS) with the `tokenizer` (one of TOKENIZERS), saved to out; return out.
 
     The embedding has len(tokenizer) rounded up to a multiple of 64 rows (padding rows past the tokenizer, as in
     Qwen's checkpoints); config.json names the tokenizer's bos/eos/pad ids. Weights are cast to `dtype` and saved as
@@ -284,8 +284,8 @@ def build_random_model(kind: str, out: Path, *, tokenizer: str = "forge-tiny", t
     )
 
     out = Path(out)
-    if kind not in KINDS:
-        raise RandomModelError(f"model kind `{kind}` is not one Forge builds. Fix: choose one of {', '.join(KINDS)}.")
+    if kind not in MODEL_KINDS:
+        raise RandomModelError(f"model kind `{kind}` is not one Forge builds. Fix: choose one of {', '.join(MODEL_KINDS)}.")
     if dtype not in _DTYPES:
         raise RandomModelError(f"dtype `{dtype}` is not supported. Fix: choose one of {', '.join(_DTYPES)}.")
     if hidden_size % num_heads or num_heads % num_kv_heads:

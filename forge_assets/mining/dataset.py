@@ -55,7 +55,7 @@ from forge_assets.mining.workers import parallel_map, worker_pool
 from forge_assets.scrub import scrub_path, scrub_text
 
 SPLITS = ("train", "valid", "test")
-KINDS = ("commit", "code_change", "chat", "instruction", "fim", "code", "synthetic")
+SAMPLE_KINDS = ("commit", "code_change", "chat", "instruction", "fim", "code", "synthetic")
 MAX_CODE_LINES = 200  # a longer unit is split into its members, or into line windows
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 _WORD = re.compile(r"\w+")
@@ -452,7 +452,7 @@ def content_view(s: Sample) -> str:
 
 
 def _sort_key(s: Sample) -> tuple:
-    return (KINDS.index(s.kind) if s.kind in KINDS else len(KINDS), s.repo, s.path, s.commit, hashlib.sha256(s.text.encode("utf-8", "surrogatepass")).digest())
+    return (SAMPLE_KINDS.index(s.kind) if s.kind in SAMPLE_KINDS else len(SAMPLE_KINDS), s.repo, s.path, s.commit, hashlib.sha256(s.text.encode("utf-8", "surrogatepass")).digest())
 
 
 @dataclass
@@ -625,9 +625,9 @@ def assemble(m: Mined, cfg: MiningConfig) -> Dataset:
         "language": language,
         "samples": len(kept),
         **{f"{name}_samples": len(records[name]) for name in SPLITS},
-        "samples_by_kind": {k: kinds.get(k, 0) for k in KINDS},
+        "samples_by_kind": {k: kinds.get(k, 0) for k in SAMPLE_KINDS},
         "samples_by_split_and_kind": {name: dict(sorted(Counter(s.kind for s in splits[name]).items())) for name in SPLITS},
-        "candidates_by_kind": {k: generated.get(k, 0) for k in KINDS},  # before de-duplication and decontamination
+        "candidates_by_kind": {k: generated.get(k, 0) for k in SAMPLE_KINDS},  # before de-duplication and decontamination
         "approx_tokens": sum(tokens.values()),
         "approx_tokens_by_split": tokens,
         "files_in": len(files),

@@ -78,7 +78,7 @@ def test_ollama_base_url_may_carry_v1() -> None:
         assert (s.openai_base, s.server_root) == ("http://127.0.0.1:11434/v1", "http://127.0.0.1:11434")
 
 
-@pytest.mark.parametrize("kind", clients.KINDS)
+@pytest.mark.parametrize("kind", clients.CLIENT_KINDS)
 def test_unknown_language_names_the_deployed_ones(kind: str) -> None:
     s = served("llama-server")
     with pytest.raises(ValueError) as info:

@@ -136,7 +136,7 @@ def _renders(name: str, kind: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", TARGET_NAMES)
-@pytest.mark.parametrize("kind", clients.KINDS)
+@pytest.mark.parametrize("kind", clients.CLIENT_KINDS)
 def test_client_configs_are_the_same_as_before_the_targets_moved(name: str, kind: str) -> None:
     texts = _renders(name, kind)
     digest = hashlib.sha256("\n\x00".join(texts[k] for k in sorted(texts)).encode()).hexdigest()

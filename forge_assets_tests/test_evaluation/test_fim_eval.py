@@ -11,7 +11,7 @@ import pytest
 
 from forge_assets.chat import EOT
 from forge_assets.evaluation.fim_eval import (
-    KINDS,
+    CASE_KINDS,
     FimCase,
     build_cases,
     edit_similarity,
@@ -62,7 +62,7 @@ def test_trimming_cuts_at_line_boundaries():
 
 def test_each_kind_is_what_it_claims(cases):
     for c in cases:
-        assert c.kind in KINDS
+        assert c.kind in CASE_KINDS
         if c.kind == "line":
             assert c.middle.count("\n") <= 1 and (c.middle.endswith("\n") or not c.suffix)
             assert c.middle == c.middle.lstrip() and not c.prefix.split("\n")[-1].strip()  # only indentation before it
@@ -80,7 +80,7 @@ def test_each_kind_is_what_it_claims(cases):
 
 def test_balanced_deterministic_and_seeded(cases):
     assert len(cases) == 200
-    counts = {k: sum(c.kind == k for c in cases) for k in KINDS}
+    counts = {k: sum(c.kind == k for c in cases) for k in CASE_KINDS}
     assert all(n >= 40 for n in counts.values()), counts
     assert len({c.path for c in cases}) == len(PATHS)
     key = [(c.path, c.kind, len(c.prefix), c.middle) for c in cases]
@@ -175,7 +175,7 @@ def test_unparsable_file_and_unknown_language_give_line_cases():
 ])
 def test_other_grammars_give_all_kinds(language, path, source):
     got = build_cases([("r", path, source)], language)
-    assert {c.kind for c in got} == set(KINDS)
+    assert {c.kind for c in got} == set(CASE_KINDS)
     for c in got:
         assert c.prefix + c.middle + c.suffix == source
         if c.kind == "arguments":

@@ -9,7 +9,7 @@ import pytest
 
 from forge_assets.export.random_models import (
     BYTE_TOKENS,
-    KINDS,
+    MODEL_KINDS,
     LLAMA3_REGEX,
     TOKENIZERS,
     RandomModelError,
@@ -141,7 +141,7 @@ def test_spm_tokenizer_has_mistral_shape(tmp_path: Path):
     assert chat == "<s>[INST] hi [/INST]yo</s>[INST] more [/INST]"
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_random_model_loads_and_runs(kind: str, built):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
