@@ -5,65 +5,34 @@ Training checkpoints live in `<root>/adapter/<lang>/.checkpoints/<input key>/`, 
 after a crash or `kill -9` resumes there; they are removed once the adapter is stored.
 """
 
-import shutil
-
 from dagster import AssetExecutionContext, AssetObservation, MetadataValue, asset
 
-from forge_assets.artifacts import input_key
 from forge_assets.assets.common import materialized, reuse
 from forge_assets.assets.isolation import run_step
-from forge_assets.lineage import parent_adapter
 from forge_assets.partitions import language_partitions
 from forge_assets.resources import ForgeResource
-from forge_assets.tracking import record_training, snapshot_commits
-from forge_assets.training.adapter import choose_backend, incremental_texts
-from forge_assets.training.base_model import model_folder
 from forge_assets.training.curves import text_chart, thin
-from forge_assets.training.data import read_texts
-
-CODE_VERSION = "3"  # 3: transformers' Trainer (accumulation, schedule, checkpoints), methods, incremental
+from forge_assets.training.plan import CODE_VERSION, adapter_plan, finish_adapter
 
 
 @asset(partitions_def=language_partitions, group_name="training", deps=["dataset", "base_model"], code_version=CODE_VERSION, pool="train")
 def adapter(context: AssetExecutionContext, forge: ForgeResource):
     """A LoRA adapter that specialises the base model in one language's code and sessions."""
     cfg, store, language = forge.partition(context)
-    data = store.require("dataset", language)
-    base = store.require("base_model", "all")
-    # With init_from: previous, the promoted adapter to continue, or why a fresh one is trained (lineage.py).
-    line = parent_adapter(store, language, init_from=cfg.training.init_from, base_version=base.version,
-                          backend=lambda: choose_backend(cfg.training.backend, model_folder(base.path)))
-    parent, parent_data = line.parent, line.parent_data
-    if line.note:
-        (context.log.warning if line.warning else context.log.info)(line.note)
-    if parent is not None and parent_data is not None:
-        picked, sel = incremental_texts(read_texts(data.path, "train"), read_texts(parent_data.path, "train"), cfg.training.replay, cfg.training.seed)
-        if not picked:
-            context.log.info(f"no train sample is new since parent adapter {parent.version} (dataset {parent_data.version}); it stands.")
-            store.mark_candidate(parent)
-            return materialized(parent, _figures(parent.manifest().get("result", {})), reused=True)
-    key = input_key(dataset=data.version, base=base.version, training=cfg.training.model_dump(), code=CODE_VERSION,
-                    parent=parent.version if parent else None)
-    if (art := reuse(context, store, "adapter", language, key, candidate=True)) is not None:  # eval_scores judges what this run produced
+    plan = adapter_plan(cfg, store, language)  # inputs, key, manifest, step arguments (training/plan.py)
+    for level, note in plan.notes:
+        getattr(context.log, level)(note)
+    if plan.stands is not None:
+        store.mark_candidate(plan.stands)
+        return materialized(plan.stands, _figures(plan.stands.manifest().get("result", {})), reused=True)
+    if (art := reuse(context, store, "adapter", language, plan.key, candidate=True)) is not None:  # eval_scores judges what this run produced
         return materialized(art, _figures(art.manifest()["result"]), reused=True)
-    inputs = {"dataset": data.version, "base_model": base.version, **line.inputs()}
-    manifest = {"input_key": key, "inputs": inputs, "training": cfg.training.model_dump(),
-                "parent_adapter": parent.version if parent else None}
-    ckpt_root = store.folder("adapter", language) / ".checkpoints"
-    checkpoints = ckpt_root / key[:16]
-    if ckpt_root.is_dir():  # checkpoints of other inputs can never be resumed
-        for old in ckpt_root.iterdir():
-            if old != checkpoints:
-                shutil.rmtree(old, ignore_errors=True)
-    args = {"base": str(model_folder(base.path)), "dataset": str(data.path), "training": cfg.training.model_dump(exclude_unset=True),
-            "checkpoints": str(checkpoints) if cfg.training.checkpoint_every else None,
-            "parent": str(parent.path) if parent else None, "parent_dataset": str(parent_data.path) if parent_data else None}
-    with store.workdir("adapter") as work, store.write("adapter", language, manifest, promote=False) as out:
+    plan.clear_stale_checkpoints()
+    with store.workdir("adapter") as work, store.write("adapter", language, plan.manifest, promote=False) as out:
         # Training runs torch / mlx in its own process (Dagster Pipes): a crash or OOM kill fails this step only.
-        result = run_step(context, forge, "train_adapter", {**args, "out": str(out.path)}, work)
-        manifest["result"] = result
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    record_training(cfg, language, out.artifact, inputs, context.run.run_id, snapshot_commits(store, data), log=context.log.warning)
+        result = run_step(context, forge, "train_adapter", {**plan.args, "out": str(out.path)}, work)
+        plan.manifest["result"] = result
+    finish_adapter(cfg, store, plan, out.artifact, context.run.run_id, log=context.log.warning)
     _observe(context, result)
     return materialized(out.artifact, _figures(result))
 
