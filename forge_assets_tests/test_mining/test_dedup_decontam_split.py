@@ -9,7 +9,7 @@ import pytest
 from datasketch import MinHash
 
 from forge_assets.mining.decontaminate import boilerplate, contains_any, humaneval_index, ngram_hashes
-from forge_assets.mining.dedup import deduplicate, reference_deduplicate, shingles, signatures
+from forge_assets.mining.dedup import batch_reference_deduplicate, deduplicate, reference_deduplicate, shingles, signatures
 from forge_assets.mining.split import plan_splits
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon "
@@ -65,6 +65,15 @@ def test_forge_keeps_exactly_what_the_baseline_keeps_with_one_or_two_workers():
     assert 0 < expected.count(False) < 120
     for workers in (1, 2):
         assert deduplicate(texts, origins, 0.85, workers=workers).keep == expected
+
+
+def test_datasketch_batch_path_keeps_what_the_one_at_a_time_loop_keeps():
+    texts, origins = corpus(160)
+    expected = reference_deduplicate(texts, origins, 0.85)
+    assert 0 < expected.count(False)
+    assert batch_reference_deduplicate(texts, origins, 0.85) == expected
+    same_origin = " ".join(f"token{i}" for i in range(300))
+    assert batch_reference_deduplicate([same_origin, same_origin.replace("token7", "tokenY")], ["a", "a"], 0.85) == [True, True]
 
 
 def test_humaneval_index_catches_a_pasted_solution_not_ordinary_code():
