@@ -13,8 +13,8 @@ from forge_assets.files import atomic_write_json
 from forge_assets.progress import Progress as ProgressLines, pace, peak_memory  # Progress: the Trainer callback in train()
 from forge_assets.training.divergence import DivergenceMonitor, TrainingDiverged
 from forge_assets.training.loss import chunk_parts, summed_loss
-from forge_assets.training.samples import (IGNORE, collate, coverage, encode, pack, packing_stats, trained_coverage,
-                                           validation_subset)
+from forge_assets.training.samples import (IGNORE, collate, coverage, encode, fitting_summary, pack, packing_stats,
+                                           trained_coverage, validation_subset)
 
 
 def device() -> str:
@@ -217,6 +217,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     if not enc.examples:
         raise ValueError(f"none of the {len(texts)} train samples fits training.seq_len={cfg.seq_len} "
                          f"({dict(enc.dropped)}). Fix: raise training.seq_len in forge.yaml.")
+    log(fitting_summary(enc, len(texts), cfg.seq_len))
     rows = pack(enc.examples, cfg.seq_len)
     packing = packing_stats(rows, cfg.batch_size)
     batches = [rows[i:i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]

@@ -300,6 +300,28 @@ def _encode_one(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) 
         encode_code(text, tok, seq_len, train_on, out)
 
 
+DROP_REASONS = {  # why `encode` left a piece out, as the training log says it
+    "exchange_too_long": "a chat exchange whose answer alone is longer than seq_len",
+    "fim_middle_too_long": "a FIM middle longer than seq_len",
+    "head_too_long": "a code sample whose repo/path head leaves no room in seq_len",
+    "no_fim_tokens": "a FIM sample for a base without FIM tokens",
+}
+
+
+def fitting_summary(enc: Encoded, texts: int, seq_len: int) -> str:
+    """One log line: what fitting `texts` samples to seq_len did (split, trimmed, left out and why, tokens lost and the
+    loss-bearing coverage), so no sample is left out silently."""
+    parts = [f"{enc.split} split (code between lines, chats between exchanges)", f"{enc.trimmed} FIM contexts trimmed",
+             f"{enc.prompt_trimmed} chat prompts trimmed (answers whole)"]
+    gone = sum(enc.dropped.values())
+    parts.append(f"{gone} pieces left out" + (": " + "; ".join(f"{n} x {DROP_REASONS.get(k, k)} ({k})"
+                                                               for k, n in sorted(enc.dropped.items())) if gone else ""))
+    lost_trainable = enc.source_trainable - enc.kept_trainable
+    return (f"fitted {texts} train samples to seq_len {seq_len}: {len(enc.examples)} examples; " + ", ".join(parts) +
+            f"; {enc.lost_tokens:,} of {enc.source_tokens:,} tokens in no example, {max(0, lost_trainable):,} of them "
+            f"loss-bearing (trained-token coverage {trained_coverage(enc, 1.0)})")
+
+
 def trained_coverage(enc: Encoded, epochs_done: float) -> float:
     """Loss-bearing coverage: tokens trained per epoch / tokens the train_on rule puts a loss on, times epochs (at most 1).
 

@@ -54,6 +54,15 @@ def test_validation_loss_every_n_steps_and_at_the_end(tiny_model: Path, tiny_dat
     assert all(v > 0 for _, v in res["valid_curve"])
 
 
+def test_the_log_says_what_fitting_split_trimmed_and_left_out(tiny_model: Path, tiny_dataset: Path, tmp_path: Path):
+    lines: list[str] = []
+    cfg = TrainingConfig(**{**CFG, "max_steps": 1})
+    peft_backend.train(tiny_model, read_texts(tiny_dataset, "train"), [], tmp_path / "l", cfg, log=lines.append)
+    fitted = [m for m in lines if m.startswith("fitted ")]
+    assert len(fitted) == 1 and " split (code between lines" in fitted[0] and "FIM contexts trimmed" in fitted[0]
+    assert "pieces left out" in fitted[0] and "trained-token coverage" in fitted[0]
+
+
 def test_gradient_checkpointing_gives_the_same_losses(tiny_model: Path, tiny_dataset: Path, tmp_path: Path):
     texts = read_texts(tiny_dataset, "train")
     plain = _train(tiny_model, texts, tmp_path / "p", max_steps=3)

@@ -10,7 +10,7 @@ from forge_assets.chat import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, IM_END
 from forge_assets.mining.fim import header
 from forge_assets.mining.instruct import chat_text
 from forge_assets.chat import render_chat
-from forge_assets.training.samples import IGNORE, Tok, collate, encode, pack, packing_stats
+from forge_assets.training.samples import IGNORE, Tok, collate, encode, fitting_summary, pack, packing_stats
 from forge_assets_tests.conftest import PY_FILES
 
 SRC = PY_FILES["app/handlers.py"]
@@ -82,6 +82,20 @@ def test_long_code_is_cut_between_lines_with_its_head(tokenizer):
     body = "".join(d[len(header("r", "app/big.py")):] for d in decoded)
     assert body == SRC * 5 + EOT  # every line, in order, once
     assert out.kept_tokens >= out.source_tokens  # the head is repeated, nothing dropped
+
+
+def test_the_fitting_summary_counts_what_was_split_trimmed_and_left_out_and_why(tokenizer):
+    long_code = header("r", "app/big.py") + SRC * 5 + EOT
+    too_long = chat_text("q", "word " * 400)  # its answer alone is longer than the window: left out
+    fim = f"{FIM_PREFIX}{SRC[:2000]}{FIM_SUFFIX}{SRC[2040:4000]}{FIM_MIDDLE}{SRC[2000:2040]}{EOT}"  # context trimmed
+    out = encode([long_code, too_long, fim], tokenizer, seq_len=96)
+    line = fitting_summary(out, 3, 96)
+    assert line.startswith(f"fitted 3 train samples to seq_len 96: {len(out.examples)} examples; 1 split ")
+    assert "1 FIM contexts trimmed" in line and "0 chat prompts trimmed" in line
+    assert "1 pieces left out: 1 x a chat exchange whose answer alone is longer than seq_len (exchange_too_long)" in line
+    lost = out.source_trainable - out.kept_trainable
+    assert lost > 0 and f"{out.lost_tokens:,} of {out.source_tokens:,} tokens in no example, {lost:,} of them loss-bearing" in line
+    assert "0 pieces left out;" in fitting_summary(encode([long_code], tokenizer, seq_len=96), 1, 96)
 
 
 def test_pack_fills_rows_and_positions_restart(tokenizer):
