@@ -1,6 +1,6 @@
 """Benchmark: serving an agent team, FIM latency, and serving memory, each against the best real alternative.
 
-    python bench/serving.py
+    python bench/serving.py [--turns 8] [--fim-requests 20] [--prompt-chars 12000]
 
 Everything is built offline in a temporary folder. Three parts, one JSON line:
 
@@ -44,6 +44,7 @@ from forge_assets.files import free_port  # noqa: E402
 
 SESSIONS, TURNS, REPLY_TOKENS, TEAM_CTX, SLOTS = 4, 8, 16, 32768, 4
 FIM_REQUESTS, FIM_PREFIX_TOKENS = 20, 2000
+PROMPT_CHARS = 12000  # the shared system prompt's code: ~3,500 tokens
 
 HIDDEN, LAYERS, INTERMEDIATE, HEADS, KV_HEADS = 1024, 8, 2816, 16, 2
 RANK, ALPHA = 16, 32
@@ -208,7 +209,7 @@ def team_prompt() -> str:
     """The shared system prompt: an agent's instructions and ~3,500 tokens of this repository's code."""
     code = "\n\n".join((ROOT / "forge_assets" / "deploy" / name).read_text() for name in ("router.py", "procs.py"))
     return ("You are a coding agent working in this team's repository. Follow its conventions. Reference files:\n\n"
-            + code[:12000])
+            + code[:PROMPT_CHARS])
 
 
 def user_turn(session: int, turn: int) -> str:
@@ -270,7 +271,7 @@ def agent_team(tmp: Path) -> dict:
         loras.append(tmp / f"smol-lora-{lang}-F16.gguf")
         convert_lora_to_gguf(adapter, hf, loras[-1], "F16")
     langs = ["python", "go"]
-    out = {"model": "SmolLM2-135M Q8_0", "sessions": SESSIONS, "turns": TURNS, "reply_tokens": REPLY_TOKENS, "slots": SLOTS,
+    out = {"model": "SmolLM2-135M Q8_0", "sessions": SESSIONS, "turns": TURNS, "prompt_chars": PROMPT_CHARS, "reply_tokens": REPLY_TOKENS, "slots": SLOTS,
            "n_ctx": TEAM_CTX}
 
     # engine arm: llama.cpp's own server, the adapters chosen with its per-request `lora` field
@@ -365,7 +366,17 @@ def fim_latency(tmp: Path, base: Path, base_gguf: Path, lora: Path) -> dict:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    global TURNS, FIM_REQUESTS, PROMPT_CHARS
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--turns", type=int, default=TURNS, help=f"turns of each agent session (default {TURNS})")
+    ap.add_argument("--fim-requests", type=int, default=FIM_REQUESTS, help=f"FIM requests (default {FIM_REQUESTS})")
+    ap.add_argument("--prompt-chars", type=int, default=PROMPT_CHARS,
+                    help=f"characters of code in the shared system prompt (default {PROMPT_CHARS}: ~3,500 tokens)")
+    args = ap.parse_args(argv)
+    TURNS, FIM_REQUESTS, PROMPT_CHARS = max(2, args.turns), max(2, args.fim_requests), max(0, args.prompt_chars)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from forge_assets.deploy import procs
     from forge_assets.export.lora_gguf import convert_lora_to_gguf
