@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 from forge_assets.files import pid_alive
 
@@ -22,8 +23,25 @@ def owner_tags() -> dict[str, str]:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether any process of the group is left (kill(-pgid, 0) signals the group: killpg's own test)."""
-    return pid_alive(-pgid)
+    """Whether any live process of the group is left.
+
+    kill(-pgid, 0) (killpg's own test) also succeeds while the group's killed processes are zombies that nobody has
+    reaped yet (a container's init may take its time, or never reap): on Linux /proc is read instead, and a group whose
+    every process is a zombie is gone. Elsewhere the signal test decides.
+    """
+    if not pid_alive(-pgid):
+        return False
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, ...
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def fail_stale_runs(instance) -> list[str]:

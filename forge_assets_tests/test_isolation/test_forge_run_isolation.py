@@ -117,3 +117,24 @@ def test_kill_9_in_the_middle_leaves_nothing_that_breaks_the_next_run(py_repo: P
         assert not list((root / "adapter" / "python" / ".checkpoints").iterdir())  # removed once the adapter is stored
     finally:
         _forge(["stop"], tmp_path, env, timeout=120)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_group_of_unreaped_zombies_is_gone():
+    """A killed run's processes can stay zombies until someone reaps them; kill(-pgid, 0) still succeeds on them."""
+    from forge_assets.runs import group_alive
+
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)  # its own group; we are its parent
+    try:
+        assert group_alive(child.pid)
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.time() < deadline
+            time.sleep(0.01)
+        os.killpg(child.pid, 0)  # the signal test still sees the zombie (no ProcessLookupError) ...
+        assert not group_alive(child.pid)  # ... group_alive does not
+    finally:
+        child.kill()
+        child.wait()
+    assert not group_alive(child.pid)
