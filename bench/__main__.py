@@ -145,9 +145,9 @@ def run_bench(bench: Bench, full: bool, log_dir: Path) -> dict:
             "stderr_tail": tail if code != 0 or data is None else []}
 
 
-def table_rows(runs: list[dict]) -> list[dict]:
+def table_rows(benches: list[Bench], runs: list[dict]) -> list[dict]:
     rows = []
-    for bench, run in zip(BENCHES_RUN, runs):
+    for bench, run in zip(benches, runs):
         for row in bench.rows:
             data = run["result"] or {}
             ratio = pick(data, row.ratio)
@@ -199,9 +199,6 @@ def _commit() -> str:
         return "unknown"
 
 
-BENCHES_RUN: list[Bench] = []
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="comma-separated bench names (default: all: "
@@ -213,17 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - {b.name for b in BENCHES})
     if unknown:
         ap.error(f"no bench named {', '.join(unknown)}; the benches are {', '.join(b.name for b in BENCHES)}")
-    BENCHES_RUN[:] = [b for b in BENCHES if not names or b.name in names]
+    chosen = [b for b in BENCHES if not names or b.name in names]
     out = (ROOT / args.out) if not Path(args.out).is_absolute() else Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log_dir = out.parent / ".bench-logs"
     log_dir.mkdir(exist_ok=True)
     started = time.perf_counter()
-    runs = [run_bench(b, args.full, log_dir) for b in BENCHES_RUN]
+    runs = [run_bench(b, args.full, log_dir) for b in chosen]
     header = {"date": datetime.date.today().isoformat(), "commit": _commit(), "mode": "--full" if args.full else "quick",
               "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.system()}",
               "seconds": round(time.perf_counter() - started, 1)}
-    rows = table_rows(runs)
+    rows = table_rows(chosen, runs)
     (out.with_suffix(".json")).write_text(json.dumps({**header, "table": rows, "runs": runs}, indent=1) + "\n")
     page = markdown(rows, header)
     (out.with_suffix(".md")).write_text(page)
