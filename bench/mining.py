@@ -35,27 +35,33 @@ from forge_assets.mining.snapshot import take_snapshot  # noqa: E402
 from forge_assets.mining.workers import worker_pool  # noqa: E402
 
 
-def _language(language: str, snap, cfg: MiningConfig) -> tuple:
-    """One language: mine (pipeline time), de-duplicate three ways (timed each), assemble the rest (pipeline time)."""
+def _language(language: str, snap, cfg: MiningConfig, repeats: int) -> tuple:
+    """One language: mine (pipeline time), de-duplicate three ways (each the best of `repeats` turns), assemble the rest
+    (pipeline time)."""
     t = time.perf_counter()
     mined = mine_samples(language, snap.files[language], [], cfg)
     pipeline_s = time.perf_counter() - t
     texts = [content_view(s) for s in mined.samples]
     groups = [s.group for s in mined.samples]
-    t = time.perf_counter()
-    fast = deduplicate(texts, groups, cfg.near_dup_threshold, workers=_workers(cfg))
-    forge_s = time.perf_counter() - t
-    t = time.perf_counter()
-    slow = reference_deduplicate(texts, groups, cfg.near_dup_threshold)
-    baseline_s = time.perf_counter() - t
-    t = time.perf_counter()
-    batch = batch_reference_deduplicate(texts, groups, cfg.near_dup_threshold)
-    batch_s = time.perf_counter() - t
+    best = {"forge": float("inf"), "baseline": float("inf"), "batch": float("inf")}
+    arms = {
+        "forge": lambda: deduplicate(texts, groups, cfg.near_dup_threshold, workers=_workers(cfg)).keep,
+        "baseline": lambda: reference_deduplicate(texts, groups, cfg.near_dup_threshold),
+        "batch": lambda: batch_reference_deduplicate(texts, groups, cfg.near_dup_threshold),
+    }
+    kept = {}
+    for _ in range(repeats):  # the arms take turns; each keeps its best time (this machine's timings are noisy)
+        for name, arm in arms.items():
+            t = time.perf_counter()
+            kept[name] = arm()
+            best[name] = min(best[name], time.perf_counter() - t)
+    forge_s, baseline_s, batch_s = best["forge"], best["baseline"], best["batch"]
+    fast_keep, slow, batch = kept["forge"], kept["baseline"], kept["batch"]
     t = time.perf_counter()
     assemble(mined, cfg)  # de-duplication (again), decontamination, split: the rest of the pipeline
     pipeline_s += time.perf_counter() - t
-    return (len(snap.files[language]), len(texts), sum(fast.keep), (pipeline_s, forge_s, baseline_s, batch_s),
-            fast.keep == slow, fast.keep == batch)
+    return (len(snap.files[language]), len(texts), sum(fast_keep), (pipeline_s, forge_s, baseline_s, batch_s),
+            fast_keep == slow, fast_keep == batch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=0, help="processes (0: one per CPU, at most 4)")
     ap.add_argument("--max-commits", type=int, default=1000)
     ap.add_argument("--languages", default="", help="comma-separated languages (default: all found)")
+    ap.add_argument("--repeats", type=int, default=3, help="turns per arm; each arm reports its best")
     args = ap.parse_args(argv)
     args.repos = args.repos or [str(Path(__file__).resolve().parents[1])]
     cfg = MiningConfig(workers=args.workers, max_commits=args.max_commits)
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with worker_pool(_workers(cfg)):  # as in the pipeline: the pool mining started serves de-duplication too
         for language in languages:
-            files_, samples_, kept_, seconds, same_, same_batch_ = _language(language, snap, cfg)
+            files_, samples_, kept_, seconds, same_, same_batch_ = _language(language, snap, cfg, max(1, args.repeats))
             files, samples, kept = files + files_, samples + samples_, kept + kept_
             pipeline_s, forge_s, baseline_s, batch_s = (x + y for x, y in zip((pipeline_s, forge_s, baseline_s, batch_s), seconds))
             same, same_batch = same and same_, same_batch and same_batch_
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_baseline_dedup_seconds": round(batch_s, 3),
         "ratio": round(baseline_s / forge_s, 2) if forge_s else None,
         "ratio_vs_batch": round(batch_s / forge_s, 2) if forge_s else None, "goal_vs_batch": 2.0,
-        "pipeline_seconds": round(pipeline_s, 3),
+        "pipeline_seconds": round(pipeline_s, 3), "repeats": max(1, args.repeats),
     }))
     return 0 if same and same_batch else 1
 

@@ -541,7 +541,7 @@ def featurize(views: list[str], texts: list[str], workers: int) -> tuple[np.ndar
     if n == 0:
         return np.empty((0, NUM_PERM), dtype=np.uint64), np.empty(0, dtype=bool), [], []
     workers = pool_workers(n, workers)
-    parts_in = [(views[lo:hi], texts[lo:hi]) for lo, hi in chunks(n, workers)]
+    parts_in = [(views[lo:hi], texts[lo:hi]) for lo, hi in chunks(n, workers, [len(v) for v in views])]
     parts = parallel_map(_featurize_chunk, parts_in, workers, "computing MinHash signatures", per_worker=4)
     return (np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
             [g for p in parts for g in p[2]], [t for p in parts for t in p[3]])

@@ -9,14 +9,17 @@
   units, FIM, instruction pairs) overlap by design and are not duplicates of one another.
 
 Documents are visited in the order given; a document is compared with the kept ones before it.
-Speed: shingle hashes are memoised per process, signatures are computed for many documents at once
-(``minhash_matrix``: each distinct shingle permuted once, every document's minimum in one numpy
-reduction; equal to datasketch's bit for bit), across worker processes, and LSH bands are hashed for
-all documents at once with numpy; the result is the same set a one-at-a-time MinHashLSH loop keeps.
+Speed (``bench/mining.py`` measures it against datasketch's own batch path, ``batch_reference_deduplicate``):
+signatures are computed in worker processes over chunks of equal text size (``minhash_rows``): words become integer
+ids, 5-grams exact numpy keys, only each distinct shingle of a chunk is spelled out and SHA-1 hashed, each distinct
+value is permuted once into a reused, cache-sized buffer, and every document takes its minimum with a small gather;
+the signatures equal datasketch's bit for bit. LSH bands are hashed for all documents at once with numpy; the result
+is the same set a one-at-a-time MinHashLSH loop keeps.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import re
@@ -84,14 +87,15 @@ def _hasher() -> CachedSha1:
     return _HASHER
 
 
+@functools.lru_cache(maxsize=None)
 def lsh_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
-    """(bands, rows) datasketch's MinHashLSH picks for a threshold."""
+    """(bands, rows) datasketch's MinHashLSH picks for a threshold (memoised: datasketch integrates for it, 50 ms)."""
     from datasketch.lsh import _optimal_param
 
     return _optimal_param(threshold, num_perm, 0.5, 0.5)
 
 
-_BATCH_VALUES = 1 << 16  # shingle occurrences per vectorised step: bounds the (values x num_perm) matrix at 32 MB
+_BATCH_VALUES = 1 << 14  # shingle occurrences per vectorised step: an (values x num_perm) buffer of 8 MB stays in cache
 
 
 def minhash_matrix(value_lists: list[list[int]], num_perm: int = NUM_PERM) -> np.ndarray:
@@ -100,50 +104,178 @@ def minhash_matrix(value_lists: list[list[int]], num_perm: int = NUM_PERM) -> np
     scheme, affine32: fmix32 pre-mix, then ``a*h + b`` wrapping in uint32, the minimum per permutation).
 
     Faster than ``MinHash.bulk`` because it permutes each *distinct* value of a batch of documents once (one file's
-    samples share most shingles) and takes every document's minimum with one ``np.minimum.reduceat``, instead of one
-    numpy update per document. Another scheme (a future default) falls back to ``MinHash.bulk``.
+    samples share most shingles) and takes every document's minimum with a small gather, instead of one numpy update
+    per document. Another scheme (a future default) falls back to ``MinHash.bulk``.
     """
+    lens = np.fromiter((len(v) for v in value_lists), dtype=np.int64, count=len(value_lists))
+    flat = np.fromiter(itertools.chain.from_iterable(value_lists), dtype=np.uint32, count=int(lens.sum()))
+    return _minhash_flat(flat, lens, num_perm)
+
+
+def _affine32(num_perm: int):
+    """datasketch's default scheme's (a, b, empty signature, fmix32), or None when its default is another scheme."""
     from datasketch import MinHash
 
     proto = MinHash(num_perm=num_perm)
-    out = np.empty((len(value_lists), num_perm), dtype=np.uint64)
     try:
         from datasketch.minhash import _fmix
     except ImportError:  # pragma: no cover - a datasketch without the helper
-        _fmix = None
-    if getattr(proto, "scheme", None) != "affine32" or _fmix is None:  # pragma: no cover - datasketch < 2 or a new default
-        for i, m in enumerate(MinHash.bulk(value_lists, num_perm=num_perm, hashfunc=int)):
+        return None
+    if getattr(proto, "scheme", None) != "affine32":  # pragma: no cover - datasketch < 2 or a new default
+        return None
+    a, b = (np.asarray(x, dtype=np.uint32) for x in proto.permutations)
+    return a, b, np.asarray(proto.hashvalues, dtype=np.uint64), _fmix
+
+
+def _minhash_flat(flat: np.ndarray, lens: np.ndarray, num_perm: int) -> np.ndarray:
+    """minhash_matrix for the documents' hash values concatenated (flat, uint32) with each document's count (lens)."""
+    out = np.empty((len(lens), num_perm), dtype=np.uint64)
+    scheme = _affine32(num_perm)
+    if scheme is None:  # pragma: no cover - see minhash_matrix
+        from datasketch import MinHash
+
+        bounds = np.concatenate(([0], np.cumsum(lens))).tolist()
+        lists = [flat[bounds[i]:bounds[i + 1]].tolist() for i in range(len(lens))]
+        for i, m in enumerate(MinHash.bulk(lists, num_perm=num_perm, hashfunc=int)):
             out[i] = m.hashvalues
         return out
-    a, b = (np.asarray(x, dtype=np.uint32) for x in proto.permutations)
-    empty = np.asarray(proto.hashvalues, dtype=np.uint64)  # a document with no shingle keeps the sentinel
-    lo = 0
-    while lo < len(value_lists):
+    a, b, empty, fmix = scheme
+    out[lens == 0] = empty  # a document with no shingle keeps the sentinel
+    counts = lens.tolist()
+    # One permutation buffer for every batch: a fresh (distinct x num_perm) array per batch costs more in page faults
+    # than the arithmetic itself.
+    buffer = np.empty((min(_BATCH_VALUES, len(flat)), num_perm), dtype=np.uint32)
+    lo = offset = 0
+    while lo < len(counts):
         hi, size = lo, 0
-        while hi < len(value_lists) and (size == 0 or size + len(value_lists[hi]) <= _BATCH_VALUES):
-            size += len(value_lists[hi])
+        while hi < len(counts) and (size == 0 or size + counts[hi] <= _BATCH_VALUES):
+            size += counts[hi]
             hi += 1
-        lens = np.fromiter((len(v) for v in value_lists[lo:hi]), dtype=np.int64, count=hi - lo)
-        out[lo:hi][lens == 0] = empty
         if size:
-            flat = np.fromiter(itertools.chain.from_iterable(value_lists[lo:hi]), dtype=np.uint32, count=size)
-            distinct, where = np.unique(flat, return_inverse=True)
-            permuted = _fmix(distinct, 32)[:, None] * a + b  # uint32 arithmetic wraps: datasketch's modulo 2^32
+            distinct, where = np.unique(flat[offset:offset + size], return_inverse=True)
+            if len(distinct) > len(buffer):  # one document with more shingles than a batch holds
+                buffer = np.empty((len(distinct), num_perm), dtype=np.uint32)
+            permuted = buffer[: len(distinct)]
+            np.multiply.outer(fmix(distinct, 32).astype(np.uint32, copy=False), a, out=permuted)
+            permuted += b  # uint32 arithmetic wraps: datasketch's modulo 2^32
             where = where.reshape(-1)
             start = 0
-            for i, n in enumerate(lens.tolist(), lo):
+            for i in range(lo, hi):
+                n = counts[i]
                 if n:  # a small gather and min per document stays in cache: faster than one reduceat over the batch
                     out[i] = permuted[where[start:start + n]].min(axis=0)
                     start += n
-        lo = hi
+        lo, offset = hi, offset + size
     return out
 
 
+_GROUP_WORDS = 1 << 21  # word tokens per group in minhash_rows: every word id and every distinct 3-id prefix fits 21 bits
+
+
 def minhash_rows(word_lists: list[list[str]], num_perm: int = NUM_PERM) -> tuple[np.ndarray, np.ndarray]:
-    """MinHash signatures of texts given as word tokens, in this process; and which had any shingle."""
+    """MinHash signatures of texts given as word tokens, in this process; and which had any shingle.
+
+    The same values as hashing every shingle string of every document (``minhash_strings``), found with fewer Python
+    objects: words become integer ids, a document's 5-grams become exact 64-bit keys in numpy, and only each
+    *distinct* shingle of a group of documents is joined into its string and hashed (SHA-1, datasketch's
+    ``sha1_hash32``). Groups hold at most 2^21 words, so ids and keys never overflow.
+    """
+    out = np.empty((len(word_lists), num_perm), dtype=np.uint64)
+    lo = 0
+    while lo < len(word_lists):
+        hi, size = lo, 0
+        while hi < len(word_lists) and (size == 0 or size + len(word_lists[hi]) <= _GROUP_WORDS):
+            size += len(word_lists[hi])
+            hi += 1
+        if size > _GROUP_WORDS:  # one document longer than a group: the string path has no such bound
+            out[lo:hi] = minhash_strings(word_lists[lo:hi], num_perm)
+        else:
+            out[lo:hi] = _minhash_group(word_lists[lo:hi], num_perm)
+        lo = hi
+    return out, np.fromiter((bool(w) for w in word_lists), dtype=bool, count=len(word_lists))
+
+
+def minhash_strings(word_lists: list[list[str]], num_perm: int = NUM_PERM) -> np.ndarray:
+    """MinHash signatures from every document's shingle strings, each hashed through the per-process cache: the
+    plain way, which minhash_rows must equal."""
     hasher = _hasher()
-    values = [hasher.values(shingle_set(w)) for w in word_lists]
-    return minhash_matrix(values, num_perm), np.array([bool(v) for v in values], dtype=bool)
+    return minhash_matrix([hasher.values(shingle_set(w)) for w in word_lists], num_perm)
+
+
+_KEY_MULT = np.random.RandomState(20261204).randint(1, 2**62, size=SHINGLE_WORDS, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+def _distinct_rows(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """For rows given as equal-length uint64 columns (ids below 2^21): one index of each distinct row, and each row's
+    distinct number. One sort of a 64-bit key folded from the row; the rows are then checked against their group's
+    first, so a key shared by two different rows (rare) costs the exact two-sort path, never a wrong answer."""
+    with np.errstate(over="ignore"):
+        key = columns[0] * _KEY_MULT[0]
+        for k in range(1, len(columns)):
+            key = (key ^ (key >> np.uint64(29))) + columns[k] * _KEY_MULT[k]
+    order = np.argsort(key)
+    ranked = key[order]
+    new = np.empty(len(key), dtype=bool)
+    new[:1] = True
+    np.not_equal(ranked[1:], ranked[:-1], out=new[1:])
+    group = np.cumsum(new) - 1
+    one = order[new]
+    lead = one[group]
+    if all(np.array_equal(col[order], col[lead]) for col in columns):
+        which = np.empty(len(key), dtype=np.int64)
+        which[order] = group
+        return one, which
+    # Exact: three ids in 63 bits, their rank (< 2^21) and two more ids in 63.
+    _, head = np.unique((columns[0] << np.uint64(42)) | (columns[1] << np.uint64(21)) | columns[2], return_inverse=True)
+    exact = (head.reshape(-1).astype(np.uint64) << np.uint64(42)) | (columns[3] << np.uint64(21)) | columns[4]
+    _, one, which = np.unique(exact, return_index=True, return_inverse=True)
+    return one, which.reshape(-1)
+
+
+def _minhash_group(word_lists: list[list[str]], num_perm: int) -> np.ndarray:
+    """minhash_rows for at most 2^21 words in all."""
+    n = len(word_lists)
+    lens = np.fromiter((len(w) for w in word_lists), dtype=np.int64, count=n)
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(itertools.chain.from_iterable(word_lists)))}
+    ids = np.fromiter(map(vocab.__getitem__, itertools.chain.from_iterable(word_lists)), dtype=np.uint64,
+                      count=int(lens.sum()))
+    spelled = [w.encode("utf-8", "surrogatepass") for w in vocab]  # by id: dicts keep insertion order
+    starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+    sha1 = hashlib.sha1
+    docs: list[np.ndarray] = []  # per shingle: its document, its distinct-shingle id, both sorted
+    shingle_ids: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    # Documents of 5 words or more: every 5-gram as an exact key (three 21-bit ids, then the rank of those three and
+    # two more ids); only each distinct key is spelled out and hashed.
+    long_ = np.flatnonzero(lens >= SHINGLE_WORDS)
+    grams = lens[long_] - (SHINGLE_WORDS - 1)
+    if len(long_):
+        within = np.arange(int(grams.sum())) - np.repeat(np.cumsum(grams) - grams, grams)
+        pos = np.repeat(starts[long_], grams) + within  # each 5-gram's first word
+        c = [ids[pos + k] for k in range(SHINGLE_WORDS)]
+        one, which = _distinct_rows(c)
+        sp = [w + b" " for w in spelled]
+        cols = [col[one].tolist() for col in c]
+        values.append(np.frombuffer(b"".join([sha1(sp[i0] + sp[i1] + sp[i2] + sp[i3] + spelled[i4]).digest()[:4]
+                                              for i0, i1, i2, i3, i4 in zip(*cols)]), dtype="<u4"))
+        docs.append(np.repeat(long_, grams))
+        shingle_ids.append(which)
+    # Documents of 1 to 4 words: the one shingle of all their words.
+    short = np.flatnonzero((lens < SHINGLE_WORDS) & (lens > 0))
+    if len(short):
+        offset = len(values[0]) if values else 0
+        values.append(np.frombuffer(b"".join(
+            sha1(b" ".join(spelled[j] for j in ids[starts[i]:starts[i] + lens[i]].tolist())).digest()[:4]
+            for i in short.tolist()), dtype="<u4"))
+        docs.append(short)
+        shingle_ids.append(np.arange(offset, offset + len(short)))
+    if not values:
+        return _minhash_flat(np.empty(0, dtype=np.uint32), np.zeros(n, dtype=np.int64), num_perm)
+    # Each document's distinct shingles, documents in order: one sort of (document, shingle id).
+    pairs = np.sort((np.concatenate(docs).astype(np.uint64) << np.uint64(32)) | np.concatenate(shingle_ids).astype(np.uint64))
+    pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]  # (np.unique without an inverse hashes: slower)
+    counts = np.bincount((pairs >> np.uint64(32)).astype(np.int64), minlength=n).astype(np.int64)
+    return _minhash_flat(np.concatenate(values)[(pairs & np.uint64(0xFFFFFFFF)).astype(np.int64)], counts, num_perm)
 
 
 def _signature_chunk(chunk: tuple[list[str], int]) -> tuple[np.ndarray, np.ndarray]:
@@ -151,10 +283,22 @@ def _signature_chunk(chunk: tuple[list[str], int]) -> tuple[np.ndarray, np.ndarr
     return minhash_rows([_WORD.findall(t) for t in texts], num_perm)
 
 
-def chunks(n: int, workers: int) -> list[tuple[int, int]]:
-    """(lo, hi) ranges splitting n documents into a few chunks per worker."""
-    step = max(1, -(-n // (max(1, workers) * 4)))
-    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+def chunks(n: int, workers: int, sizes: list[int] | None = None) -> list[tuple[int, int]]:
+    """(lo, hi) ranges splitting n documents into a few chunks per worker (four each).
+
+    With sizes (each document's length), the chunks hold about equal amounts of text rather than equal numbers of
+    documents: samples come sorted by kind, and one kind's documents (commit diffs) can be many times another's,
+    which would leave one worker with most of the work.
+    """
+    parts = max(1, workers) * 4
+    if not sizes:
+        step = max(1, -(-n // parts))
+        return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+    ends = np.cumsum(np.asarray(sizes, dtype=np.int64))
+    total = int(ends[-1]) if n else 0
+    cuts = np.searchsorted(ends, [total * k / parts for k in range(1, parts)], side="left") + 1
+    bounds = sorted({0, n, *(min(int(c), n) for c in cuts)})
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
 
 
 def pool_workers(n: int, workers: int) -> int:
@@ -170,7 +314,7 @@ def signatures(texts: list[str], num_perm: int = NUM_PERM, workers: int = 1) -> 
     if n == 0:
         return np.empty((0, num_perm), dtype=np.uint64), np.empty(0, dtype=bool)
     workers = pool_workers(n, workers)
-    parts_in = [(texts[lo:hi], num_perm) for lo, hi in chunks(n, workers)]
+    parts_in = [(texts[lo:hi], num_perm) for lo, hi in chunks(n, workers, [len(t) for t in texts])]
     parts = parallel_map(_signature_chunk, parts_in, workers, "computing MinHash signatures", per_worker=4)
     return np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 

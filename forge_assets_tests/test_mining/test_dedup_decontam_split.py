@@ -9,7 +9,11 @@ import pytest
 from datasketch import MinHash
 
 from forge_assets.mining.decontaminate import boilerplate, contains_any, humaneval_index, ngram_hashes
-from forge_assets.mining.dedup import batch_reference_deduplicate, deduplicate, reference_deduplicate, shingles, signatures
+from forge_assets.mining import dedup
+from forge_assets.mining.dedup import (
+    _WORD, batch_reference_deduplicate, chunks, deduplicate, minhash_rows, minhash_strings, reference_deduplicate,
+    shingles, signatures,
+)
 from forge_assets.mining.split import plan_splits
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon "
@@ -40,6 +44,48 @@ def test_signatures_equal_plain_minhash():
             m.update(s.encode())
         assert np.array_equal(sigs[i], m.hashvalues)
     assert has.all()
+
+
+def test_id_path_equals_every_shingle_string_hashed(monkeypatch):
+    """minhash_rows (word ids, numpy 5-gram keys, distinct shingles hashed once) against the plain string path, on
+    shared and unique shingles, texts of 0 to 6 words, non-ASCII and a lone surrogate, and groups cut small enough
+    that a document spans a group on its own."""
+    texts, _ = corpus(30)
+    words = [_WORD.findall(t) for t in texts] + [[], ["a"], ["a", "b", "c", "d"], list("abcde"), list("abcdef"),
+                                                  ["grüße", "naïve", "x\ud800y", "ß", "é", "z"], ["a"]]
+    ids, has = minhash_rows(words)
+    assert np.array_equal(ids, minhash_strings(words))
+    assert has.tolist() == [bool(w) for w in words]
+    m = MinHash(num_perm=128)
+    m.update("grüße naïve x\ud800y ß é".encode("utf-8", "surrogatepass"))
+    m.update("naïve x\ud800y ß é z".encode("utf-8", "surrogatepass"))
+    assert np.array_equal(ids[-2], m.hashvalues)
+    monkeypatch.setattr(dedup, "_GROUP_WORDS", 100)  # documents of 120 words: each longer than a group
+    monkeypatch.setattr(dedup, "_BATCH_VALUES", 7)
+    small, _ = minhash_rows(words)
+    assert np.array_equal(small, ids)
+
+
+def test_distinct_rows_survive_a_key_collision(monkeypatch):
+    """The folded 64-bit key is checked: rows that share a key (forced here) still come out distinct."""
+    cols = [np.array([1, 2, 1, 3, 2], dtype=np.uint64), np.array([5, 5, 5, 6, 5], dtype=np.uint64)] + \
+        [np.zeros(5, dtype=np.uint64)] * 3
+    one, which = dedup._distinct_rows(cols)
+    assert which.tolist() == [which[0], which[1], which[0], which[3], which[1]] and len(set(which.tolist())) == 3
+    monkeypatch.setattr(dedup, "_KEY_MULT", np.zeros(5, dtype=np.uint64))  # every row folds to key 0
+    one2, which2 = dedup._distinct_rows(cols)
+    assert len(set(which2.tolist())) == 3 and which2[0] == which2[2] and which2[1] == which2[4]
+    assert sorted(tuple(int(c[i]) for c in cols) for i in one2) == sorted(tuple(int(c[i]) for c in cols) for i in one)
+
+
+def test_chunks_hold_equal_text_not_equal_counts():
+    sizes = [1000] * 10 + [10] * 990  # long documents first, as commit samples come first
+    parts = chunks(len(sizes), 2, sizes)
+    totals = [sum(sizes[lo:hi]) for lo, hi in parts]
+    assert parts[0][0] == 0 and parts[-1][1] == len(sizes) and all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    assert max(totals) <= 2 * min(totals) and len(parts) == 8
+    assert chunks(3, 2, [5, 1, 1]) == [(0, 1), (1, 2), (2, 3)] and chunks(0, 2, []) == []
+    assert [hi - lo for lo, hi in chunks(1000, 2)] == [125] * 8  # without sizes: equal counts
 
 
 def test_exact_and_near_duplicates_across_origins():
