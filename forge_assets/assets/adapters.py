@@ -68,4 +68,6 @@ def _figures(result: dict) -> dict:
                                   "fim_scheme", "fim_samples_skipped", "fim_skipped",
                                   "resumed_from", "new_samples", "replayed_samples", "setup_seconds", "validation_seconds",
                                   "validation_batches", "peak_rss_mb", "cuda_peak_memory_mb", "mlx_peak_memory_mb") if result.get(k) is not None},
+        # Samples fitting to seq_len left out, by reason (never silently: the training log says the same).
+        **({"samples_dropped": MetadataValue.json(result["samples_dropped"])} if result.get("samples_dropped") is not None else {}),
     }

@@ -358,7 +358,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
 
     from forge_assets.progress import Progress, pace, peak_memory
     from forge_assets.training import samples
-    from forge_assets.training.samples import Row, coverage, encode, packing_stats, validation_subset
+    from forge_assets.training.samples import Row, coverage, encode, fitting_summary, packing_stats, validation_subset
 
     setup_started = time.time()
     mx.random.seed(cfg.seed)
@@ -370,6 +370,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     if not enc.examples:
         raise ValueError(f"none of the {len(texts)} training samples fits training.seq_len={cfg.seq_len} "
                          f"({dict(enc.dropped)}). Fix: raise training.seq_len in forge.yaml.")
+    log(fitting_summary(enc, len(texts), cfg.seq_len))
     batches = _length_batches(enc.examples, cfg.batch_size)
     rows = []
     for batch in batches:

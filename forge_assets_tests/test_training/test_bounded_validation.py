@@ -123,3 +123,6 @@ def test_adapter_metadata_carries_validation_seconds_and_peak_memory():
     meta = _figures(result)
     assert meta["validation_seconds"] == 0.7 and meta["setup_seconds"] == 1.5 and meta["validation_batches"] == 25
     assert meta["peak_rss_mb"] == 812.5 and "cuda_peak_memory_mb" not in meta  # not on CUDA: not reported
+    assert "samples_dropped" not in meta  # a result that does not say: nothing claimed
+    meta = _figures({**result, "samples_dropped": {"exchange_too_long": 3}})
+    assert meta["samples_dropped"].value == {"exchange_too_long": 3}  # left out when fitting to seq_len, by reason

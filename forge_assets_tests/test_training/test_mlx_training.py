@@ -83,11 +83,12 @@ def test_loss_masking_trains_exactly_the_trainable_tokens(tiny_model: Path, text
     train, valid = texts
     model, tok = hf
     got = {}
+    lines: list[str] = []
     for on in ("completions", "all"):
         enc = encode(train, tok, 128, on)
         # one batch holds every example, so step 1 sees them all; warmup makes its rate 0, so nothing moves
         result = mlx_backend.train(tiny_model, train, valid, tmp_path / on, cfg(train_on=on, batch_size=8, warmup_ratio=0.9),
-                                   log=quiet)
+                                   log=lines.append)
         assert result["trained_tokens"] == sum(e.trained for e in enc.examples)
         assert result["steps"] == 1 and result["epochs_run"] == 1.0 and result["lr_curve"] == [[1, 0.0]]
         assert [s for s, _ in result["loss_curve"]] == [1]
@@ -98,6 +99,7 @@ def test_loss_masking_trains_exactly_the_trainable_tokens(tiny_model: Path, text
         assert result["backend"] == "mlx" and result["resumed_from"] is None and result["trained_tokens_per_second"] > 0
         got[on] = result
     assert got["all"]["trained_tokens"] > got["completions"]["trained_tokens"]
+    assert any("1 FIM contexts trimmed" in line for line in lines)  # the fitting summary is logged, as by PEFT
     assert got["all"]["loss_curve"][0][1] != got["completions"]["loss_curve"][0][1]
 
 
