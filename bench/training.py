@@ -178,7 +178,8 @@ def arm_forge(base: Path, texts: list[str], cfg, out: Path) -> dict:
             "final_train_loss": result["loss_curve"][-1][1] if result["loss_curve"] else None,
             "packing_efficiency": result["packing_efficiency"], "setup_seconds": result["setup_seconds"],
             "samples_split": result["samples_split"], "fim_trimmed": result["fim_trimmed"],
-            "prompt_trimmed": result["prompt_trimmed"], "samples_dropped": result["samples_dropped"]}
+            "prompt_trimmed": result["prompt_trimmed"], "answers_truncated": result["answers_truncated"],
+            "samples_dropped": result["samples_dropped"]}
 
 
 def arm_trl(base: Path, texts: list[str], cfg, out: Path) -> dict:

@@ -161,8 +161,12 @@ class TrainingConfig(_Strict):
                                          "~30 % slower.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="`auto`: bf16 autocast on CUDA (where "
                                                        "supported), fp32 on CPU; `fp32` or `bf16` force one.")
-    seq_len: int = Field(2048, ge=16, description="Tokens per packed row; samples are fitted to it, never cut mid-answer. "
+    seq_len: int = Field(2048, ge=16, description="Tokens per packed row; samples are fitted to it (see `long_answers`). "
                          "forge-tiny's context length follows it.")
+    long_answers: Literal["truncate", "drop"] = Field("truncate", description=(
+        "A chat answer that alone is longer than `seq_len`: `truncate` trains on its start, cut between lines, with no "
+        "end token and its prompt trimmed to half the window (as TRL's and LLaMA-Factory's cut-off do); `drop` leaves the "
+        "exchange out. Either way the training log and the adapter's metadata count it."))
     train_on: Literal["completions", "all"] = Field("completions", description=(
         "`completions`: loss on assistant answers (with their `<|im_end|>`), FIM middles (with their end token) and code "
         "(not its repo/path header); prompts, tool output and FIM context are context only. `all`: every token."))

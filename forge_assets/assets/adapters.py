@@ -63,7 +63,7 @@ def _figures(result: dict) -> dict:
         "loss_curve": MetadataValue.json({"step": [s for s, _ in curve], "loss": [l for _, l in curve],
                                           "valid_step": [s for s, _ in vcurve], "valid_loss": [l for _, l in vcurve]}),
         "promoted": False,  # until eval_scores' gate passes
-        **{k: result[k] for k in ("train_on", "precision", "packing_efficiency", "token_coverage", "trained_token_coverage", "prompt_trimmed", "epochs_run", "trained_tokens",
+        **{k: result[k] for k in ("train_on", "precision", "packing_efficiency", "token_coverage", "trained_token_coverage", "prompt_trimmed", "answers_truncated", "epochs_run", "trained_tokens",
                                   "trained_tokens_per_second", "fim_trimmed", "samples_split", "gradient_accumulation",
                                   "fim_scheme", "fim_samples_skipped", "fim_skipped",
                                   "resumed_from", "new_samples", "replayed_samples", "setup_seconds", "validation_seconds",

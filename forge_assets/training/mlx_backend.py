@@ -366,7 +366,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     hf = tokenizer._tokenizer
     pad_id = hf.pad_token_id if hf.pad_token_id is not None else 0
 
-    enc = encode(texts, hf, cfg.seq_len, cfg.train_on)
+    enc = encode(texts, hf, cfg.seq_len, cfg.train_on, cfg.long_answers)
     if not enc.examples:
         raise ValueError(f"none of the {len(texts)} training samples fits training.seq_len={cfg.seq_len} "
                          f"({dict(enc.dropped)}). Fix: raise training.seq_len in forge.yaml.")
@@ -378,7 +378,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
             rows.append(Row())
             rows[-1].add(e)
     packing = packing_stats(rows, cfg.batch_size)
-    valid_batches = (_length_batches(encode(valid, hf, cfg.seq_len, cfg.train_on).examples, cfg.batch_size)
+    valid_batches = (_length_batches(encode(valid, hf, cfg.seq_len, cfg.train_on, cfg.long_answers).examples, cfg.batch_size)
                      if valid and cfg.val_batches != 0 else [])
     all_valid_batches = len(valid_batches)
     valid_batches = [valid_batches[i] for i in validation_subset(len(valid_batches), cfg.val_batches, cfg.seed)]
@@ -506,7 +506,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
             "packing_efficiency": packing["packing_efficiency"], "epochs_run": round(epochs_run, 3),
             "token_coverage": coverage(enc, epochs_run), "trained_tokens": trained_tokens,
             **({"trained_token_coverage": samples.trained_coverage(enc, epochs_run)} if hasattr(samples, "trained_coverage") else {}),
-            "prompt_trimmed": getattr(enc, "prompt_trimmed", 0),
+            "prompt_trimmed": getattr(enc, "prompt_trimmed", 0), "answers_truncated": enc.answers_truncated,
             "trained_tokens_per_second": round(new_tokens / seconds, 1) if seconds else None,
             "samples_split": enc.split, "fim_trimmed": enc.trimmed, "samples_dropped": dict(enc.dropped),
             "resumed_from": resumed_from, "gradient_accumulation": accumulation, "precision": precision,

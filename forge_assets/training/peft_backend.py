@@ -213,7 +213,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
         log(f"note: bitsandbytes 4-bit quantizes nn.Linear layers only; {fam.label}'s fused expert tensors stay "
             f"{next(model.parameters()).dtype} (most of the model's weights). On a 48 GB Mac use backend: mlx, whose "
             "QLoRA quantizes the experts too (docs/architectures.md)")
-    enc = encode(texts, tokenizer, cfg.seq_len, cfg.train_on)
+    enc = encode(texts, tokenizer, cfg.seq_len, cfg.train_on, cfg.long_answers)
     if not enc.examples:
         raise ValueError(f"none of the {len(texts)} train samples fits training.seq_len={cfg.seq_len} "
                          f"({dict(enc.dropped)}). Fix: raise training.seq_len in forge.yaml.")
@@ -221,7 +221,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
     rows = pack(enc.examples, cfg.seq_len)
     packing = packing_stats(rows, cfg.batch_size)
     batches = [rows[i:i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
-    venc = encode(valid, tokenizer, cfg.seq_len, cfg.train_on) if valid and cfg.val_batches != 0 else None
+    venc = encode(valid, tokenizer, cfg.seq_len, cfg.train_on, cfg.long_answers) if valid and cfg.val_batches != 0 else None
     vrows = pack(venc.examples, cfg.seq_len) if venc else []
     vbatches = [vrows[i:i + cfg.batch_size] for i in range(0, len(vrows), cfg.batch_size)]
     all_vbatches = len(vbatches)
@@ -383,7 +383,7 @@ def train(base: Path, texts: list[str], valid: list[str], out: Path, cfg: Traini
             "seconds": round(seconds, 2), "train_on": cfg.train_on, "packed_rows": packing["rows"],
             "packing_efficiency": packing["packing_efficiency"], "epochs_run": round(epochs_run, 3),
             "token_coverage": coverage(enc, epochs_run), "trained_token_coverage": trained_coverage(enc, epochs_run),
-            "prompt_trimmed": enc.prompt_trimmed, "trained_tokens": trained_tokens,
+            "prompt_trimmed": enc.prompt_trimmed, "answers_truncated": enc.answers_truncated, "trained_tokens": trained_tokens,
             "trained_tokens_per_second": round(counted["tokens"] / seconds, 1) if seconds else None,
             "gradient_accumulation": cfg.gradient_accumulation, "resumed_from": int(resume.name[len(CKPT_PREFIX):]) if resume else None,
             "samples_split": enc.split, "fim_trimmed": enc.trimmed, "samples_dropped": dict(enc.dropped),

@@ -16,8 +16,10 @@ nothing, never an unknown id. A FIM text for a base without FIM tokens is droppe
 
 - FIM keeps the middle and its end token whole and trims the prefix from the left and the suffix from the
   right, within a *token* budget, so ``<|fim_middle|>`` and the middle are always inside the window;
-- chat is cut between exchanges (an exchange starts at a user turn that follows an assistant turn); an
-  exchange that alone is longer than `seq_len` is dropped, never cut mid-answer;
+- chat is cut between exchanges (an exchange starts at a user turn that follows an assistant turn); an exchange
+  longer than `seq_len` loses the start of its prompt first; when its answer alone does not fit either, it is cut
+  between lines with no ``<|im_end|>`` (the model never learns to stop there) after a prompt of at most half the
+  window (``long_answers="truncate"``, TRL's and LLaMA-Factory's cut-off), or left out (``"drop"``);
 - code is cut between lines, each piece keeping the head.
 
 With ``train_on="completions"`` the loss covers assistant answers with their ``<|im_end|>``, the FIM middle
@@ -65,6 +67,7 @@ class Encoded:
     split: int = 0  # texts cut into more than one example
     trimmed: int = 0  # FIM samples whose context was trimmed
     prompt_trimmed: int = 0  # exchanges longer than seq_len whose prompt lost its start (the answer kept whole)
+    answers_truncated: int = 0  # exchanges whose answer alone was longer than seq_len, cut between lines
     source_trainable: int = 0  # tokens that would carry a loss (under train_on) if nothing had to fit seq_len
     kept_trainable: int = 0  # tokens that carry a loss in the examples
 
@@ -156,7 +159,7 @@ def _messages(body: str) -> list[tuple[str, str]]:
     return msgs
 
 
-def encode_chat(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) -> None:
+def encode_chat(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded, long_answers: str = "truncate") -> None:
     head, body = _split_head(text)
     tail_eot = body.endswith(EOT)
     if tail_eot:
@@ -177,11 +180,22 @@ def encode_chat(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) 
     h = tok(head)
     end = [tok.special[EOT]] if tail_eot and tok.special[EOT] is not None else []
     chunks: list[list[tuple[list[int], bool]]] = []
+    unfinished: set[int] = set()  # chunks ending in a cut answer: no end token after it
     size = 0
-    for ex in exchanges:
-        n = sum(len(t) for t, _ in ex)
+    for whole in exchanges:
+        n = sum(len(t) for t, _ in whole)
+        ex = whole
         if len(h) + n + len(end) > seq_len:
-            ex = _trim_prompt(ex, len(h) + n + len(end) - seq_len, tok)
+            ex = _trim_prompt(whole, len(h) + n + len(end) - seq_len, tok)
+            if ex is None and long_answers == "truncate":
+                ex = _truncate_answer(whole, seq_len - len(h), tok)
+                if ex is not None:
+                    out.answers_truncated += 1
+                    out.lost_tokens += n - sum(len(t) for t, _ in ex)
+                    chunks.append([(h, False)] + ex)  # it fills its window: a chunk of its own
+                    unfinished.add(len(chunks) - 1)
+                    size = seq_len
+                    continue
             if ex is None:
                 out.dropped["exchange_too_long"] += 1
                 out.lost_tokens += n
@@ -189,7 +203,7 @@ def encode_chat(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) 
             out.prompt_trimmed += 1
             out.lost_tokens += n - sum(len(t) for t, _ in ex)
             n = sum(len(t) for t, _ in ex)
-        if chunks and size + n + len(end) <= seq_len:
+        if chunks and len(chunks) - 1 not in unfinished and size + n + len(end) <= seq_len:
             chunks[-1] += ex
             size += n
         else:
@@ -197,8 +211,52 @@ def encode_chat(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) 
             size = len(h) + n
     if len(chunks) > 1:
         out.split += 1
-    for parts in chunks:
-        out.examples.append(_ex(parts + ([(end, False)] if end else []), train_on))
+    for i, parts in enumerate(chunks):
+        out.examples.append(_ex(parts + ([(end, False)] if end and i not in unfinished else []), train_on))
+
+
+_MIN_ANSWER = 16  # answer tokens a cut exchange must keep to be worth a window
+
+
+def _truncate_answer(ex: list[tuple[list[int], bool]], room: int, tok: Tok) -> list[tuple[list[int], bool]] | None:
+    """An exchange whose answer alone does not fit `room` tokens: its prompt trimmed to at most half of room (its start
+    goes, as in _trim_prompt), then its pieces in order up to the first that does not fit; an answer piece there is
+    cut after its last whole line that fits (within a token budget; a single longer line is cut between tokens), with
+    no ``<|im_end|>``. None when fewer than _MIN_ANSWER answer tokens would stay or the prompt cannot be trimmed."""
+    first_answer = next((i for i, (_, tr) in enumerate(ex) if tr), len(ex))
+    prompt = ex[:first_answer]
+    p = sum(len(t) for t, _ in prompt)
+    if p > room // 2:
+        prompt = _trim_prompt(prompt, p - room // 2, tok)
+        if prompt is None:
+            return None
+        p = sum(len(t) for t, _ in prompt)
+    kept, budget, answer = list(prompt), room - p, 0
+    for toks, trained in ex[first_answer:]:
+        if len(toks) <= budget:
+            kept.append((toks, trained))
+            budget -= len(toks)
+            answer += len(toks) if trained else 0
+            continue
+        if trained and budget > 0:
+            cut = _cut_between_lines(toks, budget, tok)
+            kept.append((cut, True))
+            answer += len(cut)
+        break
+    return kept if answer >= _MIN_ANSWER else None
+
+
+def _cut_between_lines(toks: list[int], budget: int, tok: Tok) -> list[int]:
+    """The longest prefix of toks within budget that ends a line, re-tokenized as the text it decodes to; the first
+    budget tokens when no line ends inside them."""
+    text = tok.tokenizer.decode(toks[:budget])
+    end = text.rfind("\n")
+    while end >= 0:
+        cut = tok(text[: end + 1])
+        if len(cut) <= budget:
+            return cut
+        end = text.rfind("\n", 0, end)
+    return toks[:budget]
 
 
 def _trim_prompt(ex: list[tuple[list[int], bool]], overflow: int, tok: Tok) -> list[tuple[list[int], bool]] | None:
@@ -272,36 +330,39 @@ def encode_code(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) 
         out.examples.append(_ex([(h, False), (p + end, True)], train_on))
 
 
-def encode(texts: list[str], tokenizer, seq_len: int, train_on: str = "completions") -> Encoded:
+def encode(texts: list[str], tokenizer, seq_len: int, train_on: str = "completions", long_answers: str = "truncate") -> Encoded:
     """Every text as examples of at most seq_len tokens (see the module docstring)."""
     if train_on not in ("completions", "all"):
         raise ValueError(f"training.train_on is {train_on!r}. Fix: use `completions` or `all`.")
+    if long_answers not in ("truncate", "drop"):
+        raise ValueError(f"training.long_answers is {long_answers!r}. Fix: use `truncate` or `drop`.")
     tok = Tok(tokenizer)
     out = Encoded()
     for text in texts:
         before = len(out.examples)
         out.source_tokens += len(tok(text))
         whole = Encoded()  # the same text with no length limit: which tokens would carry a loss
-        _encode_one(text, tok, 1 << 30, train_on, whole)
+        _encode_one(text, tok, 1 << 30, train_on, whole, long_answers)
         out.source_trainable += sum(e.trained for e in whole.examples)
-        _encode_one(text, tok, seq_len, train_on, out)
+        _encode_one(text, tok, seq_len, train_on, out, long_answers)
         out.kept_tokens += sum(len(e.ids) for e in out.examples[before:])
     out.examples = [e for e in out.examples if len(e.ids) > 1 and e.trained > 0]
     out.kept_trainable = sum(e.trained for e in out.examples)
     return out
 
 
-def _encode_one(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded) -> None:
+def _encode_one(text: str, tok: Tok, seq_len: int, train_on: str, out: Encoded, long_answers: str = "truncate") -> None:
     if FIM_MIDDLE in text:
         encode_fim(text, tok, seq_len, train_on, out)
     elif IM_START in text:
-        encode_chat(text, tok, seq_len, train_on, out)
+        encode_chat(text, tok, seq_len, train_on, out, long_answers)
     else:
         encode_code(text, tok, seq_len, train_on, out)
 
 
 DROP_REASONS = {  # why `encode` left a piece out, as the training log says it
-    "exchange_too_long": "a chat exchange whose answer alone is longer than seq_len",
+    "exchange_too_long": "a chat exchange whose answer alone is longer than seq_len (long_answers: drop, or too little "
+                         "answer would stay)",
     "fim_middle_too_long": "a FIM middle longer than seq_len",
     "head_too_long": "a code sample whose repo/path head leaves no room in seq_len",
     "no_fim_tokens": "a FIM sample for a base without FIM tokens",
@@ -312,7 +373,8 @@ def fitting_summary(enc: Encoded, texts: int, seq_len: int) -> str:
     """One log line: what fitting `texts` samples to seq_len did (split, trimmed, left out and why, tokens lost and the
     loss-bearing coverage), so no sample is left out silently."""
     parts = [f"{enc.split} split (code between lines, chats between exchanges)", f"{enc.trimmed} FIM contexts trimmed",
-             f"{enc.prompt_trimmed} chat prompts trimmed (answers whole)"]
+             f"{enc.prompt_trimmed} chat prompts trimmed (answers whole)",
+             f"{enc.answers_truncated} answers longer than seq_len cut between lines (no end token)"]
     gone = sum(enc.dropped.values())
     parts.append(f"{gone} pieces left out" + (": " + "; ".join(f"{n} x {DROP_REASONS.get(k, k)} ({k})"
                                                                for k, n in sorted(enc.dropped.items())) if gone else ""))
@@ -325,7 +387,8 @@ def fitting_summary(enc: Encoded, texts: int, seq_len: int) -> str:
 def trained_coverage(enc: Encoded, epochs_done: float) -> float:
     """Loss-bearing coverage: tokens trained per epoch / tokens the train_on rule puts a loss on, times epochs (at most 1).
 
-    Under `completions` a trimmed prompt costs nothing here (it is context either way); a dropped answer does.
+    Under `completions` a trimmed prompt costs nothing here (it is context either way); a dropped answer, or the part of
+    a cut answer past seq_len, does.
     """
     if not enc.source_trainable:
         return 0.0

@@ -68,9 +68,9 @@ def test_long_chats_split_between_exchanges_never_mid_answer(tokenizer):
     for i in range(6):  # every answer is trained whole, in exactly one example
         assert joined.count(f"Answer {i}: ") == 1 and f"Answer {i}: " + "because " * 20 + IM_END in joined
     assert all(len(e.ids) <= seq_len for e in out.examples)
-    # One exchange longer than the window is dropped and counted.
-    out = encode([chat_text("q", "word " * 400)], tokenizer, seq_len=seq_len)
-    assert not out.examples and out.dropped["exchange_too_long"] == 1
+    # One exchange longer than the window: with long_answers "drop" it is left out and counted.
+    out = encode([chat_text("q", "word " * 400)], tokenizer, seq_len=seq_len, long_answers="drop")
+    assert not out.examples and out.dropped["exchange_too_long"] == 1 and out.answers_truncated == 0
 
 
 def test_long_code_is_cut_between_lines_with_its_head(tokenizer):
@@ -88,14 +88,19 @@ def test_the_fitting_summary_counts_what_was_split_trimmed_and_left_out_and_why(
     long_code = header("r", "app/big.py") + SRC * 5 + EOT
     too_long = chat_text("q", "word " * 400)  # its answer alone is longer than the window: left out
     fim = f"{FIM_PREFIX}{SRC[:2000]}{FIM_SUFFIX}{SRC[2040:4000]}{FIM_MIDDLE}{SRC[2000:2040]}{EOT}"  # context trimmed
-    out = encode([long_code, too_long, fim], tokenizer, seq_len=96)
+    out = encode([long_code, too_long, fim], tokenizer, seq_len=96, long_answers="drop")
     line = fitting_summary(out, 3, 96)
     assert line.startswith(f"fitted 3 train samples to seq_len 96: {len(out.examples)} examples; 1 split ")
     assert "1 FIM contexts trimmed" in line and "0 chat prompts trimmed" in line
-    assert "1 pieces left out: 1 x a chat exchange whose answer alone is longer than seq_len (exchange_too_long)" in line
+    assert "1 pieces left out: 1 x a chat exchange whose answer alone is longer than seq_len (long_answers: drop, or " \
+           "too little answer would stay) (exchange_too_long)" in line
     lost = out.source_trainable - out.kept_trainable
     assert lost > 0 and f"{out.lost_tokens:,} of {out.source_tokens:,} tokens in no example, {lost:,} of them loss-bearing" in line
     assert "0 pieces left out;" in fitting_summary(encode([long_code], tokenizer, seq_len=96), 1, 96)
+    cut = encode([long_code, too_long, fim], tokenizer, seq_len=96)  # the default: the long answer's start is trained
+    line = fitting_summary(cut, 3, 96)
+    assert "1 answers longer than seq_len cut between lines (no end token)" in line and "0 pieces left out;" in line
+    assert cut.kept_trainable > out.kept_trainable
 
 
 def test_pack_fills_rows_and_positions_restart(tokenizer):
@@ -159,7 +164,36 @@ def test_an_exchange_with_a_long_prompt_keeps_its_answer_and_the_prompts_end(tok
     assert "QUESTION_END" in shown and "w0 " not in shown
     assert _trained_text(tokenizer, ex) == "Short answer: use a dict." + IM_END
     assert trained_coverage(out, 1.0) == 1.0  # under `completions` the trimmed prompt was context anyway
-    # an answer longer than the window is never cut: the exchange is dropped, and the loss-bearing coverage says so
-    long_answer = encode([chat_text("q", "word " * 400)], tokenizer, seq_len=80)
+    # an answer longer than the window, with long_answers "drop": the exchange is left out, and coverage says so
+    long_answer = encode([chat_text("q", "word " * 400)], tokenizer, seq_len=80, long_answers="drop")
     assert not long_answer.examples and long_answer.dropped["exchange_too_long"] == 1
     assert trained_coverage(long_answer, 1.0) == 0.0
+
+
+def test_an_answer_longer_than_the_window_is_cut_between_lines_with_no_end_token(tokenizer):
+    """long_answers "truncate" (the default, as TRL and LLaMA-Factory cut off): the prompt keeps its end within half the
+    window, the answer's first whole lines are trained, nothing says it ended; the next exchange starts a window."""
+    from forge_assets.training.samples import trained_coverage
+
+    answer = "".join(f"line {i} of the long answer\n" for i in range(120))
+    messages = [{"role": "user", "content": " ".join(f"w{i}" for i in range(300)) + " QUESTION_END"},
+                {"role": "assistant", "content": answer},
+                {"role": "user", "content": "And then?"}, {"role": "assistant", "content": "Done."}]
+    out = encode([render_chat(messages) + EOT], tokenizer, seq_len=160)
+    assert out.answers_truncated == 1 and not out.dropped and len(out.examples) == 2
+    first, second = out.examples
+    tok = Tok(tokenizer)
+    assert len(first.ids) <= 160 and tok.special[IM_END] not in first.ids[-3:] and tok.special[EOT] not in first.ids
+    shown = tokenizer.decode(first.ids)
+    assert "QUESTION_END" in shown and "w0 " not in shown  # the prompt lost its start, kept its end
+    prompt_tokens = first.labels.index(next(x for x in first.labels if x != IGNORE))
+    assert prompt_tokens <= 80 + 3  # at most half the window (the assistant opener follows it)
+    trained = _trained_text(tokenizer, first)
+    assert trained.startswith("line 0 of the long answer\n") and trained.endswith("of the long answer\n")
+    assert answer.startswith(trained) and len(trained) < len(answer)  # whole lines, in order, cut before the end
+    assert _trained_text(tokenizer, second) == "Done." + IM_END and second.ids[-1] == tok.special[EOT]
+    assert 0 < trained_coverage(out, 1.0) < 1.0
+    dropped = encode([render_chat(messages) + EOT], tokenizer, seq_len=160, long_answers="drop")
+    assert dropped.dropped["exchange_too_long"] == 1 and trained_coverage(dropped, 1.0) < trained_coverage(out, 1.0)
+    with pytest.raises(ValueError, match="long_answers"):
+        encode([answer], tokenizer, seq_len=160, long_answers="cut")
