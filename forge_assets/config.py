@@ -213,6 +213,36 @@ class TrainingConfig(_Strict):
 QuantType = Literal["Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K", "F16"]
 
 
+class GenerationParameters(_Strict):
+    """Sampling settings a deployment serves with: each unset key (`null`) leaves the engine's own default."""
+
+    temperature: float | None = Field(None, ge=0, description="Sampling temperature; 0 is greedy (agents).")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling: the smallest set of tokens whose "
+                                "probabilities add up to this, in (0, 1].")
+    top_k: int | None = Field(None, ge=0, description="Sample from the k most likely tokens; 0 turns it off.")
+    min_p: float | None = Field(None, ge=0, le=1, description="Drop tokens less likely than this share of the most likely one.")
+    repeat_penalty: float | None = Field(None, gt=0, description="Penalty on repeated tokens; 1 is none.")
+    num_ctx: int | None = Field(None, ge=512, description="Context tokens (Ollama `num_ctx`); `null`: `deploy.context`.")
+    max_tokens: int | None = Field(None, gt=0, description="Tokens generated per reply when a request sets none; `null`: "
+                                   "`deploy.max_output`.")
+    stop: list[str] | None = Field(None, description="Extra stop strings, besides the chat template's own end token.")
+
+
+class DeployParameters(GenerationParameters):
+    """Sampling settings every tag is served with: each unset key (`null`) leaves the engine's own default."""
+
+    temperature: float | None = Field(0.2, ge=0, description="Sampling temperature; 0 is greedy (agents), 0.2 (the "
+                                      "default) suits chat.")
+
+
+class DeployLanguageConfig(_Strict):
+    """One language's own deployment settings, over `deploy.system` and `deploy.parameters` key by key."""
+
+    system: str | None = Field(None, description="This language's system prompt (over `deploy.system`).")
+    parameters: GenerationParameters = Field(default_factory=GenerationParameters, description=(
+        "This language's sampling settings; each key set here wins over `deploy.parameters`'."))
+
+
 class DeployConfig(_Strict):
     """Where a language's model is served, and under what tag."""
 
@@ -260,6 +290,22 @@ class DeployConfig(_Strict):
     max_perplexity_ratio: float | None = Field(None, gt=0, description=(
         "Deprecated: the old name of `gates.max_perplexity_ratio`, still honoured when `gates` does not set it (setting "
         "both is an error)."), json_schema_extra={"replaced_by": "gates.max_perplexity_ratio"})
+    system: str | None = Field(None, description=(
+        "The system prompt every tag is served with (Modelfile `SYSTEM`, the Forge server's default, mlx-lm's template, the "
+        "clients). `null`: the base model's own default, read from its chat template (Qwen's identity line only for Qwen; "
+        "none for a template without one)."))
+    parameters: DeployParameters = Field(
+        default_factory=DeployParameters,
+        description="Sampling settings every tag is served with (keys below): the Modelfile's `PARAMETER`s, the Forge "
+                    "server's per-tag defaults (`GET /props?model=TAG`), mlx-lm's and vLLM's launch flags and the client "
+                    "configurations. A request that sends a key wins over them.")
+    languages: dict[LanguageName, DeployLanguageConfig] = Field(default_factory=dict, description=(
+        "Per-language overrides, e.g. `go: {parameters: {temperature: 0}}` for an agent tag. Changing only `system`, "
+        "`parameters` or `languages` redeploys without retraining or re-exporting."))
+    approval: Literal["auto", "manual"] = Field("auto", description=(
+        "`auto`: a candidate that passes every gate is served. `manual`: it is exported and checked but waits for `forge "
+        "approve --language LANG` (or a materialization of its `deployment` partition in the Dagster UI); `forge reject` "
+        "records a refusal. Sensor and schedule runs stop before deploy (docs/serving.md#approval)."))
 
 
 class HumanEvalConfig(_Strict):

@@ -94,6 +94,9 @@ def _type_words(ann: object) -> str:
     if origin is list:
         (item,) = typing.get_args(ann)
         return f"list of {_type_words(item)}"
+    if origin is dict:
+        key, value = typing.get_args(ann)
+        return f"mapping of {_type_words(key)} to {_type_words(value)}"
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return "mapping"
     if ann in _SCALARS:
@@ -139,6 +142,8 @@ def _nested_model(ann: object) -> type[BaseModel] | None:
         return ann
     if typing.get_origin(ann) is list:
         return _nested_model(typing.get_args(ann)[0])
+    if typing.get_origin(ann) is dict:
+        return _nested_model(typing.get_args(ann)[1])
     return None
 
 
@@ -153,7 +158,8 @@ def documented_fields(model: type[BaseModel] = ForgeConfig, prefix: str = "") ->
         out.append((key, field, model))
         nested = _nested_model(field.annotation)
         if nested is not None:
-            sep = "[]." if typing.get_origin(field.annotation) is list else "."
+            origin = typing.get_origin(field.annotation)
+            sep = "[]." if origin is list else ".<language>." if origin is dict else "."
             out.extend(documented_fields(nested, key + sep))
     return out
 
