@@ -102,6 +102,21 @@ def server_options(store: ArtifactStore, d) -> dict:
             "max_body_bytes": int(d.max_body_mb * (1 << 20)), "max_tokens_cap": d.max_output, "request_timeout": d.request_timeout_s}
 
 
+def generation_settings(cfg, language: str, gguf: Artifact):
+    """The system prompt and sampling parameters `language` is served with (deploy/settings.py), the system prompt
+    defaulting to the chat template the gguf's model was trained with."""
+    from forge_assets.chat import template_of
+    from forge_assets.deploy.settings import generation
+
+    return generation(cfg.deploy, language, template_of(gguf.path))
+
+
+def generation_fingerprint(cfg, language: str, gguf: Artifact) -> str:
+    from forge_assets.deploy.settings import fingerprint
+
+    return fingerprint(generation_settings(cfg, language, gguf))
+
+
 def model_entry(gguf: Artifact, tag: str, language: str) -> dict:
     """The server entry for a gguf version: the base GGUF and the language's LoRA GGUF (or the merged GGUF), and the
     chat template it was trained with (the tokenizer files kept beside it)."""
@@ -233,7 +248,11 @@ def deploy_gguf(store: ArtifactStore, cfg, language: str, gguf: Artifact, *, act
     ensure_private_dir(store.root)  # the deployment state, logs and configs below it: the owner's alone
     d = cfg.deploy
     tag = f"{d.tag_prefix}-{language}:{gguf.version[:12]}"
-    key = input_key(gguf=gguf.version, deploy=d.model_dump(exclude={"max_perplexity_ratio"}), code=CODE_VERSION)
+    # The language's own serving settings (system prompt, sampling) by fingerprint: changing another language's, or the
+    # approval mode, does not redeploy this one; changing its own does, with no retraining or export.
+    key = input_key(gguf=gguf.version, code=CODE_VERSION,
+                    deploy=d.model_dump(exclude={"max_perplexity_ratio", "system", "parameters", "languages", "approval"}),
+                    generation=generation_fingerprint(cfg, language, gguf))
     # Reused only while the stable endpoint really answers with this tag (a dead server is redeployed).
     serving = targets.target(d.target)
     if (art := store.reusable("deployment", language, key)) is not None and serving.health(store, cfg, language, tag):
