@@ -370,18 +370,36 @@ def deduplicate(texts: list[str], origins: list[str], threshold: float, num_perm
         sigs, has = sigs[todo], has[todo]
     bands, rows = lsh_params(threshold, num_perm)
     keys = band_keys(sigs, bands, rows) if len(todo) else np.empty((0, bands), dtype=np.uint64)
-    tables: list[dict[int, list[int]]] = [{} for _ in range(bands)]
     near = 0
     need = int(np.ceil(threshold * num_perm - 1e-9))  # equal hash values needed to reach the threshold
-    for j, i in enumerate(todo):
-        if not has[j]:
-            continue  # no words: nothing to compare; exact duplicates were handled above
+    # Only a document that shares a bucket with an earlier one can be a near duplicate, and few do: find them (and each
+    # shared bucket's members, in order) with one sort per band, and compare only those, in order. The same traversal
+    # as a MinHashLSH filled one kept document at a time: bands in order, a bucket's kept members in insertion order.
+    live = np.flatnonzero(has)  # no words: nothing to compare and never inserted; exact duplicates were handled above
+    buckets: list[dict[int, list[int]]] = []
+    later = np.zeros(len(todo), dtype=bool)
+    for b in range(bands):
+        col = keys[live, b]
+        order = np.argsort(col, kind="stable")
+        ranked = col[order]
+        same = np.flatnonzero(ranked[1:] == ranked[:-1]) + 1  # positions whose key equals the one before
+        later[live[order[same]]] = True
+        shared: dict[int, list[int]] = {}
+        for pos in same.tolist():
+            members = shared.setdefault(int(ranked[pos]), [int(live[order[pos - 1]])])
+            members.append(int(live[order[pos]]))
+        buckets.append(shared)
+    kept = np.ones(len(todo), dtype=bool)
+    for j in np.flatnonzero(later).tolist():
+        i = todo[j]
         row = keys[j].tolist()
         match = -1
         seen: set[int] = set()
         for b in range(bands):
-            for c in tables[b].get(row[b], ()):
-                if c in seen:
+            for c in buckets[b].get(row[b], ()):
+                if c >= j:
+                    break  # members are in order: the rest come after this document
+                if c in seen or not kept[c]:
                     continue
                 seen.add(c)
                 if origins[todo[c]] != origins[i] and int(np.count_nonzero(sigs[c] == sigs[j])) >= need:
@@ -391,10 +409,8 @@ def deduplicate(texts: list[str], origins: list[str], threshold: float, num_perm
                 break
         if match >= 0:
             dup_of[i] = match
+            kept[j] = False
             near += 1
-            continue
-        for b in range(bands):
-            tables[b].setdefault(row[b], []).append(j)
     keep = [d < 0 for d in dup_of]
     return DedupResult(keep, dup_of, exact, near, {
         "shingles": f"word {SHINGLE_WORDS}-grams", "num_perm": num_perm, "threshold": threshold,

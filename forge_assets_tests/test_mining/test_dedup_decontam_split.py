@@ -88,6 +88,29 @@ def test_chunks_hold_equal_text_not_equal_counts():
     assert [hi - lo for lo, hi in chunks(1000, 2)] == [125] * 8  # without sizes: equal counts
 
 
+def test_crowded_buckets_keep_the_reference_set_and_point_at_earlier_kept_documents():
+    """Many light edits of few documents, origins shared at random, some texts with no words: the candidate pass (only
+    documents sharing a bucket with an earlier one are compared) keeps what the one-at-a-time loop keeps."""
+    for seed in range(3):
+        rng = random.Random(seed)
+        base = [" ".join(f"w{rng.randrange(300)}" for _ in range(rng.randrange(3, 200))) for _ in range(40)]
+        texts, origins = [], []
+        for _ in range(400):
+            words = base[rng.randrange(40)].split()
+            for _ in range(rng.randrange(4)):
+                words[rng.randrange(len(words))] = "x"
+            texts.append(" ".join(words) if rng.random() > 0.05 else "!!")
+            origins.append(f"o{rng.randrange(20)}")
+        result = deduplicate(texts, origins, threshold=0.7)
+        assert result.keep == reference_deduplicate(texts, origins, 0.7)
+        assert result.near > 100 and result.exact > 50
+        for i, j in enumerate(result.duplicate_of):
+            if j >= 0 and texts[j] == texts[i]:
+                assert j < i  # an exact copy points at the first copy (itself perhaps a near duplicate)
+            elif j >= 0:
+                assert j < i and result.keep[j] and origins[j] != origins[i]  # a near one at a kept, other-origin one
+
+
 def test_exact_and_near_duplicates_across_origins():
     base = " ".join(f"token{i}" for i in range(300))
     near = base.replace("token150", "tokenX")
