@@ -7,7 +7,8 @@ about 15 minutes on 2 CPU cores (``--full`` runs each with its own defaults inst
 line each prints, and prints one table: bench, what is compared, Forge's figure, the peer's, the ratio, the goal and
 whether it is met. It writes the table as ``<out>.json`` (every bench's whole JSON line too, the arguments, commit,
 date and machine) and ``<out>.md``, the page the README links to. A bench that fails or times out is a row that says
-so (its last stderr lines are in the JSON), and the command exits 1.
+so (its last stderr lines are in the JSON), and the command exits 1. ``--only NAME --merge`` re-runs some benches and
+keeps the other rows of the table already written (each row then names its date and commit).
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ def table_rows(benches: list[Bench], runs: list[dict]) -> list[dict]:
                 f"{'>=' if row.better == 'higher' else '<='} {row.goal}", "met": met(ratio, row),
                 "also": {k: pick(data, p) for k, p in row.also.items()},
                 "error": None if run["exit"] == 0 and run["result"] is not None else f"exit {run['exit']}",
+                "date": run.get("date"), "commit": run.get("commit"),
             })
     return rows
 
@@ -182,12 +184,19 @@ def markdown(rows: list[dict], header: dict) -> str:
         "| bench | compared | Forge | peer | ratio | goal | met? | also |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    mixed = len({(r.get("date"), r.get("commit")) for r in rows}) > 1
+    if mixed:  # some rows were re-run on their own (--merge): each says when
+        lines[2] = lines[2].replace(f"on {header['date']}, commit {header['commit']}, ", "") + \
+            " Rows were run at different commits (--only ... --merge): the last column says which."
+        lines[4] = lines[4].rstrip("|") + " run |"
+        lines[5] = lines[5] + "---|"
     for r in rows:
         also = "; ".join(f"{k} {_cell(v)}" for k, v in r["also"].items())
         met_cell = "FAILED: " + r["error"] if r["error"] else _cell(r["met"])
         unit = f" {r['unit']}" if r["unit"] and r["forge"] is not None else ""
         lines.append(f"| {r['bench']} | {r['what']} | {_cell(r['forge'])}{unit} | {_cell(r['peer'])}{unit} | "
-                     f"{_cell(r['ratio'])} | {r['goal'] or '-'} | {met_cell} | {also or '-'} |")
+                     f"{_cell(r['ratio'])} | {r['goal'] or '-'} | {met_cell} | {also or '-'} |"
+                     + (f" {r.get('date')}, {r.get('commit')} |" if mixed else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -205,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                     + ", ".join(b.name for b in BENCHES) + ")")
     ap.add_argument("--full", action="store_true", help="each bench with its own defaults (over an hour on 2 cores)")
     ap.add_argument("--out", default="docs/bench-results", help="where the table goes: <out>.json and <out>.md")
+    ap.add_argument("--merge", action="store_true", help="with --only: replace those benches' rows in the table already "
+                    "at <out>.json and keep the others (each row says its own date and commit)")
     args = ap.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
     unknown = sorted(set(names) - {b.name for b in BENCHES})
@@ -220,6 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     header = {"date": datetime.date.today().isoformat(), "commit": _commit(), "mode": "--full" if args.full else "quick",
               "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.system()}",
               "seconds": round(time.perf_counter() - started, 1)}
+    for run in runs:
+        run.update(date=header["date"], commit=header["commit"])
+    if args.merge and out.with_suffix(".json").is_file():  # the other benches' runs as they were, in BENCHES order
+        earlier = {r["name"]: r for r in json.loads(out.with_suffix(".json").read_text()).get("runs", [])}
+        old_header = json.loads(out.with_suffix(".json").read_text())
+        for r in earlier.values():
+            r.setdefault("date", old_header.get("date"))
+            r.setdefault("commit", old_header.get("commit"))
+        fresh = {r["name"]: r for r in runs}
+        chosen = [b for b in BENCHES if b.name in fresh or b.name in earlier]
+        runs = [fresh.get(b.name) or earlier[b.name] for b in chosen]
+        header["seconds"] = sum(r.get("seconds") or 0 for r in runs)
     rows = table_rows(chosen, runs)
     (out.with_suffix(".json")).write_text(json.dumps({**header, "table": rows, "runs": runs}, indent=1) + "\n")
     page = markdown(rows, header)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=0, help="processes (0: one per CPU, at most 4)")
     ap.add_argument("--max-commits", type=int, default=1000)
     ap.add_argument("--languages", default="", help="comma-separated languages (default: all found)")
-    ap.add_argument("--repeats", type=int, default=3, help="turns per arm; each arm reports its best")
+    ap.add_argument("--repeats", type=int, default=5, help="turns per arm; each arm reports its best")
     args = ap.parse_args(argv)
     args.repos = args.repos or [str(Path(__file__).resolve().parents[1])]
     cfg = MiningConfig(workers=args.workers, max_commits=args.max_commits)
