@@ -36,6 +36,15 @@ FIM templates and stops follow each tag's FIM scheme (``ServedModel.fim``, from 
 was trained with, ``forge_assets.fim_tokens``). A tag whose base has no FIM tokens gets no autocomplete model (Continue)
 and no completion section (Tabby), with a comment saying why: its server would refuse FIM requests.
 
+Each tag's generation settings (``ServedModel.generation``: deploy/settings.py's Generation, forge.yaml's
+``deploy.system``/``deploy.parameters`` over which ``deploy.languages.<lang>`` wins) go into the configurations where
+the client has a key for them, so the values a client sends are the tag's own (a client's own default would otherwise
+win over the server's): Continue ``defaultCompletionOptions`` (temperature, topP, topK, minP, maxTokens, stop: Continue
+has no repetition-penalty key) and, for a configured system prompt, ``chatOptions.baseSystemMessage``; OpenCode the
+model's ``options`` (sent as request-body fields by its openai-compatible provider); Tabby's config.toml has no such
+keys (a comment lists the values; the server's per-tag defaults apply). A system prompt that is the base template's own
+default is not written: the server adds it when a request has none, and a client's own system prompt is more useful.
+
 Plain code: no Dagster, no network.
 """
 
@@ -100,8 +109,17 @@ class ServedModel:
     max_output: int
     tool_call: bool = True
     fim: str = "qwen"  # the FIM scheme of the tag's base (fim_tokens.SCHEMES); "none": no autocomplete for it
+    # The tag's system prompt and sampling parameters (deploy/settings.py's Generation, or its as_dict()); None: none
+    # known (a deployment recorded before them), and the configurations carry no sampling values.
+    generation: object = field(default=None, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.generation, dict):
+            from forge_assets.deploy.settings import Generation
+
+            g = self.generation
+            object.__setattr__(self, "generation", Generation(g.get("system"), dict(g.get("parameters") or {}),
+                                                               g.get("system_source") or "config"))
         if self.fim not in SCHEMES:
             raise ValueError(f"ServedModel {self.tag!r}: fim must be one of {', '.join(SCHEMES)}, got {self.fim!r}")
         if not self.tag or any(c.isspace() for c in self.tag):
@@ -113,6 +131,18 @@ class ServedModel:
         if not (0 < self.max_output < self.context):
             raise ValueError(f"ServedModel {self.tag!r}: need 0 < max_output < context, got max_output={self.max_output}, "
                              f"context={self.context}")
+
+    @property
+    def parameters(self) -> dict:
+        """The tag's set sampling parameters (deploy/settings.py's PARAMETER_KEYS), {} when none are known."""
+        return dict(self.generation.parameters) if self.generation is not None else {}
+
+    @property
+    def configured_system(self) -> str | None:
+        """The tag's system prompt when forge.yaml sets one (deploy.system or deploy.languages.<lang>.system), else None
+        (the base template's own default is the server's business)."""
+        g = self.generation
+        return g.system if g is not None and g.system_source != "base template" and g.system else None
 
     @property
     def display_name(self) -> str:
@@ -180,6 +210,16 @@ class Endpoint:
                          f"{', '.join(sorted(self.languages))}")
 
 
+def with_generation(served: Endpoint, settings: dict) -> Endpoint:
+    """served with each model that has no generation settings given those of its language in settings
+    ({language: deploy/settings.py's Generation}); models that have them (from their deployment) keep them."""
+    from dataclasses import replace
+
+    models = [replace(m, generation=settings[m.language]) if m.generation is None and m.language in settings else m
+              for m in served.models]
+    return replace(served, models=models)
+
+
 def _ordered(served: Endpoint, language: str | None) -> tuple[ServedModel, list[ServedModel]]:
     """The chosen model and all models with it first (clients default to the first chat model they list)."""
     chosen = served.model_for(language)
@@ -192,10 +232,12 @@ def _ordered(served: Endpoint, language: str | None) -> tuple[ServedModel, list[
 def opencode_config(served: Endpoint, language: str | None = None) -> dict:
     """A project's ``opencode.json``: one openai-compatible provider with every tag; ``model`` is language's tag."""
     chosen = served.model_for(language)
-    models = {
-        m.tag: {"name": m.display_name, "tool_call": m.tool_call, "limit": {"context": m.context, "output": m.max_output}}
-        for m in served.models
-    }
+    models = {}
+    for m in served.models:
+        models[m.tag] = {"name": m.display_name, "tool_call": m.tool_call, "limit": {"context": m.context, "output": m.max_output}}
+        options = opencode_options(served, m)
+        if options:
+            models[m.tag]["options"] = options
     return {
         "$schema": OPENCODE_SCHEMA,
         "provider": {
@@ -209,6 +251,38 @@ def opencode_config(served: Endpoint, language: str | None = None) -> dict:
         "model": f"{PROVIDER_ID}/{chosen.tag}",
         "small_model": f"{PROVIDER_ID}/{chosen.tag}",  # titles/summaries stay on the local endpoint
     }
+
+
+def request_parameters(served: Endpoint, m: ServedModel) -> dict:
+    """The tag's sampling parameters as request-body fields in the names its endpoint reads: OpenAI's (temperature, top_p,
+    max_tokens, stop) and the llama.cpp/vLLM extensions (top_k, min_p; repeat_penalty for llama.cpp's server,
+    repetition_penalty for vLLM and mlx-lm; Ollama's OpenAI API takes none of the three, its tag holds them)."""
+    out = {}
+    names = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p", "max_tokens": "max_tokens",
+             "stop": "stop", "repeat_penalty": "repeat_penalty" if served.target == "llama-server" else "repetition_penalty"}
+    for key, value in m.parameters.items():
+        if key in names and not (served.target == "ollama" and key in ("top_k", "min_p", "repeat_penalty")):
+            out[names[key]] = value
+    return out
+
+
+def opencode_options(served: Endpoint, m: ServedModel) -> dict:
+    """OpenCode's per-model ``options`` for the tag: OpenCode 1.18 passes a model's options to its openai-compatible
+    provider as provider options, which that provider copies into every request body as they are; max_tokens is left
+    out (OpenCode sends its own from ``limit.output``)."""
+    return {k: v for k, v in request_parameters(served, m).items() if k != "max_tokens"}
+
+
+def continue_options(m: ServedModel, fim_stops: list[str] | None = None) -> dict:
+    """Continue's completion options for the tag's sampling parameters (configYamlSchema's completionOptions: temperature,
+    topP, topK, minP, stop; maxTokens is the caller's). With fim_stops, stop is those followed by the configured ones."""
+    p = m.parameters if m.generation is not None or fim_stops is None else {"temperature": 0.2}  # an old record: as before
+    out = {name: p[key] for key, name in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"), ("min_p", "minP"))
+           if key in p}
+    stops = list(dict.fromkeys([*(fim_stops or []), *(p.get("stop") or [])]))
+    if stops:
+        out["stop"] = stops
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- Continue
@@ -229,7 +303,10 @@ def continue_dict(served: Endpoint, language: str | None = None) -> dict:
         entry = {"name": f"Forge {m.language} ({m.tag})", **conn, "model": m.tag, "roles": ["chat", "edit", "apply"]}
         if m.tool_call:
             entry["capabilities"] = ["tool_use"]
-        entry["defaultCompletionOptions"] = {"contextLength": m.context, "maxTokens": m.max_output}
+        max_tokens = min(m.parameters.get("max_tokens") or m.max_output, m.max_output)
+        entry["defaultCompletionOptions"] = {"contextLength": m.context, "maxTokens": max_tokens, **continue_options(m)}
+        if m.configured_system is not None:
+            entry["chatOptions"] = {"baseSystemMessage": m.configured_system}
         models.append(entry)
     if chosen.fim != "none":  # a base without FIM tokens: no autocomplete model (continue_config says why)
         models.append({
@@ -241,8 +318,7 @@ def continue_dict(served: Endpoint, language: str | None = None) -> dict:
             "defaultCompletionOptions": {
                 "contextLength": chosen.context,
                 "maxTokens": min(AUTOCOMPLETE_MAX_TOKENS, chosen.max_output),
-                "temperature": 0.2,
-                "stop": scheme_named(chosen.fim).stop_tokens(),
+                **continue_options(chosen, scheme_named(chosen.fim).stop_tokens()),
             },
         })
     return {"name": f"Forge ({served.target})", "version": "1.0.0", "schema": "v1", "models": models}
@@ -251,7 +327,9 @@ def continue_dict(served: Endpoint, language: str | None = None) -> dict:
 def continue_config(served: Endpoint, language: str | None = None) -> str:
     """Continue's ``config.yaml`` text (``~/.continue/config.yaml`` or a workspace's ``.continue`` config)."""
     head = (f"# Continue config for Forge's {served.target} endpoint {served.base_url}\n"
-            f"# languages: {', '.join(served.languages)}\n" + _no_fim_comment(served.model_for(language)))
+            f"# languages: {', '.join(served.languages)}\n" + _no_fim_comment(served.model_for(language))
+            + "".join(f"# {m.tag}: repeat_penalty {m.parameters['repeat_penalty']} is applied by the server (Continue has no "
+                      "key for it)\n" for m in served.models if "repeat_penalty" in m.parameters))
     body = yaml.safe_dump(continue_dict(served, language), sort_keys=False, allow_unicode=True, width=4096)
     return head + body
 
@@ -303,6 +381,12 @@ def tabby_config(served: Endpoint, language: str | None = None) -> str:
         lines.append(_no_fim_comment(chosen).rstrip("\n").replace("autocomplete (fill-in-the-middle)", "code completion (fill-in-the-middle)"))
     if served.deploy_target.tabby_note:
         lines.append(served.deploy_target.tabby_note)
+    if chosen.generation is not None:
+        values = ", ".join(f"{k} {json.dumps(v, ensure_ascii=False)}" for k, v in chosen.parameters.items()) or "none set"
+        lines.append(f"# generation settings of {chosen.tag}: {values}"
+                     + (f"; system prompt {json.dumps(chosen.configured_system, ensure_ascii=False)}" if chosen.configured_system else ""))
+        lines.append("# Tabby's config.toml has no sampling or system-prompt keys: the server applies the tag's own values "
+                     "to requests that set none.")
     for section in [s for s in ("completion", "chat") if s in data]:
         lines += ["", f"[model.{section}.http]"]
         lines += [f"{key} = {_toml_value(value)}" for key, value in data[section]["http"].items()]

@@ -388,8 +388,38 @@ def _prepare_adapters(adapters: dict[str, Path], base: Path, work: Path) -> dict
     return out
 
 
+# deploy.parameters' keys mlx_lm.server (0.32) takes as launch defaults; a request's own fields still win.
+MLX_FLAGS = {"temperature": "--temp", "top_p": "--top-p", "top_k": "--top-k", "min_p": "--min-p", "max_tokens": "--max-tokens"}
+# ... and those it has no launch option for: repeat_penalty and stop are request fields only (repetition_penalty, stop:
+# `request_defaults` in the record, which the client configurations carry); num_ctx has no equivalent (mlx-lm's context
+# is the model's own, its KV cache grows with the conversation).
+MLX_REQUEST_ONLY = ("repeat_penalty", "stop")
+
+
+def generation_args(generation, template: str | None) -> tuple[list[str], dict]:
+    """(mlx_lm.server launch arguments, request-only fields) for a tag's settings (deploy/settings.py's Generation).
+
+    Arguments: one flag per set parameter mlx-lm takes (MLX_FLAGS), and ``--chat-template`` with the tag's system
+    prompt as the default system message (engine_settings.with_default_system) when one is configured: a request without
+    a system message then gets it, as an Ollama tag's SYSTEM does. Without a configured system prompt the base's own
+    template (and its own default) is served unchanged. Request-only: repetition_penalty and stop, as OpenAI fields."""
+    from forge_assets.deploy.engine_settings import request_fields, system_for_template, with_default_system
+
+    if generation is None:
+        return [], {}
+    args: list[str] = []
+    for key, flag in MLX_FLAGS.items():
+        if key in generation.parameters:
+            args += [flag, str(generation.parameters[key])]
+    system = system_for_template(generation, template)
+    if system is not None:
+        args += ["--chat-template", with_default_system(template, system)]
+    only = request_fields({k: v for k, v in generation.parameters.items() if k in MLX_REQUEST_ONLY})
+    return args, only
+
+
 def start(base_dir: Path, adapters: dict[str, Path] | Path, host: str, port: int, log_path: Path,
-          timeout: float = 120.0) -> dict:
+          timeout: float = 120.0, generation=None) -> dict:
     """Start a detached mlx-lm server for base_dir with the adapters on host:port; return once it has answered a
     completion with the default (first) adapter loaded.
 
@@ -399,6 +429,11 @@ def start(base_dir: Path, adapters: dict[str, Path] | Path, host: str, port: int
     ``adapters`` ({language: {path, source}}), ``default_adapter``, ``requests`` ({language: the ``model`` and
     ``adapters`` fields its requests must carry}), ``pid``, ``log`` and ``process`` (the identity record for stop).
     Raises DeployError saying what failed and where the log is; a server that failed is stopped.
+
+    ``generation`` (deploy/settings.py's Generation, from service.generation_settings) sets the server's defaults for
+    every request that does not set its own (`generation_args`: --temp, --top-p, --top-k, --min-p, --max-tokens and a
+    --chat-template with the tag's system prompt); the record gets ``generation`` and ``request_defaults`` (the fields
+    mlx-lm takes per request only: repetition_penalty, stop). With several adapters the one server applies them to all.
     """
     base_dir, log_path = Path(base_dir), Path(log_path)
     work = log_path.parent
@@ -414,8 +449,11 @@ def start(base_dir: Path, adapters: dict[str, Path] | Path, host: str, port: int
     default = next(iter(served))
     cache = work / "mlx-hf-cache"  # empty: /v1/models lists only the served model, and answers without a user cache
     cache.mkdir(exist_ok=True)
+    from forge_assets.chat import template_of
+
+    gen_args, request_defaults = generation_args(generation, template_of(base_dir))
     cmd = [sys.executable, "-m", "mlx_lm", "server", "--model", model_dir, "--adapter-path", served[default]["path"],
-           "--host", host, "--port", str(port)]
+           "--host", host, "--port", str(port), *gen_args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1"}
     marker = ["mlx_lm", "server", model_dir, str(port)]
@@ -429,7 +467,9 @@ def start(base_dir: Path, adapters: dict[str, Path] | Path, host: str, port: int
     record = {"pid": started.proc.pid, "host": host, "port": port, "endpoint": endpoint, "model": model_id, "base": str(base_dir),
               "served_base": model_dir, "adapters": served, "default_adapter": default,
               "requests": {name: {"model": model_id, "adapters": a["path"]} for name, a in served.items()},
-              "log": str(log_path), "log_offset": started.offset, "process": process}
+              "log": str(log_path), "log_offset": started.offset, "process": process,
+              "generation": generation.as_dict() if generation is not None else None, "generation_args": gen_args,
+              "request_defaults": request_defaults}
 
     def fail(why: str, tail: str | None = None) -> DeployError:
         procs.terminate(process)

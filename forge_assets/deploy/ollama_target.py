@@ -1,10 +1,15 @@
-"""Ollama: upload the GGUF as a blob, create the tag with a TEMPLATE, stop tokens and num_ctx, smoke-test it.
+"""Ollama: upload the GGUF as a blob, create the tag with a TEMPLATE, SYSTEM and PARAMETERs, smoke-test it.
+
+The tag's system prompt and sampling parameters are its deploy settings (deploy/settings.py's Generation: forge.yaml's
+deploy.system/deploy.parameters, over them deploy.languages.<lang>): SYSTEM is the system prompt, the PARAMETERs are
+every set value in Ollama's names (temperature, top_p, top_k, min_p, repeat_penalty, num_predict from max_tokens,
+num_ctx, and stop: the TEMPLATE's own stops plus the configured ones). `modelfile` writes the same as Modelfile text.
 
 The TEMPLATE is Go text/template code that renders a conversation exactly as the training chat template
-(Qwen2.5-Instruct's Jinja template, rendered by transformers) does: the system turn with Qwen's default system
-prompt when there is none, the ``# Tools`` block with one JSON schema per line, assistant ``<tool_call>`` JSON,
-``<tool_response>`` blocks in one user turn for consecutive tool results, and a FIM branch for
-``/api/generate`` with a ``suffix``. forge_assets_tests/test_deploy/test_ollama_template.py executes it with Go's
+(Qwen2.5-Instruct's Jinja template, rendered by transformers) does: the system turn with the tag's system prompt when
+there is none (by default the base template's own: Qwen's identity line only for a template that has it), the
+``# Tools`` block with one JSON schema per line, assistant ``<tool_call>`` JSON, ``<tool_response>`` blocks in one
+user turn for consecutive tool results, and a FIM branch for ``/api/generate`` with a ``suffix``. forge_assets_tests/test_deploy/test_ollama_template.py executes it with Go's
 text/template, fed as Ollama feeds it, and compares it byte for byte with transformers.
 
 What Ollama's template cannot reproduce (Ollama hands templates plain Go maps and structs, not the request's JSON):
@@ -97,7 +102,7 @@ def fim_stops(scheme) -> list[str]:
 # assistant message is left open (Ollama's prefill: the reply continues it); otherwise the reply turn is opened.
 # The `{{ if .ToolCalls }}` block starts with "<tool_call>" text: Ollama's tool parser takes its tag from there.
 _QWEN25_CHAT = """
-{{- $system := "%(default_system)s" }}
+{{- $system := %(default_system)s }}
 {{- if and .Messages (eq (index .Messages 0).Role "system") }}{{ $system = (index .Messages 0).Content }}{{ end -}}
 <|im_start|>system
 {{ $system }}
@@ -180,10 +185,17 @@ _JSON_DEFINES = """
 {{- "}" }}{{ end }}"""
 
 
-def qwen25_template(fim=True) -> str:
+def go_string(text: str) -> str:
+    """text as a Go interpreted string literal: JSON's escapes (\\" \\\\ \\n \\t \\uXXXX ...) are Go's too, and Go takes
+    the other characters raw."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def qwen25_template(fim=True, default_system: str | None = QWEN25_DEFAULT_SYSTEM) -> str:
     """Ollama's TEMPLATE for Qwen2.5's chat format; with fim (True: Qwen's FIM tokens, or a base's fim_tokens.FimScheme
-    with FIM tokens), a `{{ if .Suffix }}` FIM branch for generate+suffix."""
-    chat = _QWEN25_CHAT.replace("%(default_system)s", QWEN25_DEFAULT_SYSTEM).strip("\n")
+    with FIM tokens), a `{{ if .Suffix }}` FIM branch for generate+suffix. default_system is the system turn's text
+    when a conversation has no system message (the tag's system prompt; None: an empty system turn)."""
+    chat = _QWEN25_CHAT.replace("%(default_system)s", go_string(default_system or "")).strip("\n")
     branch = fim_branch(None if fim is True else fim) if fim else ""
     body = (_SUFFIX_BRANCH + branch + "\n{{- else }}\n" + chat + "\n{{- end }}") if fim else chat
     return body + _JSON_DEFINES
@@ -328,12 +340,23 @@ def _render(template: str, messages: list[dict], tools: list[dict] | None) -> st
     return rendered[0]
 
 
+def own_default_system(chat_template: str | None) -> str | None:
+    """The system prompt chat_template adds to a conversation without one (deploy/settings.py's default_system)."""
+    from forge_assets.deploy.settings import default_system
+
+    return default_system(chat_template) if chat_template else None
+
+
 def _qwen25_mismatch(chat_template: str) -> str | None:
-    """None when chat_template renders every probe as Qwen2.5's template does; else where the first one differs."""
+    """None when chat_template renders every probe as Qwen2.5's template does (with its own default system prompt in
+    place of Qwen's identity line, e.g. a ChatML fine-tune of another family); else where the first one differs."""
     if not chat_template:
         return "the model has no chat template"
+    own = own_default_system(chat_template)
     for i, (messages, tools) in enumerate(_PROBES):
         want = _render(QWEN25_CHAT_TEMPLATE, messages, tools)
+        if own and own != QWEN25_DEFAULT_SYSTEM:
+            want = want.replace(QWEN25_DEFAULT_SYSTEM, own)
         try:
             got = _render(chat_template, messages, tools)
         except Exception as exc:  # jinja2 errors: the template is not Qwen2.5's
@@ -344,10 +367,18 @@ def _qwen25_mismatch(chat_template: str) -> str | None:
     return None
 
 
-def template_for(model_dir: Path) -> tuple[str, list[str]]:
+_OWN = object()  # template_for: the chat template's own default system prompt
+
+
+def template_for(model_dir: Path, system=_OWN) -> tuple[str, list[str]]:
     """Ollama's TEMPLATE and stop tokens, derived from the tokenizer's chat template and special tokens.
 
-    The chat template must render as Qwen2.5-Instruct's does (checked on probe conversations). Stops: <|im_end|> and
+    The TEMPLATE's default system turn (a conversation without a system message) is `system` (the tag's system prompt;
+    None: an empty one), by default the chat template's own default (Qwen's identity line for Qwen2.5's template, the
+    other's for a ChatML template with another default: never Qwen's line for a template that does not have it).
+
+    The chat template must render as Qwen2.5-Instruct's does (checked on probe conversations; its own default system
+    prompt may differ). Stops: <|im_end|> and
     <|endoftext|>; with FIM tokens in the vocabulary (any family's, ``fim_tokens.scheme_of_folder``) the TEMPLATE gets
     a FIM branch in those tokens and the stops the FIM and repo tokens, which a FIM completion may end with; without
     them there is no FIM branch, so Ollama answers a generate with a suffix as the model cannot do FIM.
@@ -370,7 +401,52 @@ def template_for(model_dir: Path) -> tuple[str, list[str]]:
 
     scheme = scheme_of_folder(model_dir)
     stops = [IM_END] + [t for t in [EOT] + fim_stops(scheme) if t in specials]
-    return qwen25_template(fim=scheme if scheme.has_fim else False), stops
+    default = own_default_system(chat) if system is _OWN else system
+    return qwen25_template(fim=scheme if scheme.has_fim else False, default_system=default), stops
+
+
+# deploy.parameters' keys as Ollama's option names (num_ctx and stop: see `parameters_for`).
+OLLAMA_NAMES = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                "repeat_penalty": "repeat_penalty", "max_tokens": "num_predict"}
+
+
+def parameters_for(parameters: dict, stops: list[str], num_ctx: int) -> dict:
+    """The tag's Ollama PARAMETERs from its generation parameters (deploy/settings.py's Generation.parameters): stop is
+    the TEMPLATE's stops followed by the configured extra ones, num_ctx the configured one or `num_ctx` (the deploy's
+    context), max_tokens becomes num_predict; an unset key is left to Ollama's default."""
+    out: dict = {"stop": list(dict.fromkeys([*stops, *(parameters.get("stop") or [])]))}
+    out.update({OLLAMA_NAMES[k]: v for k, v in parameters.items() if k in OLLAMA_NAMES})
+    out["num_ctx"] = int(parameters.get("num_ctx") or num_ctx)
+    return out
+
+
+def _modelfile_value(value) -> str:
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def modelfile(from_: str, template: str, system: str | None, parameters: dict, adapters: list[str] | None = None) -> str:
+    """The Modelfile equivalent of the create request (what `ollama show --modelfile <tag>` prints, in Ollama's syntax):
+    FROM, ADAPTER, TEMPLATE, SYSTEM (when the tag has a system prompt) and one PARAMETER line per value (stop: one line
+    per stop string)."""
+    lines = [f"FROM {from_}", *(f"ADAPTER {a}" for a in adapters or [])]
+    lines.append(f'TEMPLATE """{template}"""')
+    if system is not None:
+        lines.append(f'SYSTEM """{system}"""')
+    for key, value in parameters.items():
+        for v in value if isinstance(value, list) else [value]:
+            lines.append(f"PARAMETER {key} {_modelfile_value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def _default_generation(model_dir: Path):
+    """The settings of a tag deployed without any (forge.yaml's defaults: temperature 0.2, the base template's own
+    system prompt)."""
+    from forge_assets.config import DeployConfig
+    from forge_assets.deploy.settings import generation
+
+    return generation(DeployConfig(), "", _chat_template(model_dir) or None)
 
 
 def _adapter_files(adapter: Path) -> dict[str, Path]:
@@ -391,9 +467,14 @@ SMOKE_FIM = {"prompt": "def add(a, b):\n    ", "suffix": "\n\n\nprint(add(1, 2))
 
 
 def deploy(gguf: Path, tag: str, model_dir: Path, host: str, latest_tag: str | None = None, num_ctx: int = 32768,
-           adapter: Path | None = None) -> dict:
+           adapter: Path | None = None, generation=None) -> dict:
     """Create `tag` on the Ollama server at host; smoke-test a chat (with a tool offered) and a FIM completion;
     then point latest_tag at it.
+
+    generation is the tag's system prompt and sampling parameters (deploy/settings.py's Generation, from
+    service.generation_settings; None: forge.yaml's defaults for model_dir's chat template): the tag gets SYSTEM (and
+    the TEMPLATE's default system turn) = its system prompt, and a PARAMETER per set value (`parameters_for`). The
+    returned record holds the `modelfile` text those make, its `parameters`, `system` and `generation`.
 
     gguf is the merged model (FROM), or with adapter the base model it applies to: Ollama applies LoRA adapters
     (create's `adapters`) only for llama/mistral/gemma; for Qwen (qwen2, qwen3) deploy a merged GGUF. num_ctx is the
@@ -417,7 +498,11 @@ def deploy(gguf: Path, tag: str, model_dir: Path, host: str, latest_tag: str | N
             f"Ollama cannot apply a LoRA adapter to a {arch or 'model of unknown architecture'} base: its create applies "
             f"adapters only for {', '.join(takes)}, and Qwen adapters load with no effect. Fix: set "
             f"deploy.merge: true so Forge merges the adapter and deploys the merged GGUF. {_untouched(latest_tag)}")
-    template, stops = template_for(model_dir)
+    gen = generation if generation is not None else _default_generation(model_dir)
+    template, stops = template_for(model_dir, system=gen.system)
+    params = parameters_for(gen.parameters, stops, num_ctx)
+    num_ctx = params["num_ctx"]
+    text = modelfile(str(gguf), template, gen.system, params, [str(adapter)] if adapter is not None else None)
     fim = _SUFFIX_BRANCH in template
     client = ollama.Client(host=host)
     created = False
@@ -425,8 +510,8 @@ def deploy(gguf: Path, tag: str, model_dir: Path, host: str, latest_tag: str | N
     try:
         digest = client.create_blob(gguf)
         adapters = {name: client.create_blob(path) for name, path in _adapter_files(adapter).items()} if adapter is not None else None
-        client.create(model=tag, files={gguf.name: digest}, adapters=adapters, template=template,
-                      parameters={"stop": stops, "temperature": 0.2, "num_ctx": num_ctx})
+        client.create(model=tag, files={gguf.name: digest}, adapters=adapters, template=template, system=gen.system,
+                      parameters=params)
         created = True
         step = "the smoke-test chat"
         reply = client.chat(model=tag, messages=[{"role": "user", "content": "Write a hello world function."}], tools=[SMOKE_TOOL],
@@ -454,7 +539,8 @@ def deploy(gguf: Path, tag: str, model_dir: Path, host: str, latest_tag: str | N
     if latest_tag:
         client.copy(tag, latest_tag)
     return {"endpoint": host, "tag": tag, "latest_tag": latest_tag, "digest": digest, "stop": stops, "num_ctx": num_ctx,
-            "adapters": adapters, "smoke": smoke}
+            "adapters": adapters, "smoke": smoke, "system": gen.system, "parameters": params, "generation": gen.as_dict(),
+            "modelfile": text}
 
 
 def _check_stopped(tag: str, what: str, text: str, stops: list[str]) -> None:

@@ -322,8 +322,62 @@ def validate_adapter(adapter_dir: Path, max_lora_rank: int, architecture: str | 
     return problems
 
 
+# deploy.parameters' keys as vLLM's --override-generation-config keys (Hugging Face generation_config names; vLLM maps
+# max_new_tokens to its max_tokens). stop and num_ctx have none: stop is a request field, the context --max-model-len.
+VLLM_OVERRIDE_NAMES = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                       "repeat_penalty": "repetition_penalty", "max_tokens": "max_new_tokens"}
+
+
+def generation_plan(generation: dict, template: str | None) -> dict:
+    """How one vLLM serving several tags takes each tag's settings ({tag: deploy/settings.py's Generation}).
+
+    vLLM's defaults are per server, not per LoRA: ``--override-generation-config`` holds the parameters every tag sets
+    to the same value, and ``--chat-template`` (the base's template with the system prompt as its default system
+    message, engine_settings.with_default_system) the system prompt every tag configures alike (when the base model is a
+    folder whose template can be read). What differs between tags (or that vLLM has no launch option for: stop) goes in
+    ``per_request`` ({tag: OpenAI request fields}) and ``system_per_request`` ({tag: system prompt}): the client
+    configurations carry them, and any other caller must send them. Returns {"override_generation_config",
+    "chat_template_system", "per_request", "system_per_request", "note"}.
+    """
+    from forge_assets.deploy.engine_settings import request_fields, system_for_template
+
+    gens = dict(generation)
+    override: dict = {}
+    per_request: dict[str, dict] = {name: {} for name in gens}
+    keys = dict.fromkeys(k for g in gens.values() for k in g.parameters)
+    for key in keys:
+        values = [g.parameters.get(key) for g in gens.values()]
+        same = all(key in g.parameters for g in gens.values()) and all(v == values[0] for v in values)
+        if same and key in VLLM_OVERRIDE_NAMES:
+            override[VLLM_OVERRIDE_NAMES[key]] = values[0]
+        elif key != "num_ctx":
+            for name, g in gens.items():
+                if key in g.parameters:
+                    per_request[name].update(request_fields({key: g.parameters[key]}))
+    systems = {name: system_for_template(g, template if template is not None else "") for name, g in gens.items()}
+    wanted = set(systems.values())
+    chat_system = None
+    system_per_request: dict[str, str] = {}
+    if len(wanted) == 1 and None not in wanted and template is not None:
+        chat_system = next(iter(wanted))
+    else:
+        system_per_request = {name: s for name, s in systems.items() if s is not None}
+    notes = []
+    if any(per_request.values()):
+        notes.append("vLLM's generation defaults are per server: the values that differ between tags (and stop, which has "
+                     "no launch option) must be sent with each request (per_request; the client configurations carry them)")
+    if system_per_request:
+        notes.append("the tags' system prompts " + ("differ" if template is not None else "cannot go into a chat template "
+                     "(the base model is not a folder whose template Forge can read)") + ": clients send each tag's as the "
+                     "first system message (system_per_request; the client configurations carry them)")
+    return {"override_generation_config": override, "chat_template_system": chat_system,
+            "per_request": {n: f for n, f in per_request.items() if f}, "system_per_request": system_per_request,
+            "note": "; ".join(notes) or None}
+
+
 def plan(base_model: str, adapters: dict[str, Path], host: str, port: int, max_lora_rank: int | None = None,
-         context: int | None = None, served_model_name: str | None = None, backend: str = "cuda") -> dict:
+         context: int | None = None, served_model_name: str | None = None, backend: str = "cuda",
+         generation: dict | None = None) -> dict:
     """The `vllm serve` command serving base_model with every adapter, and its manifest.
 
     ``base_model`` is what vLLM loads and serves under (a Hugging Face repo id or a folder on the GPU machine);
@@ -343,6 +397,11 @@ def plan(base_model: str, adapters: dict[str, Path], host: str, port: int, max_l
     (``{name, path, base_model_name, rank}`` each, with ``is_3d_lora_weight: true`` for 3-D expert adapters) and
     ``requests`` ({name: request fields}). Raises ValueError listing every problem of every adapter (and of the
     settings), each with its fix.
+
+    ``generation`` ({adapter name: deploy/settings.py's Generation}) adds the tags' generation settings
+    (`generation_plan`): ``--override-generation-config '<json>'`` with the values all tags share, ``--chat-template``
+    with a shared configured system prompt, the rest in each tag's ``requests`` fields (and ``system``); the manifest's
+    ``generation`` holds that plan.
     """
     if not adapters:
         raise ValueError("vLLM plan: no adapter was given. Fix: pass {language: adapter folder}.")
@@ -396,6 +455,18 @@ def plan(base_model: str, adapters: dict[str, Path], host: str, port: int, max_l
         command += ["--max-model-len", str(max_len)]
     if served_model_name is not None:
         command += ["--served-model-name", served_model_name]
+    gen_plan = None
+    if generation:
+        from forge_assets.chat import template_of
+
+        template = template_of(Path(base_model)) if Path(base_model).is_dir() else None
+        gen_plan = generation_plan({n: g for n, g in generation.items() if n in adapters}, template)
+        if gen_plan["override_generation_config"]:
+            command += ["--override-generation-config", json.dumps(gen_plan["override_generation_config"], sort_keys=True)]
+        if gen_plan["chat_template_system"] is not None:
+            from forge_assets.deploy.engine_settings import with_default_system
+
+            command += ["--chat-template", with_default_system(template, gen_plan["chat_template_system"])]
     command += ["--host", host, "--port", str(port)]
     connect = "127.0.0.1" if host in ("", "0.0.0.0") else f"[{host}]" if ":" in host else host
     manifest = {"base_model": base_model, "served_model_name": served, "architecture": arch,
@@ -403,6 +474,12 @@ def plan(base_model: str, adapters: dict[str, Path], host: str, port: int, max_l
                 "endpoint": f"http://{connect}:{port}/v1", "max_lora_rank": rank, "max_loras": len(modules),
                 "max_model_len": max_len, "enable_mixed_moe_lora_format": mixed, "lora_modules": modules,
                 "requests": {m["name"]: {"model": m["name"]} for m in modules}}
+    if gen_plan is not None:
+        for name, fields in gen_plan["per_request"].items():
+            manifest["requests"][name].update(fields)
+        for name, system in gen_plan["system_per_request"].items():
+            manifest["requests"][name]["system"] = system
+        manifest["generation"] = {**gen_plan, "settings": {n: g.as_dict() for n, g in generation.items() if n in adapters}}
     return {"command": command, "manifest": manifest, "runs_here": False}
 
 
