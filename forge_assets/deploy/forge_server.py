@@ -15,7 +15,9 @@ Two layers in one process:
   aliases chosen by ``model``; chat rendered with the exact template training used (``forge_assets.chat``) and Qwen
   ``<tool_call>`` blocks returned as OpenAI ``tool_calls``, streamed or not; FIM in the base family's tokens
   (``/v1/completions`` with ``suffix``, llama.cpp's native ``/completion`` with ``input_suffix``, Tabby's
-  ``/lang/<language>/completion``), and 400 ``fim_not_supported`` for a base without FIM tokens; ``/apply-template``.
+  ``/lang/<language>/completion``), and 400 ``fim_not_supported`` for a base without FIM tokens; ``/apply-template``;
+  each tag's generation settings from forge.yaml (``deploy.system``, ``deploy.parameters``, ``deploy.languages``: the
+  entry's ``generation``) as the defaults of a request that omits them, shown by ``GET /props?model=TAG``.
 
 Why not llama-cpp-python's server (Forge's server until issue 20): it holds one llama.cpp context behind a lock, so
 four agent sessions evicted each other's prompt prefixes on every turn (4.6x slower than the engine, ``bench/serving.py``).
@@ -29,7 +31,14 @@ is shown.
 Config (JSON): ``{"n_ctx": 32768, "threads": 2, "gpu_layers": "auto", "parallel": 4, "api_key_file": null,
 "allowed_hosts": ["localhost", ...], "max_body_bytes": 16777216, "max_tokens_cap": 4096, "request_timeout": 600,
 "models": [{"id": "forge-python:abc", "language": "python", "gguf": "/…/base-Q8_0.gguf", "lora": "/…/adapter-F16.gguf"
-| null, "chat_template": "…"}]}``.
+| null, "chat_template": "…", "generation": {"system": "…" | null, "parameters": {"temperature": 0.2, …}}}]}``
+(``generation``: settings.Generation.as_dict(); an entry without it, from a server deployed before it, has no defaults:
+greedy decoding and no system prompt added).
+
+Per-tag defaults: a request that omits ``temperature``, ``top_p``, ``top_k``, ``min_p``, ``repeat_penalty``, ``max_tokens``
+(``n_predict``) or ``stop`` gets its tag's (``stop`` strings are added to the template's own stop tokens); a field the
+request sends wins. A chat request without a system message gets the tag's system prompt as its first message
+(``/v1/chat/completions`` and ``/apply-template``); completion and FIM requests get the sampling defaults only.
 """
 
 from __future__ import annotations
@@ -57,6 +66,14 @@ from forge_assets.files import free_port
 NO_FIM_MESSAGE = "this model's tokenizer has no fill-in-the-middle tokens; use chat or plain completion"
 DEFAULTS = {"parallel": 4, "max_body_bytes": 16 << 20, "max_tokens_cap": 4096, "request_timeout": 600.0}
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "localhost.localdomain")
+# Sampling fields with the same name in a request (OpenAI's plus llama.cpp's extensions), forge.yaml's deploy.parameters
+# and llama.cpp's /completion; a tag without settings, and a request that sends none, gets GREEDY (Forge's default
+# before per-tag settings) and the engine's own defaults for the others.
+SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
+GREEDY = {"temperature": 0.0, "top_p": 1.0}
+# The engine's generation_settings a native /completion response shows (as llama-server's): no paths, no grammar.
+SHOWN_SETTINGS = ("n_predict", "seed", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
+                  "presence_penalty", "frequency_penalty", "stop")
 
 
 class RequestError(Exception):
@@ -114,7 +131,10 @@ class Engine:
         req = urllib.request.Request(f"{self.url}/props", headers={"Authorization": f"Bearer {self.key}"})
         with urllib.request.urlopen(req, timeout=30) as resp:
             props = json.loads(resp.read())
-        self.n_ctx_slot = int((props.get("default_generation_settings") or {}).get("n_ctx") or n_ctx)
+        settings = props.get("default_generation_settings") or {}
+        self.n_ctx_slot = int(settings.get("n_ctx") or n_ctx)
+        params = settings.get("params") if isinstance(settings.get("params"), dict) else settings
+        self.defaults = {k: params[k] for k in SAMPLING if k in params}  # the engine's own, for a key nobody sets
 
 
 @dataclass
@@ -125,6 +145,17 @@ class LoadedModel:
     adapter: str | None  # the LoRA GGUF applied for this model (None: the base or a merged GGUF alone)
     chat_template: str | None
     scale: float = 1.0
+    generation: dict | None = None  # the entry's settings.Generation.as_dict(); None: no defaults (greedy, no system)
+
+    @property
+    def system(self) -> str | None:
+        """The system prompt a chat request without one gets (None: nothing is added)."""
+        return (self.generation or {}).get("system") or None
+
+    @property
+    def parameters(self) -> dict:
+        """The tag's sampling defaults (forge.yaml's deploy.parameters keys that are set)."""
+        return dict((self.generation or {}).get("parameters") or {})
 
     @property
     def lora(self) -> list[dict]:
@@ -167,7 +198,8 @@ class ModelServer:
         for entry in entries:
             adapter = str(entry["lora"]) if entry.get("lora") else None
             self.models[entry["id"]] = LoadedModel(entry["id"], entry.get("language"), self.bases[str(entry["gguf"])], adapter,
-                                              entry.get("chat_template"), float(entry.get("scale", 1.0)))
+                                                   entry.get("chat_template"), float(entry.get("scale", 1.0)),
+                                                   _generation(entry))
         if not self.models:
             raise RuntimeError("the server config lists no models")
         for m in self.models.values():  # compile each template now (and import its renderer), not on the first request
@@ -194,6 +226,14 @@ class ModelServer:
         raise RequestError(404, f"The model `{name}` does not exist on this server. It serves: {', '.join(self.models)}. "
                                 "Fix: set `model` to one of them (`forge status` lists the deployed tags).", "model_not_found", "model")
 
+    def props_model(self, name: str | None) -> LoadedModel:
+        """The tag `GET /props?model=` names (a tag or alias; 404 otherwise); without one, the only tag, else 400."""
+        if not name and len(self.models) > 1:
+            raise RequestError(400, f"this server serves {len(self.models)} tags ({', '.join(self.models)}); /props needs one. "
+                                    f"Fix: ask GET /props?model=<tag>, e.g. /props?model={next(iter(self.models))}.",
+                               "model_required", "model")
+        return self.model(name)
+
     def by_language(self, language: str) -> LoadedModel:
         for m in self.models.values():
             if m.language == language:
@@ -219,13 +259,60 @@ class ModelServer:
                                "max_tokens")
         return min(max_tokens or self.max_tokens_cap, self.max_tokens_cap)
 
-    async def generate(self, m: LoadedModel, prompt: str, max_tokens: int | None, *, stop: list[str], temperature: float = 0.0,
-                       top_p: float = 1.0, seed: int | None = None) -> AsyncIterator[dict]:
+    def sampling(self, m: LoadedModel, body: dict) -> dict:
+        """The engine's sampling fields for a request to m: each the request's when it sends it, else m's tag default
+        (forge.yaml), else GREEDY's; a key none of them sets is left to the engine."""
+        tag = m.parameters
+        out = {}
+        for key in SAMPLING:
+            v = body.get(key)
+            if v is None:
+                v = tag.get(key, GREEDY.get(key))
+            elif not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise RequestError(400, f"{key} must be a number, not {v!r}.", param=key)
+            if v is not None:
+                out[key] = int(v) if key == "top_k" else float(v)
+        return out
+
+    def max_tokens(self, m: LoadedModel, body: dict, default: int | None) -> int | None:
+        """The request's max_tokens (or max_completion_tokens, n_predict), else m's tag default (at most the server's
+        cap), else `default`."""
+        tag = m.parameters.get("max_tokens")
+        return _max_tokens(body, min(int(tag), self.max_tokens_cap) if tag else default)
+
+    def stops(self, m: LoadedModel, body: dict, template_stops: list[str]) -> list[str]:
+        """The template's stop tokens, then the request's `stop` strings, or m's tag's when it sends none."""
+        return _stops(body, template_stops, m.parameters.get("stop"))
+
+    def props(self, m: LoadedModel) -> dict:
+        """GET /props?model=TAG: as llama-server's /props, for one tag: its default generation settings (what a chat
+        request that sends none is generated with: the tag's, else Forge's greedy and the engine's own), its system
+        prompt, the context, the slots and the chat template."""
+        from forge_assets.chat import CHAT_TEMPLATE
+
+        tag = m.parameters
+        settings = {**m.base.defaults, **self.sampling(m, {})}
+        settings["n_predict"] = min(int(tag["max_tokens"]), self.max_tokens_cap) if tag.get("max_tokens") else self.max_tokens_cap
+        settings["stop"] = list(tag.get("stop") or [])
+        settings["n_ctx"] = self.n_ctx
+        return {"model": m.id, "model_alias": m.id, "language": m.language,
+                "aliases": sorted(a for a, t in self.aliases.items() if t == m.id),
+                "default_generation_settings": {**settings, "params": {k: v for k, v in settings.items() if k != "n_ctx"}},
+                "system_prompt": m.system, "system_source": (m.generation or {}).get("system_source") if m.system else None,
+                "generation_configured": m.generation is not None, "num_ctx": tag.get("num_ctx"),
+                "n_ctx": self.n_ctx, "total_slots": self.parallel, "chat_template": m.chat_template or CHAT_TEMPLATE,
+                "fim": m.base.fim.label if m.base.fim is not None and m.base.fim.has_fim else None,
+                "modalities": {"vision": False, "audio": False}}
+
+    async def generate(self, m: LoadedModel, prompt: str, max_tokens: int | None, *, stop: list[str], sampling: dict | None = None,
+                       seed: int | None = None) -> AsyncIterator[dict]:
         """Start generating on m's engine (errors raise RequestError before anything is streamed) and return an async
-        iterator of {"text", "finish_reason"} pieces; the last has finish_reason, prompt_tokens, completion_tokens and
-        cached_tokens. Closing the iterator (client gone, deadline) closes the engine connection, which stops decoding."""
+        iterator of {"text", "finish_reason"} pieces; the last has finish_reason, prompt_tokens, completion_tokens,
+        cached_tokens and settings (the engine's generation_settings). `sampling`: the engine's sampling fields
+        (sampling(); None: greedy). Closing the iterator (client gone, deadline) closes the engine connection, which stops
+        decoding."""
         n = self.budget(max_tokens, m)
-        body = {"prompt": prompt, "n_predict": n, "temperature": temperature, "top_p": top_p, "stop": stop, "stream": True,
+        body = {"prompt": prompt, "n_predict": n, **(GREEDY if sampling is None else sampling), "stop": stop, "stream": True,
                 "cache_prompt": True, "lora": m.lora, "return_tokens": False}
         if seed is not None:
             body["seed"] = int(seed)
@@ -271,8 +358,10 @@ class ModelServer:
         finally:
             await resp.aclose()
         timings = last.get("timings") or {}
+        shown = last.get("generation_settings") or {}
         yield {"text": "", "finish_reason": finish, "prompt_tokens": int(last.get("tokens_evaluated") or 0),
-               "completion_tokens": int(last.get("tokens_predicted") or 0), "cached_tokens": int(timings.get("cache_n") or 0)}
+               "completion_tokens": int(last.get("tokens_predicted") or 0), "cached_tokens": int(timings.get("cache_n") or 0),
+               "settings": {k: shown[k] for k in SHOWN_SETTINGS if k in shown}}
 
     def fim_scheme(self, m: LoadedModel) -> FimScheme:
         """m's FIM scheme; RequestError 400 `fim_not_supported` when its base has no FIM tokens."""
@@ -299,16 +388,39 @@ class ModelServer:
         if not isinstance(messages, list) or not messages:
             raise RequestError(400, "`messages` must be a non-empty list of {role, content} objects.", param="messages")
         tools = body.get("tools") if body.get("tool_choice") != "none" else None
+        if m.system and not any(isinstance(x, dict) and x.get("role") in ("system", "developer") for x in messages):
+            messages = [{"role": "system", "content": m.system}, *messages]  # the tag's system prompt (forge.yaml)
         try:
             return render_chat(messages, add_generation_prompt=True, tools=tools or None, template=m.chat_template)
         except ChatTemplateError as exc:
             raise RequestError(400, str(exc), param="messages") from None
 
 
-def _stops(body: dict, defaults: list[str]) -> list[str]:
+def _stops(body: dict, defaults: list[str], tag: list[str] | None = None) -> list[str]:
+    """defaults (the template's stop tokens), then the request's `stop` (a string or a list), or `tag`'s when the request
+    sends none (a request's own stop list, even empty, replaces the tag's)."""
     stop = body.get("stop")
-    extra = [stop] if isinstance(stop, str) else list(stop or [])
-    return defaults + [s for s in extra if s not in defaults]
+    if stop is None:
+        extra = list(tag or [])
+    elif isinstance(stop, str):
+        extra = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        extra = stop
+    else:
+        raise RequestError(400, f"stop must be a string or a list of strings, not {stop!r}.", param="stop")
+    return defaults + [s for s in dict.fromkeys(extra) if s and s not in defaults]
+
+
+def _generation(entry: dict) -> dict | None:
+    """An entry's generation settings ({"system", "parameters", "system_source"}), checked; None when it has none."""
+    gen = entry.get("generation")
+    if gen is None:
+        return None
+    if not isinstance(gen, dict) or not isinstance(gen.get("parameters") or {}, dict) or \
+            not isinstance(gen.get("system"), (str, type(None))):
+        raise RuntimeError(f"the server config's entry {entry.get('id')} has a malformed `generation` ({gen!r}): it must be "
+                           "{\"system\": str | null, \"parameters\": {...}}. Fix: redeploy with `forge run`.")
+    return gen
 
 
 def _max_tokens(body: dict, default: int | None) -> int | None:
@@ -318,15 +430,6 @@ def _max_tokens(body: dict, default: int | None) -> int | None:
     if not isinstance(v, int) or isinstance(v, bool) or v == 0:
         raise RequestError(400, f"max_tokens must be a positive integer, not {v!r}.", param="max_tokens")
     return v
-
-
-def _number(body: dict, name: str, default: float) -> float:
-    v = body.get(name, default)
-    if v is None:
-        return default
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
-        raise RequestError(400, f"{name} must be a number, not {v!r}.", param=name)
-    return float(v)
 
 
 def _held_back(text: str) -> int:
@@ -490,6 +593,11 @@ def create_app(server: ModelServer):
     async def health():
         return {"status": "ok"}
 
+    @app.get("/props")
+    async def props(model: str | None = None):
+        """llama-server's GET /props for one tag (?model=TAG, or none when the server serves one tag)."""
+        return server.props(server.props_model(model))
+
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [_card(m, server) for m in server.models.values()]}
@@ -499,8 +607,8 @@ def create_app(server: ModelServer):
         body = await read(request)
         m = server.model(body.get("model"))
         prompt = await asyncio.to_thread(server.chat_prompt, m, body)
-        gen = await server.generate(m, prompt, _max_tokens(body, None), stop=_stops(body, STOP_TOKENS),
-                                    temperature=_number(body, "temperature", 0.0), top_p=_number(body, "top_p", 1.0), seed=body.get("seed"))
+        gen = await server.generate(m, prompt, server.max_tokens(m, body, None), stop=server.stops(m, body, STOP_TOKENS),
+                                    sampling=server.sampling(m, body), seed=body.get("seed"))
         cid, created, t0 = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), time.time()
         tools_on = bool(body.get("tools")) and body.get("tool_choice") != "none"
         if not body.get("stream"):
@@ -581,8 +689,9 @@ def create_app(server: ModelServer):
         suffix = body.get("suffix")
         fim = suffix is not None
         text_in = server.fim_prompt(m, str(prompt), str(suffix)) if fim else str(prompt)
-        gen = await server.generate(m, text_in, _max_tokens(body, 16), stop=_stops(body, m.base.fim.stop_tokens() if fim else STOP_TOKENS),
-                                    temperature=_number(body, "temperature", 0.0), top_p=_number(body, "top_p", 1.0), seed=body.get("seed"))
+        gen = await server.generate(m, text_in, server.max_tokens(m, body, 16),
+                                    stop=server.stops(m, body, m.base.fim.stop_tokens() if fim else STOP_TOKENS),
+                                    sampling=server.sampling(m, body), seed=body.get("seed"))
         cid, created, t0 = f"cmpl-{uuid.uuid4().hex}", int(time.time()), time.time()
 
         def choice(text: str, finish: str | None) -> dict:
@@ -623,14 +732,16 @@ def create_app(server: ModelServer):
         else:
             fim_text = server.native_fim(m, prompt)
             prompt, fim = (fim_text, True) if fim_text is not None else (prompt, False)
-        gen = await server.generate(m, prompt, _max_tokens(body, None), stop=_stops(body, m.base.fim.stop_tokens() if fim else STOP_TOKENS),
-                                    temperature=_number(body, "temperature", 0.0), seed=body.get("seed"))
+        gen = await server.generate(m, prompt, server.max_tokens(m, body, None),
+                                    stop=server.stops(m, body, m.base.fim.stop_tokens() if fim else STOP_TOKENS),
+                                    sampling=server.sampling(m, body), seed=body.get("seed"))
         t0 = time.time()
         if not body.get("stream"):
             text, last = await collect(request, gen)
             logged("native", m, t0, _usage(last), last["finish_reason"], last=last)
             return {"content": text, "model": m.id, "stop": True, "stop_type": "limit" if last["finish_reason"] == "length" else "eos",
-                    "tokens_evaluated": last["prompt_tokens"], "tokens_predicted": last["completion_tokens"]}
+                    "tokens_evaluated": last["prompt_tokens"], "tokens_predicted": last["completion_tokens"],
+                    "generation_settings": last.get("settings") or {}}
 
         async def events():
             last = {}

@@ -117,9 +117,11 @@ def generation_fingerprint(cfg, language: str, gguf: Artifact) -> str:
     return fingerprint(generation_settings(cfg, language, gguf))
 
 
-def model_entry(gguf: Artifact, tag: str, language: str) -> dict:
+def model_entry(gguf: Artifact, tag: str, language: str, cfg=None) -> dict:
     """The server entry for a gguf version: the base GGUF and the language's LoRA GGUF (or the merged GGUF), and the
-    chat template it was trained with (the tokenizer files kept beside it)."""
+    chat template it was trained with (the tokenizer files kept beside it). With the project's config, also the tag's
+    generation settings (`generation`: generation_settings(...).as_dict(), the Forge server's per-tag defaults and
+    `GET /props`); an entry without them (a server started before them) is served with no defaults (greedy)."""
     from forge_assets.chat import template_of
 
     man = _read_json(gguf.path / "manifest.json").get("figures") or {}
@@ -128,8 +130,11 @@ def model_entry(gguf: Artifact, tag: str, language: str) -> dict:
         model, adapter = Path(man["base_gguf"]), lora
     else:
         model, adapter = gguf_path(gguf), None
-    return {"id": tag, "language": language, "gguf": str(model), "lora": str(adapter) if adapter else None,
-            "chat_template": template_of(gguf.path), "fim": fim_scheme(gguf)}
+    entry = {"id": tag, "language": language, "gguf": str(model), "lora": str(adapter) if adapter else None,
+             "chat_template": template_of(gguf.path), "fim": fim_scheme(gguf)}
+    if cfg is not None:
+        entry["generation"] = generation_settings(cfg, language, gguf).as_dict()
+    return entry
 
 
 def fim_scheme(gguf: Artifact) -> str:

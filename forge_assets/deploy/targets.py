@@ -148,7 +148,7 @@ class LlamaServerTarget(DeployTarget):
 
         d = cfg.deploy
         state_dir = endpoint_dir(store)
-        entry = model_entry(gguf, tag, language)
+        entry = model_entry(gguf, tag, language, cfg)  # with the tag's generation settings (per-tag defaults)
         self._retire_legacy(store, d, log, only_port=d.port)  # a per-language server on deploy.port must make way (once)
         n_ctx, options = context_for(gguf, d), server_options(store, d)
         if supervisor.running(state_dir):  # `forge service install`: the service's supervisor deploys, its children serve

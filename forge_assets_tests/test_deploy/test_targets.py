@@ -240,7 +240,7 @@ def test_llama_server_deploys_through_a_running_forge_service(project, monkeypat
         llama_server._write_state(state_dir, state)
         return state
 
-    monkeypatch.setattr(service, "model_entry", lambda gguf, tag_, language: dict(entry))
+    monkeypatch.setattr(service, "model_entry", lambda gguf, tag_, language, cfg=None: dict(entry))
     monkeypatch.setattr(supervisor, "running", lambda state_dir: True)
     monkeypatch.setattr(supervisor, "submit", submit)
     monkeypatch.setattr(llama_server, "deploy", lambda *a, **k: pytest.fail("llama_server.deploy ran beside a running service"))
