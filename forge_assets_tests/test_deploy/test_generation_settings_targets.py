@@ -343,3 +343,31 @@ def test_opencode_sends_the_tags_values_with_every_request(opencode_binary: Path
         assert body["model"] == "forge-python:1a2b"
         assert {k: body.get(k) for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "stop")} == {
             "temperature": 0.0, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1, "stop": ["\n\n\n"]}
+
+
+def test_forge_client_config_resolves_the_settings_for_a_record_without_them(tmp_path: Path, monkeypatch, capsys):
+    """A deployment recorded without generation settings (Ollama cannot run here: its deploy is replaced by one that
+    records what Forge's did before them): `forge client-config` resolves them from forge.yaml for the gguf it serves."""
+    from forge_assets.artifacts import ArtifactStore
+    from forge_assets.cli.cmd_client_config import client_config
+    from forge_assets.config import load_config
+    from forge_assets.deploy import service
+    from forge_assets.deploy.targets import TARGETS
+    from forge_assets_tests.conftest import write_config
+
+    cfg_path = write_config(tmp_path, [], deploy={"target": "ollama", "ollama_host": "http://127.0.0.1:1", "system": "Sys P.",
+                                                  "parameters": {"temperature": 0.1},
+                                                  "languages": {"python": {"parameters": {"top_p": 0.5}}}})
+    monkeypatch.setenv("FORGE_CONFIG", str(cfg_path))
+    cfg, store = load_config(cfg_path), ArtifactStore(tmp_path / "artifacts")
+    t = TARGETS["ollama"]
+    monkeypatch.setattr(t, "deploy", lambda store_, cfg_, language, gguf, tag, log: {
+        "target": t.name, "tag": tag, "endpoint": "http://127.0.0.1:1", "gguf": gguf.version, "smoke": {}, "context": 8192})
+    with store.write("gguf", "python", {"inputs": {}, "figures": {}}) as out:
+        (out.path / "chat_template.jinja").write_text(SMOLLM2_TEMPLATE)
+    service.deploy_gguf(store, cfg, "python", out.artifact, log=lambda _: None)
+    capsys.readouterr()
+    assert client_config("continue", None, None) == 0
+    chat = yaml.safe_load(capsys.readouterr().out)["models"][0]
+    assert chat["defaultCompletionOptions"]["temperature"] == 0.1 and chat["defaultCompletionOptions"]["topP"] == 0.5
+    assert chat["chatOptions"] == {"baseSystemMessage": "Sys P."}
