@@ -42,7 +42,7 @@ the client has a key for them, so the values a client sends are the tag's own (a
 win over the server's): Continue ``defaultCompletionOptions`` (temperature, topP, topK, minP, maxTokens, stop: Continue
 has no repetition-penalty key) and, for a configured system prompt, ``chatOptions.baseSystemMessage``; OpenCode the
 model's ``options`` (sent as request-body fields by its openai-compatible provider); Tabby's config.toml has no such
-keys (a comment lists the values; the server's per-tag defaults apply). A system prompt that is the base template's own
+keys (a comment lists the values; the server's defaults for the tag apply). A system prompt that is the base template's own
 default is not written: the server adds it when a request has none, and a client's own system prompt is more useful.
 
 Plain code: no Dagster, no network.
@@ -385,8 +385,8 @@ def tabby_config(served: Endpoint, language: str | None = None) -> str:
         values = ", ".join(f"{k} {json.dumps(v, ensure_ascii=False)}" for k, v in chosen.parameters.items()) or "none set"
         lines.append(f"# generation settings of {chosen.tag}: {values}"
                      + (f"; system prompt {json.dumps(chosen.configured_system, ensure_ascii=False)}" if chosen.configured_system else ""))
-        lines.append("# Tabby's config.toml has no sampling or system-prompt keys: the server applies the tag's own values "
-                     "to requests that set none.")
+        lines.append("# Tabby's config.toml has no sampling or system-prompt keys: its requests get the server's defaults for "
+                     "the tag (docs/serving.md, Generation settings).")
     for section in [s for s in ("completion", "chat") if s in data]:
         lines += ["", f"[model.{section}.http]"]
         lines += [f"{key} = {_toml_value(value)}" for key, value in data[section]["http"].items()]
