@@ -106,7 +106,8 @@ class DeployTarget:
                 continue
             ctx = int(rec.get("context") or d.context or MIN_CONTEXT)
             models.append(clients.ServedModel(rec.get("client_model") or rec["tag"], lang, ctx, min(d.max_output, ctx // 2),
-                                              fim=rec.get("fim") or "qwen"))  # records from before FIM schemes were Qwen's
+                                              fim=rec.get("fim") or "qwen",  # records from before FIM schemes were Qwen's
+                                              generation=rec.get("generation")))
             if self.one_language_per_server:
                 break  # one server per language: a client config names one of them
         if not models:
@@ -199,7 +200,8 @@ class LlamaServerTarget(DeployTarget):
         if not state or not state.get("models"):
             raise ArtifactError("nothing is deployed on Forge's server yet. Fix: run `forge run` (it deploys every language).")
         ctx = int(state.get("n_ctx") or MIN_CONTEXT)
-        models = [clients.ServedModel(m["id"], m["language"], ctx, min(d.max_output, ctx // 2), fim=_entry_fim(m))
+        models = [clients.ServedModel(m["id"], m["language"], ctx, min(d.max_output, ctx // 2), fim=_entry_fim(m),
+                                      generation=m.get("generation"))
                   for m in state["models"] if m.get("language")]
         return clients.Endpoint(self.name, state["endpoint"], models, api_key=llama_server.key_of(state.get("options")))
 
@@ -267,14 +269,15 @@ class OllamaTarget(DeployTarget):
 
     def deploy(self, store, cfg, language, gguf, tag, log):
         from forge_assets.deploy import ollama_target
-        from forge_assets.deploy.service import context_for, gguf_path
+        from forge_assets.deploy.service import context_for, generation_settings, gguf_path
 
         d = cfg.deploy
         model_file = gguf_path(gguf)
         state = ollama_target.deploy(model_file, tag, gguf.path, d.ollama_host, latest_tag=f"{d.tag_prefix}-{language}:latest",
-                                     num_ctx=context_for(gguf, d))
+                                     num_ctx=context_for(gguf, d), generation=generation_settings(cfg, language, gguf))
         return {"target": self.name, "tag": tag, "endpoint": state["endpoint"], "gguf": gguf.version, "smoke": state["smoke"],
-                "latest_tag": state["latest_tag"], "context": state.get("num_ctx")}
+                "latest_tag": state["latest_tag"], "context": state.get("num_ctx"), "generation": state["generation"],
+                "modelfile": state["modelfile"]}
 
     # health: Ollama keeps its tags (the base's True)
 
@@ -306,17 +309,18 @@ class MlxTarget(DeployTarget):
         language's index, remembered in deployment/ports.json)."""
         from forge_assets.deploy import llama_server, mlx_target
         from forge_assets.deploy.ports import port_for
-        from forge_assets.deploy.service import MIN_CONTEXT, _read_json, _trained_from
+        from forge_assets.deploy.service import MIN_CONTEXT, _read_json, _trained_from, generation_settings
 
         d = cfg.deploy
         base_dir, adapter_dir = _trained_from(store, gguf)
+        gen = generation_settings(cfg, language, gguf)
         state_dir = store.folder("deployment", language)
         previous = _read_json(state_dir / MLX_STATE) or None
         port = port_for(store.root, language, d.port)
         if previous and mlx_target.health(previous)["ok"] and previous.get("port") == port:
             port = free_port(llama_server.UPSTREAM_HOST)  # blue-green needs the new server up before the old one stops
         work = state_dir / f"mlx-{gguf.version[:12]}"
-        rec = mlx_target.start(base_dir, {language: adapter_dir}, d.host, port, work / "server.log")
+        rec = mlx_target.start(base_dir, {language: adapter_dir}, d.host, port, work / "server.log", generation=gen)
         try:
             smoke = mlx_target.smoke(rec)
         except Exception:
@@ -328,7 +332,8 @@ class MlxTarget(DeployTarget):
         (state_dir / MLX_STATE).write_text(json.dumps(rec, indent=2, default=str))
         return {"target": self.name, "tag": tag, "endpoint": rec["endpoint"], "gguf": gguf.version, "smoke": smoke,
                 "request_fields": rec.get("requests", {}).get(language), "context": d.context or MIN_CONTEXT,
-                "client_model": mlx_target.DEFAULT_MODEL}  # mlx_lm.server's name for --model with its --adapter-path
+                "client_model": mlx_target.DEFAULT_MODEL, "generation": gen.as_dict(),
+                "request_defaults": rec.get("request_defaults")}  # mlx_lm.server's name for --model with its --adapter-path
 
     def _state(self, store, language: str) -> dict | None:
         from forge_assets.deploy.service import _read_json
@@ -368,23 +373,27 @@ class VllmTarget(DeployTarget):
 
     def deploy(self, store, cfg, language, gguf, tag, log):
         from forge_assets.deploy import vllm_target
-        from forge_assets.deploy.service import MIN_CONTEXT, _read_json, _trained_from
+        from forge_assets.deploy.service import MIN_CONTEXT, _read_json, _trained_from, generation_settings
+        from forge_assets.deploy.settings import Generation
 
         d = cfg.deploy
         base_dir, adapter_dir = _trained_from(store, gguf)
-        adapters = {}
+        adapters, gens = {}, {}
         for lang in store.languages("deployment"):
             dep = store.promoted("deployment", lang) if lang != language else None
             rec = _read_json(dep.path / "deployment.json") if dep else {}
             if rec.get("target") == self.name and rec.get("adapter_path") and Path(rec["adapter_path"]).is_dir():
                 adapters[rec["tag"]] = Path(rec["adapter_path"])
+                if rec.get("generation"):
+                    gens[rec["tag"]] = Generation(**rec["generation"])
         adapters[tag] = adapter_dir
-        plan = vllm_target.plan(str(base_dir), adapters, d.host, d.port, context=d.context)
+        gens[tag] = generation_settings(cfg, language, gguf)
+        plan = vllm_target.plan(str(base_dir), adapters, d.host, d.port, context=d.context, generation=gens)
         command = vllm_target.command_line(plan)
         log(f"vLLM cannot run on this machine; on a GPU machine serve every language with:\n{command}")
         return {"target": self.name, "tag": tag, "endpoint": plan["manifest"]["endpoint"], "gguf": gguf.version,
                 "adapter_path": str(adapter_dir), "command": command, "manifest": plan["manifest"],
-                "context": d.context or MIN_CONTEXT, "runs_here": self.runs_here}
+                "context": d.context or MIN_CONTEXT, "runs_here": self.runs_here, "generation": gens[tag].as_dict()}
 
     # health: a vLLM plan is a file (the base's True); stop: Forge started nothing
 
