@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from forge_assets.cli.cmd_approve import approve, reject
 from forge_assets.cli.cmd_client_config import client_config
 from forge_assets.cli.cmd_gc import gc
 from forge_assets.cli.cmd_history import history
@@ -25,7 +26,7 @@ from forge_assets.cli.common import split_fix
 
 _split_fix = split_fix  # (the name tests and older callers import)
 
-__all__ = ["build_parser", "client_config", "failure_summary", "gc", "history", "main", "rollback", "run", "service", "split_fix",
+__all__ = ["approve", "build_parser", "client_config", "failure_summary", "gc", "history", "main", "reject", "rollback", "run", "service", "split_fix",
            "status", "stop"]
 
 
@@ -44,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_rb = sub.add_parser("rollback", help="serve the previously deployed GGUF again (blue-green, smoke-tested) and keep it promoted")
     p_rb.add_argument("--language", type=_language, required=True)
     p_rb.add_argument("--to", metavar="VERSION", help="a gguf version, a unique prefix of one, or its tag (<prefix>-<language>:<version>)")
+    p_ap = sub.add_parser("approve", help="serve the candidate that deploy.approval: manual holds back (blue-green, smoke-tested)")
+    p_ap.add_argument("--language", type=_language, required=True)
+    p_ap.add_argument("--version", metavar="VERSION", help="the candidate's gguf version, a unique prefix of one, or its tag "
+                      "(default: the one awaiting approval)")
+    p_rj = sub.add_parser("reject", help="record that the candidate awaiting approval will not be served, and why")
+    p_rj.add_argument("--language", type=_language, required=True)
+    p_rj.add_argument("--version", metavar="VERSION", help="as for approve")
+    p_rj.add_argument("--reason", required=True, help="why (kept in `forge history`)")
     p_cc = sub.add_parser("client-config", help="print a ready-to-paste OpenCode, Continue or Tabby configuration for the deployed tags")
     p_cc.add_argument("client", choices=["opencode", "continue", "tabby"])
     p_cc.add_argument("--language", type=_language, help="the language whose tag is the default model (default: the first deployed)")
@@ -63,6 +72,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return gc(args.keep, args.dry_run)
     if args.command == "rollback":
         return rollback(args.language, args.to)
+    if args.command == "approve":
+        return approve(args.language, args.version)
+    if args.command == "reject":
+        return reject(args.language, args.reason, args.version)
     if args.command == "client-config":
         return client_config(args.client, args.language, args.write)
     if args.command == "service":

@@ -10,7 +10,7 @@ def history(languages: list[str] | None) -> int:
     from forge_assets.artifacts import HISTORY
     from forge_assets.cli.common import store as cli_store
     from forge_assets.config import load_config
-    from forge_assets.deploy.history import deployed, served_events, when
+    from forge_assets.deploy.history import decision_events, deployed, when
     from forge_assets.deploy.service import format_scores
 
     cfg = load_config()
@@ -21,7 +21,7 @@ def history(languages: list[str] | None) -> int:
               "(deploys made before Forge kept a history are not listed).")
         return 0
     for lang in langs:
-        events = served_events(store, lang)
+        events = decision_events(store, lang)
         where = store.folder("deployment", lang) / HISTORY
         if not events:
             print(f"forge history: no deploys of `{lang}` are recorded ({where} has none). Run `forge run --language {lang}` "
@@ -30,15 +30,27 @@ def history(languages: list[str] | None) -> int:
             current = deployed(store, lang)
             serving = current[1].get("tag") if current else None
             rows = [(when(ev.get("at")), str(ev["event"]), str(ev.get("tag") or "?"), str(ev.get("gguf") or "?")[:16],
-                     format_scores(ev.get("scores")) or "-") for ev in events]
+                     _detail(ev, format_scores)) for ev in events]
             head = ("date (UTC)", "event", "tag", "gguf", "key scores")
             widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
-            print(f"forge history: `{lang}` deploys and rollbacks, newest last ({where})")
+            print(f"forge history: `{lang}` deploys, rollbacks and approvals, newest last ({where})")
+            last_served = max((i for i, ev in enumerate(events, 1) if ev["event"] in ("deploy", "rollback", "approve")), default=-1)
             for i, r in enumerate([head, *rows]):
-                mark = "  <- serving" if i == len(rows) and r[2] == serving else ""
+                mark = "  <- serving" if i == last_served and r[2] == serving else ""
                 print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] + mark)
         _print_evaluations(store, lang)
     return 0
+
+
+def _detail(ev: dict, format_scores) -> str:
+    """The last column: a deploy's key scores, who approved, who rejected and why, what a held candidate waits beside."""
+    if ev["event"] == "reject":
+        return f"by {ev.get('by', '?')}: {ev.get('reason', '')}"
+    if ev["event"] == "approve":
+        return f"by {ev.get('by', '?')} (waiting since {str(ev.get('waited_since') or '?')[:19].replace('T', ' ')})"
+    if ev["event"] == "awaiting":
+        return f"awaits approval; {ev.get('serving') or 'nothing'} keeps serving" + (f"; report {ev['report']}" if ev.get("report") else "")
+    return format_scores(ev.get("scores")) or "-"
 
 
 def _print_evaluations(store, language: str) -> None:

@@ -39,6 +39,12 @@ def run(languages: list[str] | None) -> int:
         if not result.success:
             failures[lang] = failure_summary(result)
     status(wanted, endpoint=True)
+    if cfg.deploy.approval == "manual":  # said last: what waits for a person, and how to decide
+        from forge_assets.artifacts import ArtifactStore
+        from forge_assets.cli.cmd_approve import awaiting_lines
+
+        for line in awaiting_lines(ArtifactStore(cfg.artifact_path), cfg, wanted):
+            print(line)
     if failures:
         print(failure_block(failures), file=sys.stderr)
         return 1

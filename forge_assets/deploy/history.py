@@ -48,6 +48,11 @@ def served_events(store: ArtifactStore, language: str) -> list[dict]:
     return [ev for ev in store.history("deployment", language) if ev.get("event") in (DEPLOY, ROLLBACK)]
 
 
+def decision_events(store: ArtifactStore, language: str) -> list[dict]:
+    """The language's deploys, rollbacks and approval decisions (awaiting, approve, reject), oldest first."""
+    return [ev for ev in store.history("deployment", language) if ev.get("event") in (DEPLOY, ROLLBACK, "awaiting", "approve", "reject")]
+
+
 def stored_list(store: ArtifactStore, language: str, exclude: str | None = None) -> str:
     """The stored gguf versions, newest first, as `<version[:12]> (<created>)`, for an error's Fix; "none" if there are none."""
     arts = [a for a in store.versions("gguf", language) if a.version != exclude]

@@ -52,6 +52,10 @@ def language_status(store: ArtifactStore, cfg, language: str) -> dict:
         row["perplexity"] = {"base": s["base_perplexity"], "adapter": s["adapter_perplexity"]}
         if s.get("fim_skipped"):  # a base without FIM tokens: said where `forge run` ends, not only in its log
             row["fim"] = f"skipped: {s['fim_skipped']}"
+    from forge_assets.deploy.approval import pending
+
+    if (cand := pending(store, cfg, language)) is not None:  # deploy.approval: manual holds it back
+        row["awaiting_approval"] = cand.as_dict()
     promo = {asset: info for asset in EXPLAINED if (info := promotion(store, cfg, language, asset))}
     if promo:
         row["promotion"] = promo
