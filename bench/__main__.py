@@ -186,9 +186,9 @@ def markdown(rows: list[dict], header: dict) -> str:
     ]
     mixed = len({(r.get("date"), r.get("commit")) for r in rows}) > 1
     if mixed:  # some rows were re-run on their own (--merge): each says when
-        lines[2] = lines[2].replace(f"on {header['date']}, commit {header['commit']}, ", "") + \
+        lines[2] = lines[2].replace(f"on {header['date']}, commit {header['commit']}, ", "on ") + \
             " Rows were run at different commits (--only ... --merge): the last column says which."
-        lines[4] = lines[4].rstrip("|") + " run |"
+        lines[4] = lines[4] + " run |"
         lines[5] = lines[5] + "---|"
     for r in rows:
         also = "; ".join(f"{k} {_cell(v)}" for k, v in r["also"].items())

@@ -37,6 +37,7 @@ def test_one_table_then_a_merged_rerun_keeps_the_other_rows(tmp_path, monkeypatc
     assert table[2]["met"] is True and table[2]["error"] is None
     page = out.with_suffix(".md").read_text()
     assert "different commits" in page and "aaaaaaa |" in page and "bbbbbbb |" in page
+    assert "| met? | also | run |" in page and "|---|---|---|---|---|---|---|---|---|" in page
     # Without --merge the table is only what ran.
     assert bench_main.main(["--only", "scrub", "--out", str(out)]) == 0
     assert [r["bench"] for r in json.loads(out.with_suffix(".json").read_text())["table"]] == ["scrub"]

@@ -139,3 +139,18 @@ def test_manual_approval_keeps_the_old_model_until_approved(manual_project, caps
     assert cli.main(["history", "--language", "python"]) == 0
     hist = capsys.readouterr().out
     assert "awaits approval" in hist and "approve" in hist and "<- serving" in hist
+
+    # 5. Changing only the serving settings redeploys the same GGUF with them: nothing is retrained or re-exported, and
+    # no approval is asked for (the model did not change).
+    ggufs, adapters = len(store.versions("gguf", "python")), len(store.versions("adapter", "python"))
+    before = store.promoted("deployment", "python").version
+    data = yaml.safe_load(cfg_path.read_text())
+    data["deploy"]["languages"]["python"]["parameters"]["temperature"] = 0.3
+    cfg_path.write_text(yaml.safe_dump(data))
+    assert cli.main(["run"]) == 0
+    assert "awaits approval" not in capsys.readouterr().out
+    assert store.promoted("deployment", "python").version != before
+    assert deployed(store, "python")[1]["gguf"] == second.version
+    assert (len(store.versions("gguf", "python")), len(store.versions("adapter", "python"))) == (ggufs, adapters)
+    props = _get(f"{record['endpoint'].removesuffix('/v1')}/props?model={second.tag}")
+    assert props["default_generation_settings"]["temperature"] == 0.3 and props["system_prompt"] == SYSTEM
