@@ -251,3 +251,12 @@ def forge_processes() -> list:
         except psutil.NoSuchProcess:
             pass
     return out
+
+
+def assert_no_forge_processes() -> None:
+    """Kill any server or router this test process left running (so the next test starts clean), then fail if there was one."""
+    leftovers = forge_processes()
+    for proc in leftovers:
+        proc.kill()
+        proc.wait(10)
+    assert not leftovers, f"processes left running: {[p.cmdline() for p in leftovers]}"

@@ -18,7 +18,7 @@ from forge_assets.artifacts import ArtifactStore
 from forge_assets.config import load_config
 from forge_assets.deploy.approval import pending
 from forge_assets.deploy.history import decision_events, deployed
-from forge_assets_tests.conftest import forge_processes, free_port, write_config
+from forge_assets_tests.conftest import assert_no_forge_processes, free_port, write_config
 
 SYSTEM = "You are the payments team's Python reviewer. Answer with code."
 
@@ -44,11 +44,7 @@ def manual_project(tmp_path: Path, py_repo: Path, monkeypatch):
     monkeypatch.delenv("FORGE_DEPLOYMENT", raising=False)
     yield cfg_path, ArtifactStore(tmp_path / "artifacts")
     cli.main(["stop"])
-    leftovers = forge_processes()
-    for proc in leftovers:
-        proc.kill()
-        proc.wait(10)
-    assert not leftovers, f"processes left running: {[p.cmdline() for p in leftovers]}"
+    assert_no_forge_processes()
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ import pytest
 from forge_assets import cli
 from forge_assets.deploy import llama_server, procs
 from forge_assets.deploy.ports import port_for, read_ports
-from forge_assets_tests.conftest import forge_processes, free_port, write_config
+from forge_assets_tests.conftest import assert_no_forge_processes, forge_processes, free_port, write_config
 
 
 @pytest.fixture
@@ -33,11 +33,7 @@ def state_dir(tmp_path: Path):
     folder = tmp_path / "artifacts" / "deployment" / "python"
     yield folder
     llama_server.stop(folder)
-    leftovers = forge_processes()
-    for proc in leftovers:
-        proc.kill()
-        proc.wait(10)
-    assert not leftovers, f"processes left running: {[p.cmdline() for p in leftovers]}"
+    assert_no_forge_processes()
 
 
 @pytest.fixture

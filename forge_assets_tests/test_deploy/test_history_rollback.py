@@ -19,7 +19,7 @@ from forge_assets.artifacts import ArtifactStore
 from forge_assets.config import load_config
 from forge_assets.deploy import llama_server
 from forge_assets.deploy.service import deploy_gguf, format_scores, key_scores
-from forge_assets_tests.conftest import forge_processes, free_port, write_config
+from forge_assets_tests.conftest import assert_no_forge_processes, free_port, write_config
 
 GATES_FAILED = [{"name": "adapter_beats_base", "passed": False, "message": "held-out perplexity 1.300x the base model's (limit 1.05)"},
                 {"name": "fim_not_worse_than_base", "passed": True, "message": "ok"}]
@@ -34,11 +34,7 @@ def project(tmp_path: Path, monkeypatch):
     store = ArtifactStore(tmp_path / "artifacts")
     yield cfg_path, store
     cli.main(["stop"])
-    leftovers = forge_processes()
-    for proc in leftovers:
-        proc.kill()
-        proc.wait(10)
-    assert not leftovers, f"processes left running: {[p.cmdline() for p in leftovers]}"
+    assert_no_forge_processes()
 
 
 def _eval_scores(store: ArtifactStore, adapter: str, scores: dict, promote: bool = True):
