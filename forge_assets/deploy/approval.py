@@ -24,8 +24,8 @@ from typing import Callable, Mapping
 from forge_assets.artifacts import Artifact, ArtifactError, ArtifactStore
 
 AWAITING, APPROVE, REJECT = "awaiting", "approve", "reject"
-# Run tags that mark a run no person asked for now: `forge run` (runs.PGID_TAG), the push sensor and the schedule.
-AUTOMATION_TAGS = ("forge/pgid", "dagster/sensor_name", "dagster/schedule_name")
+# Run tags (besides `forge run`'s runs.PGID_TAG) that mark a run no person asked for now: the push sensor and the schedule.
+AUTOMATION_TAGS = ("dagster/sensor_name", "dagster/schedule_name")
 
 
 class ApprovalError(RuntimeError):
