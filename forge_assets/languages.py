@@ -51,6 +51,11 @@ _JS_UNITS = (
 )
 _TS_UNITS = _JS_UNITS + ("(abstract_class_declaration) @class", "(interface_declaration) @class")
 _JS_BLOCKS = ("(statement_block) @block",)
+# C and C++: functions with a body (not prototypes), and structs, unions and enums that define members.
+_C_UNITS = (
+    "(function_definition body: (compound_statement)) @function", "(struct_specifier body: (_)) @class",
+    "(union_specifier body: (_)) @class", "(enum_specifier body: (_)) @class",
+)
 
 LANGUAGES: tuple[Language, ...] = (
     Language("python", "Python", (".py", ".pyi"), ("python", "py", "python3"), codebleu="python", grammars=(
@@ -76,16 +81,43 @@ LANGUAGES: tuple[Language, ...] = (
         Grammar("ruby", "tree_sitter_ruby", "tree-sitter-ruby",
                 ("(method) @function", "(singleton_method) @function", "(class) @class", "(module) @class"),
                 ("(body_statement) @block", "(do_block) @block")),)),
-    Language("swift", "Swift", (".swift",), ("swift",)),
+    Language("swift", "Swift", (".swift",), ("swift",), grammars=(
+        Grammar("swift", "tree_sitter_swift", "tree-sitter-swift",
+                ("(function_declaration) @function", "(init_declaration) @function", "(class_declaration) @class",
+                 "(protocol_declaration) @class"), ("(statements) @block",)),)),
     Language("shell", "shell", (".sh", ".bash", ".zsh"), ("sh", "bash", "shell", "zsh", "console"), fence="bash", grammars=(
         Grammar("shell", "tree_sitter_bash", "tree-sitter-bash", ("(function_definition) @function",),
                 ("(compound_statement) @block",)),)),
-    Language("java", "Java", (".java",), ("java",), codebleu="java"),
-    Language("kotlin", "Kotlin", (".kt",), ("kotlin", "kt")),
-    Language("c", "C", (".c", ".h"), ("c",), codebleu="c"),
-    Language("cpp", "C++", (".cc", ".cpp", ".cxx", ".hpp", ".hh"), ("cpp", "c++"), codebleu="cpp"),
-    Language("csharp", "C#", (".cs",), ("csharp", "cs"), codebleu="c_sharp"),
-    Language("php", "PHP", (".php",), ("php",), codebleu="php"),
+    Language("java", "Java", (".java",), ("java",), codebleu="java", grammars=(
+        Grammar("java", "tree_sitter_java", "tree-sitter-java",
+                ("(method_declaration body: (block)) @function", "(constructor_declaration) @function",
+                 "(class_declaration) @class", "(interface_declaration) @class", "(enum_declaration) @class",
+                 "(record_declaration) @class"), ("(block) @block", "(constructor_body) @block")),)),
+    Language("kotlin", "Kotlin", (".kt", ".kts"), ("kotlin", "kt"), grammars=(
+        Grammar("kotlin", "tree_sitter_kotlin", "tree-sitter-kotlin",
+                ("(function_declaration) @function", "(class_declaration) @class", "(object_declaration) @class"),
+                ("(block) @block",)),)),
+    Language("c", "C", (".c", ".h"), ("c",), codebleu="c", grammars=(
+        Grammar("c", "tree_sitter_c", "tree-sitter-c", _C_UNITS, ("(compound_statement) @block",)),)),
+    Language("cpp", "C++", (".cc", ".cpp", ".cxx", ".hpp", ".hh"), ("cpp", "c++"), codebleu="cpp", grammars=(
+        Grammar("cpp", "tree_sitter_cpp", "tree-sitter-cpp", _C_UNITS + ("(class_specifier body: (_)) @class",),
+                ("(compound_statement) @block",)),)),
+    Language("csharp", "C#", (".cs",), ("csharp", "cs", "c#"), codebleu="c_sharp", grammars=(
+        Grammar("csharp", "tree_sitter_c_sharp", "tree-sitter-c-sharp",
+                ("(method_declaration body: (_)) @function", "(constructor_declaration) @function",
+                 "(class_declaration) @class", "(interface_declaration) @class", "(struct_declaration) @class",
+                 "(record_declaration) @class", "(enum_declaration) @class"), ("(block) @block",)),)),
+    Language("php", "PHP", (".php",), ("php",), codebleu="php", grammars=(
+        Grammar("php", "tree_sitter_php", "tree-sitter-php",
+                ("(function_definition) @function", "(method_declaration body: (_)) @function",
+                 "(class_declaration) @class", "(interface_declaration) @class", "(trait_declaration) @class",
+                 "(enum_declaration) @class"), ("(compound_statement) @block",), attr="language_php"),)),
+    # Manifests and configuration: a unit is a YAML document (a Kubernetes resource, a workflow), split by its
+    # top-level keys when it is long; FIM middles are mapping pairs and sequence items.
+    Language("yaml", "YAML", (".yaml", ".yml"), ("yaml", "yml"), grammars=(
+        Grammar("yaml", "tree_sitter_yaml", "tree-sitter-yaml",
+                ("(document) @class", "(document (block_node (block_mapping (block_mapping_pair) @function)))"),
+                ("(block_mapping) @block", "(block_sequence) @block")),)),
 )
 BY_NAME: dict[str, Language] = {lang.name: lang for lang in LANGUAGES}
 

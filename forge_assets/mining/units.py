@@ -1,7 +1,9 @@
 """Code units from tree-sitter syntax trees: functions, methods, classes/impls with their docs.
 
-A file whose language has a working grammar is parsed; if the tree has errors (or there is no
-grammar) the file falls back to fixed line windows and ``ParsedFile.parse_failed`` says so.
+A file whose language has a working grammar is parsed. When the tree has errors (a construct newer than the grammar,
+such as recent Swift syntax), the units that parsed cleanly are kept and the stretches holding the errors become line
+windows; a file with no clean unit, or a language without a grammar, is cut into fixed line windows.
+``ParsedFile.parse_failed`` says the tree had errors, ``ParsedFile.has_ast`` that units came from it.
 Offsets are byte offsets into the UTF-8 bytes (tree-sitter's own); ``ParsedFile.text`` slices them.
 """
 
@@ -19,9 +21,13 @@ from forge_assets.languages import GRAMMARS, grammar_for
 WINDOW_LINES = 60
 
 # Grammars (module, node types of units and blocks) are described per language in forge_assets.languages.
-_COMMENT_TYPES = frozenset({"comment", "line_comment", "block_comment"})
+_COMMENT_TYPES = frozenset({"comment", "line_comment", "block_comment", "multiline_comment"})
 # Wrappers whose span a unit takes over: decorators, export, `const f = () => ...`.
-_WRAPPERS = frozenset({"decorated_definition", "export_statement", "lexical_declaration", "variable_declaration"})
+_WRAPPERS = frozenset({"decorated_definition", "export_statement", "lexical_declaration", "variable_declaration",
+                       "template_declaration"})
+# The body of a unit whose grammar has no `body` field (Kotlin, Swift protocols): the first child of one of these types.
+_BODY_TYPES = ("function_body", "class_body", "enum_class_body", "protocol_body", "constructor_body", "block",
+               "declaration_list", "compound_statement", "field_declaration_list")
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,9 @@ class ParsedFile:
     data: bytes
     units: list[Unit]
     blocks: list[tuple[int, int, tuple[tuple[int, int], ...]]] = field(default_factory=list)  # (start, end, statements)
-    parse_failed: bool = False  # a grammar exists but the tree has errors: windows were used
+    # A grammar exists but the tree has errors: with has_ast, the units that parsed cleanly were kept and the stretches
+    # holding the errors became line windows; without, the whole file became line windows.
+    parse_failed: bool = False
     has_ast: bool = False
 
     def text(self, start: int = 0, end: int | None = None) -> str:
@@ -145,8 +153,13 @@ def line_windows(data: bytes, max_lines: int = WINDOW_LINES) -> list[Unit]:
 _DOC_MARKERS = re.compile(r"^\s*(?:///?!?|/\*\*?|\*/|\*(?!/)|#!?|--)\s?")
 
 
+_XML_DOC_TAG = re.compile(r"</?(?:summary|remarks|returns|value|para|example|param|typeparam|exception|see|seealso|inheritdoc|c|code)\b[^>]*>")
+
+
 def _clean_comment(text: str) -> str:
-    """Comment text without its markers (///, /** */, #, leading *)."""
+    """Comment text without its markers (///, /** */, #, leading *) and, in C# XML docs, without the tags."""
+    if "<summary" in text or "<param" in text:
+        text = _XML_DOC_TAG.sub("", text)
     lines = []
     for line in text.splitlines():
         line = line.rstrip()
@@ -184,7 +197,60 @@ def _comment_lines(comments: list[tuple[int, int, int, int]], data: bytes) -> di
     return out
 
 
+def _text_of(node: object, data: bytes) -> str:
+    return data[node.start_byte:node.end_byte].decode("utf-8", "replace")
+
+
+def _c_declarator_name(node: object, data: bytes) -> str:
+    """A C/C++ function's name: down the `declarator` fields (pointers, references) to the function declarator's."""
+    decl = node.child_by_field_name("declarator")
+    for _ in range(8):
+        if decl is None:
+            return ""
+        if decl.type == "function_declarator":
+            inner = decl.child_by_field_name("declarator")
+            return _text_of(inner, data) if inner is not None else ""
+        decl = decl.child_by_field_name("declarator") or next(
+            (c for c in decl.named_children if c.type.endswith("declarator")), None)
+    return ""
+
+
+def _yaml_resource_name(node: object, data: bytes) -> str:
+    """A YAML document's `Kind/metadata.name` (a Kubernetes-style resource), or "" for other YAML."""
+    mapping = node
+    for wanted in ("block_node", "block_mapping"):
+        mapping = next((c for c in mapping.named_children if c.type == wanted), None)
+        if mapping is None:
+            return ""
+    found: dict[str, object] = {}
+    for pair in mapping.named_children:
+        key, value = pair.child_by_field_name("key"), pair.child_by_field_name("value")
+        if key is not None and value is not None:
+            found[_text_of(key, data).strip()] = value
+    kind = _text_of(found["kind"], data).strip().strip("'\"") if "kind" in found else ""
+    if not kind or "\n" in kind:
+        return ""
+    meta = found.get("metadata")
+    block = next((c for c in meta.named_children if c.type == "block_mapping"), None) if meta is not None else None
+    for pair in block.named_children if block is not None else ():
+        key, value = pair.child_by_field_name("key"), pair.child_by_field_name("value")
+        if key is not None and value is not None and _text_of(key, data).strip() == "name":
+            return f"{kind}/{_text_of(value, data).strip().strip(chr(39) + chr(34))}"
+    return kind
+
+
+def _body_of(node: object) -> object | None:
+    body = node.child_by_field_name("body")
+    if body is None and node.type not in ("document", "block_mapping_pair"):
+        body = next((c for c in node.named_children if c.type in _BODY_TYPES), None)
+    return body
+
+
 def _name_of(node: object, data: bytes) -> str:
+    if node.type == "document":
+        return _yaml_resource_name(node, data)
+    if node.type == "function_definition" and node.child_by_field_name("declarator") is not None:
+        return _c_declarator_name(node, data)  # C and C++ (Python's and PHP's have a `name`)
     name = node.child_by_field_name("name")
     if name is None and node.type == "impl_item":
         trait, typ = node.child_by_field_name("trait"), node.child_by_field_name("type")
@@ -226,8 +292,7 @@ def parse_file(text: str, language: str, path: str = "", details: bool = True) -
     except Exception:  # timeout or parser failure
         return ParsedFile(language, data, line_windows(data), parse_failed=True)
     root = tree.root_node
-    if root.has_error:
-        return ParsedFile(language, data, line_windows(data), parse_failed=True)
+    errors = _error_starts(root) if root.has_error else []
 
     comments: list[tuple[int, int, int, int]] = []
     if details and grammar.comments is not None:
@@ -239,6 +304,8 @@ def parse_file(text: str, language: str, path: str = "", details: bool = True) -
     units: list[Unit] = []
     seen: set[tuple[int, int]] = set()
     for node, capture in grammar.units.captures(root):
+        if errors and (node.has_error or _in_error(node)):
+            continue  # a tree with errors: only the units that parsed cleanly
         outer = node
         while outer.parent is not None and outer.parent.type in _WRAPPERS:
             if outer.parent.type in ("lexical_declaration", "variable_declaration") and len(outer.parent.named_children) > 1:
@@ -266,7 +333,7 @@ def parse_file(text: str, language: str, path: str = "", details: bool = True) -
         if key in seen:
             continue
         seen.add(key)
-        body = node.child_by_field_name("body")
+        body = _body_of(node)
         if body is None and node.type == "variable_declarator":
             value = node.child_by_field_name("value")
             body = value.child_by_field_name("body") if value is not None else None
@@ -277,12 +344,58 @@ def parse_file(text: str, language: str, path: str = "", details: bool = True) -
             doc=doc, depth=0,
         ))
     units = _nest(units)
+    if errors:
+        if not units:
+            return ParsedFile(language, data, line_windows(data), parse_failed=True)
+        units = _nest(units + _error_windows(data, units, errors))
 
     blocks = []
     if details and grammar.blocks is not None:
         for node, _ in grammar.blocks.captures(root):
+            if errors and (node.has_error or _in_error(node)):
+                continue
             stmts = tuple((c.start_byte, c.end_byte) for c in node.named_children if c.type not in _COMMENT_TYPES)
             if stmts:
                 blocks.append((node.start_byte, node.end_byte, stmts))
         blocks.sort()
-    return ParsedFile(language, data, units or line_windows(data), blocks, has_ast=True)
+    return ParsedFile(language, data, units or line_windows(data), blocks, parse_failed=bool(errors), has_ast=True)
+
+
+def _error_starts(root: object) -> list[int]:
+    """Start bytes of the ERROR and MISSING nodes of a tree (descending only into subtrees that hold one)."""
+    out, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        if node.type == "ERROR" or node.is_missing:
+            out.append(node.start_byte)
+            continue
+        stack.extend(c for c in node.children if c.has_error or c.is_missing)
+    return sorted(out)
+
+
+def _in_error(node: object) -> bool:
+    parent = node.parent
+    while parent is not None:
+        if parent.type == "ERROR":
+            return True
+        parent = parent.parent
+    return False
+
+
+def _error_windows(data: bytes, units: list[Unit], errors: list[int]) -> list[Unit]:
+    """Line windows over the stretches between a partly parsed file's top-level units that hold a syntax error: the
+    code the grammar could not read is still mined, as lines."""
+    covered = sorted((u.start, u.end) for u in units if u.depth == 0)
+    gaps, at = [], 0
+    for s, e in covered:
+        if s > at:
+            gaps.append((at, s))
+        at = max(at, e)
+    gaps.append((at, len(data)))
+    out = []
+    for s, e in gaps:
+        if any(s <= pos < e for pos in errors):
+            s = data.rfind(b"\n", 0, s) + 1 if s else 0
+            out.extend(Unit("window", "", s + w.start, s + w.end, s + w.start, s + w.start, s + w.start, "", 0)
+                       for w in line_windows(data[s:e]))
+    return out

@@ -52,7 +52,7 @@ def test_each_language_with_grammars_has_exactly_one_default_and_tsx_gets_its_ow
             assert sum(not g.only_for for g in lang.grammars) == 1, lang.name
             assert all(set(g.only_for) <= set(lang.extensions) for g in lang.grammars), lang.name
     assert grammar_for("typescript", "ui/App.tsx").name == "tsx" and grammar_for("typescript", "a.ts").name == "typescript"
-    assert grammar_for("java", "A.java") is None and grammar_for("nope") is None
+    assert grammar_for("java", "A.java").name == "java" and grammar_for("lua", "a.lua") is None and grammar_for("nope") is None
 
 
 def test_every_grammar_wheel_is_a_dependency_in_pyproject():
@@ -73,7 +73,7 @@ def test_every_node_type_a_grammar_names_exists_in_it(name):
     assert language is not None, f"grammar {name} ({grammar.module}.{grammar.attr}) does not load"
     assert grammar.units and grammar.blocks
     for pattern in grammar.units + grammar.blocks:
-        assert re.search(r"@(function|class|block)$", pattern), pattern
+        assert re.search(r"@(function|class|block)\)*$", pattern), pattern
         language.query(pattern)  # raises on a node type the grammar lacks
     assert all(p.endswith("@block") for p in grammar.blocks)
 

@@ -76,8 +76,10 @@ def test_rust_units_when_the_grammar_loads():
 
 def test_grammars_load():
     status = ast_status()
-    for name in ("python", "javascript", "typescript", "tsx", "go", "ruby", "shell"):
+    for name in ("python", "javascript", "typescript", "tsx", "go", "ruby", "shell", "swift", "java", "kotlin", "c", "cpp",
+                 "csharp", "php", "yaml"):
         assert status[name], name
+    assert len(status) >= 15  # 14 languages; TypeScript has two grammars (typescript, tsx)
 
 
 def test_a_tree_with_errors_falls_back_to_line_windows():
@@ -90,7 +92,7 @@ def test_a_tree_with_errors_falls_back_to_line_windows():
 
 
 def test_languages_without_a_grammar_use_windows_without_counting_a_failure():
-    pf = parse_file("class A {}\n" * 10, "java", "A.java")
+    pf = parse_file("local a = {}\n" * 10, "lua", "a.lua")
     assert not pf.parse_failed and not pf.has_ast and pf.units[0].kind == "window"
 
 
@@ -100,3 +102,71 @@ def test_non_ascii_offsets_are_bytes_and_slice_cleanly():
     u = units["grüß"]
     assert pf.text(u.start, u.end) == text.rstrip("\n")
     assert u.doc == "Sag „Hallo“ — höflich."
+
+
+def test_a_tree_with_errors_keeps_its_clean_units_and_windows_the_broken_stretch():
+    good = "def fine(x):\n    \"\"\"Add one.\"\"\"\n    return x + 1\n\n\n"
+    broken = "def broken(:\n" + "    y = 2\n" * 5 + "\n\n"
+    text = good + broken + "def also_fine(y):\n    return y * 2\n"
+    pf = parse_file(text, "python", "partial.py")
+    assert pf.parse_failed and pf.has_ast
+    names = [u.name for u in pf.units if u.kind != "window"]
+    assert names == ["fine", "also_fine"]
+    windows = [pf.text(u.start, u.end) for u in pf.units if u.kind == "window"]
+    assert len(windows) == 1 and "def broken(:" in windows[0] and "def fine" not in windows[0]
+    assert "def also_fine" not in windows[0]
+    assert pf.blocks and not [b for b in pf.blocks if "broken(:" in pf.text(b[0], b[1])]  # blocks: clean subtrees only
+    assert {u.doc for u in pf.units if u.name == "fine"} == {"Add one."}
+
+
+# One small real-shaped file per new grammar: (language, path, source, {unit name: (kind, doc or None)}).
+NEW_LANGUAGE_FILES = [
+    ("swift", "Sources/App/Parse.swift",
+     "/// Parses the arguments.\npublic func parse(_ args: [String]) throws -> Int {\n    if args.isEmpty { return 0 }\n"
+     "    return args.count\n}\n\n/**\n A command.\n */\nstruct Command {\n    init(name: String) {\n        self.name = name\n"
+     "    }\n}\n",
+     {"parse": ("function", "Parses the arguments."), "Command": ("class", "A command."), "init": ("method", None)}),
+    ("java", "src/main/java/x/Box.java",
+     "package x;\n\n/** A box of things. */\npublic final class Box {\n  /**\n   * Returns the value.\n   */\n"
+     "  public int get() {\n    return value;\n  }\n}\n",
+     {"Box": ("class", "A box of things."), "get": ("method", "Returns the value.")}),
+    ("kotlin", "src/main/kotlin/app/Turbine.kt",
+     "package app\n\n/**\n * Awaits the next item.\n */\nsuspend fun <T> Flow<T>.awaitItem(): T {\n  return first()\n}\n\n"
+     "class Turbine {\n  /** Cancels it. */\n  fun cancel() {\n    channel.cancel()\n  }\n}\n",
+     {"awaitItem": ("function", "Awaits the next item."), "Turbine": ("class", None), "cancel": ("method", "Cancels it.")}),
+    ("c", "src/add.c",
+     "#include <stdio.h>\n\n/* Adds two numbers. */\nstatic int add(int a, int b) {\n    return a + b;\n}\n\n"
+     "int *make(void) {\n    return 0;\n}\n",
+     {"add": ("function", "Adds two numbers."), "make": ("function", None)}),
+    ("cpp", "src/widget.cpp",
+     "namespace app {\n/// A widget.\nclass Widget {\n public:\n  /// Draws it.\n  void draw(int x) const {\n    render(x);\n"
+     "  }\n};\ntemplate <typename T> T biggest(T a, T b) { return a > b ? a : b; }\n"
+     "void Widget::resize(int w) { width_ = w; }\n}\n",
+     {"Widget": ("class", "A widget."), "draw": ("method", "Draws it."), "biggest": ("function", None),
+      "Widget::resize": ("function", None)}),
+    ("csharp", "src/UserRepo.cs",
+     "namespace App;\n\n/// <summary>\n/// A repository of users.\n/// </summary>\npublic sealed class UserRepo\n{\n"
+     "    /// <summary>Finds a user.</summary>\n    public User Find(int id)\n    {\n        return _users[id];\n    }\n}\n",
+     {"UserRepo": ("class", "A repository of users."), "Find": ("method", "Finds a user.")}),
+    ("php", "src/greet.php",
+     "<?php\n\n/**\n * Greets a user.\n */\nfunction greet(string $name): string {\n    return \"hi $name\";\n}\n\n"
+     "class UserController {\n    /** Shows one. */\n    public function show(int $id) {\n        return $id;\n    }\n}\n",
+     {"greet": ("function", "Greets a user."), "UserController": ("class", None), "show": ("method", "Shows one.")}),
+    ("yaml", "apps/base/podinfo/release.yaml",
+     "# The podinfo release.\napiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata:\n  name: podinfo\n"
+     "spec:\n  interval: 50m\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: podinfo\n",
+     {"HelmRelease/podinfo": ("class", "The podinfo release."), "Namespace/podinfo": ("class", None)}),
+]
+
+
+@pytest.mark.parametrize("language,path,text,expected", NEW_LANGUAGE_FILES, ids=[f[0] for f in NEW_LANGUAGE_FILES])
+def test_each_new_grammar_gives_named_units_with_their_doc_comments(language, path, text, expected):
+    pf = parse_file(text, language, path)
+    assert pf.has_ast and not pf.parse_failed
+    assert pf.blocks, "FIM blocks"
+    units = {u.name: u for u in pf.units if u.name}
+    for name, (kind, doc) in expected.items():
+        assert name in units, (name, sorted(units))
+        assert units[name].kind == kind, (name, units[name].kind)
+        if doc is not None:
+            assert units[name].doc == doc, (name, units[name].doc)
