@@ -255,8 +255,11 @@ def _no_facts(data: dict, f: _Facts) -> None:
 def _helm_release(data: dict, f: _Facts) -> None:
     spec = _dict(data.get("spec"))
     chart = _dict(_get(spec, "chart", "spec"))
+    before = len(f.phrases)
     f.add("chart {chart}", chart=chart.get("chart"))
     f.add("version {version}", version=chart.get("version"))
+    if len(f.phrases) - before == 2:
+        f.phrases[before:] = [" ".join(f.phrases[before:])]  # "chart `podinfo` version `6.x`"
     f.source(chart.get("sourceRef"), attach=bool(chart.get("chart") or chart.get("version")))
     f.source(spec.get("chartRef"), "chart from")
     f.interval(spec)
