@@ -388,7 +388,8 @@ def _sample(u: UnitText, distractors: list[UnitText], repo: str, source: str, su
     listing = "\n\n".join(f"[{i}] {scrub_path(d.path)} — {d.name}\n{code_block(chr(10).join(text), d.language)}"
                           for i, (d, text) in enumerate(docs, 1))
 
-    signature = code_block("\n".join(def_lines[:sig]), u.language)
+    # A Python signature is its def line(s); elsewhere the head is the signature without the body's brace.
+    signature = code_block("\n".join(def_lines[:sig]) if u.language == "python" else u.head, u.language)
     if source == "doc":
         question = _DOC_QUESTIONS[rng.randrange(len(_DOC_QUESTIONS))].format(repo=repo_shown, summary=_as_clause(summary))
     elif source == "commit":

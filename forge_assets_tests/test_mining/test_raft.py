@@ -263,6 +263,8 @@ def test_doc_and_signature_questions():
     assert "`build_request`" in user and "`app/http.py`" in user and "```python\ndef build_request(method, url, body=None):\n```" in user
     assert '##begin_quote##\ndef build_request(method, url, body=None):\n    headers = {"host": url.split("/")[2]}\n' in answer
     assert "As its name says, `build_request` is the function for “build request”." in answer
+    source, (user, answer) = out["histogram"]
+    assert source == "signature" and "```rust\npub fn histogram(samples: &[f64], buckets: usize) -> Vec<usize>\n```" in user
 
 
 def test_distractors_share_words_with_the_oracle():
