@@ -81,6 +81,11 @@ def raft_samples(units: list[UnitText], repo: str, limit: int, rng: random.Rando
     subjects = _Subjects(messages or {}, units, index.words)
     flat_code = [_flat(u.code) for u in units]  # without indentation: a method is dedented, its class is not
     flat_def = [_flat(u.definition) for u in units]
+
+    def _nested(a: int, b: int) -> bool:
+        """Whether one of two units holds the other (a class and its method)."""
+        return flat_def[a] in flat_code[b] or flat_def[b] in flat_code[a]
+
     code_ids = _ids(u.code for u in units)
     name_ids = _ids((u.path, u.name) for u in units)
     summary_ids = _ids(s or f"\0{i}" for i, s in enumerate(summaries))  # an empty summary matches nothing
@@ -94,9 +99,6 @@ def raft_samples(units: list[UnitText], repo: str, limit: int, rng: random.Rando
             subject = subjects.best(o)
             source = _source(bool(summaries[o]), bool(subject), rng)
             want = rng.randint(RAFT_MIN_DISTRACTORS, RAFT_MAX_DISTRACTORS)
-
-            def _nested(a: int, b: int) -> bool:
-                return flat_def[a] in flat_code[b] or flat_def[b] in flat_code[a]
 
             def allowed(j: int, picked: list[int]) -> bool:
                 d = units[j]
