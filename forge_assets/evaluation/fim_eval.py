@@ -26,11 +26,17 @@ loading of ``forge_assets.mining.units``):
 - ``arguments``: the inside of a call's parentheses, non-empty and on one line; the prefix ends
   with ``(`` and the suffix starts with ``)``.
 
-Languages with AST middles: python, rust, javascript, typescript (tsx too), go, ruby and shell (shell
-has no ``arguments`` kind), each through its own node-type table below, and each only when its
-grammar loads (``units.ast_status()``). A language without a grammar, or a file whose tree has
-syntax errors (or that cannot be parsed), falls back to ``line`` cases: each non-blank line with a
-letter or digit on it, from its first non-blank character to its end.
+Languages with AST middles: python, rust, javascript, typescript (tsx too), go, ruby, shell, swift, java,
+kotlin, c, cpp, csharp, php and yaml, each through its own node-type table below, and each only when its
+grammar loads (``units.ast_status()``). Shell and YAML have no ``arguments`` kind; in YAML a ``line`` is a
+``key: value`` pair or a ``- item`` alone on its line and a ``block`` is the nested mapping or sequence under
+a key (the lines below it).
+
+A tree with syntax errors keeps the middles of what parsed cleanly, as ``units.parse_file`` keeps its
+clean units: spans come only from nodes whose subtree holds no error (no ERROR or MISSING node) and that
+sit under no ERROR node. A language without a grammar, a file that cannot be parsed, or a tree with
+errors that leaves no such span falls back to ``line`` cases: each non-blank line with a letter or digit
+on it, from its first non-blank character to its end.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from __future__ import annotations
 import ast
 import random
 import textwrap
+import threading
 from dataclasses import dataclass, field
 
 from forge_assets.chat import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
@@ -73,6 +80,14 @@ _JS = _t(
     "generator_function if_statement else_clause for_statement for_in_statement while_statement do_statement "
     "try_statement catch_clause finally_clause",
     "arguments", "call_expression new_expression",
+)
+_C = _t(
+    "expression_statement declaration return_statement field_declaration",
+    "translation_unit compound_statement case_statement field_declaration_list preproc_if preproc_ifdef preproc_else "
+    "preproc_elif",
+    "compound_statement",
+    "function_definition if_statement else_clause for_statement while_statement do_statement",
+    "argument_list", "call_expression",
 )
 _TABLES: dict[str, _Table] = {
     "python": _t(
@@ -113,6 +128,67 @@ _TABLES: dict[str, _Table] = {
         "program compound_statement do_group if_statement elif_clause else_clause",
         "compound_statement do_group",
         "function_definition for_statement c_style_for_statement while_statement",
+        "", "",
+    ),
+    "swift": _t(
+        "property_declaration assignment call_expression control_transfer_statement try_expression await_expression",
+        "source_file statements class_body enum_class_body",
+        "statements",
+        "function_body computed_property computed_getter computed_setter willset_clause didset_clause lambda_literal "
+        "if_statement guard_statement for_statement while_statement repeat_while_statement do_statement catch_block",
+        "value_arguments", "call_suffix",
+    ),
+    "java": _t(
+        "expression_statement local_variable_declaration return_statement throw_statement field_declaration "
+        "assert_statement yield_statement",
+        "block constructor_body switch_block_statement_group class_body",
+        "block constructor_body",
+        "method_declaration constructor_declaration lambda_expression if_statement for_statement enhanced_for_statement "
+        "while_statement do_statement try_statement try_with_resources_statement catch_clause finally_clause "
+        "synchronized_statement",
+        "argument_list", "method_invocation object_creation_expression explicit_constructor_invocation",
+    ),
+    "kotlin": _t(
+        "property_declaration assignment call_expression return_expression throw_expression unary_expression",
+        "source_file block class_body lambda_literal",
+        "block lambda_literal",
+        "function_body anonymous_initializer secondary_constructor getter setter annotated_lambda if_expression "
+        "for_statement while_statement do_while_statement try_expression catch_block finally_block when_entry",
+        "value_arguments", "call_expression constructor_invocation",
+    ),
+    "c": _C,
+    "cpp": _t(
+        " ".join(sorted(_C.line | {"throw_statement"})),
+        " ".join(sorted(_C.line_parents | {"declaration_list"})),
+        "compound_statement",
+        " ".join(sorted(_C.body_parents | {"for_range_loop", "try_statement", "catch_clause", "lambda_expression"})),
+        "argument_list", "call_expression new_expression",
+    ),
+    "csharp": _t(
+        "expression_statement local_declaration_statement return_statement throw_statement field_declaration",
+        "block declaration_list global_statement switch_section",
+        "block",
+        "method_declaration constructor_declaration destructor_declaration local_function_statement accessor_declaration "
+        "lambda_expression anonymous_method_expression if_statement for_statement foreach_statement while_statement "
+        "do_statement try_statement catch_clause finally_clause using_statement lock_statement",
+        "argument_list", "invocation_expression object_creation_expression",
+    ),
+    "php": _t(
+        "expression_statement return_statement echo_statement property_declaration const_declaration",
+        "program compound_statement declaration_list case_statement default_statement",
+        "compound_statement",
+        "function_definition method_declaration anonymous_function if_statement else_if_clause else_clause for_statement "
+        "foreach_statement while_statement do_statement try_statement catch_clause finally_clause",
+        "arguments", "function_call_expression member_call_expression nullsafe_member_call_expression "
+        "scoped_call_expression object_creation_expression",
+    ),
+    # YAML: a line is a `key: value` pair or a `- item` alone on its line; a block is the value of a pair that sits on
+    # the lines under its key (the block_node holding a nested mapping or sequence); no calls.
+    "yaml": _t(
+        "block_mapping_pair block_sequence_item",
+        "block_mapping block_sequence",
+        "block_node",
+        "block_mapping_pair",
         "", "",
     ),
 }
@@ -169,9 +245,22 @@ def _walk(root):
         stack.extend(reversed(node.named_children))
 
 
+def _clean_nodes(root):
+    """The nodes of a tree with errors whose subtree holds no error and that sit under no ERROR node: the walk does
+    not enter ERROR nodes, and passes over (while still entering) the nodes holding an error or a MISSING node."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.type == "ERROR":
+            continue
+        if not node.has_error:
+            yield node
+        stack.extend(reversed(node.named_children))
+
+
 def _ast_spans(data: bytes, root, table: _Table, python: bool) -> list[tuple[str, int, int]]:
     spans: list[tuple[str, int, int]] = []
-    for node in _walk(root):
+    for node in (_clean_nodes(root) if root.has_error else _walk(root)):
         t, parent = node.type, node.parent
         ptype = parent.type if parent is not None else ""
         s, e = node.start_byte, node.end_byte
@@ -215,17 +304,30 @@ def _plain_lines(data: bytes) -> list[tuple[str, int, int]]:
     return spans
 
 
+_LOADED = threading.local()
+
+
+def _grammar(name: str):
+    """units.load_grammar(name), loaded once per thread: loading compiles the grammar's queries, which costs more than
+    parsing a file (a tenth of a second for Swift), and a parser is not to be shared between threads."""
+    loaded = _LOADED.__dict__.setdefault("grammars", {})
+    if name not in loaded:
+        loaded[name] = load_grammar(name)
+    return loaded[name]
+
+
 def _spans(source: str, language: str, path: str) -> tuple[bytes, list[tuple[str, int, int]]]:
     """A file's bytes and its candidate middles (kind, start byte, end byte), de-duplicated, in file order."""
     data = source.encode("utf-8", "surrogatepass")
     name = grammar_name(language, path)
-    grammar = load_grammar(name) if name and name in _TABLES else None
+    grammar = _grammar(name) if name and name in _TABLES else None
     spans = None
     if grammar is not None:
         try:
-            tree = grammar.parser.parse(data)
-            if not tree.root_node.has_error:
-                spans = _ast_spans(data, tree.root_node, _TABLES[name], name == "python")
+            root = grammar.parser.parse(data).root_node
+            spans = _ast_spans(data, root, _TABLES[name], name == "python")
+            if root.has_error and not spans:  # nothing parsed cleanly enough to make a case: plain lines
+                spans = None
         except Exception:  # parser timeout or failure: plain lines
             spans = None
     if spans is None:

@@ -148,13 +148,22 @@ def test_truncate_middle():
     assert truncate_middle("a, b)\nmore", FimCase("r", "p", "f(", "a, b", ")", "arguments")) == "a, b)\n"
 
 
-def test_unparsable_file_and_unknown_language_give_line_cases():
+def test_a_tree_with_errors_keeps_its_clean_spans():
+    # The header's `)` is MISSING and `)(` / `x = = 2` are an ERROR node: the body parsed cleanly and is kept, the
+    # broken lines give no case (units.parse_file keeps the clean units of such a tree the same way).
     broken = "def f(:\n    return 1\n\n  )(\nx = = 2\n"
+    got = build_cases([("r", "bad.py", broken)], "python")
+    assert sorted((c.kind, c.middle) for c in got) == [("block", "    return 1\n"), ("line", "return 1\n")]
+    assert all(c.prefix + c.middle + c.suffix == broken for c in got)
+
+
+def test_unparsable_file_and_unknown_language_give_line_cases():
+    broken = "def f(:\n  )(\nx = = 2\n"  # nothing in it parses cleanly
     got = build_cases([("r", "bad.py", broken)], "python")
     assert got and {c.kind for c in got} == {"line"}
     for c in got:
         assert c.prefix + c.middle + c.suffix == broken and c.middle.count("\n") <= 1
-    assert {c.middle for c in got} == {"def f(:\n", "return 1\n", "x = = 2\n"}
+    assert {c.middle for c in got} == {"def f(:\n", "x = = 2\n"}
     cobol = "       IDENTIFICATION DIVISION.\n       PROGRAM-ID. HELLO.\n\n       PROCEDURE DIVISION.\n"
     got = build_cases([("r", "hello.cob", cobol)], "cobol")
     assert sorted(c.middle for c in got) == sorted(["IDENTIFICATION DIVISION.\n", "PROGRAM-ID. HELLO.\n", "PROCEDURE DIVISION.\n"])
