@@ -35,18 +35,18 @@ _ADR_DIRS = {"adr", "adrs", "decisions", "decision-records", "decision-log", "ar
 _ADR_FILE = re.compile(r"(?i)^adr[-_ ]?\d+")
 
 _FENCE = re.compile(r"^ {0,3}(?P<fence>`{3,}(?=[^`]*$)|~{3,})(?P<info>.*)$")  # a backtick fence's info has no backtick
-_ATX = re.compile(r"^ {0,3}(?P<hashes>#{1,6})(?:[ \t]+(?P<title>.*?))?[ \t]*$")
+_ATX = re.compile(r"^ {0,3}(?P<hashes>#{1,6})(?:[ \t]+(?P<title>.*))?$")
 _SETEXT = re.compile(r"^ {0,3}(?P<line>=+|-+)[ \t]*$")
 _FRONT_MATTER = re.compile(r"\A(?:\ufeff)?---[ \t]*\r?\n(?P<body>.*?)\r?\n(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S)
-_BADGE_PATTERNS = [
-    re.compile(r"\[!\[[^\]]*\]\([^)]*\)\]\([^)]*\)"),  # [![alt](img)](link)
-    re.compile(r"\[!\[[^\]]*\]\[[^\]]*\]\]\[[^\]]*\]"),  # [![alt][img]][link]
-    re.compile(r"(?i)!\[[^\]]*\]\([^)]*(?:badge|shields\.io|travis-ci|circleci|codecov|coveralls|/workflows/|pepy\.tech|readthedocs)[^)]*\)"),
-    re.compile(r"(?i)<img\b[^>]*(?:badge|shields\.io|travis-ci|codecov|/workflows/)[^>]*>"),
-]
-_EMPTY_ANCHOR = re.compile(r"(?i)<a\b[^>]*>\s*</a>")
-_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
-_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)|\[([^\]]*)\]\[[^\]]*\]")
+# Link and image parts are bounded (alt text 300, URL 1,000 characters) so a line of brackets stays linear to scan.
+_ALT, _URL = r"[^\]\n]{0,300}+", r"[^)\s]{0,1000}+"  # possessive: a failed match does not backtrack
+_BADGE_URL = re.compile(r"(?i)badge|shields\.io|travis-ci|circleci|codecov|coveralls|/workflows/|pepy\.tech|readthedocs")
+_LINKED_IMAGE = re.compile(rf"\[!\[{_ALT}\]\({_URL}\)\]\({_URL}\)|\[!\[{_ALT}\]\[{_ALT}\]\]\[{_ALT}\]")  # [![alt](img)](link)
+_IMAGE = re.compile(rf"!\[({_ALT})\]\(({_URL})(?:[ \t]{{1,20}}\"[^\"\n]{{0,300}}\")?\)")
+_IMG_TAG = re.compile(r"<img\b[^<>\n]{0,2000}>", re.I)
+_EMPTY_ANCHOR = re.compile(r"<a\b[^<>\n]{0,2000}>[ \t]{0,100}</a>", re.I)
+_LINK = re.compile(rf"\[({_ALT})\]\([^)\n]{{0,1000}}+\)|\[({_ALT})\]\[{_ALT}\]")
+_TAG = re.compile(r"<[^<>\n]{1,300}>")
 _WORD = re.compile(r"[^\W_][\w'-]*")
 _TOC_TITLES = {"table of contents", "contents", "toc", "index", "navigation"}
 
@@ -93,8 +93,9 @@ def strip_markdown_noise(text: str) -> str:
                     break
                 kept += line[:start]
                 line, in_comment = line[start + 4:], True
-        for pattern in _BADGE_PATTERNS:
-            kept = pattern.sub("", kept)
+        kept = _LINKED_IMAGE.sub("", kept)
+        kept = _IMAGE.sub(lambda m: "" if _BADGE_URL.search(m[2]) else m[0], kept)
+        kept = _IMG_TAG.sub(lambda m: "" if _BADGE_URL.search(m[0]) else m[0], kept)
         out.append(_EMPTY_ANCHOR.sub("", kept).rstrip())
     return "\n".join(out)
 
@@ -138,7 +139,7 @@ def clean_heading(title: str) -> str:
     """A heading's words: links, emphasis, trailing colons and list numbering removed ("1. **Context**:" -> "Context")."""
     title = _IMAGE.sub("", title)
     title = _LINK.sub(lambda m: m[1] if m[1] is not None else m[2], title)
-    title = re.sub(r"<[^>]+>", "", title)
+    title = _TAG.sub("", title)
     title = re.sub(r"(\*\*|__|(?<!\w)[*_](?=\S)|(?<=\S)[*_](?!\w))", "", title)
     title = re.sub(r"^\s*(?:\d+(?:\.\d+)*[.)]?|[ivx]+[.)])\s+", "", title, flags=re.I)
     return title.strip().rstrip(":").strip()
@@ -152,8 +153,11 @@ def split_sections(lines: list[str]) -> list[Section]:
             continue
         m = _ATX.match(line)
         if m:
-            title = re.sub(r"[ \t]+#+$", "", m["title"] or "").strip()
-            heads.append((len(m["hashes"]), "" if set(title) <= {"#"} else title, i, i + 1))
+            title = (m["title"] or "").rstrip()
+            bare = title.rstrip("#")
+            if not bare or bare[-1] in " \t":  # a closing sequence: "## Title ##"
+                title = bare.rstrip()
+            heads.append((len(m["hashes"]), title, i, i + 1))
             continue
         m = _SETEXT.match(line)
         if m and i > 0 and _setext_text(lines, i - 1) and not (heads and heads[-1][2] == i - 1):
@@ -258,11 +262,21 @@ def _adr_parts(sections: list[Section]) -> dict[str, int]:
     """The index of the first section of each ADR part (decision, status, context, rationale, consequences)."""
     parts: dict[str, int] = {}
     for k, s in enumerate(sections):
+        if k == 0 and _has_title(sections):
+            continue  # "# Decisions" names the document, not its decision
         key = _key(s.title)
         for part, pattern in _ADR_KEYS.items():
             if part not in parts and pattern.match(key):
                 parts[part] = k
     return parts
+
+
+def _has_title(sections: list[Section]) -> bool:
+    """Whether the first heading is the document's title: the only one at the shallowest level."""
+    if not sections:
+        return False
+    top = min(s.level for s in sections)
+    return sections[0].level == top and sum(s.level == top for s in sections) == 1
 
 
 def is_decision_record(path: str, text: str) -> bool:
@@ -404,9 +418,7 @@ def _section_samples(lines: list[str], sections: list[Section], path: str, repo:
     where, shown = scrub_path(repo), scrub_path(path)
     root_readme = kind == "readme" and "/" not in path.strip("/")
     doc_word = "the README" if root_readme else f"`{shown}`"
-    levels = sorted({s.level for s in sections})
-    top = [s for s in sections if s.level == levels[0]]
-    title_section = sections[0] if len(top) == 1 and top[0] is sections[0] else None
+    title_section = sections[0] if _has_title(sections) else None
     section_levels = sorted({s.level for s in sections if s is not title_section})[:2]
     deepest = section_levels[-1] if section_levels else 6
     candidates: list[tuple[str, str]] = []
