@@ -25,10 +25,11 @@ command in a tool's shell command line, after `&&`, `;`, `|`, `$(`, `sudo`, `env
 not words inside quotes, heredocs or arguments, so `git commit -m "make it a swift php fix"`,
 `echo make`, `curl https://php.net/x.php` and prose such as "at the helm" say nothing; the older
 patterns for python, rust, go, javascript, typescript and ruby still match a word anywhere in the
-command, except inside the arguments of a Kubernetes, .NET, PHP, Swift, Java or Kotlin tool):
+command, except inside the arguments of one of the tools below other than make and ninja, so
+`kubectl describe node` is no Node.js; installing a tool, `brew install helm`, says nothing):
 - swift: `swift build|test|run|package`, `swift x.swift`, `swiftc`, `xcodebuild`, `xcrun`, `swiftlint`,
-  `pod install|update…`, `carthage`; output `File.swift:12:5: error:`, `Build complete!`, XCTest's
-  `Test Suite '…' passed`, `** BUILD SUCCEEDED **`.
+  `pod install|update…` (also `bundle exec pod install`), `carthage`; output `File.swift:12:5: error:`,
+  `Build complete!`, XCTest's `Test Suite '…' passed`, `** BUILD SUCCEEDED **`; Podfile, .pbxproj.
 - java: `javac`, `java X.java`; output `File.java:12: error:`, Maven's `File.java:[12,5]`,
   `> Task :compileJava`, `src/main/java/`. java unless Kotlin outweighs it: `mvn`, `./mvnw`, `java -jar`,
   `jar`, pom.xml, build.gradle, Maven's `BUILD SUCCESS`, JUnit/Surefire output (`Tests run: 3,
@@ -38,10 +39,12 @@ command, except inside the arguments of a Kubernetes, .NET, PHP, Swift, Java or 
   kotlin unless Java outweighs it: build.gradle.kts, settings.gradle.kts.
 - Gradle's ambiguity: `gradle`/`./gradlew` (and Gradle's own output: `> Task :build`, `BUILD SUCCESSFUL
   in 3s`) name the JVM, not a language. They go to java or to kotlin, whichever the rest of the
-  session's (an exchange's) evidence shows more of (.java/.kt files, build.gradle vs build.gradle.kts,
-  javac/kotlinc output…); for an exchange with no such evidence, to its session's choice. A session
-  whose only signal is `./gradlew build` is `general`: guessing java or kotlin would put its exchanges
-  into the wrong partition as often as not (Android is mostly Kotlin, server code mostly Java).
+  session's (an exchange's) evidence shows more of (.java/.kt files, javac/kotlinc output, then what
+  leans one way: build.gradle, pom.xml, JUnit output for java, build.gradle.kts for kotlin); for an
+  exchange with no such evidence, to its session's choice. A session whose only signal is
+  `./gradlew build` is `general`: guessing java or kotlin would put its exchanges into the wrong
+  partition as often as not (Android is mostly Kotlin, server code mostly Java). Android keeps Kotlin
+  under src/main/java/, so that folder says java only for paths that do not end in .kt.
 - c / cpp: `g++`, `c++`, `clang++` (and `x86_64-linux-gnu-g++-13`…) are cpp. `gcc`, `cc`, `clang`,
   `make`, `ninja`, `cmake`, `ctest`, `meson`, `conan`, `clang-tidy` are cpp when the command names a
   C++ file (.cpp/.cc/.cxx/.hpp…) or flag (`-std=c++17`, `-x c++`, `-lstdc++`), c when it names a C file
@@ -166,7 +169,7 @@ _WRAPPER_OPTION_ARGS = frozenset({"-u", "-g", "-n", "-I", "-L", "-P", "-s", "-k"
 _ASSIGNMENT = re.compile(r"[A-Za-z_]\w*=")
 _DURATION = re.compile(r"\d+(?:\.\d+)?[smhd]?")
 _SHELLS = frozenset({"sh", "bash", "zsh", "dash", "ksh"})
-_JVM_DIR = re.compile(r"\bsrc/(?:main|test)/(java|kotlin)\b")
+_JVM_DIR = re.compile(r"\bsrc/(?:main|test)/(java|kotlin)\b(?![\w/.-]*\.kts?\b)")  # Android keeps Kotlin under java/ too
 
 _OUTPUTS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"error\[E\d{4}\]|^\s*Compiling \S+ v\d|test result: (?:ok|FAILED)\.|Finished `?(?:dev|test|release)|panicked at ", re.M), "rust"),
@@ -178,7 +181,7 @@ _OUTPUTS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\.swift:\d+:\d+: (?:error|warning)|Build complete!|Test Suite '.*' (?:passed|failed)|\*\* (?:BUILD|TEST|ARCHIVE) (?:SUCCEEDED|FAILED) \*\*"
                 r"|Executed \d+ tests?, with \d+ failures?|Test Case '-\["), "swift"),
     (re.compile(r"\.java:\d+: (?:error|warning):|\.java:\[\d+,\d+\]|Compilation failed; see the compiler error output|> Task :\S*compile\w*Java\b"
-                r"|\bsrc/(?:main|test)/java/"), "java"),
+                r"|\bsrc/(?:main|test)/java/(?![\w/.-]*\.kts?\b)"), "java"),
     (re.compile(r"\[INFO\] BUILD (?:SUCCESS|FAILURE)|Tests run: \d+, Failures: \d+|\bOK \(\d+ tests?\)|JUnit Jupiter|\borg\.junit\.|\borg\.opentest4j\."
                 r"|Exception in thread \"[^\"\n]*\" java\.|\[\s*\d+ tests (?:successful|failed)\s*\]"), _JAVA_FIRST),
     (re.compile(r"^[ew]: (?:file://)?\S+\.kts?(?::\d+:\d+|:\s?\(\d+,\s?\d+\))|> Task :\S*compile\w*Kotlin\b|\bsrc/(?:main|test)/kotlin/", re.M), "kotlin"),
@@ -468,6 +471,8 @@ def _invocations(command: str, depth: int = 0) -> list[tuple[int, int, str, list
         while i < len(words):
             if _ASSIGNMENT.match(words[i]):
                 i += 1
+            elif words[i] == "command" and words[i + 1:i + 2] in (["-v"], ["-V"]):  # `command -v helm` only looks it up
+                i = len(words)
             elif words[i] in _WRAPPERS:
                 i += 1
                 while i < len(words) and (words[i].startswith("-") or _ASSIGNMENT.match(words[i]) or _DURATION.fullmatch(words[i])):
@@ -477,6 +482,8 @@ def _invocations(command: str, depth: int = 0) -> list[tuple[int, int, str, list
         if i >= len(words):
             continue
         prog, args = _program_name(words[i]), words[i + 1:]
+        if prog == "bundle" and args[:1] == ["exec"] and len(args) > 1 and _program_language(_program_name(args[1]), args[2:]):
+            prog, args = _program_name(args[1]), args[2:]  # `bundle exec pod install`: CocoaPods pinned by a Gemfile
         if prog in _SHELLS and depth < 2:
             flag = next((k for k, a in enumerate(args) if re.fullmatch(r"-[a-z]*c[a-z]*", a)), None)
             if flag is not None and flag + 1 < len(args):

@@ -176,6 +176,8 @@ NOT_COMMANDS = [
     "ls ~/.kube ~/.swiftpm # then make, helm or php",
     "open https://kind.sigs.k8s.io && echo kind create cluster",
     "git log --oneline -- Makefile CMakeLists.txt.bak",
+    "brew install helm kubectl swiftlint && sudo apt-get install -y g++ cmake php-cli",
+    "command -v kubectl || which helm; man make",
 ]
 
 
@@ -314,3 +316,95 @@ def test_session_with_text_parts_only_for_new_fences(tmp_path: Path) -> None:
     ]}
     got = classify_specs(tmp_path, *specs.values())
     assert {lang: got[s.id].languages for lang, s in specs.items()} == {lang: {lang} for lang in specs}
+
+
+# --- a labelled set of realistic sessions ------------------------------------------------------
+
+def task(prompt: str) -> dict:
+    from session_builders import tool
+
+    return tool("task", {"description": prompt[:20], "prompt": prompt, "subagent_type": "general"}, "Task finished.")
+
+
+def labelled() -> list[tuple[set[str], Spec]]:
+    """(expected languages, session): each new language in realistic work, mixes, and traps."""
+    out: list[tuple[set[str], Spec]] = []
+
+    def add(labels: set[str], spec: Spec) -> Spec:
+        out.append((labels, spec))
+        return spec
+
+    add({"swift"}, Spec().turn("the list view flickers", read(f"{P}/App/Views/ListView.swift"), edit(f"{P}/App/Views/ListView.swift"),
+                               bash("xcodebuild -scheme App -destination 'platform=iOS Simulator,name=iPhone 15' build", "** BUILD SUCCEEDED **")))
+    add({"swift"}, Spec().turn("add a tokenizer", write(f"{P}/Sources/Lex/Tokenizer.swift"), edit(f"{P}/Sources/Lex/Lexer.swift"),
+                               bash("python3 scripts/gen_tokens.py", "wrote 40"),
+                               bash("swift test", "Test Suite 'All tests' passed at 2025-10-09")))
+    add({"swift"}, Spec().turn("add Alamofire", edit(f"{P}/ios/Podfile"), bash("cd ios && bundle exec pod install", "Pod installation complete!"),
+                               edit(f"{P}/ios/App/Api.swift")))
+    add({"java"}, Spec().turn("users endpoint returns 500", read(f"{P}/src/main/java/com/acme/UserController.java"),
+                              edit(f"{P}/src/main/java/com/acme/UserController.java"), edit(f"{P}/src/main/resources/application.yml"),
+                              bash("./mvnw test", "Tests run: 5, Failures: 0, Errors: 0, Skipped: 0\n[INFO] BUILD SUCCESS")))
+    add({"java"}, Spec().turn("fix the order total", bash("./gradlew test", "> Task :compileJava\n> Task :test\n\nOrderServiceTest > total() FAILED\n"
+                                                                         "    org.opentest4j.AssertionFailedError at OrderServiceTest.java:22"),
+                              edit(f"{P}/src/main/java/com/acme/OrderService.java"), bash("./gradlew test", "BUILD SUCCESSFUL in 4s")))
+    add({"kotlin"}, Spec().turn("the main screen crashes", read(f"{P}/app/src/main/java/com/acme/MainActivity.kt"),
+                                edit(f"{P}/app/src/main/java/com/acme/MainActivity.kt"),
+                                bash("./gradlew assembleDebug", "e: file:///home/dev/project/app/src/main/java/com/acme/MainActivity.kt:40:13 Unresolved reference: binding"),
+                                bash("ls app/src/main/java/com/acme/MainActivity.kt", "")))
+    add({"kotlin"}, Spec().turn("add a health route", edit(f"{P}/build.gradle.kts"), edit(f"{P}/src/main/kotlin/Application.kt"),
+                                write(f"{P}/src/test/kotlin/HealthTest.kt"), bash("./gradlew test", "BUILD SUCCESSFUL in 9s")))
+    add({"c"}, Spec().turn("the ring buffer overflows", edit(f"{P}/src/ring.c"), edit(f"{P}/include/ring.h"),
+                           bash("make", "cc -O2 -Wall -c src/ring.c -o ring.o\ncc -o test_ring ring.o test.o"), bash("./test_ring", "all 6 ok")))
+    add({"c"}, Spec().turn("port the blinky demo", bash("arm-none-eabi-gcc -mcpu=cortex-m4 -c main.c", "main.c:42:5: error: 'GPIOA' undeclared"),
+                           edit(f"{P}/main.c")))
+    add({"cpp"}, Spec().turn("speed up the engine", edit(f"{P}/src/engine.cpp"), edit(f"{P}/include/engine.h"),
+                             bash("cmake --build build -j", "[ 50%] Building CXX object CMakeFiles/engine.dir/src/engine.cpp.o"),
+                             bash("ctest --test-dir build", "100% tests passed, 0 tests failed out of 12")))
+    add({"cpp", "python"}, Spec().turn("expose the engine to Python", write(f"{P}/src/bind.cpp"), edit(f"{P}/setup.py"),
+                                       bash("pip install -e .", "Successfully installed engine"), write(f"{P}/tests/test_bind.py"),
+                                       bash("pytest -q", "3 passed in 0.12s")))
+    add({"csharp"}, Spec().turn("orders API paging", edit(f"{P}/Controllers/OrdersController.cs"), edit(f"{P}/Orders.Api.csproj"),
+                                bash("dotnet test", "Passed!  - Failed:     0, Passed:    12, Skipped:     0, Total:    12")))
+    add({"csharp"}, Spec().turn("make the player jump higher", read(f"{P}/Assets/Scripts/Player.cs"), edit(f"{P}/Assets/Scripts/Player.cs")))
+    add({"php"}, Spec().turn("posts need a slug", edit(f"{P}/app/Http/Controllers/PostController.php"),
+                             edit(f"{P}/resources/views/posts/show.blade.php"), bash("composer require cviebrock/eloquent-sluggable", "Generating optimized autoload files"),
+                             bash("php artisan test", "PASS  Tests\\Feature\\PostTest")))
+    add({"php"}, Spec().turn("lint the plugin", bash("php -l wp-content/plugins/shop/shop.php", "No syntax errors detected in shop.php")))
+    add({"yaml"}, Spec().turn("bump the web chart", edit(f"{P}/clusters/prod/apps/web/helmrelease.yaml"),
+                              bash("flux reconcile helmrelease web -n apps", "✔ applied revision 1.4.0")))
+    add({"yaml"}, Spec().turn("staging needs 3 replicas", edit(f"{P}/overlays/staging/kustomization.yaml"), write(f"{P}/overlays/staging/patch-replicas.yaml"),
+                              bash("kustomize build overlays/staging | kubeconform -strict -summary", "Summary: 5 resources found in 1 file - Valid: 5, Invalid: 0")))
+    add({"yaml"}, Spec().turn("add a readiness probe", edit(f"{P}/charts/api/templates/deployment.yaml"),
+                              bash("helm lint charts/api", "1 chart(s) linted, 0 chart(s) failed")))
+    add({"go", "yaml"}, Spec().turn("add a size field to the Widget CRD", edit(f"{P}/api/v1/widget_types.go"),
+                                    edit(f"{P}/internal/controller/widget_controller.go"), bash("make manifests", ""),
+                                    edit(f"{P}/config/crd/bases/acme.io_widgets.yaml"), bash("go test ./...", "ok  \tacme.io/op/internal\t1.2s")))
+    add({"csharp", "yaml"}, Spec().turn("deploy the API", edit(f"{P}/src/Api/Program.cs"), bash("dotnet build", "Build succeeded.\n    0 Warning(s)\n    0 Error(s)"),
+                                        edit(f"{P}/deploy/api.yaml"), bash("kubectl apply -f deploy/api.yaml", "deployment.apps/api configured")))
+    add({"kotlin", "swift"}, Spec().turn("share the API client with iOS", edit(f"{P}/shared/src/commonMain/kotlin/Api.kt"),
+                                         bash("./gradlew :shared:assembleXCFramework", "BUILD SUCCESSFUL in 40s"),
+                                         edit(f"{P}/iosApp/iosApp/ContentView.swift"), bash("xcodebuild -scheme iosApp build", "** BUILD SUCCEEDED **")))
+    # traps
+    add({"python"}, Spec().turn("ship it", edit(f"{P}/app/main.py"), edit(f"{P}/.github/workflows/deploy.yml"), edit(f"{P}/docker-compose.yml"),
+                                edit(f"{P}/config/settings.yaml"), bash("pytest", "12 passed in 1.10s")))
+    add({"ruby"}, Spec().turn("translate the flash", edit(f"{P}/app/controllers/sessions_controller.rb"), edit(f"{P}/config/locales/en.yml"),
+                              bash("bin/rails test", "8 runs, 12 assertions, 0 failures")))
+    add({"javascript"}, Spec().turn("fix the bundle", edit(f"{P}/src/index.js"), bash("make build", "webpack 5.90 compiled successfully"),
+                                    bash("make -C docs html", "build succeeded")))
+    add({GENERAL}, Spec().turn("what is in my kube config?", read("/home/dev/.kube/config"), answer="Two contexts: dev and prod."))
+    add({GENERAL}, Spec().turn("make the release notes shorter", edit(f"{P}/CHANGELOG.md"), bash("git commit -am 'make notes shorter'", "[main 1a2b3c]")))
+    # a parent that only delegates chart work to a subagent
+    parent = add({"yaml"}, Spec(title="delegating").turn("update the chart", task("bump the image tag in the chart")))
+    add({"yaml"}, Spec(parent_id=parent.id, agent="general").turn("bump the image tag in the chart", edit(f"{P}/charts/web/values.yaml"),
+                                                                  bash("helm template web charts/web", "apiVersion: apps/v1\nkind: Deployment")))
+    return out
+
+
+def test_labelled_set(tmp_path: Path) -> None:
+    cases = labelled()
+    got = classify_specs(tmp_path, *[spec for _, spec in cases])
+    misses = [(spec.messages[0].parts[0]["text"][:40], sorted(labels), sorted(got[spec.id].languages), got[spec.id].weights)
+              for labels, spec in cases if got[spec.id].languages != labels]
+    assert not misses, misses
+    seen = {lang for c in got.values() for lang in c.languages}
+    assert {"swift", "java", "kotlin", "c", "cpp", "csharp", "php", "yaml"} <= seen
