@@ -322,6 +322,16 @@ def _code_language(path: str, content: str | None = None) -> str | None:
     return language_of_path(path)
 
 
+def is_code_of(path: str, language: str, content: str | None = None) -> bool:
+    """Whether a changed file is `language` code by this module's rules, for an exchange already classified as
+    `language` (code_change records): a .h header is C or C++ code, a .yaml file is yaml code unless it is tool
+    configuration (CI, compose, dot files; see the module docstring), any other file by its extension."""
+    lang = _code_language(path, content)
+    if lang in FAMILIES:
+        return language in FAMILIES[lang][0]
+    return lang == language
+
+
 def _yaml_language(p: PurePosixPath, content: str | None) -> str | None:
     """yaml for a manifest, None for tool configuration (CI, compose, lint configs), _YAML_IF_SEEN otherwise."""
     parts = [x.lower() for x in p.parts if x not in ("/", ".", "..")]

@@ -14,7 +14,7 @@ from session_builders import Claude, Spec, bash, edit, read, text, write, write_
 
 from forge_assets.config import SessionSource
 from forge_assets.sessions import GENERAL, classifications, load_sources
-from forge_assets.sessions.classify import Classification
+from forge_assets.sessions.classify import Classification, is_code_of
 from forge_assets.sessions.conversations import exchanges
 
 P = "/home/dev/project"
@@ -408,3 +408,35 @@ def test_labelled_set(tmp_path: Path) -> None:
     assert not misses, misses
     seen = {lang for c in got.values() for lang in c.languages}
     assert {"swift", "java", "kotlin", "c", "cpp", "csharp", "php", "yaml"} <= seen
+
+
+def test_which_changed_files_are_code_of_a_language() -> None:
+    """For code_change records of an exchange already classified: headers are C and C++, manifests yaml, CI YAML not."""
+    assert is_code_of("include/widget.h", "cpp") and is_code_of("include/widget.h", "c")
+    assert is_code_of("src/widget.cpp", "cpp") and not is_code_of("src/widget.cpp", "c")
+    assert is_code_of("k8s/deployment.yaml", "yaml") and is_code_of("ops/web.yaml", "yaml")
+    assert is_code_of("platform/web.yaml", "yaml", "apiVersion: v1\nkind: Service\n")
+    assert not is_code_of(".github/workflows/deploy.yml", "yaml") and not is_code_of("docker-compose.yml", "yaml")
+    assert is_code_of("App.kt", "kotlin") and not is_code_of("App.kt", "java") and not is_code_of("README.md", "yaml")
+
+
+def test_a_make_only_exchange_follows_its_session(tmp_path: Path) -> None:
+    """In a C session `make check` is C work of its own; in a Go session it says nothing and the exchange inherits go."""
+    c_s = Spec(title="c").turn("fix the list", edit(f"{P}/src/list.c")).turn("run the checks", bash("make check", "PASS: 4"))
+    go_s = Spec(title="go").turn("fix the server", edit(f"{P}/cmd/server/main.go")).turn("run the checks", bash("make check", "PASS: 4"))
+    db = write_db(tmp_path / "opencode.db", [c_s, go_s], "late")
+    result = load_sources([SessionSource(opencode=str(db))], tmp_path)
+    labels = classifications(result)
+    by_id = {s.id: s for s in result.sessions}
+    c_ex = [c for _, _, c in exchanges(by_id[c_s.id], labels[c_s.id])]
+    go_ex = [c for _, _, c in exchanges(by_id[go_s.id], labels[go_s.id])]
+    assert [(c.languages, c.decided_by) for c in c_ex] == [({"c"}, "edit"), ({"c"}, "command")]
+    assert [(c.languages, c.decided_by) for c in go_ex] == [({"go"}, "edit"), ({"go"}, "session")]
+
+
+def test_a_parent_that_only_ran_gradle_is_classified_by_its_subagent(tmp_path: Path) -> None:
+    """`./gradlew build` alone is no signal, so the parent counts as only delegating and takes its child's kotlin."""
+    parent = Spec(title="parent").turn("build, then fix what fails", bash("./gradlew build", "BUILD FAILED in 2s"), task("fix the build"))
+    child = Spec(parent_id=parent.id).turn("fix the build", edit(f"{P}/src/main/kotlin/App.kt"))
+    got = classify_specs(tmp_path, parent, child)
+    assert got[parent.id].languages == {"kotlin"} and got[child.id].languages == {"kotlin"}
