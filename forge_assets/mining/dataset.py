@@ -40,14 +40,17 @@ import numpy as np
 
 from forge_assets.chat import DEFAULT_SYSTEM, EOT, FILE_SEP, REPO_NAME, render_chat
 from forge_assets.config import MiningConfig
-from forge_assets.languages import GRAMMARS, language_of_path
+from forge_assets.languages import BY_NAME, GRAMMARS, language_of_path
 from forge_assets.mining import commits as history
 from forge_assets.mining.decontaminate import BOILERPLATE_ORIGINS, NGRAM, boilerplate, contains_any, humaneval_index, ngram_hashes_of
 from forge_assets.mining.dedup import NUM_PERM, chunks, deduplicate, minhash_rows, pool_workers
 from forge_assets.mining.encoding import decode_source, encoding_of, recode_line
 from forge_assets.mining.filters import GitIgnore, content_check, control_token_in, path_skip_reason
-from forge_assets.mining.fim import fim_sample, header
+from forge_assets.mining.fim import fim_count, fim_samples, header
 from forge_assets.mining.instruct import UnitText, code_block, display, instruction_pair, synthetic_samples, unit_texts
+from forge_assets.mining.docs import doc_samples
+from forge_assets.mining.manifests import chart_dirs, manifest_samples
+from forge_assets.mining.raft import raft_samples
 from forge_assets.mining.snapshot import FileEntry
 from forge_assets.mining.split import plan_splits
 from forge_assets.mining.units import ParsedFile, ast_status, line_windows, parse_file
@@ -55,7 +58,7 @@ from forge_assets.mining.workers import parallel_map, worker_pool
 from forge_assets.scrub import scrub_path, scrub_text
 
 SPLITS = ("train", "valid", "test")
-SAMPLE_KINDS = ("commit", "code_change", "chat", "instruction", "fim", "code", "synthetic")
+SAMPLE_KINDS = ("commit", "code_change", "chat", "instruction", "doc", "raft", "fim", "code", "synthetic")
 MAX_CODE_LINES = 200  # a longer unit is split into its members, or into line windows
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 _WORD = re.compile(r"\w+")
@@ -170,8 +173,10 @@ def code_spans(pf: ParsedFile) -> list[tuple[int, int]]:
     return spans
 
 
-def mine_file(entry: FileEntry, language: str, cfg: MiningConfig, ignored: bool, index: int = 0) -> FileResult:
-    """Filter, scrub, parse one file and make its code, FIM and instruction samples."""
+def mine_file(entry: FileEntry, language: str, cfg: MiningConfig, ignored: bool, index: int = 0,
+              chart_folders: frozenset[str] = frozenset()) -> FileResult:
+    """Filter, scrub, parse one file and make its code, FIM and instruction samples (and, for YAML, the instruction
+    samples of its Kubernetes-family resources: manifests.py; chart_folders are the repository's Helm chart folders)."""
     reason = path_skip_reason(entry.path, entry.size, cfg.max_file_bytes) or ("gitignored" if ignored else None)
     if reason:
         return FileResult(index, skip=reason)
@@ -197,32 +202,37 @@ def mine_file(entry: FileEntry, language: str, cfg: MiningConfig, ignored: bool,
         unit = pf.text(s, e).strip("\n")
         if unit.strip():
             add("code", f"{head}{unit}\n{EOT}")
-    rng = random.Random(f"{cfg.seed}:{entry.repo}:{entry.path}:{entry.blob}")
-    if rng.random() < cfg.fim_rate:
-        fim = fim_sample(pf, entry.repo, entry.path, rng, spm=rng.random() < cfg.spm_rate, context_chars=cfg.fim_context_chars)
-        if fim:
-            add("fim", fim[1])
     for u in unit_texts(pf, entry.path):
         pair = instruction_pair(u)
         if pair:
             add("instruction", pair)
-        if u.kind in ("function", "method"):
+        if u.kind in ("function", "method", "class"):
             result.units.append(u)
+    if language == "yaml":
+        for _label, pair in manifest_samples(text, entry.path, entry.repo, chart_folders):
+            add("instruction", pair)
+    rng = random.Random(f"{cfg.seed}:{entry.repo}:{entry.path}:{entry.blob}")
+    if rng.random() < cfg.fim_rate:
+        count = fim_count(len(result.samples), cfg.fim_share, cfg.fim_max_per_file)
+        for _kind, fim in fim_samples(pf, entry.repo, entry.path, rng, count, cfg.spm_rate, cfg.fim_context_chars):
+            add("fim", fim)
     return result
 
 
-def _mine_task(task: tuple[int, FileEntry, bool, str, MiningConfig]) -> FileResult:
-    i, entry, ignored, language, cfg = task
+def _mine_task(task: tuple[int, FileEntry, bool, str, MiningConfig, frozenset[str]]) -> FileResult:
+    i, entry, ignored, language, cfg, charts = task
     try:
-        return mine_file(entry, language, cfg, ignored, i)
+        return mine_file(entry, language, cfg, ignored, i, charts)
     except Exception:  # one bad file never stops the dataset
         return FileResult(i, skip="error")
 
 
-def _mine_files(tasks: list[tuple[FileEntry, bool]], language: str, cfg: MiningConfig) -> list[FileResult]:
+def _mine_files(tasks: list[tuple[FileEntry, bool]], language: str, cfg: MiningConfig,
+                charts: dict[str, frozenset[str]] | None = None) -> list[FileResult]:
     """mine_file over every (entry, ignored) task, in worker processes for 64 files or more."""
     workers = _workers(cfg) if len(tasks) >= 64 else 1
-    args = [(i, entry, ignored, language, cfg) for i, (entry, ignored) in enumerate(tasks)]
+    charts = charts or {}
+    args = [(i, entry, ignored, language, cfg, charts.get(entry.repo, frozenset())) for i, (entry, ignored) in enumerate(tasks)]
     return parallel_map(_mine_task, args, workers, f"mining {language} files")
 
 
@@ -301,8 +311,10 @@ def _change_job(job: _ChangeJob) -> tuple[str, str, Counter] | str:
 
 
 def _commit_samples(language: str, files: list[FileEntry], cfg: MiningConfig, ignores: dict, stats: Counter,
-                    commit_skips: Counter, secrets: Counter) -> tuple[list[Sample], dict[tuple[str, str], int]]:
-    """Commit samples for every repository head, and each snapshot file's last-touching commit time."""
+                    commit_skips: Counter, secrets: Counter, messages: dict | None = None
+                    ) -> tuple[list[Sample], dict[tuple[str, str], int]]:
+    """Commit samples for every repository head, and each snapshot file's last-touching commit time; `messages` gets
+    the (scrubbed) subjects of the commits that touched each (repo, path), newest first."""
     touched: dict[tuple[str, str], int] = {}
     jobs: list[_ChangeJob] = []
     heads = sorted({(f.repo, f.repo_dir, f.commit) for f in files})
@@ -345,6 +357,11 @@ def _commit_samples(language: str, files: list[FileEntry], cfg: MiningConfig, ig
     # Reading both images, two parses and a scrub per change are the slow part: spread them over workers.
     workers = _workers(cfg) if len(jobs) >= 32 else 1
     made = parallel_map(_change_job, jobs, workers, f"mining {language} commits")
+    if messages is not None:
+        for job in jobs:
+            subject = job.commit.message.strip().split("\n", 1)[0].strip()
+            if subject:
+                messages.setdefault((job.repo, job.change.path), []).append(subject)
     samples: list[Sample] = []
     used: set[str] = set()
     for job, out in zip(jobs, made):
@@ -426,6 +443,20 @@ def _session_samples(language: str, conversations: list[dict], secrets: Counter,
 # The dataset
 
 
+def _grammar_used(language: str) -> dict:
+    """The tree-sitter grammar(s) a language's files are parsed with: {grammar name: "distribution version"} (a missing
+    wheel reads "missing"); {} for a language without one."""
+    lang = BY_NAME.get(language)
+    out = {}
+    for g in lang.grammars if lang else ():
+        try:
+            version = metadata.version(g.distribution)
+        except metadata.PackageNotFoundError:
+            version = "missing"
+        out[g.name] = f"{g.distribution} {version}"
+    return out
+
+
 def _versions() -> dict[str, str]:
     out = {}
     grammars = dict.fromkeys(g.distribution for g in GRAMMARS.values())  # each language's grammar wheel, once
@@ -487,7 +518,8 @@ def mine_samples(language: str, files: list[FileEntry], conversations: list[dict
     for repo_dir, commit in sorted({(f.repo_dir, f.commit) for f in files}):
         ignores[(repo_dir, commit)] = _gitignore(repo_dir, commit)
     tasks = [(f, ignores[(f.repo_dir, f.commit)].ignored(f.path)) for f in files]
-    results = _mine_files(tasks, language, cfg)
+    charts = {repo: frozenset(chart_dirs(f.path for f in files if f.repo == repo)) for repo in {f.repo for f in files}}
+    results = _mine_files(tasks, language, cfg, charts if language == "yaml" else None)
     clock.lap("files")
 
     samples: list[Sample] = []
@@ -506,17 +538,24 @@ def mine_samples(language: str, files: list[FileEntry], conversations: list[dict
         samples.extend(res.samples)
         units.extend((entry, u) for u in res.units)
 
-    commit_samples, touched = _commit_samples(language, [f for f in files if (f.repo, f.path) in mined], cfg, ignores, stats, commit_skips, secrets)
+    messages: dict[tuple[str, str], list[str]] = {}
+    commit_samples, touched = _commit_samples(language, [f for f in files if (f.repo, f.path) in mined], cfg, ignores, stats,
+                                              commit_skips, secrets, messages)
     for s in samples:
         s.time = touched.get((s.repo, s.path))
+    samples.extend(_raft(units, samples, messages, touched, cfg, language))
+    clock.lap("raft")
     samples.extend(commit_samples)
     clock.lap("commits")
+    if cfg.docs and cfg.max_doc_samples:
+        samples.extend(_doc_samples(files, ignores, cfg, secrets, stats))
+        clock.lap("docs")
     samples.extend(_session_samples(language, conversations, secrets, skipped))
 
     real = len(samples)
     if cfg.synthetic_per_language and real < cfg.synthetic_below:
         rng = random.Random(f"{cfg.seed}:synthetic:{language}")
-        pool = sorted(units, key=lambda eu: (eu[0].repo, eu[0].path, eu[1].name, eu[1].code))
+        pool = sorted(((e, u) for e, u in units if u.kind != "class"), key=lambda eu: (eu[0].repo, eu[0].path, eu[1].name, eu[1].code))
         for (entry, u), _template, text in _synthetic(pool, cfg.synthetic_per_language, rng):
             samples.append(Sample(text, "synthetic", entry.repo, entry.path, entry.commit, f"{entry.repo}:{entry.path}",
                                   touched.get((entry.repo, entry.path))))
@@ -525,6 +564,73 @@ def mine_samples(language: str, files: list[FileEntry], conversations: list[dict
     samples.sort(key=_sort_key)
     return Mined(language, files, samples, len(mined), skipped, secrets, stats, commit_skips, parse_failures, ast_files,
                  real, generated, clock)
+
+
+_CONTEXT_KINDS = ("raft",)  # samples carrying other origins' code as context (not checked as test content)
+CODE_KINDS = ("code", "fim", "instruction", "raft")  # the samples made from code files (FIM's share is of these)
+RAFT_DOC_CHARS = 800  # each RAFT document (oracle or distractor) is trimmed to this many characters
+
+
+def _raft(units: list[tuple[FileEntry, UnitText]], samples: list[Sample], messages: dict[tuple[str, str], list[str]],
+          touched: dict[tuple[str, str], int], cfg: MiningConfig, language: str) -> list[Sample]:
+    """RAFT samples per repository (raft.py), `raft_share` of the samples made from its code files."""
+    if cfg.raft_share <= 0:
+        return []
+    out: list[Sample] = []
+    made_from_code = Counter(s.repo for s in samples if s.kind in CODE_KINDS)
+    for repo in sorted({e.repo for e, _ in units}):
+        limit = round(made_from_code[repo] * cfg.raft_share / (1 - cfg.raft_share))
+        pool = sorted(((e, u) for e, u in units if e.repo == repo), key=lambda eu: (eu[0].path, eu[1].name, eu[1].code))
+        if limit <= 0 or len(pool) < 3:
+            continue
+        entry_of = {id(u): e for e, u in pool}
+        subjects = {path: subj for (r, path), subj in messages.items() if r == repo}
+        rng = random.Random(f"{cfg.seed}:raft:{language}:{repo}")
+        for oracle, _source, text in raft_samples([u for _, u in pool], repo, limit, rng, subjects, RAFT_DOC_CHARS):
+            e = entry_of[id(oracle)]
+            out.append(Sample(text, "raft", repo, e.path, e.commit, f"{repo}:{e.path}", touched.get((repo, e.path))))
+    return out
+
+
+DOC_EXTENSIONS = (".md", ".markdown")
+# Markdown that documents no code: change logs, licences, codes of conduct, issue and pull-request templates.
+_NOT_DOCS = re.compile(r"(^|/)(CHANGE_?LOG|CHANGES|HISTORY|NEWS|RELEASE_?NOTES|LICEN[CS]E|COPYING|CODE_OF_CONDUCT|"
+                       r"SECURITY|AUTHORS|CONTRIBUTORS)[^/]*$|(^|/)\.github/", re.IGNORECASE)
+
+
+def _doc_samples(files: list[FileEntry], ignores: dict, cfg: MiningConfig, secrets: Counter, stats: Counter) -> list[Sample]:
+    """Question → answer samples from the Markdown files of each repository these files come from (docs.py): decision
+    records and READMEs are documentation of the code of every language the repository holds."""
+    out: list[Sample] = []
+    for repo_name, repo_dir, head in sorted({(f.repo, f.repo_dir, f.commit) for f in files}):
+        ignore = ignores.get((repo_dir, head)) or GitIgnore({})
+        try:
+            listing = _repo(repo_dir).git.ls_tree("-r", "--full-tree", "-l", head).splitlines()
+        except Exception:
+            continue
+        made: list[Sample] = []
+        for line in sorted(listing, key=lambda l: l.partition("\t")[2]):
+            meta, _, path = line.partition("\t")
+            parts = meta.split()
+            if len(parts) < 4 or parts[1] != "blob" or not path.lower().endswith(DOC_EXTENSIONS) or _NOT_DOCS.search(path):
+                continue
+            size = int(parts[3]) if parts[3].isdigit() else 0
+            if path_skip_reason(path, size, cfg.max_file_bytes) or ignore.ignored(path):
+                continue
+            try:
+                raw = read_blob(repo_dir, parts[2])
+            except Exception:
+                continue
+            reason, decoded = content_check(raw, path)
+            if reason:
+                continue
+            text, found = scrub_text(decoded)
+            secrets.update(found)
+            for source, pair in doc_samples(text, path, repo_name):
+                stats[f"doc_{source}"] += 1
+                made.append(Sample(pair, "doc", repo_name, path, head, f"{repo_name}:{path}"))
+        out.extend(made[:cfg.max_doc_samples])
+    return out
 
 
 def _featurize_chunk(chunk: tuple[list[str], list[str]]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[int]]:
@@ -594,7 +700,9 @@ def assemble(m: Mined, cfg: MiningConfig) -> Dataset:
     for s, g in zip(samples, grams):
         by_group.setdefault(s.group, []).append(g)
     common = boilerplate({k: np.concatenate(v) for k, v in by_group.items()})
-    test_grams = [g for g, sp in zip(grams, split_of) if sp == "test"]
+    # A test RAFT sample shows other files' units as distractors: it must not knock those files' samples out of train
+    # (its own answer quotes its oracle, whose file is in test with it).
+    test_grams = [g for g, sp, s in zip(grams, split_of, samples) if sp == "test" and s.kind not in _CONTEXT_KINDS]
     test_index = np.unique(np.concatenate(test_grams)) if test_grams else np.empty(0, dtype=np.uint64)
     if len(common) and len(test_index):
         test_index = test_index[~np.isin(test_index, common, assume_unique=True)]
@@ -638,6 +746,9 @@ def assemble(m: Mined, cfg: MiningConfig) -> Dataset:
         "parse_failures": parse_failures,
         "ast_files": ast_files,
         "ast_grammars": ast_status(),
+        "grammar": _grammar_used(language),
+        "fim_share": round(kinds.get("fim", 0) / max(1, sum(kinds.get(k, 0) for k in CODE_KINDS)), 4),
+        "docs": {k.removeprefix("doc_"): v for k, v in sorted(stats.items()) if k.startswith("doc_")},
         "duplicates_removed": dd.exact + dd.near,
         "duplicates": {"exact": dd.exact, "near": dd.near},
         "dedup": dd.params,
@@ -681,6 +792,23 @@ def write_dataset(dataset: Dataset, folder: Path) -> None:
             for r in dataset.splits.get(name, []):
                 fh.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
     (folder / "stats.json").write_text(json.dumps(dataset.stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _grammar_line(s: dict, lang: str) -> str:
+    """The card's sentence on how the files were parsed: which grammar and version, how many through a syntax tree."""
+    grammars = s.get("grammar") or {}
+    files, ast_files, failed = s.get("files", 0), s.get("ast_files", 0), s.get("parse_failures", 0)
+    if not grammars:
+        return f"{lang} has no tree-sitter grammar in Forge: its {files:,} files were cut into line windows."
+    loads = s.get("ast_grammars", {})
+    named = ", ".join(f"`{name}` ({version})" for name, version in grammars.items())
+    if not any(loads.get(name, True) for name in grammars):
+        return f"Grammar {named} does not load here: every file used line windows."
+    partly = max(0, failed - (files - ast_files))
+    return (f"Parsed with tree-sitter grammar {named}: {ast_files:,} of {files:,} files were mined through a syntax tree"
+            + (f" ({partly:,} of them partly: their trees had errors, so only the units that parsed cleanly were kept and "
+               "the stretches holding the errors became line windows)" if partly else "")
+            + f"; {files - ast_files:,} fell back to line windows.")
 
 
 def _table(rows: dict, head: tuple[str, str]) -> str:
@@ -740,19 +868,27 @@ def dataset_card(dataset: Dataset, base=None) -> str:
         "",
         _table({k: v for k, v in s.get("samples_by_kind", {}).items() if v}, ("kind", "samples")),
         "- `code`: functions, methods and classes (tree-sitter units; line windows without a clean tree)",
-        "- `fim`: fill-in-the-middle in Forge's canonical (Qwen) tokens, PSM and SPM, middles from AST spans or random spans",
-        "- `instruction`: doc comment -> implementation, signature -> body",
+        "- `fim`: fill-in-the-middle in Forge's canonical (Qwen) tokens, PSM and SPM, middles from AST spans or random spans, "
+        "several per file spread over its units",
+        "- `instruction`: doc comment -> implementation, signature -> body; for YAML, \"write the HelmRelease ...\" "
+        "(Kubernetes, Flux, Kustomize, Helm and Argo resources) -> the manifest",
+        "- `raft`: a question about a real unit, that unit and 2-4 lexically similar distractor units of the same "
+        "repository as retrieved context -> an answer that cites and quotes it",
+        "- `doc`: decision records, READMEs and other Markdown of the repository -> question and answer pairs",
         "- `commit`: commit message + pre-image of the touched function/file -> the change",
         "- `synthetic`: implement / fix / refactor tasks built from real units (under-represented languages)",
         "- `chat`, `code_change`: coding-agent sessions",
         "",
+        f"FIM samples are {s.get('fim_share', 0):.1%} of the samples made from code (`code`, `fim`, `instruction`, `raft`).",
+        "",
         *([*fim_note(dataset, base), ""] if base is not None else []),
+        "## Parsing",
+        "",
+        _grammar_line(s, lang),
+        "",
         "## Filtering",
         "",
         _table(s.get("skipped", {}), ("reason", "files")),
-        f"Files that failed to parse and fell back to line windows: {s.get('parse_failures', 0):,}."
-        + ("" if s.get("ast_grammars", {}).get(dataset.language, True)
-           else f" No tree-sitter grammar loads for {lang} here: every file used line windows."),
         "",
         "## De-duplication and decontamination",
         "",

@@ -13,6 +13,10 @@ and then orders the parts PSM or SPM:
 The middle is, by weight: a whole block (a function body, a loop or branch body), a run of one to
 four consecutive statements of a block, or a random span of lines. Prefix and suffix are trimmed
 to ``context_chars`` at line boundaries so the middle fits a training window.
+
+A file gives several FIM samples (``fim_samples``), their middles spread over its units: each is drawn inside a
+different unit (a function, method, or a class's own lines; a line window when the file has no tree), in a seeded
+order, so a long file's FIM middles are not all in one place.
 """
 
 from __future__ import annotations
@@ -39,19 +43,23 @@ def _start_at(pf: ParsedFile, pos: int) -> int:
     return ls if not pf.data[ls:pos].strip() else pos
 
 
-def _random_lines(pf: ParsedFile, rng: random.Random) -> tuple[int, int] | None:
-    starts = [0] + [m.end() for m in re.finditer(b"\n", pf.data) if m.end() < len(pf.data)]
-    if len(starts) < 3:
+def _random_lines(pf: ParsedFile, rng: random.Random, lo: int = 0, hi: int | None = None) -> tuple[int, int] | None:
+    hi = len(pf.data) if hi is None else hi
+    starts = [lo] + [m.end() for m in re.finditer(b"\n", pf.data[lo:hi])]
+    starts = [lo] + [lo + x for x in starts[1:] if lo + x < hi]
+    if lo == 0 and len(starts) < 3 or len(starts) < 2:
         return None
-    a = rng.randrange(1, len(starts) - 1)
+    a = rng.randrange(1, len(starts) - 1) if lo == 0 else rng.randrange(0, len(starts) - 1)
     b = min(len(starts), a + rng.randint(1, 8))
-    end = starts[b] if b < len(starts) else len(pf.data)
+    end = starts[b] if b < len(starts) else hi
     return starts[a], end
 
 
-def choose_middle(pf: ParsedFile, rng: random.Random) -> tuple[str, int, int] | None:
-    """(span kind, start byte, end byte) of a middle, drawn with the seeded rng; None for tiny files."""
-    blocks = [b for b in pf.blocks if 0 < b[2][-1][1] - b[2][0][0] <= MAX_MIDDLE_BYTES]
+def choose_middle(pf: ParsedFile, rng: random.Random, lo: int = 0, hi: int | None = None) -> tuple[str, int, int] | None:
+    """(span kind, start byte, end byte) of a middle between bytes lo and hi (the whole file by default), drawn with the
+    seeded rng; None for tiny files."""
+    hi = len(pf.data) if hi is None else hi
+    blocks = [b for b in pf.blocks if 0 < b[2][-1][1] - b[2][0][0] <= MAX_MIDDLE_BYTES and lo <= b[0] and b[1] <= hi]
     kinds = [k for k, _ in SPAN_WEIGHTS]
     weights = [w if (k == "random" or blocks) else 0.0 for k, w in SPAN_WEIGHTS]
     kind = rng.choices(kinds, weights=weights)[0]
@@ -65,7 +73,7 @@ def choose_middle(pf: ParsedFile, rng: random.Random) -> tuple[str, int, int] | 
         while j > i and stmts[j][1] - stmts[i][0] > MAX_MIDDLE_BYTES:
             j -= 1
         return kind, _start_at(pf, stmts[i][0]), stmts[j][1]
-    span = _random_lines(pf, rng)
+    span = _random_lines(pf, rng, lo, hi)
     return (kind, *span) if span else None
 
 
@@ -81,10 +89,13 @@ def trim_context(prefix: str, suffix: str, max_chars: int) -> tuple[str, str]:
     return prefix, suffix
 
 
-def fim_sample(pf: ParsedFile, repo: str, path: str, rng: random.Random, spm: bool, context_chars: int = 4000) -> tuple[str, str] | None:
-    """(span kind, text) of one FIM sample of a file, or None when the file is too small."""
+def fim_sample(pf: ParsedFile, repo: str, path: str, rng: random.Random, spm: bool, context_chars: int = 4000,
+               within: tuple[int, int] | None = None) -> tuple[str, str] | None:
+    """(span kind, text) of one FIM sample of a file (its middle inside `within`, a byte range, when given), or None
+    when the file or the range is too small."""
+    lo, hi = within or (0, None)
     for _ in range(5):  # a random span can land on blank lines: draw again
-        chosen = choose_middle(pf, rng)
+        chosen = choose_middle(pf, rng, lo, hi)
         if chosen is None:
             return None
         kind, s, e = chosen
@@ -98,3 +109,53 @@ def fim_sample(pf: ParsedFile, repo: str, path: str, rng: random.Random, spm: bo
     if spm:
         return kind, f"{head}{FIM_PREFIX}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}{prefix}{middle}{EOT}"
     return kind, f"{head}{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}{middle}{EOT}"
+
+
+def fim_targets(pf: ParsedFile) -> list[tuple[int, int]]:
+    """Byte ranges FIM middles are spread over: each unit's own lines (a class without the methods inside it), in file
+    order; a unit of fewer than two lines is left out."""
+    units = sorted(pf.units, key=lambda u: (u.start, -u.end))
+    out = []
+    for u in units:
+        inner = [(c.start, c.end) for c in units if c is not u and u.start <= c.start and c.end <= u.end and c.depth == u.depth + 1]
+        pieces, at = [], u.def_start
+        for s, e in inner:
+            if s > at:
+                pieces.append((at, s))
+            at = max(at, e)
+        pieces.append((at, u.end))
+        for s, e in pieces:
+            s = pf.line_start(s) if not pf.data[pf.line_start(s):s].strip() else s
+            if pf.data.count(b"\n", s, e) >= 1 and pf.data[s:e].strip():
+                out.append((s, e))
+    return sorted(set(out))
+
+
+def fim_count(other_samples: int, share: float, most: int) -> int:
+    """How many FIM samples a file with `other_samples` code and instruction samples gets, so that FIM is `share` of
+    its samples: other·share/(1−share), rounded, at least one, at most `most`."""
+    if share <= 0:
+        return 0
+    if share >= 1:
+        return most
+    return max(1, min(most, round(other_samples * share / (1 - share))))
+
+
+def fim_samples(pf: ParsedFile, repo: str, path: str, rng: random.Random, count: int, spm_rate: float,
+                context_chars: int) -> list[tuple[str, str]]:
+    """Up to `count` (span kind, text) FIM samples of a file, each middle inside a different unit (fim_targets, in a
+    seeded order; the file as a whole when it has none), each PSM or SPM by `spm_rate`; no two with the same middle."""
+    targets = fim_targets(pf)
+    rng.shuffle(targets)
+    if not targets:
+        targets = [(0, len(pf.data))]
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for i in range(min(count, len(targets)) if len(targets) > 1 else count):
+        within = targets[i % len(targets)]
+        made = fim_sample(pf, repo, path, rng, spm=rng.random() < spm_rate, context_chars=context_chars,
+                          within=None if within == (0, len(pf.data)) else within)
+        if made and made[1] not in seen:
+            seen.add(made[1])
+            out.append(made)
+    return out

@@ -97,8 +97,10 @@ def tree_sitter_language(name: str):
         return None
 
 
+@lru_cache(maxsize=None)
 def load_grammar(name: str) -> _Grammar | None:
-    """The parser and queries for a grammar, or None when it is missing or of an ABI this tree-sitter cannot load."""
+    """The parser and queries for a grammar, or None when it is missing or of an ABI this tree-sitter cannot load; made
+    once per process (compiling the queries costs more than parsing a file)."""
     language = tree_sitter_language(name)
     if language is None:
         return None

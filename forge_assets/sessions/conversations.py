@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from forge_assets.config import SessionSource
-from forge_assets.languages import language_of_path
 from forge_assets.scrub import scrub_field, scrub_text
 
-from .classify import GENERAL, INHERITED, Classification, classifications, classify_exchange
+from .classify import GENERAL, INHERITED, Classification, classifications, classify_exchange, is_code_of
 from .load import load_sources
 from .model import LoadResult, Message, Session
 from .patches import patch_hunks
@@ -244,7 +243,7 @@ def _session_records(session: Session, chosen: list[Exchange], language: str, ag
                 results.append({"role": "tool", "name": name, "content": scrub.text(_output(state))})
                 if name in CHANGE_TOOLS:
                     for path, before, after in _changes(name, inp):
-                        if path and before != after and language_of_path(path) == language:
+                        if path and before != after and is_code_of(path, language, after):
                             changes.append({"kind": "code_change", "language": language, "session": session.id, "source": source,
                                             "path": scrub.text(path), "before": scrub.text(before), "after": scrub.text(after)})
             if not text and not calls:
