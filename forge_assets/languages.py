@@ -83,8 +83,9 @@ LANGUAGES: tuple[Language, ...] = (
                 ("(body_statement) @block", "(do_block) @block")),)),
     Language("swift", "Swift", (".swift",), ("swift",), grammars=(
         Grammar("swift", "tree_sitter_swift", "tree-sitter-swift",
-                ("(function_declaration) @function", "(init_declaration) @function", "(class_declaration) @class",
-                 "(protocol_declaration) @class"), ("(statements) @block",)),)),
+                ("(function_declaration) @function", "(init_declaration) @function", "(deinit_declaration) @function",
+                 "(subscript_declaration) @function", "(class_declaration) @class", "(protocol_declaration) @class"),
+                ("(statements) @block",)),)),
     Language("shell", "shell", (".sh", ".bash", ".zsh"), ("sh", "bash", "shell", "zsh", "console"), fence="bash", grammars=(
         Grammar("shell", "tree_sitter_bash", "tree-sitter-bash", ("(function_definition) @function",),
                 ("(compound_statement) @block",)),)),
@@ -92,11 +93,12 @@ LANGUAGES: tuple[Language, ...] = (
         Grammar("java", "tree_sitter_java", "tree-sitter-java",
                 ("(method_declaration body: (block)) @function", "(constructor_declaration) @function",
                  "(class_declaration) @class", "(interface_declaration) @class", "(enum_declaration) @class",
-                 "(record_declaration) @class"), ("(block) @block", "(constructor_body) @block")),)),
+                 "(record_declaration) @class", "(annotation_type_declaration) @class"),
+                ("(block) @block", "(constructor_body) @block")),)),
     Language("kotlin", "Kotlin", (".kt", ".kts"), ("kotlin", "kt"), grammars=(
         Grammar("kotlin", "tree_sitter_kotlin", "tree-sitter-kotlin",
                 ("(function_declaration) @function", "(class_declaration) @class", "(object_declaration) @class"),
-                ("(block) @block",)),)),
+                ("(block) @block", "(lambda_literal) @block")),)),  # `fun f() = runTest { ... }`: a lambda body
     Language("c", "C", (".c", ".h"), ("c",), codebleu="c", grammars=(
         Grammar("c", "tree_sitter_c", "tree-sitter-c", _C_UNITS, ("(compound_statement) @block",)),)),
     Language("cpp", "C++", (".cc", ".cpp", ".cxx", ".hpp", ".hh"), ("cpp", "c++"), codebleu="cpp", grammars=(

@@ -251,6 +251,11 @@ def _body_of(node: object) -> object | None:
 def _name_of(node: object, data: bytes) -> str:
     if node.type == "document":
         return _yaml_resource_name(node, data)
+    if node.type == "block_mapping_pair":  # a top-level key of a long YAML document
+        key = node.child_by_field_name("key")
+        return _text_of(key, data).strip() if key is not None else ""
+    if node.type in ("deinit_declaration", "subscript_declaration"):
+        return node.type.split("_")[0]  # Swift's `deinit` and `subscript` have no name of their own
     if node.type == "function_definition" and node.child_by_field_name("declarator") is not None:
         return _c_declarator_name(node, data)  # C and C++ (Python's and PHP's have a `name`)
     name = node.child_by_field_name("name")
@@ -356,7 +361,8 @@ def parse_file(text: str, language: str, path: str = "", details: bool = True) -
         for node, _ in grammar.blocks.captures(root):
             if errors and (node.has_error or _in_error(node)):
                 continue
-            stmts = tuple((c.start_byte, c.end_byte) for c in node.named_children if c.type not in _COMMENT_TYPES)
+            stmts = tuple((c.start_byte, c.end_byte) for c in node.named_children
+                          if c.type not in _COMMENT_TYPES and c.type != "lambda_parameters")
             if stmts:
                 blocks.append((node.start_byte, node.end_byte, stmts))
         blocks.sort()
