@@ -30,8 +30,8 @@ def fim_gate(scores: dict, gates) -> Verdict:
                    f"similarity {scores.get('adapter_fim_edit_similarity')} vs {scores.get('base_fim_edit_similarity')}): it passes.",
                    f"FIM on {scores['fim_cases']} held-out cases is worse with the adapter than without: {{worse}}, beyond "
                    f"gates.fim_tolerance {tol} and {SE_MULTIPLE:g} standard errors. It is not promoted, exported or deployed. "
-                   "Fix: give training more FIM samples (mining.fim_rate draws at most one per file; raise it to 1.0) or train "
-                   "longer; to ship anyway, set gates.fim_tolerance (or gates.fim_not_worse: false) in forge.yaml.", figures)
+                   "Fix: give training more FIM samples (raise mining.fim_share, e.g. to 0.45, and check mining.fim_rate is 1) or "
+                   "train longer; to ship anyway, set gates.fim_tolerance (or gates.fim_not_worse: false) in forge.yaml.", figures)
 
 
 METRICS = [Metric(

@@ -22,7 +22,7 @@ def perplexity_gate(scores: dict, gates) -> Verdict:
 
 METRICS = [Metric(
     "perplexity", ("<side>_perplexity", "<side>_perplexity_<kind>", "perplexity_ratio"),
-    "token-weighted perplexity, overall and per sample kind (`code`, `fim`, `instruction`, `commit`, `synthetic`, `session`...), "
+    "token-weighted perplexity, overall and per sample kind (`code`, `fim`, `instruction`, `raft`, `doc`, `commit`, `synthetic`, `session`...), "
     "on up to `eval.perplexity_samples` samples of each kind; `perplexity_ratio` = adapter / base",
     settings=("perplexity_samples",), order=10,
     status=(StatusLine("perplexity_ratio", "ppl ratio"), StatusLine("adapter_perplexity", "ppl", "{label} {v:.2f}")))]
