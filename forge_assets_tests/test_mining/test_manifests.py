@@ -578,14 +578,14 @@ def test_documents_split_at_markers_and_paths_are_scrubbed():
     assert token not in chat and token not in prompt(r, path)
 
 
-FLUX_EXAMPLE = Path("/work/.mirror/fluxcd+flux2-kustomize-helm-example/repo")
+def test_real_flux_repository(tmp_path):
+    """The vendored bundle of fluxcd/flux2-kustomize-helm-example (real history, forge_assets_tests/data/real_repos)."""
+    from forge_assets_tests.real_repos import clone_real_repo
 
+    work = clone_real_repo("flux2-kustomize-helm-example", tmp_path / "flux")
 
-@pytest.mark.skipif(not FLUX_EXAMPLE.is_dir(), reason=f"the real Flux repository mirror {FLUX_EXAMPLE} is absent on this machine "
-                                                      "(CI has none; the real-repository dataset tests cover it there)")
-def test_real_flux_repository():
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(FLUX_EXAMPLE), *args], capture_output=True, text=True, check=True).stdout
+        return subprocess.run(["git", "-C", str(work), *args], capture_output=True, text=True, check=True).stdout
 
     paths = [p for p in git("ls-tree", "-r", "--name-only", "HEAD").splitlines() if p.endswith((".yaml", ".yml"))]
     labels: dict[str, int] = {}
