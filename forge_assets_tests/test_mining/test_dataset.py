@@ -184,3 +184,13 @@ def test_worker_processes_give_the_same_bytes(tmp_path):
         outputs.append({n: (tmp_path / f"w{workers}" / n).read_bytes() for n in ("train.jsonl", "valid.jsonl", "test.jsonl", "stats.json")})
     assert outputs[0] == outputs[1]
     assert ds.stats["files"] == 70 and ds.stats["samples_by_kind"]["code"] > 0
+
+
+def test_fim_is_a_quarter_of_code_samples_and_raft_appears_in_a_small_repository(built):
+    py = built["datasets"]["python"]
+    kinds = py.stats["samples_by_kind"]
+    assert kinds["fim"] >= 0.25 * (kinds["code"] + kinds["fim"] + kinds["instruction"] + kinds["raft"]), kinds
+    assert py.stats["candidates_by_kind"]["raft"] >= 1  # at least one per repository with enough units
+    rows = [r for rows in py.splits.values() for r in rows if r["kind"] == "raft"]
+    for r in rows:
+        assert "These documents were retrieved from `" in r["text"] and "The answer is in [" in r["text"]
