@@ -579,8 +579,7 @@ def _raft(units: list[tuple[FileEntry, UnitText]], samples: list[Sample], messag
     out: list[Sample] = []
     made_from_code = Counter(s.repo for s in samples if s.kind in CODE_KINDS)
     for repo in sorted({e.repo for e, _ in units}):
-        # At least one per repository, so a small code base still shows the model the retrieval format.
-        limit = max(1, round(made_from_code[repo] * cfg.raft_share / (1 - cfg.raft_share)))
+        limit = round(made_from_code[repo] * cfg.raft_share / (1 - cfg.raft_share))
         pool = sorted(((e, u) for e, u in units if e.repo == repo), key=lambda eu: (eu[0].path, eu[1].name, eu[1].code))
         if limit <= 0 or len(pool) < 3:
             continue
