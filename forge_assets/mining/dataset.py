@@ -7,9 +7,12 @@ file holds every kind. No record carries "messages", "prompt" or "completion" ke
 The pipeline, in order (each step counted in ``Dataset.stats``):
 
 1. files: path/.gitignore/content filters -> decoding (encoding.decode_source: UTF-8, or the
-   encoding a coding cookie declares) -> secret scrubbing -> tree-sitter units (line windows when
-   the tree has errors) -> ``code``, ``fim`` and ``instruction`` samples; in worker processes;
-2. history: ``commit`` samples from ``git log --patch`` (see commits.py);
+   encoding a coding cookie declares) -> secret scrubbing -> tree-sitter units (line windows where
+   the tree has errors) -> ``code``, ``fim`` (several per file, fim.py) and ``instruction`` samples (for
+   YAML, also the resources' instructions: manifests.py); in worker processes;
+2. ``raft`` samples from each repository's units (raft.py), ``raft_share`` of the samples made from code;
+   history: ``commit`` samples from ``git log --patch`` (see commits.py); ``doc`` samples from each
+   repository's Markdown (docs.py);
 3. sessions: ``chat`` and ``code_change`` records, scrubbed again;
 4. ``synthetic`` tasks from real units when the language is under-represented;
 5. exact + MinHash near-duplicate removal across repos and kinds (dedup.py);
