@@ -135,6 +135,9 @@ SMALL = {
     # truncate) would make most of these few steps (docs/training.md).
     "training": {"backend": "peft", "rank": 4, "alpha": 8, "learning_rate": 0.003, "max_steps": 6, "batch_size": 4, "seq_len": 96,
                  "long_answers": "drop"},
+    # FIM prefix and suffix sized to the 96-token window (the default, 400 characters each, is ~200 tokens: every FIM
+    # sample would be cut, and these six steps would train on little else).
+    "mining": {"fim_context_chars": 120},
     # Every figure is computed, on few cases (the default-sized evaluation runs in the README's `forge run`).
     "eval": {"perplexity_samples": 20, "fim_cases": 12, "fim_max_new_tokens": 16, "codebleu_samples": 2, "codebleu_max_new_tokens": 24,
              "humaneval": {"problems": 2, "max_new_tokens": 24}, "gguf_windows": 4, "gguf_window_tokens": 64},
