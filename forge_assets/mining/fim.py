@@ -45,8 +45,7 @@ def _start_at(pf: ParsedFile, pos: int) -> int:
 
 def _random_lines(pf: ParsedFile, rng: random.Random, lo: int = 0, hi: int | None = None) -> tuple[int, int] | None:
     hi = len(pf.data) if hi is None else hi
-    starts = [lo] + [m.end() for m in re.finditer(b"\n", pf.data[lo:hi])]
-    starts = [lo] + [lo + x for x in starts[1:] if lo + x < hi]
+    starts = [lo] + [lo + m.end() for m in re.finditer(b"\n", pf.data[lo:hi]) if lo + m.end() < hi]
     if lo == 0 and len(starts) < 3 or len(starts) < 2:
         return None
     a = rng.randrange(1, len(starts) - 1) if lo == 0 else rng.randrange(0, len(starts) - 1)
